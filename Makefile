@@ -1,0 +1,71 @@
+# feedrec: the two commands a newcomer types are `make run` and `make test`.
+# Everything installs itself into .venv on first use (Python 3.11).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+DATA ?= synthetic
+WORK ?= work
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+# The stale protobuf<5 pin of ml-metadata 1.17 is expected to fail `pip check`.
+TFX_NO_DEPS := tfx==1.21.0 ml-pipelines-sdk==1.21.0 ml-metadata==1.17.1
+
+.PHONY: install install-bench system-deps run test data bench-sessionize bench-ranking \
+        bench-recall bench-faiss bench-serving serve query clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip 'setuptools<80' wheel
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(TFX_NO_DEPS)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt
+	@touch $(BENCH_STAMP)
+
+# Servers the tests start themselves (real redis-server for the Redis store).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+run: install
+	$(PYTHON) -m pipelines.local_runner --data $(DATA) --work_dir $(WORK)
+
+test: install system-deps
+	$(PYTHON) -m pytest -q tests
+
+data: install
+	$(PYTHON) -m beam_jobs.datasets --data $(DATA) --work_dir $(WORK)
+
+bench-sessionize: install
+	$(PYTHON) -m bench.sessionize_bench
+
+bench-ranking: install-bench
+	$(PYTHON) -m bench.ranking_bench
+
+bench-recall: install-bench
+	$(PYTHON) -m bench.recall_bench
+
+bench-faiss: install
+	$(PYTHON) -m bench.faiss_bench
+
+bench-serving: install
+	$(PYTHON) -m bench.serving_bench
+
+serve: install
+	$(PYTHON) -m serving.serve --work_dir $(WORK)
+
+query: install
+	$(PYTHON) -m serving.query --user $(USER) --work_dir $(WORK)
+
+clean:
+	rm -rf $(WORK) .pytest_cache

@@ -1,0 +1,381 @@
+"""Feature config: the one module that names columns, fields and example keys.
+
+Every stage (Beam jobs, models, components, serving) reads a dataset's feature
+config through this module; none of them hard-codes a column name. A new
+dataset needs only its raw files and a YAML file in the format below (see the
+README, "Feature config", for the full reference and a worked example).
+
+The config declares:
+  * how to read the raw event log (column names, timestamp unit, event names);
+  * the side tables' key columns;
+  * every feature: the field it belongs to (user, item, context), its type
+    (categorical id, multi-valued tags, numeric with bucket boundaries, or the
+    clicked-item history sequence), where its value comes from (events, users,
+    items, derived from the timestamp, or the click history) and its
+    vocabulary size or hash buckets;
+  * sessionization settings (idle gap, minimum item2vec session length,
+    history length, eval fraction);
+  * optional roles (which item feature is the category, the city, ...) used by
+    attribute-aware negative sampling and cold-start fallbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+# Fields of the field-wise models (NFwFM): every feature belongs to one.
+USER, ITEM, CONTEXT = "user", "item", "context"
+FIELDS: tuple[str, ...] = (USER, ITEM, CONTEXT)
+
+# Feature types.
+CATEGORICAL = "categorical"  # one string id per example
+TAGS = "tags"  # zero or more string ids per example (multi-valued)
+NUMERIC = "numeric"  # one float per example, bucketized by `boundaries`
+SEQUENCE = "sequence"  # the clicked-item history (ids of another feature)
+FEATURE_TYPES: tuple[str, ...] = (CATEGORICAL, TAGS, NUMERIC, SEQUENCE)
+
+# Where a feature's value comes from.
+SOURCE_EVENTS = "events"
+SOURCE_USERS = "users"
+SOURCE_ITEMS = "items"
+SOURCE_DERIVED = "derived"  # computed from the event timestamp (+ item row)
+SOURCE_HISTORY = "history"  # the user's earlier clicks
+SOURCES: tuple[str, ...] = (
+    SOURCE_EVENTS, SOURCE_USERS, SOURCE_ITEMS, SOURCE_DERIVED, SOURCE_HISTORY)
+
+# Derivations available to `source: derived` features.
+DERIVE_HOUR = "hour_of_day"  # 0..23 (UTC) of the event timestamp
+DERIVE_WEEKDAY = "day_of_week"  # 0=Monday..6 of the event timestamp
+DERIVE_ITEM_AGE_HOURS = "item_age_hours"  # event ts - item created ts
+DERIVATIONS: tuple[str, ...] = (DERIVE_HOUR, DERIVE_WEEKDAY, DERIVE_ITEM_AGE_HOURS)
+
+# Canonical event types.
+IMPRESSION, CLICK, FOLLOW = "impression", "click", "follow"
+EVENT_TYPES: tuple[str, ...] = (IMPRESSION, CLICK, FOLLOW)
+
+TIMESTAMP_UNITS: tuple[str, ...] = ("s", "ms", "iso8601")
+
+# ---- Example keys shared by the data job and the models -------------------
+# Labels of ranking examples (int64 0/1).
+CLICK_LABEL = "click"
+FOLLOW_LABEL = "follow"
+LABEL_KEYS: tuple[str, ...] = (CLICK_LABEL, FOLLOW_LABEL)
+# Event time of the example (int64 unix seconds).
+TIMESTAMP_KEY = "timestamp"
+# 1 when the user has no accepted event before the train/eval split time
+# (a user new in the eval period, Meitu's cold-start slice), else 0 (int64).
+NEW_USER_KEY = "is_new_user"
+# Raw user id, always written (string), for per-user metrics (gAUC) and slicing
+# even when user_id is not a model feature.
+USER_KEY = "user_key"
+# Item2vec examples: one click session, chronological (bytes list).
+SESSION_ITEMS_KEY = "session_items"
+# Item catalogue examples (items/): click and impression counts (int64).
+ITEM_CLICKS_KEY = "item_clicks"
+ITEM_IMPRESSIONS_KEY = "item_impressions"
+
+# Example kinds written by beam_jobs.sessionize, each under <out>/<kind>/.
+ITEM2VEC, RETRIEVAL, RANKING = "item2vec", "retrieval", "ranking"
+EXAMPLE_KINDS: tuple[str, ...] = (ITEM2VEC, RETRIEVAL, RANKING)
+TRAIN, EVAL = "train", "eval"
+SPLITS: tuple[str, ...] = (TRAIN, EVAL)
+
+# Roles: optional pointers from a purpose to a feature name.
+ROLE_ITEM_CATEGORY = "item_category"
+ROLE_ITEM_CITY = "item_city"
+ROLE_USER_CITY = "user_city"
+ROLE_USER_TAGS = "user_tags"
+ROLES: tuple[str, ...] = (
+    ROLE_ITEM_CATEGORY, ROLE_ITEM_CITY, ROLE_USER_CITY, ROLE_USER_TAGS)
+
+
+class FeatureConfigError(ValueError):
+    """A feature config file is malformed; the message names the bad value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One feature.
+
+    Attributes:
+      name: key in tf.Example and in vocabulary file names.
+      field: user, item or context.
+      type: categorical, tags, numeric or sequence.
+      source: events, users, items, derived or history.
+      column: raw column in the source table (defaults to `name`).
+      vocab_size: keep at most this many most frequent values (train split);
+        other values map to one OOV bucket. Exclusive with hash_buckets.
+      hash_buckets: hash the string into this many buckets instead of a
+        vocabulary (for ids too many to enumerate).
+      boundaries: bucket boundaries of a numeric feature (ascending).
+      max_len: tags and sequences keep at most this many values (sequences
+        keep the most recent ones).
+      separator: tags given as one string are split on it ("a|b|c").
+      derive: for source=derived: hour_of_day, day_of_week, item_age_hours.
+      of: for a sequence: the categorical feature whose ids it holds; models
+        share that feature's embedding table with the sequence.
+      default: value used when the raw value is missing or empty.
+    """
+
+    name: str
+    field: str
+    type: str
+    source: str
+    column: str | None = None
+    vocab_size: int | None = None
+    hash_buckets: int | None = None
+    boundaries: tuple[float, ...] = ()
+    max_len: int = 1
+    separator: str = "|"
+    derive: str | None = None
+    of: str | None = None
+    default: str = ""
+
+    @property
+    def raw_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def is_string(self) -> bool:
+        """Whether tf.Example stores this feature as bytes (else float)."""
+        return self.type != NUMERIC
+
+    @property
+    def num_buckets(self) -> int:
+        """Embedding rows a model needs: ids + 1 OOV/padding bucket.
+
+        Index 0 is reserved for OOV / missing / padding in every lookup, so a
+        vocabulary of V values needs V + 1 rows and numeric features with B
+        boundaries need B + 2 (B + 1 buckets plus the reserved 0).
+        """
+        if self.type == NUMERIC:
+            return len(self.boundaries) + 2
+        if self.hash_buckets:
+            return self.hash_buckets + 1
+        return int(self.vocab_size or 0) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """A dataset's raw-log format and feature declarations."""
+
+    name: str
+    features: tuple[FeatureSpec, ...]
+    timestamp_column: str = "timestamp"
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    event_column: str = "event"
+    timestamp_unit: str = "s"
+    # Raw event value -> canonical event type; unmapped values are
+    # dead-lettered as unknown_event.
+    event_values: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {e: e for e in EVENT_TYPES})
+    users_key: str = "user_id"
+    items_key: str = "item_id"
+    item_created_column: str | None = None
+    session_gap_seconds: int = 1800
+    min_session_len: int = 5
+    history_max_len: int = 50
+    eval_fraction: float = 0.2
+    # Accepted timestamp range (unix seconds, [min, max)); others dead-letter.
+    min_timestamp: int = 946684800  # 2000-01-01
+    max_timestamp: int = 4102444800  # 2100-01-01
+    roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    # ---- lookups ---------------------------------------------------------
+    def feature(self, name: str) -> FeatureSpec:
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no feature {name!r} in config {self.name!r}; "
+                       f"have {[f.name for f in self.features]}")
+
+    def field_features(self, field: str) -> tuple[FeatureSpec, ...]:
+        """Features of one field, in config order."""
+        if field not in FIELDS:
+            raise FeatureConfigError(f"unknown field {field!r}; want one of {FIELDS}")
+        return tuple(f for f in self.features if f.field == field)
+
+    def by_source(self, source: str) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.source == source)
+
+    @property
+    def item_id_feature(self) -> FeatureSpec:
+        """The item feature holding the item id (the candidate id)."""
+        for spec in self.features:
+            if spec.source == SOURCE_ITEMS and spec.raw_column == self.items_key:
+                return spec
+        for spec in self.features:
+            if spec.field == ITEM and spec.raw_column == self.item_column:
+                return spec
+        raise FeatureConfigError(
+            f"config {self.name!r} declares no item feature on column "
+            f"{self.items_key!r} (the item id)")
+
+    @property
+    def history_feature(self) -> FeatureSpec | None:
+        """The clicked-item history sequence feature, if declared."""
+        seq = [f for f in self.features if f.type == SEQUENCE]
+        return seq[0] if seq else None
+
+    def role(self, role: str) -> FeatureSpec | None:
+        name = self.roles.get(role)
+        return self.feature(name) if name else None
+
+    @property
+    def vocab_features(self) -> tuple[FeatureSpec, ...]:
+        """Features that need a vocabulary file (string, not hashed, not seq)."""
+        return tuple(f for f in self.features
+                     if f.type in (CATEGORICAL, TAGS) and not f.hash_buckets)
+
+    # ---- (de)serialization ----------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["event_values"] = dict(self.event_values)
+        out["roles"] = dict(self.roles)
+        out["features"] = [
+            {k: (list(v) if isinstance(v, tuple) else v)
+             for k, v in dataclasses.asdict(f).items()
+             if v not in (None, ()) and not (k == "max_len" and v == 1)
+             and not (k == "separator" and v == "|")
+             and not (k == "default" and v == "")}
+            for f in self.features]
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _spec_from_dict(raw: Mapping[str, Any], index: int) -> FeatureSpec:
+    if not isinstance(raw, Mapping):
+        raise FeatureConfigError(f"features[{index}] must be a mapping, got {raw!r}")
+    known = {f.name for f in dataclasses.fields(FeatureSpec)}
+    unknown = set(raw) - known
+    if unknown:
+        raise FeatureConfigError(
+            f"features[{index}] ({raw.get('name')!r}) has unknown keys {sorted(unknown)}")
+    for key in ("name", "field", "type", "source"):
+        if key not in raw:
+            raise FeatureConfigError(f"features[{index}] is missing {key!r}: {dict(raw)!r}")
+    kwargs = dict(raw)
+    if "boundaries" in kwargs:
+        kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
+    return FeatureSpec(**kwargs)
+
+
+def validate(config: FeatureConfig) -> FeatureConfig:
+    """Checks cross-field consistency; returns the config or raises."""
+    names = [f.name for f in config.features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FeatureConfigError(f"duplicate feature names {dupes}")
+    reserved = set(LABEL_KEYS) | {TIMESTAMP_KEY, NEW_USER_KEY, USER_KEY,
+                                  SESSION_ITEMS_KEY, ITEM_CLICKS_KEY,
+                                  ITEM_IMPRESSIONS_KEY}
+    clash = sorted(set(names) & reserved)
+    if clash:
+        raise FeatureConfigError(f"feature names {clash} are reserved example keys")
+    for f in config.features:
+        where = f"feature {f.name!r}"
+        if f.field not in FIELDS:
+            raise FeatureConfigError(f"{where}: field {f.field!r} not in {FIELDS}")
+        if f.type not in FEATURE_TYPES:
+            raise FeatureConfigError(f"{where}: type {f.type!r} not in {FEATURE_TYPES}")
+        if f.source not in SOURCES:
+            raise FeatureConfigError(f"{where}: source {f.source!r} not in {SOURCES}")
+        if f.type in (CATEGORICAL, TAGS) and not (f.vocab_size or f.hash_buckets):
+            raise FeatureConfigError(f"{where}: needs vocab_size or hash_buckets")
+        if f.vocab_size and f.hash_buckets:
+            raise FeatureConfigError(f"{where}: give vocab_size or hash_buckets, not both")
+        if f.type == NUMERIC:
+            if not f.boundaries:
+                raise FeatureConfigError(f"{where}: numeric needs boundaries")
+            if list(f.boundaries) != sorted(set(f.boundaries)):
+                raise FeatureConfigError(
+                    f"{where}: boundaries {list(f.boundaries)} must be strictly ascending")
+        if f.source == SOURCE_DERIVED and f.derive not in DERIVATIONS:
+            raise FeatureConfigError(f"{where}: derive {f.derive!r} not in {DERIVATIONS}")
+        if f.derive == DERIVE_ITEM_AGE_HOURS and not config.item_created_column:
+            raise FeatureConfigError(f"{where}: item_age_hours needs item_created_column")
+        if (f.type == SEQUENCE) != (f.source == SOURCE_HISTORY):
+            raise FeatureConfigError(f"{where}: type sequence goes with source history")
+        if f.type == SEQUENCE:
+            if f.of not in names:
+                raise FeatureConfigError(f"{where}: of={f.of!r} is not a feature")
+            if f.field != USER:
+                raise FeatureConfigError(f"{where}: the click history is a user feature")
+        if f.max_len < 1:
+            raise FeatureConfigError(f"{where}: max_len must be >= 1, got {f.max_len}")
+    if len([f for f in config.features if f.type == SEQUENCE]) > 1:
+        raise FeatureConfigError("at most one sequence (history) feature")
+    for field in FIELDS:
+        if not config.field_features(field):
+            raise FeatureConfigError(f"field {field!r} has no features")
+    for role, name in config.roles.items():
+        if role not in ROLES:
+            raise FeatureConfigError(f"unknown role {role!r}; want one of {ROLES}")
+        if name not in names:
+            raise FeatureConfigError(f"role {role!r} names unknown feature {name!r}")
+    bad_events = sorted(set(config.event_values.values()) - set(EVENT_TYPES))
+    if bad_events:
+        raise FeatureConfigError(f"event_values map to {bad_events}; want {EVENT_TYPES}")
+    if config.timestamp_unit not in TIMESTAMP_UNITS:
+        raise FeatureConfigError(
+            f"timestamp_unit {config.timestamp_unit!r} not in {TIMESTAMP_UNITS}")
+    if not 0.0 < config.eval_fraction < 1.0:
+        raise FeatureConfigError(f"eval_fraction {config.eval_fraction} not in (0, 1)")
+    if config.session_gap_seconds <= 0:
+        raise FeatureConfigError(f"session_gap_seconds must be > 0")
+    config.item_id_feature  # raises when missing
+    return config
+
+
+def from_dict(raw: Mapping[str, Any]) -> FeatureConfig:
+    """Builds and validates a FeatureConfig from a parsed YAML/JSON mapping."""
+    if not isinstance(raw, Mapping):
+        raise FeatureConfigError(f"feature config must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(FeatureConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise FeatureConfigError(f"unknown top-level keys {sorted(unknown)}")
+    if "features" not in raw or not raw["features"]:
+        raise FeatureConfigError("feature config needs a non-empty 'features' list")
+    kwargs = dict(raw)
+    kwargs["features"] = tuple(_spec_from_dict(f, i) for i, f in enumerate(raw["features"]))
+    if "event_values" in kwargs:
+        kwargs["event_values"] = {str(k): str(v) for k, v in kwargs["event_values"].items()}
+    try:
+        config = FeatureConfig(**kwargs)
+    except TypeError as err:
+        raise FeatureConfigError(str(err)) from err
+    return validate(config)
+
+
+def load(path: str | os.PathLike[str]) -> FeatureConfig:
+    """Loads a YAML (or JSON, a YAML subset) feature config file."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise FeatureConfigError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return from_dict(raw)
+    except FeatureConfigError as err:
+        raise FeatureConfigError(f"{path}: {err}") from err
+
+
+def builtin_config_path(name: str) -> str:
+    """Path of a config shipped with the package (synthetic, movielens)."""
+    path = os.path.join(os.path.dirname(__file__), "configs", f"{name}.yaml")
+    if not os.path.exists(path):
+        raise FeatureConfigError(f"no built-in feature config {name!r} at {path}")
+    return path
+
+
+def feature_names(specs: Sequence[FeatureSpec]) -> list[str]:
+    return [s.name for s in specs]

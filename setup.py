@@ -1,0 +1,25 @@
+"""feedrec: a TFX pipeline for a two-stage (recall, ranking) feed recommender."""
+from setuptools import find_packages, setup
+
+setup(
+    name="feedrec",
+    version="0.1.0",
+    description="Two-stage feed recommender (Item2vec/YouTubeNet/two-tower recall, "
+                "NFM/NFwFM ranking) as a TFX pipeline with TF-Serving-compatible serving.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["beam_jobs*", "models*", "components*", "pipelines*",
+                                    "serving*", "bench*"]),
+    package_data={"beam_jobs": ["configs/*.yaml"]},
+    # Pinned versions live in requirements.lock (installed by `make install`);
+    # tfx, ml-pipelines-sdk and ml-metadata go in with --no-deps (see README).
+    install_requires=[
+        "tensorflow>=2.21,<2.22", "tf-keras>=2.21,<2.22", "tensorflow-recommenders==0.7.7",
+        "apache-beam[gcp]>=2.77,<2.78", "faiss-cpu", "tensorflow-serving-api>=2.19,<2.20",
+        "pyyaml",
+    ],
+    extras_require={"bench": ["deepctr==0.9.3", "implicit", "gensim"],
+                    "test": ["pytest"]},
+    entry_points={"console_scripts": [
+        "feedrec-sessionize=beam_jobs.sessionize:main",
+    ]},
+)
