@@ -1,6 +1,9 @@
 # feedrec: the two commands a newcomer types are `make run` and `make test`.
 # Everything installs itself into .venv on first use (Python 3.11).
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip.conf on some machines lists local indexes that may be absent; hide that noise.
+QUIET_PIP := 2>&1 | { grep -v -e 'WARNING: Location' -e '^\s*$$' || true; }
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,16 +24,16 @@ install: $(STAMP)
 
 $(STAMP): requirements.lock setup.py
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip 'setuptools<80' wheel
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(TFX_NO_DEPS)
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip 'setuptools<80' wheel $(QUIET_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(TFX_NO_DEPS) $(QUIET_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	@touch $(STAMP)
 
 install-bench: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt $(QUIET_PIP)
 	@touch $(BENCH_STAMP)
 
 # Servers the tests start themselves (real redis-server for the Redis store).
