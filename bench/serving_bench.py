@@ -1,0 +1,330 @@
+"""`make bench-serving`: loopback load on the model server and the recommender.
+
+Starts `python -m serving.serve` in a child process (embedded model server +
+recommender HTTP API) on free loopback ports over a private copy of the
+pushed models, then measures, each for a fixed duration and a bounded request
+count, at concurrency 1, 8 and 32:
+  * POST /recommend (500 merged candidates, one ranking Predict);
+  * a raw gRPC Predict of 500 candidates on ranking/score_candidates;
+plus the in-process score_candidates time for the same 500 candidates, a hot
+swap of a new ranking version during Predict load (failure count), and small
+user-tower Predicts with server-side batching off and on.
+
+Uses work/serving/ when models were pushed there; otherwise builds small real
+models (serving.toy_models) and says so in the JSON. Writes
+bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from serving import toy_models  # noqa: E402
+from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
+from serving.client import ModelServerClient, make_predict_request  # noqa: E402
+from serving.indexes import IndexSet  # noqa: E402
+from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
+from serving.servables import list_versions  # noqa: E402
+from serving.store import InMemoryStore  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving.json")
+NUM_CANDIDATES = 500
+
+
+def _summary(latencies: list[float], errors: int, seconds: float,
+             messages: Sequence[str] = ()) -> dict:
+    lat = np.array(latencies) * 1000.0
+    return {"requests": len(latencies), "errors": errors, "seconds": round(seconds, 2),
+            **({"error_examples": sorted(set(messages))[:3]} if messages else {}),
+            "qps": round(len(latencies) / seconds, 1) if seconds else 0.0,
+            **({f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)}
+               if len(lat) else {})}
+
+
+def run_load(make_call: Callable[[], Callable[[], None]], concurrency: int, duration_s: float,
+             max_requests: int) -> dict:
+    """Closed-loop load: `concurrency` workers, each with its own connection."""
+    latencies: list[float] = []
+    errors = [0]
+    messages: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration_s
+
+    def worker():
+        call = make_call()
+        while time.monotonic() < deadline:
+            with lock:
+                if len(latencies) + errors[0] >= max_requests:
+                    return
+            start = time.perf_counter()
+            try:
+                call()
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+            except (grpc.RpcError, OSError, RuntimeError, http.client.HTTPException) as err:
+                with lock:
+                    errors[0] += 1
+                    messages.append(f"{type(err).__name__}: {str(err)[:160]}")
+                call = make_call()  # a failed HTTP connection is not reusable
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _summary(latencies, errors[0], time.monotonic() - start, messages)
+
+
+def _http_caller(port: int, body: dict) -> Callable[[], Callable[[], None]]:
+    payload = json.dumps(body).encode()
+
+    def make():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def call():
+            conn.request("POST", "/recommend", payload, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return call
+    return make
+
+
+def _grpc_caller(target: str, request) -> Callable[[], Callable[[], None]]:
+    def make():
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]))
+        return lambda: stub.Predict(request, timeout=30)
+    return make
+
+
+class Services:
+    """serving.serve in a child process; stopped with SIGTERM by its pid."""
+
+    def __init__(self, serving_dir: str, extra: Sequence[str] = ()):
+        self.ready = os.path.join(serving_dir, f"ready-{time.time_ns()}.json")
+        cmd = [sys.executable, "-m", "serving.serve", "--serving_dir", serving_dir,
+               "--port", "0", "--rest_api_port", "0", "--recommender_port", "0",
+               "--file_system_poll_wait_seconds", "0.5", "--ready_file", self.ready, *extra]
+        self.log = open(os.path.join(serving_dir, "serve.log"), "a", encoding="utf-8")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"serving.serve did not start; see {self.log.name}")
+            time.sleep(0.2)
+        with open(self.ready, encoding="utf-8") as f:
+            info = json.load(f)
+        self.target, self.port = info["model_server"], info["recommender_port"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig) -> tuple[str, dict]:
+    """A private serving dir: a copy of work/serving's models, or toy models."""
+    source = os.path.join(work_dir, "serving")
+    models = os.path.join(source, "models")
+    out = os.path.join(scratch, "serving")
+    if os.path.isdir(models) and list_versions(os.path.join(models, "ranking")):
+        shutil.copytree(source, out)  # the hot swap writes a version: never into work/
+        info = {"source": os.path.abspath(source), "toy": False}
+    else:
+        toy_models.write_toy_world(out, config, num_users=200, num_items=5000, seed=0)
+        info = {"source": "serving.toy_models (work/serving had no pushed ranking model)",
+                "toy": True, "num_items": 5000}
+    info["versions"] = {name: list_versions(os.path.join(out, "models", name))
+                        for name in sorted(os.listdir(os.path.join(out, "models")))}
+    return out, info
+
+
+def build_requests(serving_dir: str, config: fc.FeatureConfig, target: str):
+    """The ranking request of one real recommend (500 candidates) and a tower request."""
+    items_path = next(os.path.join(serving_dir, f) for f in os.listdir(serving_dir)
+                      if f.startswith("items."))
+    freq = os.path.join(serving_dir, "item_frequencies.tsv")
+    catalogue = ItemCatalogue.from_table(items_path, config, read_item_frequencies(freq)
+                                         if os.path.exists(freq) else None)
+    client = ModelServerClient(target)
+    rec = Recommender(config, client, InMemoryStore(),
+                      IndexSet(os.path.join(serving_dir, "indexes"), []), catalogue,
+                      RecommenderSettings(num_candidates=NUM_CANDIDATES))
+    now = time.time()
+    row = rec.user_features("bench_user", {}, [], {}, now)
+    items = catalogue.by_popularity[:NUM_CANDIDATES]
+    _, wanted = client.signature_inputs("ranking", "score_candidates")
+    ranking_inputs = rec._item_inputs(items, row, wanted, now)
+    _, tower_wanted = client.signature_inputs("user_tower_two_tower", "serving_default")
+    tower_inputs = rec._row_inputs(row, tower_wanted)
+    client.close()
+    return ranking_inputs, tower_inputs
+
+
+def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
+    fn = tf.saved_model.load(model_dir).signatures["score_candidates"]
+    tensors = {k: tf.constant(v) for k, v in inputs.items()}
+    fn(**tensors)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(**tensors)["click"].numpy()
+        times.append(time.perf_counter() - start)
+    lat = np.array(times) * 1000
+    return {"candidates": NUM_CANDIDATES, "repeats": repeats,
+            **{f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)}}
+
+
+def hot_swap(serving_dir: str, target: str, request, duration_s: float) -> dict:
+    """Predict load at concurrency 8 while a new ranking version is pushed."""
+    base = os.path.join(serving_dir, "models", "ranking")
+    old = max(list_versions(base))
+    new = old + 1
+    seen: dict[int, int] = {}
+    errors = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker():
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+        while not stop.is_set():
+            try:
+                version = stub.Predict(request, timeout=30).model_spec.version.value
+                with lock:
+                    seen[version] = seen.get(version, 0) + 1
+            except grpc.RpcError:
+                with lock:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(duration_s / 3)
+    staging = os.path.join(serving_dir, f"staging-{new}")
+    shutil.copytree(os.path.join(base, str(old)), staging)
+    pushed = time.monotonic()
+    os.rename(staging, os.path.join(base, str(new)))  # atomic, like the Pusher
+    switched = None
+    deadline = time.monotonic() + max(duration_s, 60)
+    while time.monotonic() < deadline:
+        with lock:
+            if seen.get(new):
+                switched = time.monotonic() - pushed
+                break
+        time.sleep(0.02)
+    time.sleep(duration_s / 3)
+    stop.set()
+    for t in threads:
+        t.join()
+    return {"old_version": old, "new_version": new, "requests_per_version": seen,
+            "failures": errors[0], "seconds_from_push_to_first_new_response":
+            round(switched, 2) if switched is not None else None, "concurrency": 8}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work_dir", default="work")
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--duration_s", type=float, default=4.0, help="per load point")
+    parser.add_argument("--max_requests", type=int, default=5000, help="per load point")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--output", default=RESULTS)
+    args = parser.parse_args(argv)
+    os.nice(10)  # 2 shared cores: the services inherit the lower priority
+    levels = [int(c) for c in args.concurrency.split(",")]
+    config_path = os.path.join(args.work_dir, "serving", "feature_config.yaml")
+    config = fc.load(config_path if os.path.exists(config_path)
+                     else fc.builtin_config_path(args.data))
+    scratch = tempfile.mkdtemp(prefix="serving_bench_")
+    results: dict = {"command": "make bench-serving (python -m bench.serving_bench)",
+                     "cpus": os.cpu_count(), "loopback": True,
+                     "duration_s_per_point": args.duration_s,
+                     "max_requests_per_point": args.max_requests,
+                     "note": "client and services share the machine's cores (2 on the dev box, "
+                             "shared with other jobs): figures are loopback and CPU-bound"}
+    try:
+        serving_dir, results["models"] = prepare(args.work_dir, scratch, config)
+        print(f"models: {results['models']}", flush=True)
+        services = Services(serving_dir)
+        try:
+            ranking_inputs, tower_inputs = build_requests(serving_dir, config, services.target)
+            ranking_request = make_predict_request("ranking", ranking_inputs, "score_candidates")
+            results["predict_request_bytes"] = ranking_request.ByteSize()
+            body = {"user_id": "u1", "context": {}, "k": 20}
+            for _ in range(5):  # warm-up: signature metadata, traced functions, connections
+                _http_caller(services.port, body)()()
+                _grpc_caller(services.target, ranking_request)()()
+            results["recommend"], results["predict_500"] = {}, {}
+            for c in levels:
+                results["recommend"][str(c)] = run_load(_http_caller(services.port, body), c,
+                                                        args.duration_s, args.max_requests)
+                results["predict_500"][str(c)] = run_load(
+                    _grpc_caller(services.target, ranking_request), c, args.duration_s,
+                    args.max_requests)
+                print(f"c={c} recommend {results['recommend'][str(c)]}\n"
+                      f"    predict_500 {results['predict_500'][str(c)]}", flush=True)
+            ranking_dir = os.path.join(serving_dir, "models", "ranking")
+            results["in_process_scoring_500"] = in_process_scoring(
+                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs, 50)
+            print(f"in-process {results['in_process_scoring_500']}", flush=True)
+            results["hot_swap"] = hot_swap(serving_dir, services.target, ranking_request,
+                                           args.duration_s * 1.5)
+            print(f"hot swap {results['hot_swap']}", flush=True)
+            tower_request = make_predict_request("user_tower_two_tower", tower_inputs)
+            results["batching"] = {"op": "user_tower_two_tower Predict, batch 1",
+                                   "off": {str(c): run_load(_grpc_caller(services.target, tower_request),
+                                                            c, args.duration_s, args.max_requests)
+                                           for c in levels if c > 1}}
+        finally:
+            services.stop()
+        batching_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "serving_configs", "batching_parameters.txt")
+        services = Services(serving_dir, ["--enable_batching",
+                                          "--batching_parameters_file", batching_file])
+        try:
+            results["batching"]["on"] = {
+                str(c): run_load(_grpc_caller(services.target, tower_request), c, args.duration_s,
+                                 args.max_requests) for c in levels if c > 1}
+            results["batching"]["parameters_file"] = "serving_configs/batching_parameters.txt"
+        finally:
+            services.stop()
+        print(f"batching {results['batching']}", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=False)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

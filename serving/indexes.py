@@ -1,0 +1,143 @@
+"""FAISS recall indexes for the recommender, via the shared loader models.faiss_index.
+
+Index dirs follow the contract `<indexes_root>/<channel>/<version>/` with
+index.faiss, ids.txt (row order), metadata.json and embeddings.npy (item
+vectors aligned with ids.txt; the item2vec channel averages them). This module
+is the recommender's only door to FAISS: `RecallIndex` adds the version and
+the item2vec mean on top of models.faiss_index.Index, and `IndexSet` polls
+every channel's base dir and swaps new versions in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from models import faiss_index
+
+log = logging.getLogger(__name__)
+
+
+def latest_version_dir(base: str) -> str | None:
+    """The highest finished version dir under base, or None (models.faiss_index rule)."""
+    return faiss_index.latest_version_dir(base)
+
+
+class RecallIndex:
+    """One loaded index version.
+
+    Attributes:
+      ids: item id per row.
+      metadata: metadata.json.
+      version: integer version dir name.
+      row: item id -> row.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.version = int(os.path.basename(directory.rstrip("/")))
+        self._index = faiss_index.load_index(directory)
+        self.ids = self._index.ids
+        self.metadata = self._index.metadata
+        self.dim = self._index.dim
+        self.row = self._index.row
+        self._vectors: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k item ids and scores per query.
+
+        Args:
+          vectors: float32 [n, dim].
+          k: neighbours per query (capped at the index size).
+        Returns:
+          (ids [n][<=k], scores [n, k]).
+        Raises:
+          ValueError: vectors have the wrong dim or are not finite.
+        """
+        return self._index.search(vectors, max(1, min(k, len(self.ids))))
+
+    def item_vectors(self) -> np.ndarray:
+        """Item vectors [N, dim]: embeddings.npy, else reconstructed from the index."""
+        with self._lock:
+            if self._vectors is None:
+                vectors = self._index.embeddings
+                if vectors.shape[0] != len(self.ids):
+                    vectors = self._index.index.reconstruct_n(0, self._index.index.ntotal)
+                if vectors.shape != (len(self.ids), self.dim):
+                    raise ValueError(f"{self.directory}: item vectors {vectors.shape}")
+                self._vectors = np.asarray(vectors, np.float32)
+            return self._vectors
+
+    def mean_vector(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """Mean vector of the known items ([1, dim]) or None when none is known."""
+        rows = [self.row[i] for i in item_ids if i in self.row]
+        if not rows:
+            return None
+        return self.item_vectors()[rows].mean(axis=0, keepdims=True)
+
+
+def load_index(directory: str) -> RecallIndex:
+    return RecallIndex(directory)
+
+
+class IndexSet:
+    """The latest version of every channel's index, refreshed by polling.
+
+    Args:
+      root: indexes root holding <channel>/<version>/.
+      channels: channel names to load (missing ones are skipped until they appear).
+    """
+
+    def __init__(self, root: str, channels: Sequence[str]):
+        self.root = root
+        self.channels = list(channels)
+        self._indexes: dict[str, RecallIndex] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> dict[str, int]:
+        """Loads newer versions; returns channel -> loaded version."""
+        indexes = dict(self._indexes)
+        for channel in self.channels:
+            latest = latest_version_dir(os.path.join(self.root, channel))
+            if latest is None:
+                continue
+            current = indexes.get(channel)
+            if current is not None and current.directory == latest:
+                continue
+            try:
+                indexes[channel] = load_index(latest)
+                log.info("loaded index %s from %s", channel, latest)
+            except (OSError, ValueError, RuntimeError) as err:
+                log.error("cannot load index %s: %s (keeping the old one)", latest, err)
+        self._indexes = indexes  # one reference swap: readers see old or new
+        return {c: i.version for c, i in indexes.items()}
+
+    def get(self, channel: str) -> RecallIndex | None:
+        return self._indexes.get(channel)
+
+    def versions(self) -> dict[str, int]:
+        return {c: i.version for c, i in self._indexes.items()}
+
+    def start(self, interval_s: float) -> None:
+        if self._thread is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(interval_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="index-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

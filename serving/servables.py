@@ -1,0 +1,288 @@
+"""Loaded SavedModel versions, the version manager and the Predict core.
+
+The gRPC and REST front ends of serving.model_server both call into this
+module, so request validation and its error codes are written once. Errors are
+`ServingError(code, message)` with the grpc.StatusCode TF Serving returns for
+the same mistake:
+
+  unknown model / version          NOT_FOUND
+  unknown signature / output       INVALID_ARGUMENT
+  missing, extra, wrong dtype or
+  shape of an input                INVALID_ARGUMENT
+  failure inside the model graph   INVALID_ARGUMENT (bad values) / INTERNAL
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+
+from serving.config_files import ModelEntry  # noqa: E402
+
+DEFAULT_SIGNATURE = "serving_default"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+log = logging.getLogger(__name__)
+
+
+class ServingError(Exception):
+    """A request the server rejects; carries the gRPC status to return."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One callable signature of a servable.
+
+    Attributes:
+      fn: the loaded concrete function, called with keyword tensors.
+      inputs: input alias -> TensorSpec.
+      outputs: output alias -> TensorSpec.
+    """
+
+    fn: Callable[..., Mapping[str, tf.Tensor]]
+    inputs: Mapping[str, tf.TensorSpec]
+    outputs: Mapping[str, tf.TensorSpec]
+
+
+class Servable:
+    """One loaded version of one model (immutable once built)."""
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name = name
+        self.version = version
+        self.path = path
+        self._loaded = tf.saved_model.load(path)  # keeps variables alive
+        self.signatures: dict[str, Signature] = {}
+        for key, fn in self._loaded.signatures.items():
+            self.signatures[key] = Signature(fn, dict(fn.structured_input_signature[1]),
+                                             dict(fn.structured_outputs))
+        with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
+            proto = saved_model_pb2.SavedModel.FromString(f.read())
+        # The SignatureDefs as TF Serving reports them in GetModelMetadata.
+        self.signature_defs = dict(proto.meta_graphs[0].signature_def)
+        self.loaded_at = time.time()
+
+    def signature(self, name: str) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f'Serving signature name: "{name}" not found in signature def of model '
+                f"{self.name!r} version {self.version}; it has {sorted(self.signatures)}")
+        return self.signatures[name]
+
+
+def _dtype_name(dtype: tf.DType) -> str:
+    return {"float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
+
+
+def _as_dtype(array: np.ndarray) -> tf.DType:
+    if array.dtype.kind in "OSU":
+        return tf.string
+    return tf.as_dtype(array.dtype)
+
+
+def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray],
+                    output_filter: Sequence[str] = ()) -> None:
+    """Checks names, dtypes and shapes against the signature.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the offending input or output.
+    """
+    expected = set(signature.inputs)
+    sent = set(inputs)
+    if sent != expected:
+        extra, missing = sorted(sent - expected), sorted(expected - sent)
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({sorted(sent)}) != len({sorted(expected)}). Sent extra: {extra}. "
+            f"Missing but required: {missing}.")
+    for name, array in inputs.items():
+        spec = signature.inputs[name]
+        got = _as_dtype(array)
+        if got != spec.dtype:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg {name!r} to be {_dtype_name(spec.dtype)} but "
+                f"{_dtype_name(got)} is provided")
+        if not spec.shape.is_compatible_with(array.shape):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {name!r} has shape {list(array.shape)}, signature wants "
+                f"{spec.shape.as_list() if spec.shape.rank is not None else 'any'} "
+                f"(None = any size)")
+    for name in output_filter:
+        if name not in signature.outputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {name}. Outputs expected to be "
+                f"in the set {sorted(signature.outputs)}.")
+
+
+def run_signature(signature: Signature, inputs: Mapping[str, np.ndarray],
+                  output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Runs a validated request; returns output alias -> array.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT when the graph rejects the values
+        (e.g. batch sizes that do not line up), INTERNAL otherwise.
+    """
+    try:
+        tensors = {k: tf.constant(v, dtype=signature.inputs[k].dtype) for k, v in inputs.items()}
+        outputs = signature.fn(**tensors)
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"model rejected the request: {_first_line(err)}") from err
+    except tf.errors.OpError as err:
+        raise ServingError(grpc.StatusCode.INTERNAL, f"model failed: {_first_line(err)}") from err
+    wanted = list(output_filter) or list(outputs)
+    return {k: outputs[k].numpy() for k in wanted}
+
+
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def list_versions(base_path: str) -> list[int]:
+    """Integer version dirs under base_path that hold a complete SavedModel.
+
+    A directory without saved_model.pb is skipped: the Pusher (like TF
+    Serving's convention) writes elsewhere and renames into place, so a
+    half-written version is never picked up.
+    """
+    if not tf.io.gfile.isdir(base_path):
+        return []
+    versions = []
+    for child in tf.io.gfile.listdir(base_path):
+        child = child.rstrip("/")
+        if child.isdigit() and tf.io.gfile.exists(os.path.join(base_path, child, SAVED_MODEL_FILE)):
+            versions.append(int(child))
+    return sorted(versions)
+
+
+def desired_versions(entry: ModelEntry, on_disk: Sequence[int]) -> list[int]:
+    """Versions the policy keeps loaded: latest N, or the pinned ones present."""
+    if entry.specific_versions:
+        return [v for v in on_disk if v in entry.specific_versions]
+    return list(on_disk)[-entry.num_versions:]
+
+
+class ModelManager:
+    """Loads the versions each model's policy wants and swaps them atomically.
+
+    `models` maps name -> {version: Servable}. A poll builds a fresh mapping
+    and replaces the reference under a lock; a request that already holds a
+    Servable keeps using it to the end, so a swap never fails in-flight
+    requests, and an unloaded version is freed once its last request returns.
+    """
+
+    def __init__(self, entries: Sequence[ModelEntry],
+                 loader: Callable[[str, int, str], Servable] = Servable):
+        self.entries = {e.name: e for e in entries}
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._models: dict[str, dict[int, Servable]] = {e.name: {} for e in entries}
+        self.load_failures: dict[tuple[str, int], str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.poll_count = 0
+
+    # ---- loading ---------------------------------------------------------
+    def poll_once(self) -> dict[str, list[int]]:
+        """Loads new versions and drops stale ones; returns name -> loaded versions."""
+        for entry in self.entries.values():
+            current = self._models.get(entry.name, {})
+            want = desired_versions(entry, list_versions(entry.base_path))
+            if not want or sorted(current) == want:
+                continue  # nothing on disk keeps what is loaded (TF Serving does too)
+            fresh: dict[int, Servable] = {}
+            for version in want:
+                if version in current:
+                    fresh[version] = current[version]
+                    continue
+                path = os.path.join(entry.base_path, str(version))
+                try:
+                    fresh[version] = self._loader(entry.name, version, path)
+                    log.info("loaded %s version %d from %s", entry.name, version, path)
+                    self.load_failures.pop((entry.name, version), None)
+                except (OSError, ValueError, tf.errors.OpError) as err:
+                    self.load_failures[(entry.name, version)] = _first_line(err)
+                    log.error("cannot load %s version %d: %s", entry.name, version, err)
+            if not fresh:
+                continue  # every wanted version failed: keep serving the old ones
+            with self._lock:
+                models = dict(self._models)
+                models[entry.name] = fresh
+                self._models = models
+        self.poll_count += 1
+        return {name: sorted(versions) for name, versions in self._models.items()}
+
+    def start(self, interval_s: float) -> None:
+        """Polls the base paths every interval_s seconds on a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop():
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll_once()
+                except Exception:  # noqa: BLE001 - the poller must outlive any bad version
+                    log.exception("model poll failed")
+
+        self._thread = threading.Thread(target=loop, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # ---- lookups ---------------------------------------------------------
+    def versions(self, name: str) -> dict[int, Servable]:
+        models = self._models  # one read: a consistent snapshot
+        if name not in models:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Latest({name}); "
+                               f"serving {sorted(models)}")
+        return models[name]
+
+    def get(self, name: str, version: int | None = None) -> Servable:
+        """The requested version, or the latest loaded one.
+
+        Raises:
+          ServingError: NOT_FOUND for an unknown model, a model with nothing
+            loaded, or a version that is not loaded.
+        """
+        versions = self.versions(name)
+        if version is None:
+            if not versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({name}); "
+                                   f"no version is loaded yet")
+            return versions[max(versions)]
+        if version not in versions:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({name}, {version}); "
+                               f"loaded versions {sorted(versions)}")
+        return versions[version]

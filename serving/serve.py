@@ -1,0 +1,250 @@
+"""`make serve`: the model server plus the recommender's JSON HTTP API.
+
+  python -m serving.serve --work_dir work [--model_server host:8500] [--redis_url redis://...]
+
+Serves from <work_dir>/serving/ (what the pipeline pushes there):
+  models/<name>/<version>/          SavedModels named in serving_configs/models.config
+  indexes/<channel>/<version>/      FAISS indexes (two_tower, youtubenet, item2vec)
+  items.jsonl.gz, users.jsonl.gz    raw side tables (catalogue, profiles to seed the store);
+                                    else the newest <work_dir>/raw/<data>*/ tables
+  item_frequencies.tsv              popularity; else the newest under <work_dir>/tfx/
+  feature_config.yaml               optional; else the built-in config of --data
+Without --model_server the embedded model server is started on --port/--rest_api_port;
+with it, the recommender uses that server (e.g. real TF Serving). New model and
+index versions are picked up by polling, without a restart.
+
+HTTP (loopback by default, --recommender_port):
+  POST /recommend {"user_id", "context": {...}, "k"} -> {"items": [{"item_id", "score", "channels"}]}
+  POST /ingest    {"user_id", "item_id", "event"?, "profile"?} -> {"history_changed": bool}
+  GET  /healthz   -> loaded index versions and counters
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import grpc
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from serving import model_server  # noqa: E402
+from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
+from serving.client import ModelServerClient  # noqa: E402
+from serving.indexes import IndexSet  # noqa: E402
+from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
+from serving.store import make_store  # noqa: E402
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1 << 20
+
+
+def make_handler(recommender: Recommender) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            log.debug("http %s", fmt % args)
+
+        def _send(self, status: int, payload: Any) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            if self.path == "/healthz":
+                self._send(200, {"indexes": recommender.indexes.versions(),
+                                 "stats": dict(recommender.stats)})
+            else:
+                self._send(404, {"error": f"no route GET {self.path}"})
+
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                self.rfile.read(length)
+                self._send(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                return
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+                if self.path == "/recommend":
+                    user = body.get("user_id")
+                    if not user:
+                        raise ValueError("user_id is required")
+                    items = recommender.recommend(str(user), body.get("context") or {},
+                                                  int(body.get("k", 10)))
+                    self._send(200, {"items": [{"item_id": r.item_id, "score": r.score,
+                                                "channels": list(r.channels)} for r in items]})
+                elif self.path == "/ingest":
+                    self._send(200, {"history_changed": recommender.ingest(body)})
+                else:
+                    self._send(404, {"error": f"no route POST {self.path}"})
+            except (ValueError, TypeError) as err:
+                self._send(400, {"error": str(err)})
+            except grpc.RpcError as err:
+                recommender.stats["model_server_errors"] += 1
+                self._send(503, {"error": f"model server: {err.code().name}: {err.details()}"})
+
+    return Handler
+
+
+class RecommenderHTTPServer:
+    """ThreadingHTTPServer around a Recommender; port 0 picks a free port."""
+
+    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8600):
+        self._server = model_server.BackloggedHTTPServer((host, port), make_handler(recommender))
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="recommender-http",
+                                        daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _first_existing(*paths: str) -> str | None:
+    return next((p for p in paths if p and os.path.exists(p)), None)
+
+
+_TABLE_EXTENSIONS = ("jsonl.gz", "jsonl", "csv.gz", "csv")
+
+
+def infer_dataset(work_dir: str, known: Sequence[str] = ("synthetic", "movielens")) -> str:
+    """The built-in dataset whose raw dir under <work_dir>/raw is newest (synthetic if none)."""
+    raw = os.path.join(work_dir, "raw")
+    dirs = [d for d in glob.glob(os.path.join(raw, "*")) if os.path.isdir(d)
+            and any(os.path.basename(d).startswith(k) for k in known)]
+    if not dirs:
+        return "synthetic"
+    newest = os.path.basename(max(dirs, key=os.path.getmtime))
+    return next(k for k in known if newest.startswith(k))
+
+
+def find_inputs(serving_dir: str, work_dir: str, data: str) -> dict[str, str | None]:
+    """Items / users tables and item_frequencies.tsv for serving.
+
+    Looks in serving_dir first (a deployment copies them there), then where
+    `make run` leaves them: the raw tables in <work_dir>/raw/<data>*/ and the
+    newest item_frequencies.tsv of the pipeline's catalogue under
+    <work_dir>/tfx/. Returns name -> path or None.
+    """
+    def newest(patterns: list[str]) -> str | None:
+        found = [p for pat in patterns for p in glob.glob(pat, recursive=True)]
+        return max(found, key=os.path.getmtime) if found else None
+
+    out = {}
+    for table in ("items", "users"):
+        out[table] = _first_existing(*(os.path.join(serving_dir, f"{table}.{e}")
+                                       for e in _TABLE_EXTENSIONS)) or newest(
+            [os.path.join(work_dir, "raw", f"{data}*", f"{table}.{e}") for e in _TABLE_EXTENSIONS])
+    out["item_frequencies"] = _first_existing(os.path.join(serving_dir, "item_frequencies.tsv")) \
+        or newest([os.path.join(work_dir, "tfx", "**", "item_frequencies.tsv")])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="model server + recommender HTTP API")
+    model_server.add_flags(parser)
+    parser.add_argument("--work_dir", default="work")
+    parser.add_argument("--serving_dir", default=None, help="default <work_dir>/serving")
+    parser.add_argument("--data", default=None,
+                        help="built-in feature config name; default: the dataset most recently "
+                             "prepared under <work_dir>/raw, else synthetic")
+    parser.add_argument("--feature_config", default=None)
+    parser.add_argument("--model_server", default=None,
+                        help="host:port of a running model server (e.g. TF Serving); "
+                             "default: start the embedded one")
+    parser.add_argument("--recommender_port", type=int, default=8600)
+    parser.add_argument("--redis_url", default=None)
+    parser.add_argument("--index_poll_seconds", type=float, default=2.0)
+    parser.add_argument("--ranking_model", default="ranking")
+    parser.add_argument("--follow_weight", type=float, default=0.0,
+                        help="score = click + w * follow (with --ranking_model ranking_multitask)")
+    parser.add_argument("--num_candidates", type=int, default=500)
+    parser.add_argument("--ready_file", default=None,
+                        help="written with the bound ports once serving (for scripts)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    serving_dir = args.serving_dir or os.path.join(args.work_dir, "serving")
+    models_root = os.path.join(serving_dir, "models")
+    if not os.path.isdir(models_root) or not os.listdir(models_root):
+        raise SystemExit(f"no pushed models under {models_root}: run `make run` first "
+                         "(or `make bench-serving`, which builds small demo models)")
+    config = fc.load(_first_existing(args.feature_config or "",
+                                     os.path.join(serving_dir, "feature_config.yaml"))
+                     or fc.builtin_config_path(args.data or infer_dataset(args.work_dir)))
+    found = find_inputs(serving_dir, args.work_dir, config.name)
+    log.info("serving inputs: %s", found)
+    if found["items"] is None:
+        raise SystemExit(f"no items table (items.jsonl[.gz] / items.csv[.gz]) in {serving_dir} "
+                         f"or {args.work_dir}/raw/{config.name}*/")
+    if found["item_frequencies"] is None:
+        log.warning("no item_frequencies.tsv: cold-start popularity falls back to catalogue order")
+    catalogue = ItemCatalogue.from_table(
+        found["items"], config,
+        read_item_frequencies(found["item_frequencies"]) if found["item_frequencies"] else None)
+    history = config.history_feature
+    store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
+    if found["users"]:
+        store.put_profiles(read_user_profiles(found["users"], config))
+
+    server = manager = None
+    target = args.model_server
+    if target is None:
+        if args.model_base_path_prefix is None:
+            args.model_base_path_prefix = models_root
+        server, manager = model_server.build_server(args)
+        grpc_port, rest_port = server.start(args.host, args.port, args.rest_api_port or None)
+        manager.start(args.file_system_poll_wait_seconds)
+        target = f"{args.host}:{grpc_port}"
+        log.info("model server: gRPC %s, REST %s", target, rest_port)
+    client = ModelServerClient(target)
+    client.wait_ready(30)
+    indexes = IndexSet(os.path.join(serving_dir, "indexes"),
+                       [c.name for c in RecommenderSettings().channels])
+    indexes.start(args.index_poll_seconds)
+    settings = RecommenderSettings(ranking_model=args.ranking_model,
+                                   num_candidates=args.num_candidates,
+                                   follow_weight=args.follow_weight)
+    recommender = Recommender(config, client, store, indexes, catalogue, settings)
+    http = RecommenderHTTPServer(recommender, args.host, args.recommender_port)
+    port = http.start()
+    log.info("recommender on http://%s:%d (indexes %s)", args.host, port, indexes.versions())
+    if args.ready_file:
+        with open(args.ready_file + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"model_server": target, "recommender_port": port,
+                       "rest_api_port": server.rest_port if server else None}, f)
+        os.replace(args.ready_file + ".tmp", args.ready_file)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    http.stop()
+    indexes.stop()
+    client.close()
+    if server is not None:
+        manager.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
