@@ -1,0 +1,119 @@
+"""Benchmark of the sessionize job on the DirectRunner.
+
+    python -m bench.sessionize_bench [--events 1000000] [--direct_num_workers 1]
+
+Generates a synthetic click log with `beam_jobs.synthetic.generate` (not
+timed), runs `beam_jobs.sessionize` on it in-process and writes
+bench/results/sessionize.json: throughput, the job's own summary counts and
+peak RSS (this process and its children, e.g. multi-process workers), plus
+CPU seconds and the machine's load average, since wall time on a shared
+machine depends on the neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from beam_jobs import sessionize, synthetic  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sessionize.json")
+
+
+def _peak_rss_mb() -> dict[str, float]:
+    """Peak RSS of this process and of its largest waited-for child (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"self": round(own, 1), "children": round(children, 1),
+            "total": round(own + children, 1)}
+
+
+def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 0) -> dict[str, Any]:
+    data_dir = os.path.join(work_dir, "data")
+    out_dir = os.path.join(work_dir, "out")
+    gen_start = time.perf_counter()
+    generated = synthetic.generate(data_dir, num_events, seed=seed)
+    gen_seconds = time.perf_counter() - gen_start
+    config_path = fc.builtin_config_path("synthetic")
+    argv = ["--config", config_path,
+            "--events", os.path.join(data_dir, "events.jsonl.gz"),
+            "--users", os.path.join(data_dir, "users.jsonl.gz"),
+            "--items", os.path.join(data_dir, "items.jsonl.gz"),
+            "--output_dir", out_dir] + beam_args
+    load_before = os.getloadavg()
+    cpu_before = os.times()
+    start = time.perf_counter()
+    sessionize.run(argv)
+    seconds = time.perf_counter() - start
+    cpu_after = os.times()
+    # CPU seconds of this process and its (multi-process) workers: on a shared
+    # machine wall time depends on the neighbours, CPU time much less.
+    cpu_seconds = sum(getattr(cpu_after, f) - getattr(cpu_before, f)
+                      for f in ("user", "system", "children_user", "children_system"))
+    with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    events = summary["events"]
+    out_bytes = sum(os.path.getsize(os.path.join(d, n))
+                    for d, _, names in os.walk(out_dir) for n in names)
+    return {
+        "benchmark": "sessionize",
+        "command": "python -m bench.sessionize_bench " + " ".join(beam_args),
+        "runner": "DirectRunner",
+        "beam_args": beam_args,
+        "events": events["read"],
+        "generated_events": generated.get("num_events"),
+        "generator_seconds": round(gen_seconds, 2),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events["read"] / seconds, 1),
+        "target_events_per_s": 100_000,
+        "cpu_seconds": round(cpu_seconds, 2),
+        "events_per_cpu_s": round(events["read"] / cpu_seconds, 1),
+        "load_average_1min": {"before": round(load_before[0], 2),
+                              "after": round(os.getloadavg()[0], 2)},
+        "read": events["read"],
+        "accepted": events["accepted"],
+        "dead_letter": events["dead_letter"],
+        "filtered": events["filtered"],
+        "examples": summary["examples"],
+        "sessions": summary["sessions"],
+        "checks": summary["checks"],
+        "output_mb": round(out_bytes / 2**20, 1),
+        "peak_rss_mb": _peak_rss_mb(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work_dir", default=None, help="kept if given, else a temp dir")
+    parser.add_argument("--output", default=RESULTS)
+    args, beam_args = parser.parse_known_args(argv)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="sessionize_bench_")
+    try:
+        result = run_bench(args.events, work_dir, beam_args, args.seed)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, sort_keys=False)
+        f.write("\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
