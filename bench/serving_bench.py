@@ -6,7 +6,9 @@ pushed models, then measures, each for a fixed duration and a bounded request
 count, at concurrency 1, 8 and 32:
   * POST /recommend (500 merged candidates, one ranking Predict);
   * a raw gRPC Predict of 500 candidates on ranking/score_candidates;
-plus the in-process score_candidates time for the same 500 candidates, a hot
+each load point also records the serve process's CPU ms per answered request
+(load-independent, unlike latency on a shared box); plus the in-process
+score_candidates time for the same 500 candidates, a hot
 swap of a new ranking version during Predict load (failure count), and small
 user-tower Predicts with server-side batching off and on.
 
@@ -61,9 +63,20 @@ def _summary(latencies: list[float], errors: int, seconds: float,
                if len(lat) else {})}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(make_call: Callable[[], Callable[[], None]], concurrency: int, duration_s: float,
-             max_requests: int) -> dict:
-    """Closed-loop load: `concurrency` workers, each with its own connection."""
+             max_requests: int, service_pid: int | None = None) -> dict:
+    """Closed-loop load: `concurrency` workers, each with its own connection.
+
+    With service_pid, also the service process's CPU ms per answered request:
+    unlike latency, it does not depend on what else loads the machine.
+    """
     latencies: list[float] = []
     errors = [0]
     messages: list[str] = []
@@ -88,12 +101,17 @@ def run_load(make_call: Callable[[], Callable[[], None]], concurrency: int, dura
                 call = make_call()  # a failed HTTP connection is not reusable
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    cpu_start = process_cpu_seconds(service_pid) if service_pid else 0.0
     start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return _summary(latencies, errors[0], time.monotonic() - start, messages)
+    out = _summary(latencies, errors[0], time.monotonic() - start, messages)
+    if service_pid and latencies:
+        out["service_cpu_ms_per_request"] = round(
+            (process_cpu_seconds(service_pid) - cpu_start) * 1000.0 / len(latencies), 2)
+    return out
 
 
 def _http_caller(port: int, body: dict) -> Callable[[], Callable[[], None]]:
@@ -270,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "duration_s_per_point": args.duration_s,
                      "max_requests_per_point": args.max_requests,
                      "note": "client and services share the machine's cores (2 on the dev box, "
-                             "shared with other jobs): figures are loopback and CPU-bound"}
+                             "shared with other jobs): figures are loopback and CPU-bound; "
+                             "service_cpu_ms_per_request (the serve process's CPU time per "
+                             "answered request) does not depend on that load",
+                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         serving_dir, results["models"] = prepare(args.work_dir, scratch, config)
         print(f"models: {results['models']}", flush=True)
@@ -286,16 +307,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["recommend"], results["predict_500"] = {}, {}
             for c in levels:
                 results["recommend"][str(c)] = run_load(_http_caller(services.port, body), c,
-                                                        args.duration_s, args.max_requests)
+                                                        args.duration_s, args.max_requests,
+                                                        services.proc.pid)
                 results["predict_500"][str(c)] = run_load(
                     _grpc_caller(services.target, ranking_request), c, args.duration_s,
-                    args.max_requests)
+                    args.max_requests, services.proc.pid)
                 print(f"c={c} recommend {results['recommend'][str(c)]}\n"
                       f"    predict_500 {results['predict_500'][str(c)]}", flush=True)
             ranking_dir = os.path.join(serving_dir, "models", "ranking")
             results["in_process_scoring_500"] = in_process_scoring(
                 os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs, 50)
             print(f"in-process {results['in_process_scoring_500']}", flush=True)
+            if "p50_ms" in results["predict_500"].get("1", {}):
+                results["predict_500_p50_over_in_process_p50"] = round(
+                    results["predict_500"]["1"]["p50_ms"]
+                    / results["in_process_scoring_500"]["p50_ms"], 2)
             results["hot_swap"] = hot_swap(serving_dir, services.target, ranking_request,
                                            args.duration_s * 1.5)
             print(f"hot swap {results['hot_swap']}", flush=True)
@@ -320,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"batching {results['batching']}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=False)

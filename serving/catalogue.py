@@ -78,9 +78,51 @@ def read_item_frequencies(path: str) -> dict[str, int]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class EncodedColumn:
+    """One item feature in the serving dense convention, for all catalogue rows.
+
+    Attributes:
+      values: categorical: object bytes [N]; tags: object bytes [N, L] padded
+        with b"" (L = the longest row, at least 1); numeric: float32 [N].
+      lengths: tags only: values per row [N] (int64), None otherwise.
+    """
+
+    values: np.ndarray
+    lengths: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of the column; tags cut to the longest selected row (at least 1),
+        as a request built from those rows alone would be."""
+        if self.lengths is None:
+            return self.values[rows]
+        width = max(1, int(self.lengths[rows].max())) if len(rows) else 1
+        return self.values[rows, :width]
+
+
+def encode_column(spec: fc.FeatureSpec, values: Sequence[Any]) -> EncodedColumn:
+    """Raw feature values -> EncodedColumn (the dense convention of models.inputs)."""
+    if spec.type == fc.NUMERIC:
+        return EncodedColumn(np.asarray(values, dtype=np.float32))
+    if spec.type == fc.CATEGORICAL:
+        out = np.empty(len(values), dtype=object)
+        out[:] = [str(v).encode() for v in values]
+        return EncodedColumn(out)
+    lengths = np.array([len(v) for v in values], dtype=np.int64)
+    width = max(1, int(lengths.max()) if len(values) else 1)
+    out = np.full((len(values), width), b"", dtype=object)
+    for i, row in enumerate(values):
+        out[i, :len(row)] = [str(v).encode() for v in row]
+    return EncodedColumn(out, lengths)
+
+
 @dataclasses.dataclass
 class ItemCatalogue:
     """Items and their raw features, row-aligned.
+
+    The request path reads whole columns by row index: `encoded(spec)` and
+    `encoded_ids` are built once per catalogue (lazily, then cached), so a
+    500-candidate request gathers arrays instead of converting values.
 
     Attributes:
       ids: item ids [N].
@@ -96,8 +138,14 @@ class ItemCatalogue:
 
     def __post_init__(self):
         self.row = {item: i for i, item in enumerate(self.ids)}
-        order = np.argsort(-self.clicks, kind="stable")
-        self.by_popularity = [self.ids[i] for i in order]
+        # Most clicked first; ties keep catalogue order.
+        self.popularity_rows = np.argsort(-np.asarray(self.clicks), kind="stable")
+        self.by_popularity = [self.ids[i] for i in self.popularity_rows]
+        self.encoded_ids = np.empty(len(self.ids), dtype=object)
+        self.encoded_ids[:] = [i.encode() for i in self.ids]
+        # Caches filled on first use; a lost race only computes a value twice.
+        self._encoded: dict[str, EncodedColumn] = {}
+        self._codes_by_popularity: dict[str, tuple[dict[Any, int], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -106,20 +154,54 @@ class ItemCatalogue:
         """Row of each id; -1 for unknown ids."""
         return np.array([self.row.get(i, -1) for i in item_ids], dtype=np.int64)
 
+    def encoded(self, spec: fc.FeatureSpec) -> EncodedColumn:
+        """The feature's column for every item (built on first use).
+
+        Raises:
+          KeyError: the catalogue has no such feature.
+        """
+        column = self._encoded.get(spec.name)
+        if column is None:
+            column = self._encoded[spec.name] = encode_column(spec, self.features[spec.name])
+        return column
+
+    def popular_rows(self, feature: str | None, value: Any, limit: int,
+                     exclude_rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the most clicked items whose `feature` equals value (all when feature is None).
+
+        Args:
+          feature: item feature name, or None for no filter.
+          value: the raw value to match.
+          limit: rows wanted at most.
+          exclude_rows: rows to leave out (e.g. the user's clicks).
+        Returns:
+          int64 rows [<= limit], most clicked first.
+        """
+        order = self.popularity_rows
+        if feature:
+            codes = self._codes_by_popularity.get(feature)
+            if codes is None:
+                # Integer codes of the raw values, aligned with popularity order,
+                # so a filter is one vector compare, not a loop over the catalogue.
+                vocab: dict[Any, int] = {}
+                values = self.features[feature]
+                aligned = np.array([vocab.setdefault(values[r], len(vocab)) for r in order],
+                                   dtype=np.int64)
+                codes = self._codes_by_popularity[feature] = (vocab, aligned)
+            vocab, aligned = codes
+            if value not in vocab:
+                return np.zeros(0, dtype=np.int64)
+            order = order[aligned == vocab[value]]
+        if exclude_rows is not None and len(exclude_rows):
+            order = order[:limit + len(exclude_rows)]  # enough to survive the exclusions
+            order = order[~np.isin(order, exclude_rows)]
+        return order[:limit]
+
     def popular_where(self, feature: str, value: Any, limit: int,
                       exclude: set[str] = frozenset()) -> list[str]:
         """Most clicked items whose `feature` equals value (all items when feature is None)."""
-        values = self.features.get(feature) if feature else None
-        out = []
-        for item in self.by_popularity:
-            if item in exclude:
-                continue
-            if values is not None and values[self.row[item]] != value:
-                continue
-            out.append(item)
-            if len(out) >= limit:
-                break
-        return out
+        excluded = np.array([self.row[i] for i in exclude if i in self.row], dtype=np.int64)
+        return [self.ids[r] for r in self.popular_rows(feature, value, limit, excluded)]
 
     @classmethod
     def from_table(cls, path: str, config: fc.FeatureConfig,

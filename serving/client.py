@@ -1,7 +1,8 @@
 """A TF Serving gRPC client using only the public API (works against real TF Serving).
 
-Requests are built with tensorflow_serving.apis protos and tf.make_tensor_proto,
-responses read with tf.make_ndarray; nothing here knows which server answers.
+Requests are built with tensorflow_serving.apis protos (tensors through
+serving.tensors, which builds exactly tf.make_tensor_proto's protos, faster),
+responses read likewise; nothing here knows which server answers.
 
   client = ModelServerClient("127.0.0.1:8500")
   out = client.predict("ranking", {"examples": serialized}, signature_name="serving_default")
@@ -25,6 +26,8 @@ from tensorflow.core.framework import tensor_pb2  # noqa: E402
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+
+from serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +59,10 @@ def make_predict_request(model: str, inputs: Mapping[str, Any], signature_name: 
     request = predict_pb2.PredictRequest()
     _set_spec(request.model_spec, model, version, signature_name)
     for key, value in inputs.items():
-        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
-                                     else tf.make_tensor_proto(value))
+        if isinstance(value, tensor_pb2.TensorProto):
+            request.inputs[key].CopyFrom(value)
+        else:
+            to_tensor_proto(value, request.inputs[key])  # built in place: no copy of 500 rows
     request.output_filter.extend(output_filter)
     return request
 
@@ -104,7 +109,7 @@ class ModelServerClient:
         """
         request = make_predict_request(model, inputs, signature_name, version, output_filter)
         response = self._predict.Predict(request, timeout=self.timeout_s)
-        return PredictResult({k: tf.make_ndarray(v) for k, v in response.outputs.items()},
+        return PredictResult({k: to_ndarray(v) for k, v in response.outputs.items()},
                              response.model_spec.version.value)
 
     def predict(self, model: str, inputs: Mapping[str, Any],

@@ -13,13 +13,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from models import faiss_index
 
 log = logging.getLogger(__name__)
+
+
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads FAISS uses per search (process-wide; call once at start-up)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
 
 
 def latest_version_dir(base: str) -> str | None:
@@ -47,6 +56,7 @@ class RecallIndex:
         self.row = self._index.row
         self._vectors: np.ndarray | None = None
         self._lock = threading.Lock()
+        self._row_maps: tuple[Mapping[str, int], np.ndarray] | None = None
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """Top-k item ids and scores per query.
@@ -60,6 +70,41 @@ class RecallIndex:
           ValueError: vectors have the wrong dim or are not finite.
         """
         return self._index.search(vectors, max(1, min(k, len(self.ids))))
+
+    def search_rows(self, vector: np.ndarray, k: int) -> np.ndarray:
+        """Index rows of the top-k items of one query, best first (the request path:
+        no id strings are built; map rows with `catalogue_rows`).
+
+        Args:
+          vector: float32 [1, dim] or [dim].
+          k: neighbours (capped at the index size).
+        Returns:
+          int64 rows [<= k].
+        Raises:
+          ValueError: the vector has the wrong dim or is not finite.
+        """
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != self.dim:
+            raise ValueError(f"query width {vector.shape[1]} != index dim {self.dim}")
+        if not np.isfinite(vector).all():
+            raise ValueError("query vector contains NaN or inf")
+        _, rows = self._index.index.search(np.ascontiguousarray(vector),
+                                           max(1, min(k, len(self.ids))))
+        rows = rows[0]
+        return rows[rows >= 0]
+
+    def catalogue_rows(self, row_of: Mapping[str, int]) -> np.ndarray:
+        """index row -> row in another table (the item catalogue), -1 where absent.
+
+        Built once per (index version, table) and cached: `row_of` is
+        compared by identity, so pass the same mapping (ItemCatalogue.row).
+        """
+        cached = self._row_maps
+        if cached is not None and cached[0] is row_of:
+            return cached[1]
+        mapping = np.array([row_of.get(i, -1) for i in self.ids], dtype=np.int64)
+        self._row_maps = (row_of, mapping)
+        return mapping
 
     def item_vectors(self) -> np.ndarray:
         """Item vectors [N, dim]: embeddings.npy, else reconstructed from the index."""

@@ -53,6 +53,7 @@ from serving import config_files  # noqa: E402
 from serving.batching import Batcher  # noqa: E402
 from serving.servables import (ModelManager, Servable, ServingError,  # noqa: E402
                                run_signature, validate_inputs)
+from serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _version(spec) -> int | None:
 
 def _to_ndarray(name: str, proto) -> np.ndarray:
     try:
-        return tf.make_ndarray(proto)
+        return to_ndarray(proto)
     except (TypeError, ValueError) as err:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {name!r} is not a valid TensorProto: {err}") from err
@@ -155,7 +156,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+                to_tensor_proto(value, response.outputs[key])
             return response
         except ServingError as err:
             code = err.code
@@ -328,6 +329,9 @@ def make_rest_handler(core: ModelServerCore, max_body_bytes: int,
                       prometheus_path: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body leave as two writes; with Nagle on, the body waits for
+        # the client's delayed ACK of the headers (~40 ms on Linux) every request.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):  # route to logging, not stderr
             log.debug("rest %s", fmt % args)
@@ -484,10 +488,28 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--monitoring_config_file", default=None)
     parser.add_argument("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     parser.add_argument("--grpc_max_threads", type=int, default=16)
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads of one op (0 = TensorFlow's choice), as TF Serving's flag")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="ops run in parallel (0 = TensorFlow's choice), as TF Serving's flag")
+
+
+def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Applies the thread flags; must run before TensorFlow executes anything.
+
+    Raises:
+      RuntimeError: TensorFlow already initialized its thread pools.
+    """
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
 def build_server(args: argparse.Namespace) -> tuple[ModelServer, ModelManager]:
     """A started-but-unbound server from parsed flags (initial versions loaded)."""
+    set_tensorflow_threads(args.tensorflow_intra_op_parallelism,
+                           args.tensorflow_inter_op_parallelism)
     entries = config_files.read_model_config(args.model_config_file, args.model_base_path_prefix)
     manager = ModelManager(entries)
     loaded = manager.poll_once()

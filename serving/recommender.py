@@ -18,6 +18,13 @@ recommend(user_id, context, k):
 
 ingest(click) appends to the user's recent clicks, so the next recommend uses
 the new history in the towers, the item2vec mean and the seen-filter.
+
+The request path works on catalogue row numbers, not id strings: index rows
+map to catalogue rows through an array built once per index version, the
+merge is vectorized (`merge_rows`), item features are gathered from columns
+the catalogue encodes once (ItemCatalogue.encoded), and the tower Predicts
+overlap (one on a small pool, one on the request's thread). Every model call
+still goes through the model server's standard PredictionService API.
 """
 
 from __future__ import annotations
@@ -27,17 +34,17 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
 
 from beam_jobs import feature_config as fc
-from serving.catalogue import ItemCatalogue, raw_to_feature
+from serving.catalogue import ItemCatalogue, encode_column, raw_to_feature
 from serving.client import ModelServerClient, TensorInfo
-from serving.indexes import IndexSet, RecallIndex
+from serving.indexes import IndexSet
 from serving.store import InMemoryStore, RedisStore
 
 log = logging.getLogger(__name__)
@@ -103,40 +110,88 @@ def _derive(spec: fc.FeatureSpec, ts: float) -> str | float:
 
 def _column(spec: fc.FeatureSpec, values: Sequence[Any]) -> np.ndarray:
     """Raw values -> the dense serving convention (models.inputs): [B] or [B, L]."""
-    if spec.type == fc.NUMERIC:
-        return np.asarray(values, dtype=np.float32)
-    if spec.type == fc.CATEGORICAL:
-        return np.array([str(v).encode() for v in values], dtype=object)
-    width = max(1, max((len(v) for v in values), default=1))
-    out = np.full((len(values), width), b"", dtype=object)
-    for i, row in enumerate(values):
-        out[i, :len(row)] = [str(v).encode() for v in row]
-    return out
+    return encode_column(spec, values).values
+
+
+@dataclasses.dataclass(frozen=True)
+class MergedRows:
+    """Merged candidates as catalogue rows.
+
+    Attributes:
+      rows: int64 [M] admitted rows in merge order.
+      pair_rows, pair_channels: int64 [P] every (row, channel index) pair of
+        the admitted rows, in the order the round robin met it.
+      names: channel name per channel index.
+    """
+
+    rows: np.ndarray
+    pair_rows: np.ndarray
+    pair_channels: np.ndarray
+    names: tuple[str, ...]
+
+    def channels_of(self, rows: Sequence[int]) -> list[tuple[str, ...]]:
+        """Channels that retrieved each of `rows`, in the order they met it."""
+        wanted = np.asarray(rows, dtype=np.int64)
+        keep = np.isin(self.pair_rows, wanted)
+        found: dict[int, list[str]] = {int(r): [] for r in wanted}
+        for row, channel in zip(self.pair_rows[keep].tolist(), self.pair_channels[keep].tolist()):
+            found[row].append(self.names[channel])
+        return [tuple(found[int(r)]) for r in wanted]
+
+
+def merge_rows(lists: Sequence[tuple[str, np.ndarray]], seen_rows: np.ndarray, limit: int
+               ) -> MergedRows:
+    """Merges ranked channel lists of rows by rank (vectorized round robin).
+
+    Rank r of every channel comes before rank r + 1 of any (channel scores are
+    not comparable); rows < 0 (unknown items) and seen rows are dropped; at
+    most `limit` rows are admitted, but channels keep accruing to admitted rows
+    from every rank.
+
+    Args:
+      lists: (channel name, int rows [n_c] best first) per channel.
+      seen_rows: rows to drop.
+      limit: rows to admit at most.
+    Returns:
+      MergedRows.
+    """
+    names = tuple(name for name, _ in lists)
+    depth = max((len(rows) for _, rows in lists), default=0)
+    grid = np.full((depth, len(lists)), -1, dtype=np.int64)  # [rank, channel]
+    for c, (_, rows) in enumerate(lists):
+        grid[:len(rows), c] = rows
+    sequence = grid.ravel()  # rank-major: the round-robin visiting order
+    channels = np.tile(np.arange(len(lists), dtype=np.int64), depth)
+    valid = sequence >= 0
+    if len(seen_rows):
+        valid &= ~np.isin(sequence, seen_rows)
+    sequence, channels = sequence[valid], channels[valid]
+    _, first = np.unique(sequence, return_index=True)
+    admitted = sequence[np.sort(first)[:limit]]
+    keep = np.isin(sequence, admitted)
+    sequence, channels = sequence[keep], channels[keep]
+    # First meeting of each (row, channel) pair, in visiting order.
+    _, first_pair = np.unique(sequence * max(1, len(lists)) + channels, return_index=True)
+    first_pair.sort()
+    return MergedRows(admitted, sequence[first_pair], channels[first_pair], names)
 
 
 def merge_round_robin(lists: Sequence[tuple[str, Sequence[str]]], seen: set[str], limit: int,
                       known: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """Merges ranked channel lists by rank: item -> channels that retrieved it.
+    """Merges ranked channel lists of ids by rank: item -> channels that retrieved it.
 
-    Rank r of every channel comes before rank r + 1 of any (channel scores are
-    not comparable); seen items and items missing from `known` are dropped;
-    at most `limit` items, but channels keep accruing to admitted items.
+    The id form of `merge_rows` (same rules): seen items and items missing
+    from `known` are dropped; at most `limit` items, but channels keep
+    accruing to admitted items.
     """
-    merged: dict[str, list[str]] = {}
-    depth = max((len(ids) for _, ids in lists), default=0)
-    for rank in range(depth):
-        for name, ids in lists:
-            if rank >= len(ids):
-                continue
-            item = ids[rank]
-            if item in seen or (known is not None and item not in known):
-                continue
-            if item in merged:
-                if name not in merged[item]:
-                    merged[item].append(name)
-            elif len(merged) < limit:
-                merged[item] = [name]
-    return merged
+    codes: dict[str, int] = {}
+    as_rows = [(name, np.array([codes.setdefault(i, len(codes)) if known is None or i in known
+                                else -1 for i in ids], dtype=np.int64)) for name, ids in lists]
+    ids_of = list(codes)
+    seen_rows = np.array([codes[i] for i in seen if i in codes], dtype=np.int64)
+    merged = merge_rows(as_rows, seen_rows, limit)
+    return {ids_of[r]: list(channels) for r, channels in
+            zip(merged.rows.tolist(), merged.channels_of(merged.rows))}
 
 
 class Recommender:
@@ -166,7 +221,9 @@ class Recommender:
         self.stats: Counter = Counter()
         self._signatures: dict[tuple[str, str], tuple[int, dict[str, TensorInfo]]] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(settings.channels)),
+        # Each request in flight hands all but one tower call to the pool: room
+        # for a few concurrent requests without queueing behind each other.
+        self._pool = ThreadPoolExecutor(max_workers=4 * max(1, len(settings.channels) - 1),
                                         thread_name_prefix="recall")
         history = config.history_feature
         self._history_len = history.max_len if history else config.history_max_len
@@ -230,7 +287,26 @@ class Recommender:
 
     def _item_inputs(self, items: Sequence[str], row: Mapping[str, Any],
                      wanted: Mapping[str, TensorInfo], ts: float) -> dict[str, np.ndarray]:
+        """Ranking inputs for item ids (see _item_inputs_rows).
+
+        Raises:
+          ValueError: an id is not in the catalogue, or see _item_inputs_rows.
+        """
         rows = self.catalogue.rows(items)
+        if len(rows) and rows.min() < 0:
+            unknown = [i for i, r in zip(items, rows.tolist()) if r < 0][:5]
+            raise ValueError(f"items {unknown} are not in the catalogue")
+        return self._item_inputs_rows(rows, row, wanted, ts)
+
+    def _item_inputs_rows(self, rows: np.ndarray, row: Mapping[str, Any],
+                          wanted: Mapping[str, TensorInfo], ts: float) -> dict[str, np.ndarray]:
+        """Ranking inputs: user/context features [1] or [1, L], item features [N] or [N, L].
+
+        Item columns are gathered by catalogue row from ItemCatalogue.encoded.
+
+        Raises:
+          ValueError: the signature wants a feature the config or catalogue lacks.
+        """
         out = {}
         for name in wanted:
             spec = self._specs.get(name)
@@ -245,23 +321,16 @@ class Recommender:
                     raise ValueError(f"{name!r} needs item creation times in the catalogue")
                 out[name] = np.maximum(ts - created[rows], 0.0).astype(np.float32) / 3600.0
             elif spec.raw_column == self.config.items_key:
-                out[name] = _column(spec, items)
+                out[name] = self.catalogue.encoded_ids[rows]
+            elif name in self.catalogue.features:
+                out[name] = self.catalogue.encoded(spec).take(rows)
             else:
-                values = self.catalogue.features[name]
-                out[name] = _column(spec, [values[r] for r in rows])
+                raise ValueError(f"ranking signature input {name!r} is not in the item catalogue")
         return out
 
     # ---- recall -------------------------------------------------------------
-    def _channel_vector(self, channel: Channel, row: Mapping[str, Any], history: Sequence[str]
-                        ) -> tuple[RecallIndex, np.ndarray] | None:
-        """(index, user vector [1, dim]) of one channel, None when it cannot serve."""
-        index = self.indexes.get(channel.name)  # one read: the vector and search use one version
-        if index is None:
-            self.stats[f"channel_missing_{channel.name}"] += 1
-            return None
-        if channel.tower is None:
-            vector = index.mean_vector(history)
-            return None if vector is None else (index, vector)
+    def _tower_vector(self, channel: Channel, row: Mapping[str, Any]) -> np.ndarray | None:
+        """The tower's user vector [1, dim]; None when the model server lacks the tower."""
         try:
             outputs = self._predict(channel.tower, "serving_default",
                                     lambda wanted: self._row_inputs(row, wanted))
@@ -270,33 +339,51 @@ class Recommender:
                 raise
             self.stats[f"tower_missing_{channel.tower}"] += 1
             return None
-        return index, np.asarray(outputs["user_embedding"], dtype=np.float32).reshape(1, -1)
+        return np.asarray(outputs["user_embedding"], dtype=np.float32).reshape(1, -1)
+
+    def _recall(self, row: Mapping[str, Any], history: Sequence[str],
+                profile: Mapping[str, Any]) -> MergedRows:
+        """Merged candidates as catalogue rows, seen items removed."""
+        seen_rows = np.array(sorted({self.catalogue.row[i] for i in history
+                                     if i in self.catalogue.row}), dtype=np.int64)
+        depth = self.settings.per_channel + len(set(history))
+        # Tower Predicts are independent round trips: the pool sends all but the
+        # last while this thread sends the last one, then searches in channel order.
+        indexes = [(channel, self.indexes.get(channel.name)) for channel in self.settings.channels]
+        towers = [channel for channel, index in indexes if index is not None and channel.tower]
+        vectors = {channel.name: self._pool.submit(self._tower_vector, channel, row)
+                   for channel in towers[:-1]}
+        if towers:
+            vectors[towers[-1].name] = self._tower_vector(towers[-1], row)
+        lists: list[tuple[str, np.ndarray]] = []
+        for channel, index in indexes:  # one read per channel: vector and search use one version
+            if index is None:
+                self.stats[f"channel_missing_{channel.name}"] += 1
+                continue
+            vector = vectors.get(channel.name) if channel.tower else index.mean_vector(history)
+            if isinstance(vector, Future):
+                vector = vector.result()
+            if vector is None:
+                continue
+            rows = index.search_rows(vector, depth)
+            lists.append((channel.name, index.catalogue_rows(self.catalogue.row)[rows]))
+        if not history or not lists:  # cold start, or no recall model yet
+            self.stats["cold_start"] += 1
+            limit = self.settings.popular_fallback
+            if self._city is not None:
+                city = row.get(self._city[0]) or profile.get(self._city[0])
+                if city:
+                    lists.append((POPULAR_CITY, self.catalogue.popular_rows(
+                        self._city[1], city, limit, seen_rows)))
+            lists.append((POPULAR, self.catalogue.popular_rows(None, None, limit, seen_rows)))
+        return merge_rows(lists, seen_rows, self.settings.num_candidates)
 
     def candidates(self, user_id: str, row: Mapping[str, Any], history: Sequence[str],
                    profile: Mapping[str, Any]) -> dict[str, list[str]]:
         """Merged candidates: item id -> channels, in merge order, seen items removed."""
-        seen = set(history)
-        lists: list[tuple[str, list[str]]] = []
-        # Tower calls are independent round trips: issue them concurrently.
-        futures = [self._pool.submit(self._channel_vector, channel, row, history)
-                   for channel in self.settings.channels]
-        for channel, future in zip(self.settings.channels, futures):
-            found = future.result()
-            if found is None:
-                continue
-            index, vector = found
-            ids, _ = index.search(vector, self.settings.per_channel + len(seen))
-            lists.append((channel.name, ids[0]))
-        if not history or not lists:  # cold start, or no recall model yet
-            self.stats["cold_start"] += 1
-            if self._city is not None:
-                city = row.get(self._city[0]) or profile.get(self._city[0])
-                if city:
-                    lists.append((POPULAR_CITY, self.catalogue.popular_where(
-                        self._city[1], city, self.settings.popular_fallback, seen)))
-            lists.append((POPULAR, self.catalogue.popular_where(
-                None, None, self.settings.popular_fallback, seen)))
-        return merge_round_robin(lists, seen, self.settings.num_candidates, self.catalogue.row)
+        merged = self._recall(row, history, profile)
+        return {self.catalogue.ids[r]: list(channels)
+                for r, channels in zip(merged.rows.tolist(), merged.channels_of(merged.rows))}
 
     # ---- public API ---------------------------------------------------------
     def recommend(self, user_id: str, context: Mapping[str, Any] | None = None,
@@ -320,20 +407,22 @@ class Recommender:
         profile = self.store.get_profile(user_id) or {}
         history = self.store.recent_clicks(user_id)[-self._history_len:]
         row = self.user_features(user_id, profile, history, context, ts)
-        merged = self.candidates(user_id, row, history, profile)
+        merged = self._recall(row, history, profile)
         self.stats["requests"] += 1
-        if not merged:
+        if not len(merged.rows):
             return []
-        items = list(merged)
+        rows = merged.rows
         outputs = self._predict(self.settings.ranking_model, self.settings.ranking_signature,
-                                lambda wanted: self._item_inputs(items, row, wanted, ts))
+                                lambda wanted: self._item_inputs_rows(rows, row, wanted, ts))
         scores = np.asarray(outputs["click"], dtype=np.float64).reshape(-1)
         if self.settings.follow_weight and "follow" in outputs:
             scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
-        if scores.shape[0] != len(items):
-            raise ValueError(f"ranking returned {scores.shape[0]} scores for {len(items)} candidates")
+        if scores.shape[0] != len(rows):
+            raise ValueError(f"ranking returned {scores.shape[0]} scores for {len(rows)} candidates")
         order = np.argsort(-scores, kind="stable")[:k]
-        return [Recommendation(items[i], float(scores[i]), tuple(merged[items[i]])) for i in order]
+        top = rows[order]
+        return [Recommendation(self.catalogue.ids[r], float(scores[i]), channels)
+                for r, i, channels in zip(top.tolist(), order.tolist(), merged.channels_of(top))]
 
     def ingest(self, event: Mapping[str, Any]) -> bool:
         """Applies one real-time event; returns whether it changed the history.

@@ -40,7 +40,7 @@ from beam_jobs import feature_config as fc  # noqa: E402
 from serving import model_server  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
 from serving.client import ModelServerClient  # noqa: E402
-from serving.indexes import IndexSet  # noqa: E402
+from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
 from serving.store import make_store  # noqa: E402
 
@@ -51,6 +51,9 @@ MAX_BODY_BYTES = 1 << 20
 def make_handler(recommender: Recommender) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body leave as two writes; with Nagle on, the body waits for
+        # the client's delayed ACK of the headers (~40 ms on Linux) every request.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):
             log.debug("http %s", fmt % args)
@@ -179,11 +182,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--follow_weight", type=float, default=0.0,
                         help="score = click + w * follow (with --ranking_model ranking_multitask)")
     parser.add_argument("--num_candidates", type=int, default=500)
+    parser.add_argument("--faiss_omp_threads", type=int, default=1,
+                        help="OpenMP threads of a FAISS search (0 = FAISS's default). One query "
+                             "per search gains nothing from a thread team, and request threads "
+                             "already run searches side by side")
     parser.add_argument("--ready_file", default=None,
                         help="written with the bound ports once serving (for scripts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if args.faiss_omp_threads:
+        set_search_threads(args.faiss_omp_threads)
     serving_dir = args.serving_dir or os.path.join(args.work_dir, "serving")
     models_root = os.path.join(serving_dir, "models")
     if not os.path.isdir(models_root) or not os.listdir(models_root):
