@@ -1,0 +1,66 @@
+"""Item2vec hyperparameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from beam_jobs import feature_config as fc
+
+
+@dataclasses.dataclass(frozen=True)
+class Item2VecConfig:
+    """Skip-gram settings; defaults follow Meitu's item2vec.
+
+    Attributes:
+      dim: embedding width (Meitu: 128).
+      window: max distance between center and context in a session (Meitu: 64).
+      negatives_per_positive: negatives per (center, context) pair (Meitu: 2).
+      min_session_len: sessions shorter than this are dropped (None: the
+        feature config's min_session_len, Meitu: 5).
+      unigram_alpha: negatives ~ clicks**alpha (word2vec: 0.75).
+      attribute_role: None, or a role (item_city / item_category) whose value
+        the attribute-aware negatives share with the positive (58.com).
+      attribute_negative_ratio: share of negatives drawn attribute-aware.
+      epochs, batch_size, learning_rate: training loop.
+      max_pairs_per_epoch: when set, each epoch trains on a fresh random
+        subset of this many pairs (long sessions with window 64 give
+        O(64 x clicks) pairs; the subset bounds the epoch cost).
+      recent_clicks: the user vector averages this many most recent clicks.
+      seed: pair shuffling and negative sampling.
+    """
+
+    dim: int = 128
+    window: int = 64
+    negatives_per_positive: int = 2
+    min_session_len: int | None = None
+    unigram_alpha: float = 0.75
+    attribute_role: str | None = None
+    attribute_negative_ratio: float = 0.5
+    epochs: int = 5
+    batch_size: int = 4096
+    learning_rate: float = 0.005
+    max_pairs_per_epoch: int | None = None
+    recent_clicks: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dim < 1 or self.window < 1 or self.negatives_per_positive < 1:
+            raise ValueError(f"dim, window and negatives_per_positive must be >= 1: {self}")
+        if self.attribute_role not in (None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY):
+            raise ValueError(f"attribute_role {self.attribute_role!r} not in "
+                             f"{(None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY)}")
+        if self.max_pairs_per_epoch is not None and self.max_pairs_per_epoch < 1:
+            raise ValueError(f"max_pairs_per_epoch must be >= 1, got {self.max_pairs_per_epoch}")
+        if not 0.0 <= self.attribute_negative_ratio <= 1.0:
+            raise ValueError(
+                f"attribute_negative_ratio {self.attribute_negative_ratio} not in [0, 1]")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any] | None) -> "Item2VecConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(hparams or {}) - known
+        if unknown:
+            raise ValueError(f"unknown Item2vec hparams {sorted(unknown)}; known {sorted(known)}")
+        return cls(**dict(hparams or {}))

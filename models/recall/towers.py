@@ -1,0 +1,141 @@
+"""Feature towers shared by YouTubeNet and the two-tower model.
+
+A tower maps raw feature tensors (models.inputs dense conventions) to one
+vector: FeatureIds -> per-feature embeddings -> concat -> MLP -> [B, dim].
+Multi-valued features (the click history, interest tags) are mean-pooled, or
+attention-pooled with the single-valued features (demographics, context) as
+the query, as in 58.com's two-tower user tower.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from models.layers.feature_embedding import FeatureIds, FieldEmbedding  # noqa: E402
+
+
+@keras.utils.register_keras_serializable(package="feedrec")
+class AttentionPooling(keras.layers.Layer):
+    """Additive attention over a padded sequence, guided by a query vector.
+
+    score_l = v . tanh(W_k x_l + W_q q), softmax over the non-padding
+    positions; a row with no valid position pools to zeros (a new user's
+    empty history contributes nothing instead of NaN).
+
+    Args:
+      units: hidden width of the scoring MLP.
+    Call:
+      sequence: [B, L, d]; mask: [B, L] bool; query: [B, q].
+    Returns:
+      [B, d].
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        if units < 1:
+            raise ValueError(f"units must be >= 1, got {units}")
+        self.units = int(units)
+        self.key_proj = keras.layers.Dense(units, use_bias=False, name="key")
+        self.query_proj = keras.layers.Dense(units, name="query")
+        self.score = keras.layers.Dense(1, use_bias=False, name="score")
+
+    def call(self, sequence: tf.Tensor, mask: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
+        hidden = tf.tanh(self.key_proj(sequence) + self.query_proj(query)[:, None, :])
+        scores = tf.squeeze(self.score(hidden), -1)  # [B, L]
+        mask = tf.cast(mask, scores.dtype)
+        scores = scores - tf.reduce_max(scores - 1e9 * (1.0 - mask), axis=1, keepdims=True)
+        weights = tf.exp(tf.minimum(scores, 0.0)) * mask
+        weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-9)
+        return tf.einsum("bl,bld->bd", weights, sequence)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.utils.register_keras_serializable(package="feedrec")
+class FeatureTower(keras.Model):
+    """Raw features -> one vector per example.
+
+    Args:
+      feature_config: FeatureConfig.to_dict().
+      vocabularies: feature name -> vocabulary list.
+      feature_names: the features this tower reads (others in the input dict
+        are ignored).
+      embedding_dim: per-feature embedding width.
+      hidden_units: ReLU MLP widths.
+      output_dim: output width.
+      attention_units: 0 = mean-pool multi-valued features; > 0 = attention
+        pooling with the single-valued embeddings as query.
+      normalize: L2-normalize the output (cosine towers).
+    Call:
+      features: dict name -> raw tensor.
+    Returns:
+      [B, output_dim] float32.
+    """
+
+    def __init__(self, feature_config: Mapping[str, Any], vocabularies: Mapping[str, Sequence[str]],
+                 feature_names: Sequence[str], embedding_dim: int, hidden_units: Sequence[int],
+                 output_dim: int, attention_units: int = 0, normalize: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_config = dict(feature_config)
+        self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
+        self.feature_names = list(feature_names)
+        self.embedding_dim, self.output_dim = int(embedding_dim), int(output_dim)
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.attention_units, self.normalize = int(attention_units), bool(normalize)
+        config = fc.from_dict(self.feature_config)
+        if not self.feature_names:
+            raise ValueError("a tower needs at least one feature")
+        self.ids = FeatureIds(self.feature_config, self.vocabularies, self.feature_names)
+        multi = [n for n in self.feature_names
+                 if config.feature(n).type in (fc.TAGS, fc.SEQUENCE)]
+        single = [n for n in self.feature_names if n not in multi]
+        if not self.attention_units or not single:
+            single, multi = self.feature_names, []
+        self.single_names, self.multi_names = single, multi
+        rows = {n: self.ids.num_rows(n) for n in single}
+        for n in single:
+            spec = config.feature(n)
+            if spec.type == fc.SEQUENCE:
+                rows[spec.of] = self.ids.num_rows(n)
+        self.embed = FieldEmbedding(self.feature_config, rows, self.embedding_dim,
+                                    feature_names=single, name="field_embedding")
+        self.sequence_tables = {
+            n: keras.layers.Embedding(self.ids.num_rows(n), self.embedding_dim,
+                                      embeddings_initializer=keras.initializers.RandomNormal(
+                                          stddev=0.01), name=f"{n}_sequence_embedding")
+            for n in multi}
+        self.poolers = {n: AttentionPooling(self.attention_units, name=f"{n}_attention")
+                        for n in multi}
+        self.mlp = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
+                    for i, u in enumerate(self.hidden_units)]
+        self.out = keras.layers.Dense(self.output_dim, name="output")
+
+    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        ids = self.ids({n: features[n] for n in self.feature_names})
+        single = self.embed({n: ids[n] for n in self.single_names})  # [B, F, e]
+        flat = tf.reshape(single, [-1, len(self.single_names) * self.embedding_dim])
+        parts = [flat]
+        for n in self.multi_names:
+            vectors = self.sequence_tables[n](ids[n])  # [B, L, e]
+            parts.append(self.poolers[n](vectors, ids[n] > 0, flat))
+        x = tf.concat(parts, axis=1)
+        for layer in self.mlp:
+            x = layer(x)
+        x = self.out(x)
+        return tf.math.l2_normalize(x, axis=1) if self.normalize else x
+
+    def get_config(self) -> dict[str, Any]:
+        return {"feature_config": self.feature_config, "vocabularies": self.vocabularies,
+                "feature_names": self.feature_names, "embedding_dim": self.embedding_dim,
+                "hidden_units": self.hidden_units, "output_dim": self.output_dim,
+                "attention_units": self.attention_units, "normalize": self.normalize,
+                "name": self.name}

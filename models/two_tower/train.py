@@ -1,0 +1,169 @@
+"""Two-tower training entry: retrieval examples -> towers -> exported artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from models import inputs  # noqa: E402
+from models.layers.feature_embedding import load_vocabularies  # noqa: E402
+from models.recall import artifacts, data, protocols, training  # noqa: E402
+from models.recall.negatives import GroupedSampler  # noqa: E402
+from models.recall.towers import FeatureTower  # noqa: E402
+from models.two_tower.config import TwoTowerConfig  # noqa: E402
+from models.two_tower.model import HardNegativeSampler, TwoTowerModel  # noqa: E402
+
+MODEL_NAME = "two_tower"
+
+
+@dataclasses.dataclass
+class TwoTowerResult:
+    feature_config: fc.FeatureConfig
+    config: TwoTowerConfig
+    model: TwoTowerModel
+    user_names: list[str]
+    item_ids: list[str]
+    item_vectors: np.ndarray  # [N, dim], L2-normalized
+    stats: dict[str, Any]
+
+    def user_vectors(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        return training.predict(self.model.user_tower, features, self.user_names, self.config.dim)
+
+    def export(self, export_dir: str, model_version: int | None = None) -> dict[str, str]:
+        user_dir = os.path.join(export_dir, artifacts.USER_TOWER_DIR)
+        item_dir = os.path.join(export_dir, artifacts.ITEM_EMBEDDINGS_DIR)
+        tower = self.model.user_tower
+        artifacts.export_user_tower(tower, tower, data.serving_signature(self.feature_config),
+                                    user_dir)
+        artifacts.write_item_embeddings(item_dir, self.item_ids, self.item_vectors, MODEL_NAME,
+                                        normalized=True, model_version=model_version)
+        return {"user_tower": user_dir, "item_embeddings": item_dir}
+
+
+def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
+                config: TwoTowerConfig) -> tuple[TwoTowerModel, list[str], list[str]]:
+    """The untrained model and the user / item feature names its towers read."""
+    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
+    item_names = [f.name for f in data.item_features(feature_config)]
+    cfg = feature_config.to_dict()
+    user_tower = FeatureTower(cfg, vocabularies, user_names, config.embedding_dim,
+                              config.hidden_units, config.dim, config.attention_units,
+                              normalize=True, name="user_tower")
+    item_tower = FeatureTower(cfg, vocabularies, item_names, config.embedding_dim,
+                              config.hidden_units, config.dim, attention_units=0,
+                              normalize=True, name="item_tower")
+    return TwoTowerModel(user_tower, item_tower, config.temperature), user_names, item_names
+
+
+def _hard_sampler(feature_config: fc.FeatureConfig, catalogue: data.Catalogue
+                  ) -> HardNegativeSampler | None:
+    category = feature_config.role(fc.ROLE_ITEM_CATEGORY)
+    if category is None:
+        return None  # "other category" is undefined: extra negatives stay random
+    city = feature_config.role(fc.ROLE_ITEM_CITY)
+    return HardNegativeSampler(catalogue.clicks, catalogue.attribute_codes(category.name),
+                               None if city is None else catalogue.attribute_codes(city.name))
+
+
+def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
+        catalogue: data.Catalogue, vocabularies: Mapping[str, list[str]],
+        config: TwoTowerConfig) -> TwoTowerResult:
+    """Trains the towers on retrieval examples (history -> clicked item).
+
+    Raises:
+      ValueError: no example's target item is in the catalogue.
+    """
+    start = time.time()
+    rng = np.random.default_rng(config.seed)
+    tf.random.set_seed(config.seed)
+    model, user_names, item_names = build_model(feature_config, vocabularies, config)
+    rows, unknown = training.target_rows(arrays, feature_config, catalogue)
+    keep = np.flatnonzero(rows >= 0)
+    if len(keep) == 0:
+        raise ValueError("no retrieval example has a target item in the catalogue")
+    arrays, rows = data.take(arrays, keep), rows[keep]
+    probability = data.click_probabilities(catalogue)
+    hard = _hard_sampler(feature_config, catalogue)
+    n_hard = int(round(config.extra_negatives * config.hard_negative_ratio)) if hard else 0
+    n_random = config.extra_negatives - n_hard
+    random_sampler = training_sampler(catalogue)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+
+    @tf.function(reduce_retracing=True)
+    def step(user_features, candidate_features, candidate_ids, candidate_probability):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(user_features, candidate_features, candidate_ids,
+                                      candidate_probability)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    losses = []
+    for _ in range(config.epochs):
+        total, batches = 0.0, 0
+        for batch in training.minibatches(len(rows), config.batch_size, rng):
+            positives = rows[batch]
+            extra = [random_sampler.sample(rng, n_random)]
+            if n_hard:
+                extra.append(hard.sample(rng, rng.choice(positives, n_hard)))
+            candidates = np.concatenate([positives] + extra)
+            total += float(step(
+                training.tensors(arrays, user_names, batch),
+                training.tensors(catalogue.features, item_names, candidates),
+                tf.constant(candidates), tf.constant(probability[candidates])))
+            batches += 1
+        losses.append(total / max(batches, 1))
+    item_vectors = training.predict(model.item_tower, catalogue.features, item_names, config.dim)
+    stats = {"epoch_losses": losses, "examples": int(len(rows)),
+             "dropped_unknown_target": unknown, "num_items": len(catalogue),
+             "train_seconds": time.time() - start}
+    return TwoTowerResult(feature_config, config, model, user_names, list(catalogue.ids),
+                          item_vectors, stats)
+
+
+def training_sampler(catalogue: data.Catalogue) -> GroupedSampler:
+    """Random extra negatives by click frequency: the same Q as in-batch positives."""
+    return GroupedSampler(catalogue.clicks, alpha=1.0)
+
+
+def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str,
+          hparams: Mapping[str, Any] | None, export_dir: str) -> dict[str, Any]:
+    """Trains on OUT/retrieval Split-train, evaluates on Split-eval (time split), exports.
+
+    Args:
+      config_path: feature config YAML.
+      examples_dir: retrieval examples directory (Split-train, Split-eval).
+      vocab_dir: OUT/vocab.
+      items_pattern: item catalogue TFRecords glob.
+      hparams: TwoTowerConfig fields.
+      export_dir: receives user_tower/ and item_embeddings/.
+    Returns:
+      training statistics and time-split metrics (hr@50, recall@50, ...).
+    """
+    feature_config = fc.load(config_path)
+    config = TwoTowerConfig.from_hparams(hparams)
+    catalogue = data.load_catalogue(items_pattern, feature_config)
+    vocabularies = load_vocabularies(feature_config, vocab_dir)
+    train_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.TRAIN),
+                                      feature_config, fc.RETRIEVAL)
+    result = fit(feature_config, train_arrays, catalogue, vocabularies, config)
+    out = dict(result.stats)
+    if tf.io.gfile.glob(inputs.split_pattern(examples_dir, fc.EVAL)):
+        queries = protocols.time_split(data.load_examples(
+            inputs.split_pattern(examples_dir, fc.EVAL), feature_config, fc.RETRIEVAL),
+            feature_config)
+        out.update(protocols.evaluate_embeddings(queries, result.user_vectors(queries.features),
+                                                 result.item_ids, result.item_vectors))
+    out.update(result.export(export_dir))
+    return out

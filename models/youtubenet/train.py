@@ -1,0 +1,139 @@
+"""YouTubeNet training entry: retrieval examples -> user tower + candidate table."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from models import inputs  # noqa: E402
+from models.layers.feature_embedding import load_vocabularies  # noqa: E402
+from models.recall import artifacts, data, protocols, training  # noqa: E402
+from models.recall.towers import FeatureTower  # noqa: E402
+from models.youtubenet.config import YouTubeNetConfig  # noqa: E402
+from models.youtubenet.model import YouTubeNet, sampling_weights  # noqa: E402
+
+MODEL_NAME = "youtubenet"
+
+
+@dataclasses.dataclass
+class YouTubeNetResult:
+    feature_config: fc.FeatureConfig
+    config: YouTubeNetConfig
+    model: YouTubeNet
+    user_names: list[str]
+    item_ids: list[str]
+    item_vectors: np.ndarray  # [N, dim] candidate embeddings (not normalized)
+    stats: dict[str, Any]
+
+    def user_vectors(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        return training.predict(self.model.user_tower, features, self.user_names, self.config.dim)
+
+    def export(self, export_dir: str, model_version: int | None = None) -> dict[str, str]:
+        user_dir = os.path.join(export_dir, artifacts.USER_TOWER_DIR)
+        item_dir = os.path.join(export_dir, artifacts.ITEM_EMBEDDINGS_DIR)
+        tower = self.model.user_tower
+        artifacts.export_user_tower(tower, tower, data.serving_signature(self.feature_config),
+                                    user_dir)
+        artifacts.write_item_embeddings(item_dir, self.item_ids, self.item_vectors, MODEL_NAME,
+                                        normalized=False, model_version=model_version)
+        return {"user_tower": user_dir, "item_embeddings": item_dir}
+
+
+def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
+        catalogue: data.Catalogue | None, vocabularies: Mapping[str, list[str]],
+        config: YouTubeNetConfig) -> YouTubeNetResult:
+    """Trains the user tower and candidate table with a logQ-corrected sampled softmax.
+
+    Raises:
+      ValueError: no example's target is in the item vocabulary.
+    """
+    start = time.time()
+    rng = np.random.default_rng(config.seed)
+    tf.random.set_seed(config.seed)
+    item_name = feature_config.item_id_feature.name
+    vocabulary = list(vocabularies.get(item_name) or [])
+    index = data.item_vocab_index(vocabulary)
+    labels = np.array([index.get(x.decode() if isinstance(x, bytes) else x, 0)
+                       for x in arrays[item_name]], np.int64)
+    keep = np.flatnonzero(labels > 0)
+    if len(keep) == 0:
+        raise ValueError("no retrieval example has a target in the item vocabulary")
+    dropped = int(len(labels) - len(keep))
+    arrays, labels = data.take(arrays, keep), labels[keep]
+    clicks = np.bincount(labels, minlength=len(vocabulary) + 1)
+    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
+    tower = FeatureTower(feature_config.to_dict(), vocabularies, user_names, config.embedding_dim,
+                         config.hidden_units, config.dim, attention_units=0, normalize=False,
+                         name="user_tower")
+    model = YouTubeNet(tower, len(vocabulary) + 1, config.dim,
+                       sampling_weights(clicks, config.sampling_alpha), config.num_sampled)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+
+    @tf.function(reduce_retracing=True)
+    def step(features, batch_labels):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(features, batch_labels)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    losses = []
+    for _ in range(config.epochs):
+        total, batches = 0.0, 0
+        for batch in training.minibatches(len(labels), config.batch_size, rng):
+            total += float(step(training.tensors(arrays, user_names, batch),
+                                tf.constant(labels[batch])))
+            batches += 1
+        losses.append(total / max(batches, 1))
+    rows = np.arange(1, len(vocabulary) + 1)
+    if catalogue is not None:
+        rows = rows[catalogue.rows_of(vocabulary) >= 0]
+    table = model.candidates.numpy()
+    stats = {"epoch_losses": losses, "examples": int(len(labels)),
+             "dropped_unknown_target": dropped, "num_items": int(len(rows)),
+             "train_seconds": time.time() - start}
+    return YouTubeNetResult(feature_config, config, model, user_names,
+                            [vocabulary[r - 1] for r in rows], table[rows], stats)
+
+
+def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str | None,
+          hparams: Mapping[str, Any] | None, export_dir: str) -> dict[str, Any]:
+    """Trains on OUT/retrieval Split-train, evaluates on Split-eval (time split), exports.
+
+    Args:
+      config_path: feature config YAML.
+      examples_dir: retrieval examples directory (Split-train, Split-eval).
+      vocab_dir: OUT/vocab.
+      items_pattern: item catalogue glob (restricts exported candidates); or None.
+      hparams: YouTubeNetConfig fields.
+      export_dir: receives user_tower/ and item_embeddings/.
+    Returns:
+      training statistics and time-split metrics.
+    """
+    feature_config = fc.load(config_path)
+    config = YouTubeNetConfig.from_hparams(hparams)
+    catalogue = data.load_catalogue(items_pattern, feature_config) if items_pattern else None
+    vocabularies = load_vocabularies(feature_config, vocab_dir)
+    train_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.TRAIN),
+                                      feature_config, fc.RETRIEVAL)
+    result = fit(feature_config, train_arrays, catalogue, vocabularies, config)
+    out = dict(result.stats)
+    if tf.io.gfile.glob(inputs.split_pattern(examples_dir, fc.EVAL)):
+        queries = protocols.time_split(data.load_examples(
+            inputs.split_pattern(examples_dir, fc.EVAL), feature_config, fc.RETRIEVAL),
+            feature_config)
+        out.update(protocols.evaluate_embeddings(queries, result.user_vectors(queries.features),
+                                                 result.item_ids, result.item_vectors))
+    out.update(result.export(export_dir))
+    return out

@@ -1,0 +1,131 @@
+"""Two-tower: loss with logQ and accidental hits, hard negatives, attention, export, new users."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_jobs import feature_config as fc
+from models.layers.feature_embedding import load_vocabularies
+from models.recall import artifacts, data, protocols
+from models.recall.towers import AttentionPooling
+from models.two_tower import train as tt_train
+from models.two_tower.config import TwoTowerConfig
+from models.two_tower.model import HardNegativeSampler, retrieval_task
+from tests.models import recall_fixtures
+
+
+def _log_softmax(x):
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def test_loss_applies_logq_and_removes_accidental_hits():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    c = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)  # 3rd: extra negative
+    ids = np.array([10, 11, 10])  # the extra negative is query 0's own item: an accidental hit
+    p = np.array([0.5, 0.25, 0.125], np.float32)
+    temperature = 0.5
+    logits = q @ c.T / temperature - np.log(p)[None, :]
+    row0 = _log_softmax(logits[0, :2])[0]          # column 2 removed for query 0
+    row1 = _log_softmax(logits[1])[1]              # kept for query 1 (id 11 != 10)
+    expected = -(row0 + row1) / 2
+    loss = retrieval_task(temperature)(tf.constant(q), tf.constant(c),
+                                       candidate_sampling_probability=tf.constant(p),
+                                       candidate_ids=tf.constant(ids), compute_metrics=False)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    no_logq = retrieval_task(temperature)(tf.constant(q), tf.constant(c),
+                                          candidate_ids=tf.constant(ids), compute_metrics=False)
+    assert float(no_logq) != pytest.approx(expected, rel=1e-3)
+
+
+def test_hard_negatives_same_city_other_category():
+    n = 40
+    category = np.arange(n) % 4 + 1
+    city = np.arange(n) % 5 + 1
+    sampler = HardNegativeSampler(np.ones(n), category, city)
+    positives = np.random.default_rng(0).integers(0, n, 2000)
+    neg = sampler.sample(np.random.default_rng(1), positives)
+    assert (city[neg] == city[positives]).mean() > 0.95
+    assert (category[neg] != category[positives]).mean() > 0.99
+    no_city = HardNegativeSampler(np.ones(n), category, None).sample(
+        np.random.default_rng(2), positives)
+    assert (category[no_city] != category[positives]).mean() > 0.99
+
+
+def test_attention_pooling_hand_computed_and_empty_rows():
+    layer = AttentionPooling(2)
+    seq = tf.constant([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])
+    mask = tf.constant([[True, True, False], [False, False, False]])
+    query = tf.constant([[1.0], [1.0]])
+    out = layer(seq, mask, query).numpy()
+    wk, wq, bq, v = (w.numpy() for w in (layer.key_proj.kernel, layer.query_proj.kernel,
+                                         layer.query_proj.bias, layer.score.kernel))
+    scores = np.tanh(seq.numpy()[0, :2] @ wk + (np.array([1.0]) @ wq + bq)) @ v[:, 0]
+    weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(out[0], weights @ seq.numpy()[0, :2], rtol=1e-5)
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])  # new user: no history, no NaN
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tt"))
+    paths = recall_fixtures.write_dataset(os.path.join(root, "data"))
+    config = fc.load(paths["config"])
+    catalogue = data.load_catalogue(paths["items"], config)
+    arrays = data.load_examples(os.path.join(paths["retrieval"], "Split-train", "*.gz"), config,
+                                fc.RETRIEVAL)
+    result = tt_train.fit(config, arrays, catalogue, load_vocabularies(config, paths["vocab"]),
+                          TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), epochs=12,
+                                         batch_size=64, extra_negatives=16))
+    export = os.path.join(root, "export")
+    result.export(export)
+    queries = protocols.time_split(data.load_examples(
+        os.path.join(paths["retrieval"], "Split-eval", "*.gz"), config, fc.RETRIEVAL), config)
+    return config, result, export, queries
+
+
+def test_two_tower_learns_user_category(trained):
+    config, result, _, queries = trained
+    out = protocols.evaluate_embeddings(queries, result.user_vectors(queries.features),
+                                        result.item_ids, result.item_vectors, ks=(10, 50))
+    # one target among ~57 candidates: random HR@10 is about 0.18
+    assert out["hr@10"] > 0.7
+    assert result.stats["epoch_losses"][-1] < result.stats["epoch_losses"][0]
+
+
+def test_exported_user_tower_matches_training_model(trained):
+    config, result, export, queries = trained
+    serve = artifacts.load_user_tower(os.path.join(export, artifacts.USER_TOWER_DIR))
+    request = {k: tf.constant(queries.features[k]) for k in data.serving_signature(config)}
+    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
+                               result.user_vectors(queries.features), atol=1e-5)
+    emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
+    assert emb.ids == result.item_ids and emb.metadata["normalized"] is True
+    np.testing.assert_allclose(emb.embeddings, result.item_vectors, atol=1e-6)
+
+
+def test_new_user_vector_from_demographics_and_context(trained):
+    config, result, export, queries = trained
+    empty = np.array([h == [] for h in queries.history])
+    new = np.flatnonzero(queries.is_new & empty)  # each new user's first eval click
+    assert len(new) == recall_fixtures.NEW_USERS
+    feats = data.take(queries.features, new)
+    tags = config.role(fc.ROLE_USER_TAGS).name
+    feats[tags] = np.full_like(feats[tags], b"")  # no interest tags either
+    vectors = result.user_vectors(feats)
+    assert np.all(np.isfinite(vectors))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.abs(vectors[0] - vectors[1]).max() > 1e-3  # demographics differ -> vectors differ
+    serve = artifacts.load_user_tower(os.path.join(export, artifacts.USER_TOWER_DIR))
+    served = serve(**{k: tf.constant(feats[k]) for k in data.serving_signature(config)})
+    np.testing.assert_allclose(served["user_embedding"].numpy(), vectors, atol=1e-5)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        TwoTowerConfig(temperature=0)
+    with pytest.raises(ValueError, match="unknown two-tower hparams"):
+        TwoTowerConfig.from_hparams({"tmp": 1})
+    assert TwoTowerConfig.from_hparams({"hidden_units": [8, 4]}).hidden_units == (8, 4)
