@@ -34,6 +34,8 @@ install-bench: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt $(QUIET_PIP)
+	@# deepctr 0.9.3 pins h5py 3.7 (no Python 3.11 wheel); it runs on the h5py we have.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps deepctr==0.9.3 $(QUIET_PIP)
 	@touch $(BENCH_STAMP)
 
 # Servers the tests start themselves (real redis-server for the Redis store).

@@ -17,7 +17,7 @@ setup(
         "apache-beam[gcp]>=2.77,<2.78", "faiss-cpu", "tensorflow-serving-api>=2.19,<2.20",
         "pyyaml",
     ],
-    extras_require={"bench": ["deepctr==0.9.3", "implicit", "gensim"],
+    extras_require={"bench": ["implicit", "gensim"],  # + deepctr==0.9.3 --no-deps
                     "test": ["pytest"]},
     entry_points={"console_scripts": [
         "feedrec-sessionize=beam_jobs.sessionize:main",

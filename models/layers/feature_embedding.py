@@ -172,13 +172,21 @@ class FieldEmbedding(keras.layers.Layer):
         return vectors
 
     def call(self, ids: Mapping[str, tf.Tensor]):
-        embedded = [self._lookup(self.tables[self._table_owner(n)], ids[n])
-                    for n in self.feature_names]
+        return self.embed(ids, self.feature_names)
+
+    def embed(self, ids: Mapping[str, tf.Tensor], names: Sequence[str]):
+        """Like call, for a subset of the features (in the given order).
+
+        Lets a caller embed features of different batch sizes separately, e.g.
+        one user's features once and N candidate items' features, then
+        broadcast (ranking's score_candidates).
+        """
+        embedded = [self._lookup(self.tables[self._table_owner(n)], ids[n]) for n in names]
         embeddings = tf.stack(embedded, axis=1)
         if not self.with_linear:
             return embeddings
         linear = tf.concat([self._lookup(self.linear_tables[self._table_owner(n)], ids[n])
-                            for n in self.feature_names], axis=1)
+                            for n in names], axis=1)
         return embeddings, linear
 
     def field_of(self) -> list[str]:

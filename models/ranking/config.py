@@ -1,0 +1,154 @@
+"""Settings of the ranking models: one frozen dataclass, defaults per model.
+
+Model names:
+  lr               logistic regression on the same ids (first order only)
+  nfm              NFM, He & Chua 2017 (Bi-Interaction + MLP), width 200
+  nfwfm            Meitu's NFwFM (Field-wise Bi-Interaction + MLP), width 28
+  multitask_nfwfm  NFwFM bottom shared by a click and a follow head
+  deepfm           DeepFM (FM + DNN on the same embeddings)
+  dcn              Deep & Cross Network (cross network + DNN)
+
+The NFwFM width is 28 so that its parameters and per-example FLOPs stay under
+1/6 of NFM-200's: both are dominated by the embedding tables and per-feature
+vector work, which scale with the width. Parameters go as (d + 1) / 201, but
+NFwFM does a little more work per width unit than NFM (the within-field FM
+module), so 32 would give ~0.17 of NFM-200's FLOPs on both datasets; 28 gives
+~0.15 (tests/models/test_ranking_complexity.py checks both configs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from beam_jobs import feature_config as fc
+
+LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN = (
+    "lr", "nfm", "nfwfm", "multitask_nfwfm", "deepfm", "dcn")
+MODEL_NAMES: tuple[str, ...] = (LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN)
+
+LOSS_SUM, LOSS_REWEIGHT, LOSS_UNCERTAINTY = "sum", "reweight", "uncertainty"
+LOSS_MODES: tuple[str, ...] = (LOSS_SUM, LOSS_REWEIGHT, LOSS_UNCERTAINTY)
+
+
+OPTIMIZERS: tuple[str, ...] = ("lazy_adam", "adam", "adagrad")
+
+
+class RankingConfigError(ValueError):
+    """Bad ranking settings; the message names the bad value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingConfig:
+    """Settings of one ranking model.
+
+    Attributes:
+      model: one of MODEL_NAMES.
+      tasks: labels the model predicts, each a head (click, follow).
+      embedding_dim: width of every feature embedding.
+      hidden_units: MLP on the interaction vector (NFM, NFwFM) or DNN part
+        (DeepFM, DCN); shared by all heads of a multi-task model.
+      mlp_dropout: inverted dropout between MLP layers.
+      use_fm_module: NFwFM: include the within-field FM module.
+      use_interaction_dropout: NFwFM: Bernoulli dropout on the second-order
+        vector (published, non-rescaled convention).
+      keep_prob: beta, keep probability of that dropout.
+      cross_layers: DCN: number of cross layers.
+      loss_mode: multi-task: sum, reweight or uncertainty.
+      follow_weight: reweight mode: click loss weight 1 + follow_weight * follow.
+      l2: L2 penalty on the embedding tables.
+      optimizer: lazy_adam (default: Adam whose embedding updates touch only
+        the looked-up rows; Keras Adam decays its moments over whole tables
+        every step, 2-3x slower with a 100k-row user table), adam or adagrad.
+      learning_rate: optimizer learning rate.
+      batch_size: training batch size.
+      epochs: passes over the training data.
+      seed: weight initialization and shuffling seed.
+    """
+
+    model: str
+    tasks: tuple[str, ...] = (fc.CLICK_LABEL,)
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (64,)
+    mlp_dropout: float = 0.0
+    use_fm_module: bool = True
+    use_interaction_dropout: bool = True
+    keep_prob: float = 0.8
+    cross_layers: int = 2
+    loss_mode: str = LOSS_SUM
+    follow_weight: float = 4.0
+    l2: float = 0.0
+    optimizer: str = "lazy_adam"
+    learning_rate: float = 3e-3
+    batch_size: int = 512
+    epochs: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in MODEL_NAMES:
+            raise RankingConfigError(f"model {self.model!r} not in {MODEL_NAMES}")
+        if not self.tasks or any(t not in fc.LABEL_KEYS for t in self.tasks):
+            raise RankingConfigError(f"tasks {self.tasks!r} must be a non-empty subset of "
+                                     f"{fc.LABEL_KEYS}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise RankingConfigError(f"tasks {self.tasks!r} has duplicates")
+        if self.embedding_dim < 1:
+            raise RankingConfigError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if any(int(h) < 1 for h in self.hidden_units):
+            raise RankingConfigError(f"hidden_units {self.hidden_units!r} must be >= 1")
+        if not 0.0 < self.keep_prob <= 1.0:
+            raise RankingConfigError(f"keep_prob must be in (0, 1], got {self.keep_prob}")
+        if not 0.0 <= self.mlp_dropout < 1.0:
+            raise RankingConfigError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
+        if self.loss_mode not in LOSS_MODES:
+            raise RankingConfigError(f"loss_mode {self.loss_mode!r} not in {LOSS_MODES}")
+        if self.loss_mode == LOSS_REWEIGHT and fc.CLICK_LABEL not in self.tasks:
+            raise RankingConfigError("loss_mode 'reweight' reweights the click loss: "
+                                     "tasks must include click")
+        if self.optimizer not in OPTIMIZERS:
+            raise RankingConfigError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.cross_layers < 1:
+            raise RankingConfigError(f"cross_layers must be >= 1, got {self.cross_layers}")
+        for name in ("learning_rate", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise RankingConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["tasks"] = list(self.tasks)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+
+# Per-model defaults on top of the dataclass defaults.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    LR: {"embedding_dim": 1, "hidden_units": ()},
+    NFM: {"embedding_dim": 200, "hidden_units": (64,)},
+    NFWFM: {"embedding_dim": 28, "hidden_units": (64,)},
+    MULTITASK_NFWFM: {"embedding_dim": 28, "hidden_units": (64,),
+                      "tasks": (fc.CLICK_LABEL, fc.FOLLOW_LABEL),
+                      "loss_mode": LOSS_UNCERTAINTY},
+    DEEPFM: {"embedding_dim": 16, "hidden_units": (64, 32)},
+    DCN: {"embedding_dim": 16, "hidden_units": (64, 32)},
+}
+
+
+def make_config(model: str, hparams: Mapping[str, Any] | None = None) -> RankingConfig:
+    """The model's defaults overridden by `hparams`.
+
+    Raises:
+      RankingConfigError: unknown model or hparam name, or a bad value.
+    """
+    if model not in _DEFAULTS:
+        raise RankingConfigError(f"model {model!r} not in {MODEL_NAMES}")
+    hparams = dict(hparams or {})
+    known = {f.name for f in dataclasses.fields(RankingConfig)} - {"model"}
+    unknown = sorted(set(hparams) - known)
+    if unknown:
+        raise RankingConfigError(f"unknown hparams {unknown}; known: {sorted(known)}")
+    values = {**_DEFAULTS[model], **hparams}
+    for key in ("tasks", "hidden_units"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return RankingConfig(model=model, **values)

@@ -1,0 +1,92 @@
+"""Single- and multi-task ranking losses: sum, follow-aware reweight, uncertainty.
+
+References:
+  Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh
+  Losses for Scene Geometry and Semantics", CVPR 2018.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from models.ranking import config as rc  # noqa: E402
+
+
+@keras.utils.register_keras_serializable(package="feedrec")
+class MultiTaskLoss(keras.layers.Layer):
+    """Combines per-task binary cross-entropies into one training loss.
+
+    Modes (L_k the mean log loss of task k):
+      sum:          sum_k L_k.
+      reweight:     the click loss weights each example by 1 + w * follow, so
+                    clicks that led to a follow count more; other tasks as sum.
+      uncertainty:  sum_k exp(-s_k) * L_k / 2 + s_k / 2, with s_k = log sigma_k^2
+                    learned per task (Kendall et al. 2018).
+
+    Args:
+      tasks: task (label) names, each with a logit.
+      mode: sum, reweight or uncertainty.
+      follow_weight: w of the reweight mode.
+    Call:
+      labels: task -> float [B] (reweight also reads labels["follow"]).
+      logits: task -> float [B].
+    Returns:
+      (total scalar, {task: L_k scalar}).
+    """
+
+    def __init__(self, tasks: Sequence[str], mode: str = rc.LOSS_SUM,
+                 follow_weight: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in rc.LOSS_MODES:
+            raise ValueError(f"mode {mode!r} not in {rc.LOSS_MODES}")
+        if not tasks:
+            raise ValueError("tasks is empty")
+        self.tasks = list(tasks)
+        self.mode = mode
+        self.follow_weight = float(follow_weight)
+
+    def build(self, input_shape=None):
+        if self.mode == rc.LOSS_UNCERTAINTY:
+            # s_k = 0: every task starts with weight 1/2, as in the paper.
+            self.log_variances = self.add_weight(
+                name="log_variances", shape=(len(self.tasks),), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, labels: Mapping[str, tf.Tensor], logits: Mapping[str, tf.Tensor]):
+        per_task = {}
+        for task in self.tasks:
+            y = tf.cast(tf.reshape(labels[task], [-1]), tf.float32)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits[task])
+            if self.mode == rc.LOSS_REWEIGHT and task == fc.CLICK_LABEL:
+                follow = tf.cast(tf.reshape(labels[fc.FOLLOW_LABEL], [-1]), tf.float32)
+                weights = 1.0 + self.follow_weight * follow
+                per_task[task] = tf.reduce_sum(weights * bce) / tf.reduce_sum(weights)
+            else:
+                per_task[task] = tf.reduce_mean(bce)
+        if self.mode == rc.LOSS_UNCERTAINTY:
+            s = self.log_variances
+            total = tf.add_n([tf.exp(-s[k]) * per_task[t] / 2.0 + s[k] / 2.0
+                              for k, t in enumerate(self.tasks)])
+        else:
+            total = tf.add_n(list(per_task.values()))
+        return total, per_task
+
+    def sigmas(self) -> dict[str, float]:
+        """Learned sigma_k = exp(s_k / 2) per task (uncertainty mode), else {}."""
+        if self.mode != rc.LOSS_UNCERTAINTY or not self.built:
+            return {}
+        return {t: float(math.exp(float(s) / 2.0))
+                for t, s in zip(self.tasks, self.log_variances.numpy())}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "tasks": self.tasks, "mode": self.mode,
+                "follow_weight": self.follow_weight}

@@ -1,0 +1,213 @@
+"""Ranking models on one shared input layer: LR, NFM, NFwFM (+ multi-task), DeepFM, DCN.
+
+Every model reads raw feature tensors (models.inputs conventions), maps them
+to ids (FeatureIds, vocabularies inside the model) and to one vector per
+feature grouped by field (FieldEmbedding). A model-specific body turns those
+into a first-order logit [B] and a representation [B, h]; each task head is
+Dense(1) on the representation plus the first-order logit:
+
+  logit_k = w0_k + S + h_k^T rep
+
+References:
+  He & Chua, "Neural Factorization Machines for Sparse Predictive Analytics",
+  SIGIR 2017; Meitu NFwFM (see models/layers/field_wise_bi_interaction.py);
+  Guo et al., "DeepFM", IJCAI 2017; Wang et al., "Deep & Cross Network",
+  ADKDD 2017.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from beam_jobs import feature_config as fc  # noqa: E402
+from models.layers.bi_interaction import BiInteraction  # noqa: E402
+from models.layers.cross_network import CrossNetwork  # noqa: E402
+from models.layers.feature_embedding import (FeatureIds, FieldEmbedding,  # noqa: E402
+                                             ordered_feature_names)
+from models.layers.field_wise_bi_interaction import FieldWiseBiInteraction  # noqa: E402
+from models.ranking import config as rc  # noqa: E402
+from models.ranking.losses import MultiTaskLoss  # noqa: E402
+
+# Bodies that use FieldEmbedding's first-order tables.
+_WITH_LINEAR = (rc.NFM, rc.NFWFM, rc.MULTITASK_NFWFM, rc.DEEPFM)
+_NFWFM_FAMILY = (rc.NFWFM, rc.MULTITASK_NFWFM)
+
+
+def uses_linear(model: str) -> bool:
+    return model in _WITH_LINEAR
+
+
+@keras.utils.register_keras_serializable(package="feedrec")
+class RankingModel(keras.Model):
+    """One ranking model; which one is `ranking_config["model"]`.
+
+    Args:
+      ranking_config: RankingConfig.to_dict().
+      feature_config: FeatureConfig.to_dict() of the dataset.
+      vocabularies: feature name -> vocabulary list (most frequent first).
+    Call:
+      features: dict name -> raw tensors (models.inputs dense conventions);
+        extra keys (labels, user_key, ...) are ignored.
+    Returns:
+      dict task -> probability [B].
+    """
+
+    def __init__(self, ranking_config: Mapping[str, Any], feature_config: Mapping[str, Any],
+                 vocabularies: Mapping[str, Sequence[str]], **kwargs):
+        super().__init__(**kwargs)
+        self.ranking_config = rc.make_config(
+            ranking_config["model"], {k: v for k, v in ranking_config.items() if k != "model"})
+        self.feature_config = dict(feature_config)
+        self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
+        cfg = self.ranking_config
+        features = fc.from_dict(self.feature_config)
+        self.feature_names = ordered_feature_names(features)
+        self.feature_ids = FeatureIds(self.feature_config, self.vocabularies,
+                                      self.feature_names, name="feature_ids")
+        self.num_rows = {n: self.feature_ids.num_rows(n) for n in self.feature_names}
+        self.embedding = FieldEmbedding(
+            self.feature_config, self.num_rows, cfg.embedding_dim, self.feature_names,
+            with_linear=uses_linear(cfg.model), l2=cfg.l2, name="field_embedding")
+        self.mlp = [keras.layers.Dense(h, activation="relu", name=f"mlp_{i}")
+                    for i, h in enumerate(cfg.hidden_units)]
+        self.mlp_dropout = ([keras.layers.Dropout(cfg.mlp_dropout, seed=cfg.seed)
+                             for _ in cfg.hidden_units] if cfg.mlp_dropout else [])
+        if cfg.model == rc.NFM or cfg.model == rc.DEEPFM:
+            self.bi_interaction = BiInteraction(name="bi_interaction")
+        if cfg.model in _NFWFM_FAMILY:
+            self.field_wise = FieldWiseBiInteraction(
+                self.embedding.field_of(), use_fm_module=cfg.use_fm_module,
+                use_dropout=cfg.use_interaction_dropout, keep_prob=cfg.keep_prob,
+                seed=cfg.seed, name="field_wise_bi_interaction")
+        if cfg.model == rc.DCN:
+            self.cross = CrossNetwork(cfg.cross_layers, name="cross_network")
+        if cfg.model == rc.LR:
+            self.biases = {t: self.add_weight(name=f"{t}_bias", shape=(), initializer="zeros")
+                           for t in cfg.tasks}
+        else:
+            self.heads = {t: keras.layers.Dense(1, name=f"{t}_head") for t in cfg.tasks}
+        # Offline training on ids precomputed with self.feature_ids (same
+        # mapping, done once instead of every step); serving always maps raw.
+        self.train_on_ids = False
+        self.task_loss = MultiTaskLoss(cfg.tasks, cfg.loss_mode, cfg.follow_weight,
+                                       name="task_loss")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.ranking_config.tasks
+
+    # ---- forward ------------------------------------------------------------
+    def _run_mlp(self, x: tf.Tensor, training) -> tf.Tensor:
+        for i, layer in enumerate(self.mlp):
+            x = layer(x)
+            if self.mlp_dropout:
+                x = self.mlp_dropout[i](x, training=training)
+        return x
+
+    def body(self, ids: Mapping[str, tf.Tensor], training=None) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """ids -> (first-order logit [B], representation [B, h] or None for LR)."""
+        return self.body_from_embedded(self.embedding(ids), training=training)
+
+    def body_from_embedded(self, embedded, training=None) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """FieldEmbedding output ([B, F, d] or ([B, F, d], [B, F])) -> body outputs."""
+        model = self.ranking_config.model
+        if model == rc.LR:
+            return tf.reduce_sum(embedded[:, :, 0], axis=1), None
+        if model == rc.DCN:
+            flat = tf.reshape(embedded, [-1, len(self.feature_names) * self.ranking_config.embedding_dim])
+            return (tf.zeros_like(flat[:, 0]),
+                    tf.concat([self.cross(flat), self._run_mlp(flat, training)], axis=1))
+        embeddings, linear = embedded
+        first_order = tf.reduce_sum(linear, axis=1)
+        if model == rc.NFM:
+            return first_order, self._run_mlp(self.bi_interaction(embeddings), training)
+        if model == rc.DEEPFM:
+            fm = tf.reduce_sum(self.bi_interaction(embeddings), axis=1)
+            flat = tf.reshape(embeddings, [-1, len(self.feature_names) * self.ranking_config.embedding_dim])
+            return first_order + fm, self._run_mlp(flat, training)
+        first_order, interaction = self.field_wise(embeddings, linear, training=training)
+        return first_order, self._run_mlp(interaction, training)
+
+    def head_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None) -> dict[str, tf.Tensor]:
+        if rep is None:
+            return {t: first_order + self.biases[t] for t in self.tasks}
+        return {t: first_order + tf.squeeze(self.heads[t](rep), axis=1) for t in self.tasks}
+
+    def logits(self, features: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
+        """Raw features -> task -> logit [B]."""
+        ids = self.feature_ids({n: features[n] for n in self.feature_names})
+        return self.logits_from_ids(ids, training=training)
+
+    def logits_from_ids(self, ids: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
+        first_order, rep = self.body(ids, training=training)
+        return self.head_logits(first_order, rep)
+
+    def candidate_logits(self, ids: Mapping[str, tf.Tensor], item_names: Sequence[str],
+                         ) -> dict[str, tf.Tensor]:
+        """One user's N candidates: user/context ids batch 1, item ids batch N.
+
+        The user and context features are embedded (and multi-valued ones
+        pooled) once, then broadcast to the N candidates.
+
+        Returns:
+          task -> logit [N].
+        """
+        items = [n for n in self.feature_names if n in item_names]
+        shared = [n for n in self.feature_names if n not in item_names]
+        num = tf.shape(ids[items[0]])[0]
+        one = self.embedding.embed(ids, shared)
+        many = self.embedding.embed(ids, items)
+        # Back to feature_names order: position of each feature in shared + items.
+        order = [(shared + items).index(n) for n in self.feature_names]
+
+        def merge(a, b):
+            a = tf.broadcast_to(a, tf.concat([[num], tf.shape(a)[1:]], axis=0))
+            return tf.gather(tf.concat([a, b], axis=1), order, axis=1)
+
+        if isinstance(one, tuple):
+            embedded = (merge(one[0], many[0]), merge(one[1], many[1]))
+        else:
+            embedded = merge(one, many)
+        first_order, rep = self.body_from_embedded(embedded, training=False)
+        return self.head_logits(first_order, rep)
+
+    def call(self, features: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
+        return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
+
+    # ---- training -----------------------------------------------------------
+    def train_step(self, data):
+        features, labels = data
+        with tf.GradientTape() as tape:
+            if self.train_on_ids:
+                logits = self.logits_from_ids(features, training=True)
+            else:
+                logits = self.logits(features, training=True)
+            total, per_task = self.task_loss(labels, logits)
+            if self.losses:
+                total = total + tf.add_n(self.losses)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        out = {"loss": total, **{f"{t}_loss": v for t, v in per_task.items()}}
+        if self.ranking_config.loss_mode == rc.LOSS_UNCERTAINTY:
+            for k, t in enumerate(self.tasks):
+                out[f"{t}_log_variance"] = self.task_loss.log_variances[k]
+        return out
+
+    def build_from_example(self, features: Mapping[str, tf.Tensor]) -> None:
+        """Creates every weight (including the loss's) from one batch."""
+        # Through __call__ so Keras marks the model built (count_params, save).
+        probs = self(features, training=False)
+        zeros = tf.zeros_like(next(iter(probs.values())))
+        self.task_loss({k: zeros for k in fc.LABEL_KEYS}, {t: zeros for t in self.tasks})
+
+    def get_config(self) -> dict[str, Any]:
+        return {"ranking_config": self.ranking_config.to_dict(),
+                "feature_config": self.feature_config, "vocabularies": self.vocabularies,
+                "name": self.name}
