@@ -14,9 +14,9 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
   ParseUsers / ParseItems (+ PickItemRow)  side rows -> encoded feature
       entries; malformed, missing_key and duplicate_key rows dead-lettered.
       The items table becomes one pickled-dict singleton side input.
-  ParseEvents  raw records -> typed events grouped per user within a batch;
-      malformed, missing_id, unknown_event, bad_timestamp and out_of_range
-      rows dead-lettered.
+  ParseEvents  raw records -> typed events grouped per user within a batch,
+      shuffled as one marshal blob per (user, batch); malformed, missing_id,
+      unknown_event, bad_timestamp and out_of_range rows dead-lettered.
   TimeSpan / SplitTime  split_ts = min + (1 - eval_fraction) * (max - min)
       over accepted events (events of known users with known items; exact
       duplicates never move the span), a singleton side input, unless a split
@@ -50,19 +50,39 @@ Semantics decided here (README leaves them open):
   * Dead-letter records hold the raw line / row for parse failures and the
     parsed event (column -> value) for join failures, which happen after the
     raw text is dropped.
+
+Modules: `event_parsing` (raw record -> event tuple / side row),
+`example_encoding` (tf.Example wire bytes), `example_builder` (one user's
+sessions, history, labels and examples); this module holds the DoFns,
+combines, composites and the CLI, and re-exports the public names.
+
+Performance notes (bench/sessionize_bench.py, 1M synthetic events, one
+DirectRunner worker): 28.0 -> 21.6 CPU-seconds per 1M events from batch
+parsing with an inline fast path, marshal blobs through the shuffle (a
+GroupByKey on the Python runners decodes and re-encodes every value),
+plain tuples instead of NamedTuples through shuffles (else pickled), the
+cyclic GC paused in the hot loops and the run's long-lived objects frozen,
+cached tf.Example heads / TFRecord length headers, and gzip on a background
+thread. What is left is roughly a third Beam's per-bundle / per-element
+machinery and fixed pipeline setup (~2.6 CPU-s at any size), the rest
+parsing (~2 us/event) and building (~3.5 us/event). `--direct_num_workers=2`
+does not help: multi_processing ships every element over gRPC (30.5 CPU-s,
+outputs identical), and multi_threading (Beam 2.77) corrupts the in-memory
+data channel at this size: the pre-speed-up job failed with "Unknown type
+tag" decoding GroupByUser's input, this one silently lost 0.9% of the events
+(summary check events_reconcile false). Do not use multi_threading.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import collections
-import datetime
+import contextlib
+import gc
 import json
 import logging
-import math
+import marshal
 import pickle
-import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -75,373 +95,32 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs import feature_config as fc
 from beam_jobs import raw_io
+# The parsing, encoding and building pieces live in their own modules; their
+# public names are re-exported here, the job's historical import path.
+from beam_jobs.event_parsing import (
+    BAD_TIMESTAMP, DUPLICATE, DUPLICATE_KEY, EVENT_DEAD_LETTER_REASONS, EVENTS, ITEMS,
+    MALFORMED, MISSING_ID, MISSING_KEY, OUT_OF_RANGE, SIDE_DEAD_LETTER_REASONS, UNKNOWN_EVENT,
+    UNKNOWN_ITEM, UNKNOWN_USER, USERS, EventParser, Reject, SideRowInfo, SideTableParser,
+    _as_record, normalize_value, normalizer, parse_timestamp)
+from beam_jobs.example_builder import UserExampleBuilder, _example_tag
+from beam_jobs.example_encoding import (
+    bytes_entry, encode_value, example_bytes, float_entry, float_entry_maker, int64_entry,
+    int64_entry_maker)
 
-try:  # orjson is pinned in requirements.lock; json keeps the job importable without it
-    import orjson
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover
-    _loads = json.loads
-
+__all__ = [
+    # this module
+    "Sessionize", "SessionizeOutputs", "ParseSideTable", "WriteOutputs", "build_pipeline",
+    "parse_args", "parse_split_timestamp", "run", "main", "split_time", "summarize",
+    "vocabularies",
+    # re-exported from event_parsing / example_builder / example_encoding
+    "BAD_TIMESTAMP", "DUPLICATE", "DUPLICATE_KEY", "EVENT_DEAD_LETTER_REASONS", "EVENTS",
+    "ITEMS", "MALFORMED", "MISSING_ID", "MISSING_KEY", "OUT_OF_RANGE",
+    "SIDE_DEAD_LETTER_REASONS", "UNKNOWN_EVENT", "UNKNOWN_ITEM", "UNKNOWN_USER", "USERS",
+    "EventParser", "Reject", "SideRowInfo", "SideTableParser", "UserExampleBuilder",
+    "normalize_value", "normalizer", "parse_timestamp", "bytes_entry", "encode_value",
+    "example_bytes", "float_entry", "float_entry_maker", "int64_entry", "int64_entry_maker",
+]
 _METRICS_NAMESPACE = "feedrec.sessionize"
-
-# ---- reasons ---------------------------------------------------------------
-MALFORMED = "malformed"
-MISSING_ID = "missing_id"
-MISSING_KEY = "missing_key"
-UNKNOWN_EVENT = "unknown_event"
-BAD_TIMESTAMP = "bad_timestamp"
-OUT_OF_RANGE = "out_of_range"
-UNKNOWN_USER = "unknown_user"
-UNKNOWN_ITEM = "unknown_item"
-DUPLICATE_KEY = "duplicate_key"
-DUPLICATE = "duplicate"  # a filter, not a dead letter
-EVENT_DEAD_LETTER_REASONS = (MALFORMED, MISSING_ID, UNKNOWN_EVENT, BAD_TIMESTAMP,
-                             OUT_OF_RANGE, UNKNOWN_USER, UNKNOWN_ITEM)
-SIDE_DEAD_LETTER_REASONS = (MALFORMED, MISSING_KEY, DUPLICATE_KEY)
-EVENTS, USERS, ITEMS = "events", "users", "items"
-
-# Event type codes; sorting by them orders same-second events.
-_IMPRESSION, _CLICK, _FOLLOW = 0, 1, 2
-_EVENT_CODE = {fc.IMPRESSION: _IMPRESSION, fc.CLICK: _CLICK, fc.FOLLOW: _FOLLOW}
-_EVENT_NAME = {v: k for k, v in _EVENT_CODE.items()}
-_DERIVED_ON_EVENT = (fc.DERIVE_HOUR, fc.DERIVE_WEEKDAY)
-
-
-class Reject(Exception):
-    """A raw record fails validation; `reason` names the dead-letter reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-# ---- tf.Example wire encoding ----------------------------------------------
-# tf.Example is written directly in protobuf wire format: a Features map entry
-# is self-contained, so the user's and the item's feature entries are encoded
-# once and concatenated into every example of that user / item. Round-trips
-# through tf.train.Example are checked in the tests.
-_VARINT_CACHE = []
-for _n in range(1 << 14):
-    _VARINT_CACHE.append(bytes([_n]) if _n < 0x80 else bytes([(_n & 0x7F) | 0x80, _n >> 7]))
-_VARINT_CACHE = tuple(_VARINT_CACHE)
-_MASK64 = (1 << 64) - 1
-
-
-def _varint(n: int) -> bytes:
-    if n < 16384:
-        return _VARINT_CACHE[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _bytes_piece(value: bytes) -> bytes:
-    """One BytesList.value entry."""
-    return b"\n" + _varint(len(value)) + value
-
-
-def _feature_entry(key: bytes, feature: bytes) -> bytes:
-    """One Features.feature map entry {key: feature}."""
-    inner = b"\n" + _varint(len(key)) + key + b"\x12" + _varint(len(feature)) + feature
-    return b"\n" + _varint(len(inner)) + inner
-
-
-def bytes_entry(key: bytes, values: Iterable[bytes]) -> bytes:
-    inner = b"".join(_bytes_piece(v) for v in values)
-    return _feature_entry(key, b"\n" + _varint(len(inner)) + inner)
-
-
-def _bytes_entry_from_pieces(key: bytes, pieces: Sequence[bytes]) -> bytes:
-    inner = b"".join(pieces)
-    return _feature_entry(key, b"\n" + _varint(len(inner)) + inner)
-
-
-def float_entry(key: bytes, values: Sequence[float]) -> bytes:
-    payload = struct.pack(f"<{len(values)}f", *values)
-    flist = b"\n" + _varint(len(payload)) + payload
-    return _feature_entry(key, b"\x12" + _varint(len(flist)) + flist)
-
-
-def int64_entry(key: bytes, values: Sequence[int]) -> bytes:
-    payload = b"".join(_varint(int(v) & _MASK64) for v in values)
-    ilist = b"\n" + _varint(len(payload)) + payload
-    return _feature_entry(key, b"\x1a" + _varint(len(ilist)) + ilist)
-
-
-def int64_entry_maker(key: bytes) -> Any:
-    """A fast `lambda v: int64_entry(key, [v])` for non-negative ints.
-
-    Everything but the value's varint depends only on the varint's length, so
-    the prefix is built once per length.
-    """
-    prefixes: dict[int, bytes] = {}
-
-    def make(value: int) -> bytes:
-        if 268435456 <= value < 34359738368:  # 5-byte varints: every unix second 1978..3058
-            payload = bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80,
-                             ((value >> 14) & 0x7F) | 0x80, ((value >> 21) & 0x7F) | 0x80,
-                             value >> 28))
-        else:
-            payload = _varint(value)
-        prefix = prefixes.get(len(payload))
-        if prefix is None:
-            prefix = int64_entry(key, [value])[:-len(payload)]
-            prefixes[len(payload)] = prefix
-        return prefix + payload
-
-    return make
-
-
-def float_entry_maker(key: bytes) -> Any:
-    """A fast `lambda v: float_entry(key, [v])`: a fixed prefix + 4 bytes."""
-    prefix = float_entry(key, [0.0])[:-4]
-    pack = struct.Struct("<f").pack
-    return lambda value: prefix + pack(value)
-
-
-def example_bytes(entries: Iterable[bytes]) -> bytes:
-    """Serialized tf.Example from feature map entries (keys must be unique)."""
-    body = b"".join(entries)
-    return b"\n" + _varint(len(body)) + body
-
-
-# ---- value parsing -----------------------------------------------------------
-def parse_timestamp(value: Any, unit: str) -> float:
-    """Unix seconds (float) from a raw timestamp.
-
-    Raises:
-      ValueError: missing, unparseable or non-finite value.
-    """
-    if value is None or isinstance(value, bool) or value == "":
-        raise ValueError(f"missing timestamp {value!r}")
-    if unit == "iso8601":
-        if not isinstance(value, str):
-            raise ValueError(f"want an ISO-8601 string, got {value!r}")
-        parsed = datetime.datetime.fromisoformat(value.strip())
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-        return parsed.timestamp()
-    seconds = float(value)
-    if not math.isfinite(seconds):
-        raise ValueError(f"non-finite timestamp {value!r}")
-    return seconds / 1000.0 if unit == "ms" else seconds
-
-
-def _to_str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _numeric_default(spec: fc.FeatureSpec) -> float:
-    try:
-        return float(spec.default) if spec.default != "" else 0.0
-    except ValueError:
-        return 0.0
-
-
-def normalize_value(spec: fc.FeatureSpec, raw: Any) -> Any:
-    """Raw column value -> str (categorical), tuple[str] (tags) or float."""
-    if spec.type == fc.NUMERIC:
-        if raw is None or raw == "" or isinstance(raw, bool):
-            return _numeric_default(spec)
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            return _numeric_default(spec)
-        return value if math.isfinite(value) else _numeric_default(spec)
-    if spec.type == fc.TAGS:
-        if raw is None or raw == "":
-            values: list[str] = []
-        elif isinstance(raw, (list, tuple)):
-            values = [_to_str(v) for v in raw]
-        else:
-            values = _to_str(raw).split(spec.separator)
-        return tuple(v.strip() for v in values if v and v.strip())[:spec.max_len]
-    value = _to_str(raw)
-    return value if value else spec.default
-
-
-def normalizer(spec: fc.FeatureSpec) -> Any:
-    """A fast `normalize_value` for one spec (str fast path for categoricals)."""
-    if spec.type != fc.CATEGORICAL:
-        return lambda raw: normalize_value(spec, raw)
-    default = spec.default
-
-    def normalize_categorical(raw: Any) -> str:
-        if raw.__class__ is str:
-            return raw.strip() or default
-        return normalize_value(spec, raw)
-
-    return normalize_categorical
-
-
-def encode_value(spec: fc.FeatureSpec, value: Any) -> bytes:
-    """Feature map entry of a normalized value (see `normalize_value`)."""
-    key = spec.name.encode()
-    if spec.type == fc.NUMERIC:
-        return float_entry(key, [value])
-    if spec.type == fc.TAGS:
-        return bytes_entry(key, [v.encode() for v in value])
-    return bytes_entry(key, [value.encode()])
-
-
-def _vocab_values(value: Any) -> tuple[str, ...]:
-    if isinstance(value, tuple):
-        return value
-    return (value,) if value else ()
-
-
-def _derive(spec: fc.FeatureSpec, seconds: float) -> Any:
-    """Normalized value of an hour_of_day / day_of_week feature."""
-    whole = int(math.floor(seconds))
-    if spec.derive == fc.DERIVE_HOUR:
-        number = (whole // 3600) % 24
-    else:  # 1970-01-01 was a Thursday (Monday = 0)
-        number = (whole // 86400 + 3) % 7
-    return float(number) if spec.type == fc.NUMERIC else str(number)
-
-
-def _as_record(record: Any) -> Any:
-    """A raw record in a JSON-serializable form for the dead-letter output."""
-    if isinstance(record, bytes):
-        return record.decode("utf-8", errors="replace")
-    if isinstance(record, raw_io.MalformedRecord):
-        return record.text
-    return record
-
-
-# ---- parsers (pure Python, unit-testable) -------------------------------------
-def _record_dict(record: Any) -> dict[str, Any]:
-    if isinstance(record, dict):
-        return record
-    if isinstance(record, raw_io.MalformedRecord):
-        raise Reject(MALFORMED, record.reason)
-    if isinstance(record, (bytes, str)):
-        try:
-            row = _loads(record)
-        except ValueError as err:  # orjson.JSONDecodeError and json's are ValueErrors
-            raise Reject(MALFORMED, str(err)) from None
-        if isinstance(row, dict):
-            return row
-        raise Reject(MALFORMED, f"not a JSON object: {type(row).__name__}")
-    raise Reject(MALFORMED, f"unsupported record type {type(record).__name__}")
-
-
-class EventParser:
-    """Raw event record -> (user, (ts, event_code, item, context_values)).
-
-    context_values holds the normalized `source: events` features in config
-    order; ts is unix seconds (float).
-    """
-
-    def __init__(self, config: fc.FeatureConfig):
-        self._config = config
-        self._event_codes = {raw: _EVENT_CODE[canon]
-                             for raw, canon in config.event_values.items()}
-        self._context = config.by_source(fc.SOURCE_EVENTS)
-        self._context_norms = [(s.raw_column, s.default, s.type == fc.CATEGORICAL,
-                                normalizer(s)) for s in self._context]
-        self._unit_seconds = config.timestamp_unit == "s"
-
-    def parse(self, record: Any) -> tuple[str, tuple[float, int, str, tuple[Any, ...]]]:
-        """Raises Reject on a bad record."""
-        config = self._config
-        row = record if record.__class__ is dict else _record_dict(record)
-        # The common case (str ids, int seconds) skips the general helpers:
-        # this runs once per raw event.
-        user = row.get(config.user_column)
-        user = user.strip() if user.__class__ is str else _to_str(user)
-        item = row.get(config.item_column)
-        item = item.strip() if item.__class__ is str else _to_str(item)
-        if not user or not item:
-            raise Reject(MISSING_ID, "empty user or item id")
-        raw_event = row.get(config.event_column)
-        code = self._event_codes.get(raw_event if raw_event.__class__ is str
-                                     else _to_str(raw_event))
-        if code is None:
-            raise Reject(UNKNOWN_EVENT, repr(raw_event))
-        raw_ts = row.get(config.timestamp_column)
-        if raw_ts.__class__ is int and self._unit_seconds:
-            ts = float(raw_ts)
-        else:
-            try:
-                ts = parse_timestamp(raw_ts, config.timestamp_unit)
-            except (TypeError, ValueError, OverflowError) as err:
-                raise Reject(BAD_TIMESTAMP, str(err)) from None
-        if not config.min_timestamp <= ts < config.max_timestamp:
-            raise Reject(OUT_OF_RANGE, str(ts))
-        context = tuple([(v.strip() or default) if (v := row.get(col)).__class__ is str
-                         and categorical else norm(v)
-                         for col, default, categorical, norm in self._context_norms])
-        return user, (ts, code, item, context)
-
-    def event_record(self, user: str, event: tuple) -> dict[str, Any]:
-        """A parsed event back as a row (for join-failure dead letters)."""
-        config = self._config
-        ts, code, item, context = event
-        row = {config.user_column: user, config.item_column: item,
-               config.event_column: _EVENT_NAME[code], config.timestamp_column: ts}
-        for spec, value in zip(self._context, context):
-            row[spec.raw_column] = list(value) if isinstance(value, tuple) else value
-        return row
-
-
-class SideRowInfo(NamedTuple):
-    """A parsed users/items row.
-
-    Attributes:
-      entries: the encoded feature map entries of the table's features.
-      vocab: (feature name, values) of its vocabulary features.
-      created_ts: item creation time in unix seconds (items only) or None.
-    """
-
-    entries: bytes
-    vocab: tuple[tuple[str, tuple[str, ...]], ...]
-    created_ts: float | None = None
-
-
-class SideTableParser:
-    """Raw users / items record -> (key, SideRowInfo)."""
-
-    def __init__(self, config: fc.FeatureConfig, source: str):
-        if source not in (USERS, ITEMS):
-            raise ValueError(f"source must be {USERS!r} or {ITEMS!r}, got {source!r}")
-        self._config = config
-        self._source = source
-        self._key = config.users_key if source == USERS else config.items_key
-        self._specs = config.by_source(fc.SOURCE_USERS if source == USERS else fc.SOURCE_ITEMS)
-        vocab_names = {s.name for s in config.vocab_features}
-        self._vocab_specs = [s for s in self._specs if s.name in vocab_names]
-        self._created = config.item_created_column if source == ITEMS else None
-
-    def parse(self, record: Any) -> tuple[str, SideRowInfo]:
-        """Raises Reject on a bad record."""
-        row = _record_dict(record)
-        key = _to_str(row.get(self._key))
-        if not key:
-            raise Reject(MISSING_KEY, f"no {self._key!r}")
-        values = {s.name: normalize_value(s, row.get(s.raw_column)) for s in self._specs}
-        entries = b"".join(encode_value(s, values[s.name]) for s in self._specs)
-        vocab = tuple((s.name, _vocab_values(values[s.name])) for s in self._vocab_specs)
-        created = None
-        if self._created:
-            try:
-                created = parse_timestamp(row.get(self._created), self._config.timestamp_unit)
-            except (TypeError, ValueError, OverflowError):
-                created = None
-        return key, SideRowInfo(entries, vocab, created)
-
-
-# ---- DoFns ---------------------------------------------------------------------
 COUNTS_TAG, DEAD_LETTER_TAG, STATS_TAG, SPAN_TAG = "counts", "dead_letter", "stats", "span"
 
 
@@ -471,13 +150,41 @@ class _CountingDoFn(beam.DoFn):
         self._counts = collections.Counter()
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pauses the cyclic garbage collector around a hot, cycle-free loop.
+
+    Parsing and building allocate millions of short-lived tuples and dicts
+    (freed by reference counting); each allocation burst otherwise triggers
+    collections that walk the runner's whole heap (measured ~10% of the job's
+    CPU). Only re-enables what it disabled, so nested or concurrent uses and
+    a caller's own gc.disable() are respected. Never hold it across a yield.
+    """
+    was_enabled = gc.isenabled()
+    if was_enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _records(element: Any) -> Iterable[Any]:
     """A batch (list) of raw records or one record."""
     return element if isinstance(element, list) else (element,)
 
 
+# Events cross the GroupByUser shuffle as one marshal blob per (user, input
+# batch): a GroupByKey on the Python runners encodes, decodes and re-encodes
+# every value, so one bytes value instead of a list of nested tuples cuts the
+# shuffle's cost several times (measured). marshal's format 4 is stable from
+# Python 3.4 on, and the blob never leaves the job's own workers.
+_MARSHAL_VERSION = 4
+
+
 class _ParseEventsFn(_CountingDoFn):
-    """Batch of raw events -> (user, [events]) per user in the batch.
+    """Batch of raw events -> (user, encoded [events]) per user in the batch.
 
     Also emits, once per bundle, (user, (min ts, max ts)) over the events whose
     item is in the items table (SPAN_TAG): joined with the users table these
@@ -498,34 +205,35 @@ class _ParseEventsFn(_CountingDoFn):
 
     def process(self, element: Any, items_blob: bytes) -> Iterator[Any]:
         items = self._items.get(items_blob)
-        by_user: dict[str, list] = {}
-        parse = self._parser.parse
+        records = _records(element)
+        with _gc_paused():
+            parsed, rejected = self._parser.parse_batch(records)
+            by_user = self._group_by_user(parsed, items)
+        for rej, record in rejected:
+            self._counts[f"events.dead_letter.{rej.reason}"] += 1
+            yield TaggedOutput(DEAD_LETTER_TAG, _dead_letter(rej.reason, EVENTS, record))
+        self._counts["events.read"] += len(records)
+        yield from by_user.items()
+
+    def _group_by_user(self, parsed: list[tuple], items: Mapping[str, Any]) -> dict[str, bytes]:
+        """user -> encoded events of the batch; updates the bundle's spans."""
+        by_user: collections.defaultdict[str, list] = collections.defaultdict(list)
+        for user, event in parsed:
+            by_user[user].append(event)
         spans = self._spans
-        read = 0
-        for record in _records(element):
-            read += 1
-            try:
-                user, event = parse(record)
-            except Reject as rej:
-                self._counts[f"events.dead_letter.{rej.reason}"] += 1
-                yield TaggedOutput(DEAD_LETTER_TAG, _dead_letter(rej.reason, EVENTS, record))
-                continue
-            events = by_user.get(user)
-            if events is None:
-                by_user[user] = [event]
-            else:
-                events.append(event)
-            if event[2] in items:
-                ts = event[0]
+        for user, events in by_user.items():
+            known = [event[0] for event in events if event[2] in items]
+            if known:
+                lo, hi = min(known), max(known)
                 span = spans.get(user)
                 if span is None:
-                    spans[user] = [ts, ts]
-                elif ts < span[0]:
-                    span[0] = ts
-                elif ts > span[1]:
-                    span[1] = ts
-        self._counts["events.read"] += read
-        yield from by_user.items()
+                    spans[user] = [lo, hi]
+                else:
+                    if lo < span[0]:
+                        span[0] = lo
+                    if hi > span[1]:
+                        span[1] = hi
+        return {user: marshal.dumps(events, _MARSHAL_VERSION) for user, events in by_user.items()}
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from super().finish_bundle()
@@ -546,8 +254,11 @@ class _ItemTable:
         self._items: dict[str, SideRowInfo] = {}
 
     def get(self, blob: bytes) -> dict[str, SideRowInfo]:
-        if blob is not self._blob and blob != self._blob:
-            self._items = pickle.loads(blob)
+        if blob is not self._blob:
+            # The runner may hand the same value as a new object per bundle:
+            # compare once, then keep the new object for identity checks.
+            if blob != self._blob:
+                self._items = pickle.loads(blob)
             self._blob = blob
         return self._items
 
@@ -573,7 +284,7 @@ class _ItemTableFn(beam.CombineFn):
 
 
 class _ParseSideTableFn(_CountingDoFn):
-    """Batch of raw side-table rows -> (key, (raw record, SideRowInfo))."""
+    """Batch of raw side-table rows -> (key, (raw record, tuple(SideRowInfo)))."""
 
     def __init__(self, config: fc.FeatureConfig, source: str):
         self._config = config
@@ -591,21 +302,24 @@ class _ParseSideTableFn(_CountingDoFn):
                 self._counts[f"{self._source}.dead_letter.{rej.reason}"] += 1
                 yield TaggedOutput(DEAD_LETTER_TAG, _dead_letter(rej.reason, self._source, record))
                 continue
-            yield key, (_as_record(record), info)
+            # A plain tuple crosses the shuffle with Beam's fast primitive
+            # coder; a NamedTuple would be pickled (measured).
+            yield key, (_as_record(record), tuple(info))
 
 
-def _pick_row(source: str, key: str, rows: Iterable[tuple[Any, SideRowInfo]],
+def _pick_row(source: str, key: str, rows: Iterable[tuple[Any, tuple]],
               counts: collections.Counter) -> tuple[SideRowInfo | None, list[dict]]:
     """Keeps one row per key (the smallest encoding, so reruns agree)."""
-    rows = sorted(rows, key=lambda r: (r[1].entries, json.dumps(r[0], sort_keys=True,
-                                                                 default=str)))
+    rows = list(rows)
+    if len(rows) > 1:
+        rows.sort(key=lambda r: (r[1][0], json.dumps(r[0], sort_keys=True, default=str)))
     if not rows:
         return None, []
     counts[f"{source}.accepted"] += 1
     dead = [_dead_letter(DUPLICATE_KEY, source, raw) for raw, _ in rows[1:]]
     if dead:
         counts[f"{source}.dead_letter.{DUPLICATE_KEY}"] += len(dead)
-    return rows[0][1], dead
+    return SideRowInfo(*rows[0][1]), dead
 
 
 class _PickItemFn(_CountingDoFn):
@@ -632,26 +346,25 @@ class _JoinDedupeFn(_CountingDoFn):
                         items: Mapping[str, Any]) -> tuple[SideRowInfo | None, list, list]:
         """Returns (user row, sorted accepted events, dead-letter records)."""
         info, dead = _pick_row(USERS, user, grouped[USERS], self._counts)
-        events = [e for batch in grouped[EVENTS] for e in batch]
+        events = [e for blob in grouped[EVENTS] for e in marshal.loads(blob)]
         if not events:
             return info, [], dead
+        # Sorting by (ts, code, item, context) puts exact duplicates, equal in
+        # their first three fields, next to each other; the first is kept.
         events.sort()
         accepted = []
-        seen = set()
         duplicates = 0
+        prev_ts = prev_code = prev_item = None
         for event in events:
-            key = event[:3]
-            if key in seen:
+            ts, code, item, _ = event
+            if ts == prev_ts and item == prev_item and code == prev_code:
                 duplicates += 1
                 continue
-            seen.add(key)
-            if info is None:
-                reason = UNKNOWN_USER
-            elif event[2] not in items:
-                reason = UNKNOWN_ITEM
-            else:
+            prev_ts, prev_code, prev_item = ts, code, item
+            if info is not None and item in items:
                 accepted.append(event)
                 continue
+            reason = UNKNOWN_USER if info is None else UNKNOWN_ITEM
             self._counts[f"events.dead_letter.{reason}"] += 1
             dead.append(_dead_letter(reason, EVENTS, self._parser.event_record(user, event)))
         if duplicates:
@@ -740,254 +453,6 @@ class _MergeStatsFn(beam.CombineFn):
         return {"vocab": {k: dict(v) for k, v in acc["vocab"].items()}, "items": acc["items"]}
 
 
-def _example_tag(kind: str, split: str) -> str:
-    return f"{kind}_{split}"
-
-
-class UserExampleBuilder:
-    """Builds every example of one user from the user's accepted events.
-
-    Pure Python so the hot loop can be tested without a pipeline; the DoFn
-    below only feeds it and forwards its outputs.
-    """
-
-    def __init__(self, config: fc.FeatureConfig):
-        self._config = config
-        self._gap = float(config.session_gap_seconds)
-        self._context = config.by_source(fc.SOURCE_EVENTS)
-        derived = config.by_source(fc.SOURCE_DERIVED)
-        self._event_derived = [s for s in derived if s.derive in _DERIVED_ON_EVENT]
-        self._age_specs = [s for s in derived if s.derive == fc.DERIVE_ITEM_AGE_HOURS]
-        vocab_names = {s.name for s in config.vocab_features}
-        self._context_vocab = [(i, s.name) for i, s in enumerate(self._context)
-                               if s.name in vocab_names]
-        self._derived_vocab = [(i, s.name) for i, s in enumerate(self._event_derived)
-                               if s.name in vocab_names]
-        self._age_vocab = [s for s in self._age_specs if s.name in vocab_names]
-        history = config.history_feature
-        self._history_key = history.name.encode() if history else None
-        self._history_len = (min(history.max_len, config.history_max_len)
-                             if history else 0)
-        self._ts_key = fc.TIMESTAMP_KEY.encode()
-        self._session_key = fc.SESSION_ITEMS_KEY.encode()
-        self._labels = {
-            (c, f): int64_entry(fc.CLICK_LABEL.encode(), [c])
-            + int64_entry(fc.FOLLOW_LABEL.encode(), [f])
-            for c in (0, 1) for f in (0, 1)}
-        self._new_user = {n: int64_entry(fc.NEW_USER_KEY.encode(), [n]) for n in (0, 1)}
-        self._context_cache: dict[tuple, bytes] = {}
-        self._item_piece_cache: dict[str, bytes] = {}
-        self._derived_cache: dict[int, tuple] = {}
-        self._age_makers = [(spec, float_entry_maker(spec.name.encode())
-                             if spec.type == fc.NUMERIC else None)
-                            for spec in self._age_specs]
-        self._tags = {(k, s): _example_tag(k, s) for k in fc.EXAMPLE_KINDS for s in fc.SPLITS}
-        self._timestamp_entry = int64_entry_maker(fc.TIMESTAMP_KEY.encode())
-
-    def _context_entries(self, context: tuple, derived: tuple) -> bytes:
-        key = (context, derived)
-        entries = self._context_cache.get(key)
-        if entries is None:
-            entries = (b"".join(encode_value(s, v) for s, v in zip(self._context, context))
-                       + b"".join(encode_value(s, v)
-                                  for s, v in zip(self._event_derived, derived)))
-            if len(self._context_cache) < 200_000:
-                self._context_cache[key] = entries
-        return entries
-
-    def _item_piece(self, item: str) -> bytes:
-        piece = self._item_piece_cache.get(item)
-        if piece is None:
-            piece = _bytes_piece(item.encode())
-            if len(self._item_piece_cache) < 500_000:
-                self._item_piece_cache[item] = piece
-        return piece
-
-    def _derived_values(self, ts: float) -> tuple:
-        # hour_of_day and day_of_week depend only on the hour since the epoch.
-        hour_index = int(math.floor(ts)) // 3600
-        derived = self._derived_cache.get(hour_index)
-        if derived is None:
-            derived = tuple(_derive(s, hour_index * 3600) for s in self._event_derived)
-            self._derived_cache[hour_index] = derived
-        return derived
-
-    def build(self, user: str, user_info: SideRowInfo, events: Sequence[tuple],
-              split_ts: float | None, items: Mapping[str, SideRowInfo],
-              outputs: Mapping[str, list], counts: collections.Counter,
-              vocab: Mapping[str, collections.Counter],
-              item_stats: dict[str, list[int]]) -> None:
-        """Appends serialized examples to outputs[_example_tag(kind, split)].
-
-        Args:
-          user: the raw user id.
-          user_info: the user's parsed side-table row.
-          events: accepted events sorted by (ts, code, item, context).
-          split_ts: eval = ts >= split_ts (None: everything is train).
-          items: item id -> parsed item row (every event's item is present).
-          outputs: example tag -> list, appended to.
-          counts: summary counts, updated.
-          vocab: feature -> Counter of train values, updated.
-          item_stats: item -> [train impressions, train clicks, train events,
-            all events], updated.
-        """
-        split_at = math.inf if split_ts is None else split_ts
-        gap = self._gap
-        user_key = bytes_entry(fc.USER_KEY.encode(), [user.encode()])
-        new_user = self._new_user[1 if events[0][0] >= split_at else 0]
-        per_user = user_key + new_user
-        clicks_at: dict[str, list[float]] = {}
-        follows_at: dict[str, list[float]] = {}
-        click_ts: list[float] = []
-        click_pieces: list[bytes] = []
-        for ts, code, item, _ in events:
-            if code == _CLICK:
-                clicks_at.setdefault(item, []).append(ts)
-                click_ts.append(ts)
-                click_pieces.append(self._item_piece(item))
-            elif code == _FOLLOW:
-                follows_at.setdefault(item, []).append(ts)
-
-        history_key, history_len = self._history_key, self._history_len
-        history_entry = b""
-        history_end = -1  # click_pieces[:history_end] are in history_entry
-        n_clicks = len(click_ts)
-        next_click = 0
-        session_items: list[str] = []
-        session_start = prev_ts = events[0][0]
-        prev_eval = prev_ts >= split_at
-        # accepted[split][code], examples[split][kind]; split 0 = train.
-        accepted = [[0, 0, 0], [0, 0, 0]]
-        context_counter: collections.Counter = collections.Counter()
-        age_values: list[Any] = []
-        tags = self._tags
-        labels = self._labels
-        age_specs = self._age_specs
-        context_entries = self._context_entries
-        derived_values = self._derived_values
-        derived_cache = self._derived_cache
-        timestamp_entry = self._timestamp_entry
-        user_entries = user_info.entries
-        retrieval_out = (outputs[tags[(fc.RETRIEVAL, fc.TRAIN)]],
-                         outputs[tags[(fc.RETRIEVAL, fc.EVAL)]])
-        ranking_out = (outputs[tags[(fc.RANKING, fc.TRAIN)]],
-                       outputs[tags[(fc.RANKING, fc.EVAL)]])
-        for ts, code, item, context in events:
-            is_eval = ts >= split_at
-            # Sessions: cut on an idle gap > threshold or at the split time.
-            if ts - prev_ts > gap or is_eval != prev_eval:
-                self._close_session(session_items, session_start, prev_eval, per_user,
-                                    outputs, counts)
-                session_items = []
-                session_start = ts
-            prev_ts, prev_eval = ts, is_eval
-            stats = item_stats.get(item)
-            if stats is None:
-                stats = item_stats[item] = [0, 0, 0, 0]
-            stats[3] += 1
-            accepted[is_eval][code] += 1
-            if not is_eval:
-                stats[2] += 1
-            if code == _FOLLOW:
-                continue
-            if code == _CLICK:
-                session_items.append(item)
-                if not is_eval:
-                    stats[1] += 1
-            elif not is_eval:
-                stats[0] += 1
-            # History: clicks strictly before ts.
-            while next_click < n_clicks and click_ts[next_click] < ts:
-                next_click += 1
-            if history_key is not None and next_click != history_end:
-                history_end = next_click
-                history_entry = _bytes_entry_from_pieces(
-                    history_key, click_pieces[max(0, next_click - history_len):next_click])
-            derived = derived_cache.get(int(ts) // 3600)  # timestamps are > 0
-            if derived is None:
-                derived = derived_values(ts)
-            item_info = items[item]
-            entries = [user_entries, history_entry, item_info.entries,
-                       context_entries(context, derived)]
-            if age_specs:
-                self._append_age(entries, age_values, item_info, ts, is_eval)
-            entries.append(timestamp_entry(int(ts)))
-            entries.append(per_user)
-            if not is_eval:
-                context_counter[(context, derived)] += 1
-            if code == _CLICK:
-                retrieval_out[is_eval].append(example_bytes(entries))
-            else:
-                clicked = clicks_at.get(item)
-                followed = follows_at.get(item)
-                entries.append(labels[(_within(clicked, ts, gap) if clicked else 0,
-                                       _within(followed, ts, gap) if followed else 0)])
-                ranking_out[is_eval].append(example_bytes(entries))
-        self._close_session(session_items, session_start, prev_eval, per_user, outputs, counts)
-        for split_index, split in enumerate(fc.SPLITS):
-            for code, name in _EVENT_NAME.items():
-                if accepted[split_index][code]:
-                    counts[f"accepted.{split}.{name}"] += accepted[split_index][code]
-            if accepted[split_index][_CLICK]:
-                counts[f"examples.{fc.RETRIEVAL}.{split}"] += accepted[split_index][_CLICK]
-            if accepted[split_index][_IMPRESSION]:
-                counts[f"examples.{fc.RANKING}.{split}"] += accepted[split_index][_IMPRESSION]
-        counts["users.with_events"] += 1
-        if events[0][0] >= split_at:
-            counts["users.new_in_eval"] += 1
-        # Vocabulary counts, train split, one per event (tags: one per tag).
-        train_events = sum(accepted[0])
-        if train_events:
-            for name, values in user_info.vocab:
-                counter = vocab[name]
-                for value in values:
-                    counter[value] += train_events
-        for (context, derived), n in context_counter.items():
-            for i, name in self._context_vocab:
-                for value in _vocab_values(context[i]):
-                    vocab[name][value] += n
-            for i, name in self._derived_vocab:
-                vocab[name][derived[i]] += n
-        for name, value in age_values:
-            vocab[name][value] += 1
-
-    def _append_age(self, entries: list[bytes], age_values: list[Any],
-                    item_info: SideRowInfo, ts: float, is_eval: bool) -> None:
-        """item_age_hours entries: (ts - created) / 3600 clipped at 0."""
-        created = item_info.created_ts
-        age_hours = None if created is None else max(0.0, (ts - created) / 3600.0)
-        for spec, make in self._age_makers:
-            value = _numeric_default(spec) if age_hours is None else age_hours
-            if make is not None:
-                entries.append(make(value))
-                continue
-            value = str(int(value))
-            entries.append(encode_value(spec, value))
-            if not is_eval and spec in self._age_vocab:
-                age_values.append((spec.name, value))
-
-    def _close_session(self, session_items: list[str], start: float, is_eval: bool,
-                       per_user: bytes, outputs: Mapping[str, list],
-                       counts: collections.Counter) -> None:
-        split = fc.EVAL if is_eval else fc.TRAIN
-        if not session_items:
-            return
-        counts[f"sessions.{split}"] += 1
-        if len(session_items) < self._config.min_session_len:
-            return
-        outputs[_example_tag(fc.ITEM2VEC, split)].append(example_bytes([
-            bytes_entry(self._session_key, [i.encode() for i in session_items]),
-            int64_entry(self._ts_key, [int(math.floor(start))]),
-            per_user]))
-        counts[f"examples.{fc.ITEM2VEC}.{split}"] += 1
-
-
-def _within(times: list[float], start: float, gap: float) -> int:
-    """1 when some time in the sorted list lies in [start, start + gap]."""
-    i = bisect.bisect_left(times, start)
-    return 1 if i < len(times) and times[i] <= start + gap else 0
-
-
 class _BuildExamplesFn(_JoinDedupeFn):
     """(user, {events, users}) -> example batches per kind and split.
 
@@ -1008,14 +473,14 @@ class _BuildExamplesFn(_JoinDedupeFn):
                 items_blob: bytes) -> Iterator[Any]:
         user, grouped = element
         items = self._items.get(items_blob)
-        info, events, dead = self.join_and_dedupe(user, grouped, items)
+        outputs: dict[str, list] = collections.defaultdict(list)
+        with _gc_paused():
+            info, events, dead = self.join_and_dedupe(user, grouped, items)
+            if events:
+                self._builder.build(user, info, events, split_ts, items, outputs, self._counts,
+                                    self._vocab, self._item_stats)
         for record in dead:
             yield TaggedOutput(DEAD_LETTER_TAG, record)
-        if not events:
-            return
-        outputs: dict[str, list] = collections.defaultdict(list)
-        self._builder.build(user, info, events, split_ts, items, outputs, self._counts,
-                            self._vocab, self._item_stats)
         for tag, batch in outputs.items():
             if batch:
                 yield TaggedOutput(tag, batch)
@@ -1330,8 +795,16 @@ def run(argv: Sequence[str] | None = None) -> None:
     args, beam_args = parse_args(argv)
     config = fc.load(args.config)
     options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, args, config)
+    # Beam's modules and the pipeline graph live for the whole run; frozen,
+    # they are skipped by every garbage collection the run triggers (on the
+    # in-process runners these full-heap walks cost seconds per 1M events).
+    gc.collect()
+    gc.freeze()
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, args, config)
+    finally:
+        gc.unfreeze()
 
 
 def main() -> None:

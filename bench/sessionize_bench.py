@@ -1,13 +1,17 @@
 """Benchmark of the sessionize job on the DirectRunner.
 
-    python -m bench.sessionize_bench [--events 1000000] [--direct_num_workers 1]
+    python -m bench.sessionize_bench [--events 1000000] [Beam flags...]
 
 Generates a synthetic click log with `beam_jobs.synthetic.generate` (not
 timed), runs `beam_jobs.sessionize` on it in-process and writes
 bench/results/sessionize.json: throughput, the job's own summary counts and
-peak RSS (this process and its children, e.g. multi-process workers), plus
-CPU seconds and the machine's load average, since wall time on a shared
-machine depends on the neighbours.
+peak RSS (this process plus its children, e.g. multi-process workers,
+sampled together), plus CPU seconds per 1M events and the machine's load
+average, since wall time on a shared machine depends on the neighbours.
+
+Beam flags default to DEFAULT_BEAM_ARGS, the fastest DirectRunner setting
+measured on the 2-core benchmark machine (see that constant); any Beam flag
+given on the command line replaces them.
 """
 
 from __future__ import annotations
@@ -22,12 +26,23 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
+
+import psutil  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
 from beam_jobs import sessionize, synthetic  # noqa: E402
 
+# Measured at 1M events (CPU-seconds are load-independent, wall is not):
+# one in-process worker (the default) 21.6 CPU-s; --direct_num_workers=2
+# with multi_processing 30.5 CPU-s and slower (every element crosses gRPC);
+# with multi_threading 24.5 CPU-s, and Beam 2.77's threaded data channel
+# corrupts data at this size (wrong counts or a decode error), so it is
+# never a default. The one worker already overlaps gzip compression with
+# the Python work on a second core (beam_jobs.raw_io).
+DEFAULT_BEAM_ARGS: list[str] = []
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sessionize.json")
 
 
@@ -37,6 +52,39 @@ def _peak_rss_mb() -> dict[str, float]:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     return {"self": round(own, 1), "children": round(children, 1),
             "total": round(own + children, 1)}
+
+
+class _RssSampler:
+    """Peak of the summed RSS of this process and all its descendants."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        total = 0
+        for proc in [me] + me.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # a worker exited between listing and reading
+                continue
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 0) -> dict[str, Any]:
@@ -54,7 +102,8 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
     load_before = os.getloadavg()
     cpu_before = os.times()
     start = time.perf_counter()
-    sessionize.run(argv)
+    with _RssSampler() as rss:
+        sessionize.run(argv)
     seconds = time.perf_counter() - start
     cpu_after = os.times()
     # CPU seconds of this process and its (multi-process) workers: on a shared
@@ -79,6 +128,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
         "target_events_per_s": 100_000,
         "cpu_seconds": round(cpu_seconds, 2),
         "events_per_cpu_s": round(events["read"] / cpu_seconds, 1),
+        "cpu_seconds_per_1m_events": round(cpu_seconds * 1e6 / events["read"], 2),
         "load_average_1min": {"before": round(load_before[0], 2),
                               "after": round(os.getloadavg()[0], 2)},
         "read": events["read"],
@@ -89,7 +139,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
         "sessions": summary["sessions"],
         "checks": summary["checks"],
         "output_mb": round(out_bytes / 2**20, 1),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": dict(_peak_rss_mb(), sampled_tree_total=round(rss.peak_mb, 1)),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -102,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work_dir", default=None, help="kept if given, else a temp dir")
     parser.add_argument("--output", default=RESULTS)
     args, beam_args = parser.parse_known_args(argv)
+    beam_args = beam_args or list(DEFAULT_BEAM_ARGS)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="sessionize_bench_")
     try:
         result = run_bench(args.events, work_dir, beam_args, args.seed)

@@ -1,0 +1,339 @@
+"""Raw record parsing for the sessionize job: events and side-table rows.
+
+Pure Python (no Beam) so every rule is unit-testable: `EventParser` turns a
+raw event into (user, compact event tuple), `SideTableParser` a users / items
+row into (key, SideRowInfo) with its feature entries already encoded. Bad
+records raise `Reject`, whose reason names the dead-letter counter.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from beam_jobs import feature_config as fc
+from beam_jobs import raw_io
+from beam_jobs.example_encoding import encode_value
+
+try:  # orjson is pinned in requirements.lock; json keeps the job importable without it
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
+# ---- reasons ---------------------------------------------------------------
+MALFORMED = "malformed"
+MISSING_ID = "missing_id"
+MISSING_KEY = "missing_key"
+UNKNOWN_EVENT = "unknown_event"
+BAD_TIMESTAMP = "bad_timestamp"
+OUT_OF_RANGE = "out_of_range"
+UNKNOWN_USER = "unknown_user"
+UNKNOWN_ITEM = "unknown_item"
+DUPLICATE_KEY = "duplicate_key"
+DUPLICATE = "duplicate"  # a filter, not a dead letter
+EVENT_DEAD_LETTER_REASONS = (MALFORMED, MISSING_ID, UNKNOWN_EVENT, BAD_TIMESTAMP,
+                             OUT_OF_RANGE, UNKNOWN_USER, UNKNOWN_ITEM)
+SIDE_DEAD_LETTER_REASONS = (MALFORMED, MISSING_KEY, DUPLICATE_KEY)
+EVENTS, USERS, ITEMS = "events", "users", "items"
+
+# Event type codes; sorting by them orders same-second events.
+_IMPRESSION, _CLICK, _FOLLOW = 0, 1, 2
+_EVENT_CODE = {fc.IMPRESSION: _IMPRESSION, fc.CLICK: _CLICK, fc.FOLLOW: _FOLLOW}
+_EVENT_NAME = {v: k for k, v in _EVENT_CODE.items()}
+_DERIVED_ON_EVENT = (fc.DERIVE_HOUR, fc.DERIVE_WEEKDAY)
+
+
+class Reject(Exception):
+    """A raw record fails validation; `reason` names the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ---- value parsing -----------------------------------------------------------
+def parse_timestamp(value: Any, unit: str) -> float:
+    """Unix seconds (float) from a raw timestamp.
+
+    Raises:
+      ValueError: missing, unparseable or non-finite value.
+    """
+    if value is None or isinstance(value, bool) or value == "":
+        raise ValueError(f"missing timestamp {value!r}")
+    if unit == "iso8601":
+        if not isinstance(value, str):
+            raise ValueError(f"want an ISO-8601 string, got {value!r}")
+        parsed = datetime.datetime.fromisoformat(value.strip())
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        return parsed.timestamp()
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"non-finite timestamp {value!r}")
+    return seconds / 1000.0 if unit == "ms" else seconds
+
+
+def _to_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _numeric_default(spec: fc.FeatureSpec) -> float:
+    try:
+        return float(spec.default) if spec.default != "" else 0.0
+    except ValueError:
+        return 0.0
+
+
+def normalize_value(spec: fc.FeatureSpec, raw: Any) -> Any:
+    """Raw column value -> str (categorical), tuple[str] (tags) or float."""
+    if spec.type == fc.NUMERIC:
+        if raw is None or raw == "" or isinstance(raw, bool):
+            return _numeric_default(spec)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return _numeric_default(spec)
+        return value if math.isfinite(value) else _numeric_default(spec)
+    if spec.type == fc.TAGS:
+        if raw is None or raw == "":
+            values: list[str] = []
+        elif isinstance(raw, (list, tuple)):
+            values = [_to_str(v) for v in raw]
+        else:
+            values = _to_str(raw).split(spec.separator)
+        return tuple(v.strip() for v in values if v and v.strip())[:spec.max_len]
+    value = _to_str(raw)
+    return value if value else spec.default
+
+
+def normalizer(spec: fc.FeatureSpec) -> Any:
+    """A fast `normalize_value` for one spec (str fast path for categoricals)."""
+    if spec.type != fc.CATEGORICAL:
+        return lambda raw: normalize_value(spec, raw)
+    default = spec.default
+
+    def normalize_categorical(raw: Any) -> str:
+        if raw.__class__ is str:
+            return raw.strip() or default
+        return normalize_value(spec, raw)
+
+    return normalize_categorical
+
+
+def _vocab_values(value: Any) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    return (value,) if value else ()
+
+
+def _derive(spec: fc.FeatureSpec, seconds: float) -> Any:
+    """Normalized value of an hour_of_day / day_of_week feature."""
+    whole = int(math.floor(seconds))
+    if spec.derive == fc.DERIVE_HOUR:
+        number = (whole // 3600) % 24
+    else:  # 1970-01-01 was a Thursday (Monday = 0)
+        number = (whole // 86400 + 3) % 7
+    return float(number) if spec.type == fc.NUMERIC else str(number)
+
+
+def _as_record(record: Any) -> Any:
+    """A raw record in a JSON-serializable form for the dead-letter output."""
+    if isinstance(record, bytes):
+        return record.decode("utf-8", errors="replace")
+    if isinstance(record, raw_io.MalformedRecord):
+        return record.text
+    return record
+
+
+# ---- parsers (pure Python, unit-testable) -------------------------------------
+def _record_dict(record: Any) -> dict[str, Any]:
+    if isinstance(record, dict):
+        return record
+    if isinstance(record, raw_io.MalformedRecord):
+        raise Reject(MALFORMED, record.reason)
+    if isinstance(record, (bytes, str)):
+        try:
+            row = _loads(record)
+        except ValueError as err:  # orjson.JSONDecodeError and json's are ValueErrors
+            raise Reject(MALFORMED, str(err)) from None
+        if isinstance(row, dict):
+            return row
+        raise Reject(MALFORMED, f"not a JSON object: {type(row).__name__}")
+    raise Reject(MALFORMED, f"unsupported record type {type(record).__name__}")
+
+
+class EventParser:
+    """Raw event record -> (user, (ts, event_code, item, context_values)).
+
+    context_values holds the normalized `source: events` features in config
+    order; ts is unix seconds (float).
+    """
+
+    def __init__(self, config: fc.FeatureConfig):
+        self._config = config
+        self._event_codes = {raw: _EVENT_CODE[canon]
+                             for raw, canon in config.event_values.items()}
+        self._context = config.by_source(fc.SOURCE_EVENTS)
+        self._context_norms = [(s.raw_column, s.default, s.type == fc.CATEGORICAL,
+                                normalizer(s)) for s in self._context]
+        self._unit_seconds = config.timestamp_unit == "s"
+
+    def parse(self, record: Any) -> tuple[str, tuple[float, int, str, tuple[Any, ...]]]:
+        """Raises Reject on a bad record."""
+        config = self._config
+        row = record if record.__class__ is dict else _record_dict(record)
+        # The common case (str ids, int seconds) skips the general helpers:
+        # this runs once per raw event.
+        user = row.get(config.user_column)
+        user = user.strip() if user.__class__ is str else _to_str(user)
+        item = row.get(config.item_column)
+        item = item.strip() if item.__class__ is str else _to_str(item)
+        if not user or not item:
+            raise Reject(MISSING_ID, "empty user or item id")
+        raw_event = row.get(config.event_column)
+        code = self._event_codes.get(raw_event if raw_event.__class__ is str
+                                     else _to_str(raw_event))
+        if code is None:
+            raise Reject(UNKNOWN_EVENT, repr(raw_event))
+        raw_ts = row.get(config.timestamp_column)
+        if raw_ts.__class__ is int and self._unit_seconds:
+            ts = float(raw_ts)
+        else:
+            try:
+                ts = parse_timestamp(raw_ts, config.timestamp_unit)
+            except (TypeError, ValueError, OverflowError) as err:
+                raise Reject(BAD_TIMESTAMP, str(err)) from None
+        if not config.min_timestamp <= ts < config.max_timestamp:
+            raise Reject(OUT_OF_RANGE, str(ts))
+        context = tuple([(v.strip() or default) if (v := row.get(col)).__class__ is str
+                         and categorical else norm(v)
+                         for col, default, categorical, norm in self._context_norms])
+        return user, (ts, code, item, context)
+
+    def parse_batch(self, records: Iterable[Any]) -> tuple[list[tuple], list[tuple]]:
+        """Parses many records: ([(user, event)], [(Reject, record)]), in order.
+
+        The same results as `parse` per record; the common shape (a JSON line
+        with str ids, a known str event and int seconds in range) is handled
+        inline, which saves most of the per-record cost, and anything else
+        goes through `parse`.
+        """
+        config = self._config
+        user_col, item_col = config.user_column, config.item_column
+        event_col, ts_col = config.event_column, config.timestamp_column
+        lo, hi = config.min_timestamp, config.max_timestamp
+        codes = self._event_codes
+        norms = self._context_norms
+        fast = self._unit_seconds
+        loads = _loads
+        parsed: list[tuple] = []
+        rejected: list[tuple] = []
+        for record in records:
+            if fast and record.__class__ is bytes:
+                try:
+                    row = loads(record)
+                except ValueError:
+                    row = None
+                if row.__class__ is dict:
+                    user, item = row.get(user_col), row.get(item_col)
+                    raw_event, raw_ts = row.get(event_col), row.get(ts_col)
+                    if (user.__class__ is str and item.__class__ is str
+                            and raw_event.__class__ is str and raw_ts.__class__ is int):
+                        user, item = user.strip(), item.strip()
+                        code = codes.get(raw_event)
+                        ts = float(raw_ts)
+                        if user and item and code is not None and lo <= ts < hi:
+                            context = tuple([
+                                (v.strip() or default)
+                                if (v := row.get(col)).__class__ is str and categorical
+                                else norm(v) for col, default, categorical, norm in norms])
+                            parsed.append((user, (ts, code, item, context)))
+                            continue
+            try:
+                parsed.append(self.parse(record))
+            except Reject as rej:
+                rejected.append((rej, record))
+        return parsed, rejected
+
+    def event_record(self, user: str, event: tuple) -> dict[str, Any]:
+        """A parsed event back as a row (for join-failure dead letters)."""
+        config = self._config
+        ts, code, item, context = event
+        row = {config.user_column: user, config.item_column: item,
+               config.event_column: _EVENT_NAME[code], config.timestamp_column: ts}
+        for spec, value in zip(self._context, context):
+            row[spec.raw_column] = list(value) if isinstance(value, tuple) else value
+        return row
+
+
+class SideRowInfo(NamedTuple):
+    """A parsed users/items row.
+
+    Attributes:
+      entries: the encoded feature map entries of the table's features.
+      vocab: (feature name, values) of its vocabulary features.
+      created_ts: item creation time in unix seconds (items only) or None.
+    """
+
+    entries: bytes
+    vocab: tuple[tuple[str, tuple[str, ...]], ...]
+    created_ts: float | None = None
+
+
+class SideTableParser:
+    """Raw users / items record -> (key, SideRowInfo)."""
+
+    def __init__(self, config: fc.FeatureConfig, source: str):
+        if source not in (USERS, ITEMS):
+            raise ValueError(f"source must be {USERS!r} or {ITEMS!r}, got {source!r}")
+        self._config = config
+        self._source = source
+        self._key = config.users_key if source == USERS else config.items_key
+        self._specs = config.by_source(fc.SOURCE_USERS if source == USERS else fc.SOURCE_ITEMS)
+        vocab_names = {s.name for s in config.vocab_features}
+        self._vocab_specs = [s for s in self._specs if s.name in vocab_names]
+        self._created = config.item_created_column if source == ITEMS else None
+        self._entry_cache: dict[tuple[str, Any], bytes] = {}
+
+    def _entry(self, spec: fc.FeatureSpec, value: Any) -> bytes:
+        """encode_value, cached: most side-table columns repeat a few values.
+
+        Numeric values are not cached: 0.0 == -0.0 would share an entry.
+        """
+        if spec.type == fc.NUMERIC:
+            return encode_value(spec, value)
+        key = (spec.name, value)
+        entry = self._entry_cache.get(key)
+        if entry is None:
+            entry = encode_value(spec, value)
+            if len(self._entry_cache) < 100_000:
+                self._entry_cache[key] = entry
+        return entry
+
+    def parse(self, record: Any) -> tuple[str, SideRowInfo]:
+        """Raises Reject on a bad record."""
+        row = _record_dict(record)
+        key = _to_str(row.get(self._key))
+        if not key:
+            raise Reject(MISSING_KEY, f"no {self._key!r}")
+        values = {s.name: normalize_value(s, row.get(s.raw_column)) for s in self._specs}
+        entries = b"".join([self._entry(s, values[s.name]) for s in self._specs])
+        vocab = tuple((s.name, _vocab_values(values[s.name])) for s in self._vocab_specs)
+        created = None
+        if self._created:
+            try:
+                created = parse_timestamp(row.get(self._created), self._config.timestamp_unit)
+            except (TypeError, ValueError, OverflowError):
+                created = None
+        return key, SideRowInfo(entries, vocab, created)
