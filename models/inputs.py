@@ -32,20 +32,27 @@ def features_for_kind(config: fc.FeatureConfig, kind: str) -> tuple[fc.FeatureSp
     raise ValueError(f"kind {kind!r} has no model features; want ranking or retrieval")
 
 
-def parse_spec(config: fc.FeatureConfig, kind: str) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
-    """tf.io.parse_example spec for one example kind."""
-    if kind == fc.ITEM2VEC:
-        return {fc.SESSION_ITEMS_KEY: tf.io.VarLenFeature(tf.string),
-                fc.USER_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-                fc.TIMESTAMP_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
+def feature_parse_spec(specs: Sequence[fc.FeatureSpec]) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """parse_example entries of model features: numeric float, categorical one
+    string (missing -> the feature's default), tags / sequence variable-length strings."""
     spec: dict = {}
-    for f in features_for_kind(config, kind):
+    for f in specs:
         if f.type == fc.NUMERIC:
             spec[f.name] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
         elif f.type == fc.CATEGORICAL:
             spec[f.name] = tf.io.FixedLenFeature([], tf.string, default_value=f.default)
         else:
             spec[f.name] = tf.io.VarLenFeature(tf.string)
+    return spec
+
+
+def parse_spec(config: fc.FeatureConfig, kind: str) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """tf.io.parse_example spec for one example kind."""
+    if kind == fc.ITEM2VEC:
+        return {fc.SESSION_ITEMS_KEY: tf.io.VarLenFeature(tf.string),
+                fc.USER_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                fc.TIMESTAMP_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
+    spec = feature_parse_spec(features_for_kind(config, kind))
     spec[fc.TIMESTAMP_KEY] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     spec[fc.NEW_USER_KEY] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     spec[fc.USER_KEY] = tf.io.FixedLenFeature([], tf.string, default_value="")

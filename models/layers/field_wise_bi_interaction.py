@@ -26,7 +26,9 @@ References:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -88,9 +90,7 @@ class FieldWiseBiInteraction(keras.layers.Layer):
         self.use_dropout = bool(use_dropout)
         self.keep_prob = float(keep_prob)
         self.seed = seed
-        self.fields, one_hot, pairs = field_layout(self.field_of)
-        self._one_hot = tf.constant(one_hot)
-        self._pairs = pairs
+        self.fields, _, self._pairs = field_layout(self.field_of)
 
     @property
     def num_fields(self) -> int:
@@ -110,10 +110,67 @@ class FieldWiseBiInteraction(keras.layers.Layer):
                 name="field_weights", shape=(self.num_fields,), initializer="ones")
         super().build(input_shape)
 
-    def _pair_matrix(self) -> tf.Tensor:
-        """[M, M] strictly upper-triangular matrix holding r_ab at (a, b)."""
-        return tf.scatter_nd(self._pairs, self.pair_weights,
-                             [self.num_fields, self.num_fields])
+    def field_statistics(self, embeddings: tf.Tensor, positions: Sequence[int] | None = None
+                         ) -> dict[int, tuple[tf.Tensor, tf.Tensor]]:
+        """Per-field sums V_m and sums of squares of some features.
+
+        The field layout is static, so each field is one slice (features of
+        a field are usually adjacent) or one gather, summed over axis 1: much
+        cheaper on CPU than an einsum with the [F, M] one-hot, which
+        transposes the whole [B, F, d] tensor.
+
+        Args:
+          embeddings: [B, K, d], the features at `positions` of field_of.
+          positions: indices into field_of of axis 1 (default: all, in order).
+        Returns:
+          field index m -> (V_m [B, d], sum_{i in m} v_i^2 [B, d]), for the
+          fields that have a feature among `positions`.
+        """
+        positions = list(range(len(self.field_of)) if positions is None else positions)
+        if embeddings.shape.rank != 3 or embeddings.shape[1] != len(positions):
+            raise ValueError(f"want embeddings [B, {len(positions)}, d] matching "
+                             f"{'field_of' if len(positions) == len(self.field_of) else 'positions'}"
+                             f", got shape {embeddings.shape}")
+        by_field: dict[int, list[int]] = {}
+        for k, pos in enumerate(positions):
+            by_field.setdefault(self.fields.index(self.field_of[pos]), []).append(k)
+        out = {}
+        for m, ks in by_field.items():
+            if ks == list(range(ks[0], ks[-1] + 1)):
+                part = embeddings[:, ks[0]:ks[-1] + 1]
+            else:
+                part = tf.gather(embeddings, ks, axis=1)
+            square = (tf.reduce_sum(tf.square(part), axis=1) if self.use_fm_module
+                      else None)
+            out[m] = (tf.reduce_sum(part, axis=1), square)
+        return out
+
+    def parts_from_statistics(self, stats: dict[int, tuple[tf.Tensor, tf.Tensor]]
+                              ) -> tuple[tf.Tensor, tf.Tensor]:
+        """(MF, FM) from field_statistics output; batches broadcast.
+
+        Fields may come with different batch sizes that broadcast (e.g. one
+        user's fields [1, d] and N candidates' item field [N, d]), so the
+        user x context terms are computed once per user.
+
+        Raises:
+          ValueError: a field has no statistics.
+        """
+        missing = [self.fields[m] for m in range(self.num_fields) if m not in stats]
+        if missing:
+            raise ValueError(f"no features of fields {missing}")
+        sums = [stats[m][0] for m in range(self.num_fields)]
+        # P = M(M-1)/2 is tiny (3 for user/item/context): unrolled products,
+        # summed with `+` (tf.add_n does not broadcast).
+        mf = functools.reduce(operator.add, [
+            self.pair_weights[p] * sums[a] * sums[b]
+            for p, (a, b) in enumerate(self._pairs.tolist())], tf.zeros_like(sums[0]))
+        if not self.use_fm_module:
+            return mf, tf.zeros_like(mf)
+        fm = functools.reduce(operator.add, [
+            self.field_weights[m] * 0.5 * (tf.square(sums[m]) - stats[m][1])
+            for m in range(self.num_fields)])
+        return mf, fm
 
     def second_order_parts(self, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The MF and FM module outputs before dropout.
@@ -123,31 +180,24 @@ class FieldWiseBiInteraction(keras.layers.Layer):
         Returns:
           (MF [B, d], FM [B, d]); FM is zeros when the module is disabled.
         """
-        if embeddings.shape.rank != 3 or embeddings.shape[1] != len(self.field_of):
-            raise ValueError(f"want embeddings [B, {len(self.field_of)}, d] matching "
-                             f"field_of, got shape {embeddings.shape}")
-        one_hot = tf.cast(self._one_hot, embeddings.dtype)
-        field_sums = tf.einsum("bfd,fm->bmd", embeddings, one_hot)
-        # One einsum over all field pairs, weighted by the upper-triangular r.
-        mf = tf.einsum("bmd,bnd,mn->bd", field_sums, field_sums, self._pair_matrix())
-        if not self.use_fm_module:
-            return mf, tf.zeros_like(mf)
-        field_square_sums = tf.einsum("bfd,fm->bmd", tf.square(embeddings), one_hot)
-        within = 0.5 * (tf.square(field_sums) - field_square_sums)
-        fm = tf.einsum("bmd,m->bd", within, self.field_weights)
-        return mf, fm
+        return self.parts_from_statistics(self.field_statistics(embeddings))
 
     def call(self, embeddings: tf.Tensor, linear: tf.Tensor | None = None,
              training: bool | tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         mf, fm = self.second_order_parts(embeddings)
-        interaction = mf + fm
-        if self.use_dropout:
-            interaction = self._dropout(interaction, training)
+        interaction = self.finish(mf, fm, training)
         if linear is None:
             first_order = tf.zeros(tf.shape(embeddings)[:1], embeddings.dtype)
         else:
             first_order = tf.reduce_sum(linear, axis=1)
         return first_order, interaction
+
+    def finish(self, mf: tf.Tensor, fm: tf.Tensor, training=None) -> tf.Tensor:
+        """B = MF + FM, then the published dropout (scaling by beta at inference)."""
+        interaction = mf + fm
+        if self.use_dropout:
+            interaction = self._dropout(interaction, training)
+        return interaction
 
     def _dropout(self, x: tf.Tensor, training) -> tf.Tensor:
         def train():

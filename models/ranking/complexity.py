@@ -15,6 +15,7 @@ Concretely, with d the width, F features, M fields and P = M(M-1)/2 pairs:
   NFwFM MF + FM, dropout scaling:               2 * d
   DeepFM FM part:                               3 * F * d + 3 * d + d + 1
   DCN cross layer on D = F * d:                 5 * D
+  batch norm on the interaction (inference):    2 * d           (folded scale, shift)
   head (per task):                              2 * in + 1      (Dense(1) + S)
 """
 
@@ -83,7 +84,9 @@ def count_params(config: rc.RankingConfig, features: fc.FeatureConfig,
         params += n_tasks
     elif config.model in (rc.NFM, rc.NFWFM, rc.MULTITASK_NFWFM):
         mlp, width = _mlp_params(d, config.hidden_units)
-        params += mlp + n_tasks * (width + 1)
+        params += mlp * (n_tasks if config.task_towers else 1) + n_tasks * (width + 1)
+        # gamma, beta and the moving mean and variance (model.count_params counts all four).
+        params += 4 * d if config.interaction_batch_norm else 0
         if config.model != rc.NFM:
             params += n_pairs + (n_fields if config.use_fm_module else 0)
     elif config.model == rc.DEEPFM:
@@ -114,12 +117,15 @@ def flops_per_example(config: rc.RankingConfig, features: fc.FeatureConfig) -> i
     if config.model == rc.NFM:
         mlp, width = _mlp_flops(d, config.hidden_units)
         flops += 3 * n_feat * d + 3 * d + mlp
+        flops += 2 * d if config.interaction_batch_norm else 0
     elif config.model in (rc.NFWFM, rc.MULTITASK_NFWFM):
         mlp, width = _mlp_flops(d, config.hidden_units)
+        mlp *= n_tasks if config.task_towers else 1
         flops += n_feat * d + 3 * n_pairs * d + d + mlp
         if config.use_fm_module:
             flops += 2 * n_feat * d + 5 * n_fields * d
         flops += d  # dropout scaling by beta (or the zero FM add when disabled)
+        flops += 2 * d if config.interaction_batch_norm else 0
     elif config.model == rc.DEEPFM:
         mlp, width = _mlp_flops(n_feat * d, config.hidden_units)
         flops += 3 * n_feat * d + 3 * d + d + 1 + mlp

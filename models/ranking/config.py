@@ -50,6 +50,12 @@ class RankingConfig:
       hidden_units: MLP on the interaction vector (NFM, NFwFM) or DNN part
         (DeepFM, DCN); shared by all heads of a multi-task model.
       mlp_dropout: inverted dropout between MLP layers.
+      interaction_batch_norm: NFM and NFwFM family: batch normalization on
+        the (Field-wise) Bi-Interaction vector before the MLP, as in the NFM
+        paper (He & Chua 2017, section 3.3: it eases training of the MLP).
+      task_towers: NFwFM family: each task gets its own MLP (hidden_units) on
+        the shared Field-wise Bi-Interaction vector instead of one MLP shared
+        by every head (shared bottom = embeddings + interaction layer only).
       use_fm_module: NFwFM: include the within-field FM module.
       use_interaction_dropout: NFwFM: Bernoulli dropout on the second-order
         vector (published, non-rescaled convention).
@@ -57,6 +63,8 @@ class RankingConfig:
       cross_layers: DCN: number of cross layers.
       loss_mode: multi-task: sum, reweight or uncertainty.
       follow_weight: reweight mode: click loss weight 1 + follow_weight * follow.
+      click_weight: multi-task: weight of the click task's loss term, every
+        mode (see models.ranking.losses.MultiTaskLoss for why).
       l2: L2 penalty on the embedding tables.
       optimizer: lazy_adam (default: Adam whose embedding updates touch only
         the looked-up rows; Keras Adam decays its moments over whole tables
@@ -72,12 +80,15 @@ class RankingConfig:
     embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (64,)
     mlp_dropout: float = 0.0
+    task_towers: bool = False
+    interaction_batch_norm: bool = False
     use_fm_module: bool = True
     use_interaction_dropout: bool = True
     keep_prob: float = 0.8
     cross_layers: int = 2
     loss_mode: str = LOSS_SUM
     follow_weight: float = 4.0
+    click_weight: float = 1.0
     l2: float = 0.0
     optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
@@ -101,11 +112,23 @@ class RankingConfig:
             raise RankingConfigError(f"keep_prob must be in (0, 1], got {self.keep_prob}")
         if not 0.0 <= self.mlp_dropout < 1.0:
             raise RankingConfigError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
+        if self.task_towers and (self.model not in (NFWFM, MULTITASK_NFWFM)
+                                 or not self.hidden_units):
+            raise RankingConfigError(f"task_towers needs model nfwfm or multitask_nfwfm and "
+                                     f"hidden_units, got {self.model!r} {self.hidden_units!r}")
+        if self.interaction_batch_norm and self.model not in (NFM, NFWFM, MULTITASK_NFWFM):
+            raise RankingConfigError(f"interaction_batch_norm needs model nfm, nfwfm or "
+                                     f"multitask_nfwfm, got {self.model!r}")
         if self.loss_mode not in LOSS_MODES:
             raise RankingConfigError(f"loss_mode {self.loss_mode!r} not in {LOSS_MODES}")
         if self.loss_mode == LOSS_REWEIGHT and fc.CLICK_LABEL not in self.tasks:
             raise RankingConfigError("loss_mode 'reweight' reweights the click loss: "
                                      "tasks must include click")
+        if not self.click_weight > 0.0:
+            raise RankingConfigError(f"click_weight must be > 0, got {self.click_weight}")
+        if self.click_weight != 1.0 and fc.CLICK_LABEL not in self.tasks:
+            raise RankingConfigError(f"click_weight {self.click_weight} needs the click task, "
+                                     f"tasks are {self.tasks!r}")
         if self.optimizer not in OPTIMIZERS:
             raise RankingConfigError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.cross_layers < 1:

@@ -25,17 +25,25 @@ from models.ranking import config as rc  # noqa: E402
 class MultiTaskLoss(keras.layers.Layer):
     """Combines per-task binary cross-entropies into one training loss.
 
-    Modes (L_k the mean log loss of task k):
-      sum:          sum_k L_k.
+    Modes (L_k the mean log loss of task k, c_k the task weight: click_weight
+    for click, 1 for the others):
+      sum:          sum_k c_k L_k.
       reweight:     the click loss weights each example by 1 + w * follow, so
-                    clicks that led to a follow count more; other tasks as sum.
-      uncertainty:  sum_k exp(-s_k) * L_k / 2 + s_k / 2, with s_k = log sigma_k^2
-                    learned per task (Kendall et al. 2018).
+                    clicks that led to a follow count more; then as sum.
+      uncertainty:  sum_k c_k exp(-s_k) * L_k / 2 + s_k / 2, with s_k = log
+                    sigma_k^2 learned per task (Kendall et al. 2018).
+
+    Why click_weight: uncertainty weighting drives s_k towards log L_k, so a
+    rare task with a tiny loss (follow, ~0.03 vs click's ~0.34) ends up
+    weighted ~1/L_k, ten times the click task, and its noisy gradient takes
+    over the shared bottom. c_click > 1 keeps the main task in charge; it is
+    a hyperparameter chosen on validation data (bench/ranking_bench.py).
 
     Args:
       tasks: task (label) names, each with a logit.
       mode: sum, reweight or uncertainty.
       follow_weight: w of the reweight mode.
+      click_weight: c of the click task, > 0.
     Call:
       labels: task -> float [B] (reweight also reads labels["follow"]).
       logits: task -> float [B].
@@ -44,15 +52,18 @@ class MultiTaskLoss(keras.layers.Layer):
     """
 
     def __init__(self, tasks: Sequence[str], mode: str = rc.LOSS_SUM,
-                 follow_weight: float = 4.0, **kwargs):
+                 follow_weight: float = 4.0, click_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if mode not in rc.LOSS_MODES:
             raise ValueError(f"mode {mode!r} not in {rc.LOSS_MODES}")
+        if not click_weight > 0.0:
+            raise ValueError(f"click_weight must be > 0, got {click_weight}")
         if not tasks:
             raise ValueError("tasks is empty")
         self.tasks = list(tasks)
         self.mode = mode
         self.follow_weight = float(follow_weight)
+        self.click_weight = float(click_weight)
 
     def build(self, input_shape=None):
         if self.mode == rc.LOSS_UNCERTAINTY:
@@ -72,12 +83,13 @@ class MultiTaskLoss(keras.layers.Layer):
                 per_task[task] = tf.reduce_sum(weights * bce) / tf.reduce_sum(weights)
             else:
                 per_task[task] = tf.reduce_mean(bce)
+        weight = {t: self.click_weight if t == fc.CLICK_LABEL else 1.0 for t in self.tasks}
         if self.mode == rc.LOSS_UNCERTAINTY:
             s = self.log_variances
-            total = tf.add_n([tf.exp(-s[k]) * per_task[t] / 2.0 + s[k] / 2.0
+            total = tf.add_n([weight[t] * tf.exp(-s[k]) * per_task[t] / 2.0 + s[k] / 2.0
                               for k, t in enumerate(self.tasks)])
         else:
-            total = tf.add_n(list(per_task.values()))
+            total = tf.add_n([weight[t] * per_task[t] for t in self.tasks])
         return total, per_task
 
     def sigmas(self) -> dict[str, float]:
@@ -89,4 +101,4 @@ class MultiTaskLoss(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "tasks": self.tasks, "mode": self.mode,
-                "follow_weight": self.follow_weight}
+                "follow_weight": self.follow_weight, "click_weight": self.click_weight}

@@ -75,8 +75,15 @@ class RankingModel(keras.Model):
         self.embedding = FieldEmbedding(
             self.feature_config, self.num_rows, cfg.embedding_dim, self.feature_names,
             with_linear=uses_linear(cfg.model), l2=cfg.l2, name="field_embedding")
-        self.mlp = [keras.layers.Dense(h, activation="relu", name=f"mlp_{i}")
-                    for i, h in enumerate(cfg.hidden_units)]
+        if cfg.task_towers:
+            # One MLP per task on the shared interaction vector (applied in head_logits).
+            self.mlp = []
+            self.towers = {t: [keras.layers.Dense(h, activation="relu", name=f"{t}_mlp_{i}")
+                               for i, h in enumerate(cfg.hidden_units)] for t in cfg.tasks}
+        else:
+            self.mlp = [keras.layers.Dense(h, activation="relu", name=f"mlp_{i}")
+                        for i, h in enumerate(cfg.hidden_units)]
+            self.towers = {}
         self.mlp_dropout = ([keras.layers.Dropout(cfg.mlp_dropout, seed=cfg.seed)
                              for _ in cfg.hidden_units] if cfg.mlp_dropout else [])
         if cfg.model == rc.NFM or cfg.model == rc.DEEPFM:
@@ -86,6 +93,10 @@ class RankingModel(keras.Model):
                 self.embedding.field_of(), use_fm_module=cfg.use_fm_module,
                 use_dropout=cfg.use_interaction_dropout, keep_prob=cfg.keep_prob,
                 seed=cfg.seed, name="field_wise_bi_interaction")
+        # Affine at inference (moving statistics), so the candidate path may
+        # apply it to the broadcast [N, d] interaction.
+        self.interaction_bn = (keras.layers.BatchNormalization(name="interaction_bn")
+                               if cfg.interaction_batch_norm else None)
         if cfg.model == rc.DCN:
             self.cross = CrossNetwork(cfg.cross_layers, name="cross_network")
         if cfg.model == rc.LR:
@@ -97,15 +108,21 @@ class RankingModel(keras.Model):
         # mapping, done once instead of every step); serving always maps raw.
         self.train_on_ids = False
         self.task_loss = MultiTaskLoss(cfg.tasks, cfg.loss_mode, cfg.follow_weight,
-                                       name="task_loss")
+                                       cfg.click_weight, name="task_loss")
 
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.ranking_config.tasks
 
     # ---- forward ------------------------------------------------------------
-    def _run_mlp(self, x: tf.Tensor, training) -> tf.Tensor:
-        for i, layer in enumerate(self.mlp):
+    def _interaction_to_rep(self, x: tf.Tensor, training) -> tf.Tensor:
+        """(Field-wise) Bi-Interaction vector [B, d] -> batch norm (optional) -> MLP."""
+        if self.interaction_bn is not None:
+            x = self.interaction_bn(x, training=training)
+        return self._run_mlp(x, training)
+
+    def _run_mlp(self, x: tf.Tensor, training, layers=None) -> tf.Tensor:
+        for i, layer in enumerate(self.mlp if layers is None else layers):
             x = layer(x)
             if self.mlp_dropout:
                 x = self.mlp_dropout[i](x, training=training)
@@ -127,17 +144,23 @@ class RankingModel(keras.Model):
         embeddings, linear = embedded
         first_order = tf.reduce_sum(linear, axis=1)
         if model == rc.NFM:
-            return first_order, self._run_mlp(self.bi_interaction(embeddings), training)
+            return first_order, self._interaction_to_rep(self.bi_interaction(embeddings), training)
         if model == rc.DEEPFM:
             fm = tf.reduce_sum(self.bi_interaction(embeddings), axis=1)
             flat = tf.reshape(embeddings, [-1, len(self.feature_names) * self.ranking_config.embedding_dim])
             return first_order + fm, self._run_mlp(flat, training)
         first_order, interaction = self.field_wise(embeddings, linear, training=training)
-        return first_order, self._run_mlp(interaction, training)
+        return first_order, self._interaction_to_rep(interaction, training)
 
-    def head_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    def head_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None,
+                    training=None) -> dict[str, tf.Tensor]:
+        """Body outputs -> task -> logit [B] (task towers, if any, run here)."""
         if rep is None:
             return {t: first_order + self.biases[t] for t in self.tasks}
+        if self.towers:
+            return {t: first_order + tf.squeeze(
+                self.heads[t](self._run_mlp(rep, training, self.towers[t])), axis=1)
+                for t in self.tasks}
         return {t: first_order + tf.squeeze(self.heads[t](rep), axis=1) for t in self.tasks}
 
     def logits(self, features: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
@@ -147,14 +170,18 @@ class RankingModel(keras.Model):
 
     def logits_from_ids(self, ids: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
         first_order, rep = self.body(ids, training=training)
-        return self.head_logits(first_order, rep)
+        return self.head_logits(first_order, rep, training=training)
 
     def candidate_logits(self, ids: Mapping[str, tf.Tensor], item_names: Sequence[str],
                          ) -> dict[str, tf.Tensor]:
         """One user's N candidates: user/context ids batch 1, item ids batch N.
 
         The user and context features are embedded (and multi-valued ones
-        pooled) once, then broadcast to the N candidates.
+        pooled) once. NFM and the NFwFM family never build the [N, F, d]
+        tensor: their second-order terms need only per-field sums (and sums
+        of squares), so the user's and context's are computed at batch 1 and
+        broadcast against the items' [N, d] ones (the user x context term is
+        computed once). Other models broadcast the user's embeddings to N.
 
         Returns:
           task -> logit [N].
@@ -164,6 +191,22 @@ class RankingModel(keras.Model):
         num = tf.shape(ids[items[0]])[0]
         one = self.embedding.embed(ids, shared)
         many = self.embedding.embed(ids, items)
+        model = self.ranking_config.model
+        if model in _NFWFM_FAMILY or model == rc.NFM:
+            (emb_one, lin_one), (emb_many, lin_many) = one, many
+            # [1] + [N] -> [N].
+            first_order = tf.reduce_sum(lin_one, axis=1) + tf.reduce_sum(lin_many, axis=1)
+            if model == rc.NFM:
+                total = tf.reduce_sum(emb_one, axis=1) + tf.reduce_sum(emb_many, axis=1)
+                squares = (tf.reduce_sum(tf.square(emb_one), axis=1)
+                           + tf.reduce_sum(tf.square(emb_many), axis=1))
+                interaction = 0.5 * (tf.square(total) - squares)
+            else:
+                interaction = self._candidate_field_wise(emb_one, shared, emb_many, items)
+            interaction = tf.broadcast_to(
+                interaction, tf.stack([num, tf.shape(interaction)[1]]))
+            rep = self._interaction_to_rep(interaction, False)
+            return self.head_logits(first_order, rep, training=False)
         # Back to feature_names order: position of each feature in shared + items.
         order = [(shared + items).index(n) for n in self.feature_names]
 
@@ -176,7 +219,22 @@ class RankingModel(keras.Model):
         else:
             embedded = merge(one, many)
         first_order, rep = self.body_from_embedded(embedded, training=False)
-        return self.head_logits(first_order, rep)
+        return self.head_logits(first_order, rep, training=False)
+
+    def _candidate_field_wise(self, emb_one: tf.Tensor, shared: Sequence[str],
+                              emb_many: tf.Tensor, items: Sequence[str]) -> tf.Tensor:
+        """Field-wise B of N candidates from [1, Fs, d] and [N, Fi, d] -> [N or 1, d]."""
+        position = {n: i for i, n in enumerate(self.feature_names)}
+        layer = self.field_wise
+        stats = layer.field_statistics(emb_one, [position[n] for n in shared])
+        for m, (total, squares) in layer.field_statistics(
+                emb_many, [position[n] for n in items]).items():
+            if m in stats:  # a field with both user-side and item features
+                old_total, old_squares = stats[m]
+                total = old_total + total
+                squares = None if squares is None else old_squares + squares
+            stats[m] = (total, squares)
+        return layer.finish(*layer.parts_from_statistics(stats), training=False)
 
     def call(self, features: Mapping[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
         return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}

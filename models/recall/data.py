@@ -128,14 +128,7 @@ def _text(value) -> str:
 
 
 def items_parse_spec(config: fc.FeatureConfig) -> dict:
-    spec = {}
-    for f in item_features(config):
-        if f.type == fc.NUMERIC:
-            spec[f.name] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
-        elif f.type == fc.CATEGORICAL:
-            spec[f.name] = tf.io.FixedLenFeature([], tf.string, default_value=f.default)
-        else:
-            spec[f.name] = tf.io.VarLenFeature(tf.string)
+    spec = inputs.feature_parse_spec(item_features(config))
     spec[fc.ITEM_CLICKS_KEY] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     spec[fc.ITEM_IMPRESSIONS_KEY] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
     return spec

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -12,7 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from models.recall import data  # noqa: E402
+from models.recall import artifacts, data  # noqa: E402
 
 
 def minibatches(num_rows: int, batch_size: int, rng: np.random.Generator,
@@ -44,3 +46,37 @@ def predict(fn, arrays: Mapping[str, np.ndarray], names: Sequence[str], dim: int
     parts = [fn(tensors(arrays, names, np.arange(i, min(i + batch_size, n)))).numpy()
              for i in range(0, n, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+@dataclasses.dataclass
+class TowerResult:
+    """A trained tower model: user tower + candidate table, and how to export both.
+
+    Subclasses set MODEL_NAME and NORMALIZED (whether item_vectors are L2-normalized).
+    """
+
+    MODEL_NAME: ClassVar[str] = ""
+    NORMALIZED: ClassVar[bool] = False
+
+    feature_config: fc.FeatureConfig
+    config: Any
+    model: Any
+    user_names: list[str]
+    item_ids: list[str]
+    item_vectors: np.ndarray  # [N, dim]
+    stats: dict[str, Any]
+
+    def user_vectors(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        return predict(self.model.user_tower, features, self.user_names, self.config.dim)
+
+    def export(self, export_dir: str, model_version: int | None = None) -> dict[str, str]:
+        """Writes export_dir/user_tower (SavedModel) and export_dir/item_embeddings."""
+        user_dir = os.path.join(export_dir, artifacts.USER_TOWER_DIR)
+        item_dir = os.path.join(export_dir, artifacts.ITEM_EMBEDDINGS_DIR)
+        tower = self.model.user_tower
+        artifacts.export_user_tower(tower, tower, data.serving_signature(self.feature_config),
+                                    user_dir)
+        artifacts.write_item_embeddings(item_dir, self.item_ids, self.item_vectors,
+                                        self.MODEL_NAME, normalized=self.NORMALIZED,
+                                        model_version=model_version)
+        return {"user_tower": user_dir, "item_embeddings": item_dir}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ import tf_keras as keras  # noqa: E402
 from beam_jobs import feature_config as fc  # noqa: E402
 from models import inputs  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
-from models.recall import artifacts, data, protocols, training  # noqa: E402
+from models.recall import data, protocols, training  # noqa: E402
 from models.recall.negatives import GroupedSampler  # noqa: E402
 from models.recall.towers import FeatureTower  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
@@ -27,28 +26,9 @@ from models.two_tower.model import HardNegativeSampler, TwoTowerModel  # noqa: E
 MODEL_NAME = "two_tower"
 
 
-@dataclasses.dataclass
-class TwoTowerResult:
-    feature_config: fc.FeatureConfig
-    config: TwoTowerConfig
-    model: TwoTowerModel
-    user_names: list[str]
-    item_ids: list[str]
-    item_vectors: np.ndarray  # [N, dim], L2-normalized
-    stats: dict[str, Any]
-
-    def user_vectors(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
-        return training.predict(self.model.user_tower, features, self.user_names, self.config.dim)
-
-    def export(self, export_dir: str, model_version: int | None = None) -> dict[str, str]:
-        user_dir = os.path.join(export_dir, artifacts.USER_TOWER_DIR)
-        item_dir = os.path.join(export_dir, artifacts.ITEM_EMBEDDINGS_DIR)
-        tower = self.model.user_tower
-        artifacts.export_user_tower(tower, tower, data.serving_signature(self.feature_config),
-                                    user_dir)
-        artifacts.write_item_embeddings(item_dir, self.item_ids, self.item_vectors, MODEL_NAME,
-                                        normalized=True, model_version=model_version)
-        return {"user_tower": user_dir, "item_embeddings": item_dir}
+class TwoTowerResult(training.TowerResult):
+    MODEL_NAME = MODEL_NAME
+    NORMALIZED = True  # cosine model: item vectors are L2-normalized
 
 
 def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
