@@ -1,0 +1,60 @@
+"""Custom artifact types of the feedrec pipeline.
+
+Standard TFX types are used where their layout fits (Examples, Model,
+ModelBlessing, InfraBlessing, PushedModel, ModelEvaluation); these types cover
+what the sessionize job and the recall trainers write that TFX has no type for.
+"""
+
+from __future__ import annotations
+
+from tfx.types import artifact
+
+
+class FeatureVocabulary(artifact.Artifact):
+    """Vocabularies of the train split plus the feature config they belong to.
+
+    Layout: <uri>/vocab/<feature>.txt (most frequent first) and
+    <uri>/feature_config.yaml (a copy, so downstream steps read the exact
+    config the examples were written with).
+    """
+
+    TYPE_NAME = "feedrec.FeatureVocabulary"
+
+
+class ItemCatalogue(artifact.Artifact):
+    """The item catalogue: <uri>/items/*.tfrecord.gz and <uri>/item_frequencies.tsv."""
+
+    TYPE_NAME = "feedrec.ItemCatalogue"
+
+
+class SessionizeSummary(artifact.Artifact):
+    """Counts of the sessionize job: <uri>/summary.json and <uri>/dead_letter/."""
+
+    TYPE_NAME = "feedrec.SessionizeSummary"
+
+
+class ItemEmbeddings(artifact.Artifact):
+    """A recall model's item vectors: ids.txt, embeddings.npy, metadata.json
+    (models.recall.artifacts layout)."""
+
+    TYPE_NAME = "feedrec.ItemEmbeddings"
+
+
+class TrainingMetrics(artifact.Artifact):
+    """A trainer's own evaluation: <uri>/metrics.json (AUC, recall@K, sigmas)."""
+
+    TYPE_NAME = "feedrec.TrainingMetrics"
+
+
+class PushedIndex(artifact.Artifact):
+    """A published FAISS index; custom properties `pushed` (0/1),
+    `pushed_destination` (the version dir) and `reason` when not pushed."""
+
+    TYPE_NAME = "feedrec.PushedIndex"
+
+
+class PipelineReport(artifact.Artifact):
+    """The run report: <uri>/report.md plus PNG plots; `published_path` names
+    the copy next to the pushed models."""
+
+    TYPE_NAME = "feedrec.PipelineReport"

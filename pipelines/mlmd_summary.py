@@ -1,0 +1,152 @@
+"""Reads a pipeline run back from MLMD: executions, their outputs, lineage.
+
+Used by the runners to print what a run did and by the tests to assert on
+what MLMD recorded (not on what the code meant to do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+PIPELINE_CONTEXT, RUN_CONTEXT, NODE_CONTEXT = "pipeline", "pipeline_run", "node"
+
+
+def _props(message) -> dict[str, Any]:
+    out = {}
+    for key, value in message.custom_properties.items():
+        kind = value.WhichOneof("value")
+        out[key] = getattr(value, kind) if kind in ("int_value", "double_value",
+                                                    "string_value") else str(value)
+    return out
+
+
+@dataclasses.dataclass
+class ArtifactInfo:
+    id: int
+    type: str
+    uri: str
+    properties: dict[str, Any]
+
+
+@dataclasses.dataclass
+class ExecutionInfo:
+    id: int
+    node_id: str
+    state: str
+    inputs: dict[str, list[ArtifactInfo]]
+    outputs: dict[str, list[ArtifactInfo]]
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str
+    executions: dict[str, ExecutionInfo]  # node id -> execution
+
+    def output(self, node_id: str, key: str) -> ArtifactInfo | None:
+        execution = self.executions.get(node_id)
+        found = execution.outputs.get(key) if execution else None
+        return found[0] if found else None
+
+
+def _store(connection_config: metadata_store_pb2.ConnectionConfig) -> metadata_store.MetadataStore:
+    return metadata_store.MetadataStore(connection_config)
+
+
+def run_ids(connection_config, pipeline_name: str) -> list[str]:
+    """Run ids of the pipeline, oldest first."""
+    store = _store(connection_config)
+    pipeline = store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
+    if pipeline is None:
+        return []
+    ours = {e.id for e in store.get_executions_by_context(pipeline.id)}
+    runs = [c for c in store.get_contexts_by_type(RUN_CONTEXT)
+            if ours & {e.id for e in store.get_executions_by_context(c.id)}]
+    return [c.name for c in sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))]
+
+
+def load_run(connection_config, pipeline_name: str, run_id: str) -> RunSummary:
+    """Every execution of one run with its input and output artifacts."""
+    store = _store(connection_config)
+    run = store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r} in MLMD")
+    executions = store.get_executions_by_context(run.id)
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
+    out = {}
+    prefix = f"{pipeline_name}."
+    for execution in executions:
+        nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
+                 if store.get_context_types_by_id([c.type_id])[0].name == NODE_CONTEXT]
+        node_id = nodes[0][len(prefix):] if nodes and nodes[0].startswith(prefix) else str(execution.id)
+        info = ExecutionInfo(execution.id, node_id,
+                             metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+                             {}, {})
+        for event in events:
+            if event.execution_id != execution.id or event.artifact_id not in artifacts:
+                continue
+            artifact = artifacts[event.artifact_id]
+            key = event.path.steps[0].key if event.path.steps else "?"
+            side = info.outputs if event.type in (metadata_store_pb2.Event.OUTPUT,
+                                                  metadata_store_pb2.Event.DECLARED_OUTPUT) \
+                else info.inputs
+            side.setdefault(key, []).append(ArtifactInfo(artifact.id, types.get(artifact.type_id, "?"),
+                                                        artifact.uri, _props(artifact)))
+        # A retried node can appear twice; the latest execution wins.
+        if node_id not in out or out[node_id].id < execution.id:
+            out[node_id] = info
+    return RunSummary(run_id, out)
+
+
+def latest_run(connection_config, pipeline_name: str) -> RunSummary | None:
+    ids = run_ids(connection_config, pipeline_name)
+    return load_run(connection_config, pipeline_name, ids[-1]) if ids else None
+
+
+def format_summary(summary: RunSummary | None) -> str:
+    """The text the runners print after a run."""
+    if summary is None:
+        return "no run recorded"
+    lines = [f"run {summary.run_id}: " + ", ".join(
+        f"{n}={e.state}" for n, e in sorted(summary.executions.items()))]
+    lines.append("models:")
+    for node_id, execution in sorted(summary.executions.items()):
+        metrics = execution.outputs.get("metrics")
+        if metrics:
+            # Headline figures only: AUCs and the @50 retrieval rates.
+            figures = {k: round(v, 4) for k, v in sorted(metrics[0].properties.items())
+                       if isinstance(v, float) and (k.endswith("auc") or k.endswith("_at_50"))
+                       and not k.startswith(("coverage", "ndcg"))}
+            lines.append(f"  {node_id}: {figures}")
+    lines.append("gates:")
+    for node_id, execution in sorted(summary.executions.items()):
+        blessing = execution.outputs.get("blessing")
+        if not blessing:
+            continue
+        blessed = blessing[0].properties.get("blessed") == 1
+        why = blessing[0].properties.get("reason", "")
+        if node_id.startswith("Evaluator") and not blessed:
+            from components.eval_config import failing_reasons
+            why = "; ".join(failing_reasons(execution.outputs["evaluation"][0].uri))
+        lines.append(f"  {node_id}: {'BLESSED' if blessed else 'NOT BLESSED'}"
+                     + (f" ({why})" if why else ""))
+    lines.append("pushed:")
+    for node_id, execution in sorted(summary.executions.items()):
+        for key in ("pushed_model", "pushed_index"):
+            for artifact in execution.outputs.get(key, []):
+                if artifact.properties.get("pushed") == 1:
+                    where = artifact.properties.get("pushed_destination")
+                else:
+                    where = "NOT pushed" + (f": {artifact.properties['reason']}"
+                                            if artifact.properties.get("reason") else
+                                            " (a required blessing is missing)")
+                lines.append(f"  {node_id}: {where}")
+    for execution in summary.executions.values():
+        for artifact in execution.outputs.get("report", []):
+            lines.append(f"report: {artifact.properties.get('published_path', artifact.uri)}")
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""create_pipeline: the feedrec TFX pipeline as a pure factory.
+
+    ClickLogExampleGen (Beam sessionize job)
+      -> ranking: RankingTrainer(nfm baseline), RankingTrainer(nfwfm candidate)
+           -> Evaluator (TFMA gate: AUC floor + not worse than the baseline,
+              sliced overall and by is_new_user) -> ModelBlessing
+           -> ServingValidator (model server + real Predict) -> InfraBlessing
+           -> Pusher <serving_dir>/models/ranking/<version>/ (both blessings needed)
+         multi-task NFwFM (optional): one Evaluator per head (click vs baseline,
+           follow floor) joined by AllBlessed -> models/ranking_multitask/
+      -> recall (optional, per model): RecallTrainer -> ServingValidator(user tower)
+           -> Pusher <serving_dir>/models/user_tower_<name>/<version>/
+           -> FaissIndexBuilder <serving_dir>/indexes/<name>/<version>/
+      -> PipelineReporter <serving_dir>/reports/<time>/report.md
+
+Nothing here reads the environment or builds a path from a convention other
+than serving_dir's layout: runners own settings (pipelines/*_runner.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx.components.evaluator.component import Evaluator
+from tfx.components.pusher.component import Pusher
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import pusher_pb2
+
+from beam_jobs import feature_config as fc
+from components import eval_config
+from components.blessing import AllBlessed
+from components.example_gen import ClickLogExampleGen
+from components.faiss_builder import FaissIndexBuilder
+from components.report import PipelineReporter
+from components.serving_validator import RANKING, USER_TOWER, ServingValidator
+from components.trainer import RankingTrainer, RecallTrainer
+
+RECALL_MODELS: tuple[str, ...] = ("item2vec", "youtubenet", "two_tower")
+# Served model names (serving_configs/models.config).
+RANKING_SERVED_NAME = "ranking"
+MULTITASK_SERVED_NAME = "ranking_multitask"
+USER_TOWER_PREFIX = "user_tower_"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingSettings:
+    """The ranking stage.
+
+    Attributes:
+      baseline: baseline model name (models.ranking), the gate's reference.
+      candidate: candidate model name, gated and pushed.
+      multitask: multi-task model name, or None to skip it.
+      hparams: model name -> RankingConfig overrides.
+      min_auc: absolute click-AUC floor of the candidate(s).
+      min_follow_auc: absolute follow-AUC floor of the multi-task model.
+      slice_features: Evaluator slices besides overall.
+    """
+
+    baseline: str = "nfm"
+    candidate: str = "nfwfm"
+    multitask: str | None = "multitask_nfwfm"
+    hparams: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    min_auc: float = 0.5
+    min_follow_auc: float = 0.5
+    slice_features: tuple[str, ...] = (fc.NEW_USER_KEY,)
+
+    def hparams_json(self, model: str) -> str:
+        # Sorted keys: the same settings give the same string, so caching holds.
+        return json.dumps(dict(self.hparams.get(model, {})), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallSettings:
+    """The recall stage.
+
+    Attributes:
+      models: recall models to train, push and index (subset of RECALL_MODELS).
+      hparams: model name -> model config overrides.
+    """
+
+    models: tuple[str, ...] = RECALL_MODELS
+    hparams: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def hparams_json(self, model: str) -> str:
+        return json.dumps(dict(self.hparams.get(model, {})), sort_keys=True)
+
+
+def _push_to(serving_dir: str, served_name: str) -> pusher_pb2.PushDestination:
+    return pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
+        base_directory=os.path.join(serving_dir, "models", served_name)))
+
+
+def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, events: str,
+                    users: str, items: str, serving_dir: str,
+                    ranking: RankingSettings = RankingSettings(),
+                    recall: RecallSettings = RecallSettings(),
+                    metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
+                    beam_pipeline_args: Sequence[str] = (),
+                    enable_cache: bool = True,
+                    validation_examples: int = 64) -> tfx_pipeline.Pipeline:
+    """Builds the pipeline.
+
+    Args:
+      pipeline_name: MLMD context name.
+      pipeline_root: where artifacts are written.
+      config_path: the dataset's feature config (YAML).
+      events, users, items: raw table globs (README "Raw click-log format").
+      serving_dir: receives models/<name>/<version>/, indexes/<name>/<version>/
+        and reports/<time>/.
+      ranking: ranking stage settings.
+      recall: recall stage settings.
+      metadata_connection_config: MLMD connection (None: the orchestrator's).
+      beam_pipeline_args: for ExampleGen's sessionize job and the Evaluator.
+      enable_cache: reuse the outputs of unchanged executions.
+      validation_examples: Predict batch of each serving check.
+
+    Returns:
+      The tfx Pipeline.
+
+    Raises:
+      ValueError: an unknown recall model or a candidate equal to the baseline.
+    """
+    unknown = sorted(set(recall.models) - set(RECALL_MODELS))
+    if unknown:
+        raise ValueError(f"unknown recall models {unknown}; want a subset of {RECALL_MODELS}")
+    if ranking.candidate == ranking.baseline:
+        raise ValueError(f"candidate and baseline are both {ranking.candidate!r}")
+    example_gen = ClickLogExampleGen(config_path=config_path, events=events, users=users,
+                                     items=items)
+    ranking_examples = example_gen.outputs["ranking_examples"]
+    vocabulary = example_gen.outputs["vocabulary"]
+    components: list = [example_gen]
+    report_inputs: dict[str, Any] = {"summary": example_gen.outputs["summary"],
+                                     "ranking_examples": ranking_examples}
+
+    def ranking_trainer(model: str) -> RankingTrainer:
+        return RankingTrainer(examples=ranking_examples, vocabulary=vocabulary, model_name=model,
+                              hparams=ranking.hparams_json(model)).with_id(f"RankingTrainer.{model}")
+
+    def gate(role: str, model: str, trainer, configs: Mapping[str, tuple], served_name: str
+             ) -> None:
+        """Evaluators (one per config) + serving check + Pusher for one trainer."""
+        evaluators = {}
+        for head, (config, needs_baseline) in configs.items():
+            suffix = "" if len(configs) == 1 else f".{head}"
+            evaluators[head] = Evaluator(
+                examples=ranking_examples, model=trainer.outputs["model"],
+                baseline_model=baseline.outputs["model"] if needs_baseline else None,
+                eval_config=config, example_splits=[fc.EVAL]).with_id(f"Evaluator.{model}{suffix}")
+        components.extend([trainer, *evaluators.values()])
+        if len(evaluators) == 1:
+            model_blessing = next(iter(evaluators.values())).outputs["blessing"]
+        elif len(evaluators) == 2:
+            first, second = evaluators.values()
+            joined = AllBlessed(first=first.outputs["blessing"], second=second.outputs["blessing"]
+                                ).with_id(f"AllBlessed.{model}")
+            components.append(joined)
+            model_blessing = joined.outputs["blessing"]
+        else:
+            raise ValueError(f"{model}: {len(evaluators)} gates; 1 or 2 are supported")
+        validator = ServingValidator(model=trainer.outputs["model"], examples=ranking_examples,
+                                     vocabulary=vocabulary, model_name=served_name,
+                                     model_kind=RANKING, num_examples=validation_examples
+                                     ).with_id(f"ServingValidator.{model}")
+        pusher = Pusher(model=trainer.outputs["model"], model_blessing=model_blessing,
+                        infra_blessing=validator.outputs["blessing"],
+                        push_destination=_push_to(serving_dir, served_name)).with_id(f"Pusher.{model}")
+        components.extend([validator, pusher])
+        evaluations = [e.outputs["evaluation"] for e in evaluators.values()]
+        report_inputs.update({f"{role}_model": trainer.outputs["model"],
+                              f"{role}_metrics": trainer.outputs["metrics"],
+                              f"{role}_evaluation": evaluations[0],
+                              f"{role}_blessing": model_blessing,
+                              f"{role}_infra": validator.outputs["blessing"],
+                              f"{role}_pushed": pusher.outputs["pushed_model"]})
+        if len(evaluations) == 2:
+            report_inputs[f"{role}_second_evaluation"] = evaluations[1]
+
+    baseline = ranking_trainer(ranking.baseline)
+    components.append(baseline)
+    report_inputs.update({"baseline_model": baseline.outputs["model"],
+                          "baseline_metrics": baseline.outputs["metrics"]})
+    gate("candidate", ranking.candidate, ranking_trainer(ranking.candidate),
+         {fc.CLICK_LABEL: (eval_config.ranking_gate(
+             ranking.min_auc, slice_features=ranking.slice_features), True)},
+         RANKING_SERVED_NAME)
+    if ranking.multitask:
+        gate("multitask", ranking.multitask, ranking_trainer(ranking.multitask),
+             eval_config.multitask_gates({fc.CLICK_LABEL: ranking.min_auc,
+                                          fc.FOLLOW_LABEL: ranking.min_follow_auc},
+                                         slice_features=ranking.slice_features),
+             MULTITASK_SERVED_NAME)
+
+    for model in recall.models:
+        kind_examples = example_gen.outputs[
+            "item2vec_examples" if model == "item2vec" else "retrieval_examples"]
+        trainer = RecallTrainer(examples=kind_examples, vocabulary=vocabulary,
+                                catalogue=example_gen.outputs["catalogue"], model_name=model,
+                                hparams=recall.hparams_json(model)).with_id(f"RecallTrainer.{model}")
+        served_name = USER_TOWER_PREFIX + model
+        validator = ServingValidator(model=trainer.outputs["model"],
+                                     examples=example_gen.outputs["retrieval_examples"],
+                                     vocabulary=vocabulary, model_name=served_name,
+                                     model_kind=USER_TOWER, num_examples=validation_examples
+                                     ).with_id(f"ServingValidator.{model}")
+        pusher = Pusher(model=trainer.outputs["model"], infra_blessing=validator.outputs["blessing"],
+                        push_destination=_push_to(serving_dir, served_name)).with_id(f"Pusher.{model}")
+        index = FaissIndexBuilder(item_embeddings=trainer.outputs["item_embeddings"],
+                                  infra_blessing=validator.outputs["blessing"],
+                                  index_base_dir=os.path.join(serving_dir, "indexes"),
+                                  index_name=model).with_id(f"FaissIndexBuilder.{model}")
+        components.extend([trainer, validator, pusher, index])
+        report_inputs.update({f"{model}_metrics": trainer.outputs["metrics"],
+                              f"{model}_pushed": pusher.outputs["pushed_model"],
+                              f"{model}_index": index.outputs["pushed_index"]})
+
+    components.append(PipelineReporter(publish_dir=os.path.join(serving_dir, "reports"),
+                                       **report_inputs))
+    return tfx_pipeline.Pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
+        enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args))

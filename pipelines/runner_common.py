@@ -1,0 +1,131 @@
+"""What the local and Beam runners share: flags, paths, the run summary.
+
+Runners own every path: <work_dir>/raw (datasets), <work_dir>/tfx/<name>/
+(pipeline root), <work_dir>/tfx/<name>/metadata.sqlite (MLMD) and
+<work_dir>/serving (pushed models, indexes, reports).
+
+Each flag's default can come from a FEEDREC_* environment variable, because
+the tfx CLI runs a runner file with no arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+
+from beam_jobs import datasets
+from pipelines import mlmd_summary, profiles
+from pipelines.pipeline import RECALL_MODELS, create_pipeline
+
+DEFAULT_PIPELINE_NAME = "feedrec"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"FEEDREC_{name.upper()}", default)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", choices=datasets.DATASETS, default=_env("data", "synthetic"))
+    parser.add_argument("--work_dir", default=_env("work_dir", "work"))
+    parser.add_argument("--profile", choices=profiles.PROFILES, default=_env("profile", "default"))
+    parser.add_argument("--num_events", type=int, default=_env("num_events", None),
+                        help="synthetic log size (default: the profile's)")
+    parser.add_argument("--pipeline_name", default=_env("pipeline_name", DEFAULT_PIPELINE_NAME))
+    parser.add_argument("--recall_models", default=_env("recall_models", ",".join(RECALL_MODELS)),
+                        help="comma-separated subset of %s ('' for none)" % (RECALL_MODELS,))
+    parser.add_argument("--no_multitask", action="store_true",
+                        default=_env("no_multitask", "") == "1")
+    parser.add_argument("--no_cache", action="store_true", default=_env("no_cache", "") == "1")
+    parser.add_argument("--hparams", action="append",
+                        default=[v for v in (_env("hparams", "") or "").split(";") if v],
+                        metavar="MODEL=JSON",
+                        help="override a model's hparams, e.g. nfwfm='{\"epochs\": 1}' "
+                             "(FEEDREC_HPARAMS: several joined by ';')")
+    parser.add_argument("--verbose", action="store_true")
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    pipeline: tfx_pipeline.Pipeline
+    metadata_path: str
+    pipeline_name: str
+    serving_dir: str
+
+
+def parse_hparam_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
+    """["nfwfm={...}", ...] -> {"nfwfm": {...}}.
+
+    Raises:
+      ValueError: no '=' or the value is not a JSON object.
+    """
+    out = {}
+    for value in values:
+        model, sep, text = value.partition("=")
+        if not sep:
+            raise ValueError(f"--hparams wants MODEL=JSON, got {value!r}")
+        parsed = json.loads(text)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"--hparams {model}: want a JSON object, got {text!r}")
+        out[model] = parsed
+    return out
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    return {k: {**base.get(k, {}), **overrides.get(k, {})} for k in set(base) | set(overrides)}
+
+
+def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
+    """Prepares the data and builds the pipeline from parsed flags."""
+    work_dir = os.path.abspath(args.work_dir)
+    profile = profiles.get(args.profile, args.data)
+    num_events = int(args.num_events or profile.num_events)
+    raw = datasets.prepare(args.data, work_dir, num_events=num_events)
+    overrides = parse_hparam_overrides(args.hparams)
+    ranking = dataclasses.replace(profile.ranking,
+                                  hparams=_merge(dict(profile.ranking.hparams), overrides),
+                                  multitask=None if args.no_multitask else profile.ranking.multitask)
+    models = tuple(m for m in args.recall_models.split(",") if m)
+    recall = dataclasses.replace(profile.recall, models=models,
+                                 hparams=_merge(dict(profile.recall.hparams), overrides))
+    root = os.path.join(work_dir, "tfx", args.pipeline_name)
+    metadata_path = os.path.join(root, "metadata.sqlite")
+    serving_dir = os.path.join(work_dir, "serving")
+    pipeline = create_pipeline(
+        pipeline_name=args.pipeline_name, pipeline_root=os.path.join(root, "pipeline_root"),
+        config_path=raw.config_path, events=raw.events, users=raw.users, items=raw.items,
+        serving_dir=serving_dir, ranking=ranking, recall=recall,
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=beam_args or ["--direct_num_workers=1"],
+        enable_cache=not args.no_cache)
+    return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
+
+
+def _connection(built: Built):
+    return metadata.sqlite_metadata_connection_config(built.metadata_path)
+
+
+def run_count(built: Built) -> int:
+    """Runs of the pipeline recorded in MLMD so far."""
+    if not os.path.exists(built.metadata_path):
+        return 0
+    return len(mlmd_summary.run_ids(_connection(built), built.pipeline_name))
+
+
+def print_summary(built: Built, runs_before: int) -> int:
+    """Prints the run's summary; returns the process exit code.
+
+    The tfx CLI's `pipeline create` executes a runner with run() patched out;
+    no new run is recorded then, and nothing is printed but that.
+    """
+    if run_count(built) <= runs_before:
+        print(f"pipeline {built.pipeline_name} compiled; not run")
+        return 0
+    summary = mlmd_summary.latest_run(_connection(built), built.pipeline_name)
+    print(mlmd_summary.format_summary(summary))
+    return 0
