@@ -21,27 +21,16 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from absl import logging as absl_logging  # noqa: E402
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 
 from pipelines import runner_common  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    runner_common.add_flags(parser)
-    args, beam_args = parser.parse_known_args(argv)
-    # ERROR by default: ml-metadata 1.17 under tfx 1.21 warns on every resolver
-    # query ("property_predicate is not supported"), drowning the summary.
-    absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
-    built = runner_common.build(args, beam_args)
-    before = runner_common.run_count(built)
-    LocalDagRunner().run(built.pipeline)
-    return runner_common.print_summary(built, before)
+    return runner_common.run_main(LocalDagRunner, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

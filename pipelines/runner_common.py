@@ -14,8 +14,10 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import logging as absl_logging
 from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
@@ -129,3 +131,26 @@ def print_summary(built: Built, runs_before: int) -> int:
     summary = mlmd_summary.latest_run(_connection(built), built.pipeline_name)
     print(mlmd_summary.format_summary(summary))
     return 0
+
+
+def run_main(runner_factory: Callable[[], Any], description: str,
+             argv: Sequence[str] | None = None) -> int:
+    """Shared main of the local and beam runners: flags -> pipeline -> run -> summary.
+
+    Args:
+      runner_factory: builds the TFX DAG runner (LocalDagRunner, BeamDagRunner).
+      description: --help text.
+      argv: command-line flags; unknown ones are the pipeline's Beam args.
+    Returns:
+      the process exit code from print_summary.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_flags(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    # ERROR by default: ml-metadata 1.17 under tfx 1.21 warns on every resolver
+    # query ("property_predicate is not supported"), drowning the summary.
+    absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
+    built = build(args, beam_args)
+    before = run_count(built)
+    runner_factory().run(built.pipeline)
+    return print_summary(built, before)
