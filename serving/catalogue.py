@@ -236,3 +236,36 @@ def read_user_profiles(path: str, config: fc.FeatureConfig) -> dict[str, dict[st
         if user:
             out[user] = {s.name: raw_to_feature(s, row.get(s.raw_column)) for s in specs}
     return out
+
+
+def read_recent_clicks(path: str, config: fc.FeatureConfig, max_clicks: int
+                       ) -> tuple[dict[str, list[str]], int]:
+    """Events table -> user id -> the last `max_clicks` clicked item ids, oldest first.
+
+    Seeds the real-time store when serving starts from a log (production feeds
+    it from the click stream via `ingest`). Rows that are not clicks are
+    skipped; click rows without a user, an item or a parseable timestamp are
+    counted, not guessed.
+
+    Returns:
+      (clicks per user, number of unusable click rows).
+    """
+    from beam_jobs.event_parsing import parse_timestamp
+
+    click_values = {raw for raw, kind in config.event_values.items() if kind == fc.CLICK}
+    per_user: dict[str, list[tuple[float, str]]] = {}
+    bad = 0
+    for row in read_table(path):
+        if str(row.get(config.event_column, "")) not in click_values:
+            continue
+        user, item = row.get(config.user_column), row.get(config.item_column)
+        try:
+            ts = parse_timestamp(row.get(config.timestamp_column), config.timestamp_unit)
+        except (TypeError, ValueError):
+            ts = None
+        if not user or not item or ts is None:
+            bad += 1
+            continue
+        per_user.setdefault(str(user), []).append((ts, str(item)))
+    return ({user: [item for _, item in sorted(clicks)[-max_clicks:]]
+             for user, clicks in per_user.items()}, bad)

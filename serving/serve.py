@@ -38,7 +38,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from beam_jobs import feature_config as fc  # noqa: E402
 from serving import model_server  # noqa: E402
-from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
+from serving.catalogue import (  # noqa: E402
+    ItemCatalogue, read_item_frequencies, read_recent_clicks, read_user_profiles)
 from serving.client import ModelServerClient  # noqa: E402
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
@@ -142,7 +143,7 @@ def infer_dataset(work_dir: str, known: Sequence[str] = ("synthetic", "movielens
 
 
 def find_inputs(serving_dir: str, work_dir: str, data: str) -> dict[str, str | None]:
-    """Items / users tables and item_frequencies.tsv for serving.
+    """Items / users / events tables and item_frequencies.tsv for serving.
 
     Looks in serving_dir first (a deployment copies them there), then where
     `make run` leaves them: the raw tables in <work_dir>/raw/<data>*/ and the
@@ -154,7 +155,7 @@ def find_inputs(serving_dir: str, work_dir: str, data: str) -> dict[str, str | N
         return max(found, key=os.path.getmtime) if found else None
 
     out = {}
-    for table in ("items", "users"):
+    for table in ("items", "users", "events"):
         out[table] = _first_existing(*(os.path.join(serving_dir, f"{table}.{e}")
                                        for e in _TABLE_EXTENSIONS)) or newest(
             [os.path.join(work_dir, "raw", f"{data}*", f"{table}.{e}") for e in _TABLE_EXTENSIONS])
@@ -177,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "default: start the embedded one")
     parser.add_argument("--recommender_port", type=int, default=8600)
     parser.add_argument("--redis_url", default=None)
+    parser.add_argument("--no_seed_clicks", action="store_true",
+                        help="do not seed recent clicks from the events table (a store fed "
+                             "by the click stream, e.g. a shared Redis, already has them)")
     parser.add_argument("--index_poll_seconds", type=float, default=2.0)
     parser.add_argument("--ranking_model", default="ranking")
     parser.add_argument("--follow_weight", type=float, default=0.0,
@@ -215,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
     if found["users"]:
         store.put_profiles(read_user_profiles(found["users"], config))
+    if found["events"] and not args.no_seed_clicks:
+        clicks, bad = read_recent_clicks(found["events"], config, store.max_clicks)
+        for user, items in clicks.items():
+            store.set_clicks(user, items)
+        log.info("seeded recent clicks of %d users from %s (%d unusable click rows)",
+                 len(clicks), found["events"], bad)
 
     server = manager = None
     target = args.model_server

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -27,6 +27,8 @@ class UserStore(Protocol):
     def recent_clicks(self, user_id: str) -> list[str]: ...
 
     def add_click(self, user_id: str, item_id: str) -> None: ...
+
+    def set_clicks(self, user_id: str, item_ids: Sequence[str]) -> None: ...
 
 
 class InMemoryStore:
@@ -56,6 +58,11 @@ class InMemoryStore:
     def add_click(self, user_id: str, item_id: str) -> None:
         with self._lock:
             self._clicks.setdefault(user_id, deque(maxlen=self.max_clicks)).append(item_id)
+
+    def set_clicks(self, user_id: str, item_ids: Sequence[str]) -> None:
+        """Replaces the user's recent clicks (oldest first; the last max_clicks kept)."""
+        with self._lock:
+            self._clicks[user_id] = deque(item_ids, maxlen=self.max_clicks)
 
     def put_profiles(self, profiles: Mapping[str, Mapping[str, Any]]) -> None:
         with self._lock:
@@ -108,6 +115,15 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(self._clicks(user_id), item_id)
         pipe.ltrim(self._clicks(user_id), -self.max_clicks, -1)
+        pipe.execute()
+
+    def set_clicks(self, user_id: str, item_ids: Sequence[str]) -> None:
+        """Replaces the user's recent clicks atomically (oldest first)."""
+        key = self._clicks(user_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if item_ids:
+            pipe.rpush(key, *list(item_ids)[-self.max_clicks:])
         pipe.execute()
 
 

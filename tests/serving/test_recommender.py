@@ -184,12 +184,14 @@ def test_serve_finds_pipeline_outputs(tmp_path):
     raw.mkdir(parents=True)
     (raw / "items.jsonl.gz").write_bytes(b"")
     (raw / "users.jsonl.gz").write_bytes(b"")
+    (raw / "events.jsonl.gz").write_bytes(b"")
     freq = work / "tfx" / "feedrec" / "ExampleGen" / "catalogue" / "7"
     freq.mkdir(parents=True)
     (freq / "item_frequencies.tsv").write_text("i1\t2\t1\n")
     assert infer_dataset(str(work)) == "movielens"
     found = find_inputs(str(serving_dir), str(work), "movielens")
     assert found == {"items": str(raw / "items.jsonl.gz"), "users": str(raw / "users.jsonl.gz"),
+                     "events": str(raw / "events.jsonl.gz"),
                      "item_frequencies": str(freq / "item_frequencies.tsv")}
     (serving_dir / "items.csv").write_text("item_id\n")  # a deployment copy wins
     assert find_inputs(str(serving_dir), str(work), "movielens")["items"] == str(serving_dir / "items.csv")
