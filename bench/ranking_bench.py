@@ -10,13 +10,35 @@ the ranking examples and vocabularies; every model, ours and DeepCTR's, sees
 the same train / eval examples. If the pipeline fails, the benchmark falls
 back to models.ranking.synthetic_examples and says so in `_meta.data_source`.
 
-Each model is trained `--seeds` times (different init and shuffling) and
-evaluated on the eval split (time split, as written by sessionize). Writes
+Settings are chosen on validation data, never on eval (the JSON's
+`_protocol` records all of it):
+
+    python -m bench.ranking_bench --tune      # writes bench/results/ranking_tuning.json
+    python -m bench.ranking_bench             # reads it
+
+`--tune` carves a validation split from TRAIN (its last 10% by timestamp),
+trains each tuned model on the rest with seed 0 and every point of its grid,
+and keeps the point with the best validation click AUC. Grid: learning rate
+{0.003, 0.01, 0.02} x two variants, the same 6 runs for NFM (batch norm on
+the Bi-Interaction vector or not, as in the NFM paper), NFwFM (same) and the
+DeepCTR NFM peer (its bi_dropout 0 or 0.2); multi-task uncertainty NFwFM is
+tuned on top of NFwFM's choice (click loss weight 1 or 4, or one MLP per
+task; 9 runs). Ablations (no FM module, no dropout, follow-only) take
+NFwFM's choice and the other multi-task losses multi-task uncertainty's;
+LR, DeepFM, DCN and DeepCTR FwFM keep their defaults (not tuned: stated in
+`_protocol.untuned`). Every model trains `--epochs` (1) epochs with the same
+optimizer (lazy Adam) and batch size; no early stopping (time budget: the
+whole benchmark must stay under 30 minutes on 2 shared cores).
+
+Each model is then trained `--seeds` times (different init and shuffling) on
+the full train split and evaluated on the eval split (time split, as written
+by sessionize). Writes
 {dataset: {model: {auc_mean, auc_std, logloss_mean, gauc_mean, params,
 flops_per_example, train_examples_per_s, score_examples_per_s,
 follow_auc_mean, sigma, ...}, "_meta": {...}, "_targets": {...}}}; NFM, NFwFM
 and multi-task NFwFM also get `score_500_p50_ms`: the exported SavedModel's
-`score_candidates` signature scoring 500 candidates for one user, in-process.
+`score_candidates` signature scoring 500 candidates for one user, in-process,
+p50 of 300 calls after 20 warm-up calls.
 
 DeepCTR 0.9.3 imports `tensorflow.python.keras`, which TF 2.16+ no longer
 ships; `_import_deepctr` points those module names at tf_keras first.
@@ -64,8 +86,39 @@ OUR_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "dcn": (rc.DCN, {}),
 }
 PEERS = ("deepctr_nfm", "deepctr_fwfm")
+
+# ---- hyperparameter selection (on a validation split of TRAIN, never eval) --------
+VALIDATION_FRACTION = 0.1
+# Every tuned model gets the same learning-rate grid (the default 3e-3 included)
+# and one seed per point: the same budget for ours and the DeepCTR peer.
+LR_GRID = (0.003, 0.01, 0.02)
+# name -> extra grid axes on top of LR_GRID (label, hparams): two variants
+# each, so every tuned model (ours and the peer) gets 2 x 3 runs.
+TUNE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    # Batch norm on the Bi-Interaction vector, as in the NFM paper.
+    "nfm": (("base", {}), ("batch_norm", {"interaction_batch_norm": True})),
+    "nfwfm": (("base", {}), ("batch_norm", {"interaction_batch_norm": True})),
+    # DeepCTR NFM's own knob: dropout on its Bi-Interaction vector.
+    "deepctr_nfm": (("base", {}), ("bi_dropout_0.2", {"bi_dropout": 0.2})),
+    # On top of NFwFM's chosen settings (same bottom): click loss weight 1
+    # vs 4 (uncertainty weighting otherwise favours the rare follow task,
+    # see models.ranking.losses) and one MLP per task.
+    "multitask_uncertainty": (("shared_mlp", {}), ("click_weight_4", {"click_weight": 4.0}),
+                              ("task_towers", {"task_towers": True})),
+}
+# Tuned after (and on top of the choice of) another entry.
+TUNE_ON_TOP_OF = {"multitask_uncertainty": "nfwfm"}
+# Which tuned entry a benchmarked model takes its settings from: ablations
+# and the other multi-task losses inherit their parent's choice.
+TUNED_FROM = {"nfm": "nfm", "nfwfm": "nfwfm", "nfwfm_no_fm": "nfwfm",
+              "nfwfm_no_dropout": "nfwfm", "follow_single": "nfwfm",
+              "multitask_sum": "multitask_uncertainty",
+              "multitask_reweight": "multitask_uncertainty",
+              "multitask_uncertainty": "multitask_uncertainty", "deepctr_nfm": "deepctr_nfm"}
+TUNING_PATH = os.path.join("bench", "results", "ranking_tuning.json")
 TIMED_SCORING = ("nfm", "nfwfm", "multitask_uncertainty")
 NUM_CANDIDATES = 500
+SCORE_WARMUP, SCORE_REPEATS = 20, 300
 
 
 # ---- data ------------------------------------------------------------------
@@ -141,7 +194,7 @@ def _p50_score_ms(model, eval_data: Mapping[str, tf.Tensor], features: fc.Featur
            for f in features.features}
     with tempfile.TemporaryDirectory() as tmp:
         score = export.load(export.export(model, tmp)).signatures[export.SCORE_CANDIDATES]
-        for _ in range(10):
+        for _ in range(SCORE_WARMUP):
             score(**raw)
         times = []
         for _ in range(repeats):
@@ -162,9 +215,15 @@ def _id_batches(model, data: Mapping[str, tf.Tensor], batch_size: int,
 
 
 def run_ours(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_data, seed: int,
-             quick: bool, timed: bool, epochs: int) -> dict[str, Any]:
+             quick: bool, timed: bool, epochs: int,
+             tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Trains `name` on train_data, evaluates on eval_data.
+
+    Args:
+      tuned: hparams chosen on the validation split (override the defaults).
+    """
     model_name, hparams = OUR_MODELS[name]
-    config = rc.make_config(model_name, {**hparams, "seed": seed})
+    config = rc.make_config(model_name, {**hparams, **(tuned or {}), "seed": seed})
     first = {k: v[:8] for k, v in train_data.items()}
     model = train.build_model(config, features, vocabs, example_batch=first)
     n_train = int(train_data[fc.USER_KEY].shape[0])
@@ -178,7 +237,7 @@ def run_ours(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_dat
     result["sigma"] = model.task_loss.sigmas()
     if timed:
         result["score_500_p50_ms"] = _p50_score_ms(model, eval_data, features,
-                                                   50 if quick else 200)
+                                                   50 if quick else SCORE_REPEATS)
     return result
 
 
@@ -205,15 +264,21 @@ def _to_ids(feature_ids: FeatureIds, data: Mapping[str, tf.Tensor]) -> dict[str,
 
 
 def run_peer(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_data, seed: int,
-             epochs: int) -> dict[str, Any]:
+             epochs: int, tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Trains DeepCTR's `name`; `tuned` may set learning_rate and bi_dropout (NFM)."""
+    tuned = dict(tuned or {})
+    bi_dropout = float(tuned.pop("bi_dropout", 0.0))
+    unknown = sorted(set(tuned) - {"learning_rate"})
+    if unknown or (bi_dropout and name != "deepctr_nfm"):
+        given = sorted(set(tuned) | ({"bi_dropout"} if bi_dropout else set()))
+        raise ValueError(f"{name}: only learning_rate (and bi_dropout for deepctr_nfm) can be "
+                         f"tuned, got {given}")
     dc_models, dc_fc = _import_deepctr()
     names = ordered_feature_names(features)
     feature_ids = FeatureIds(features.to_dict(), vocabs, names)
     x_train, x_eval = _to_ids(feature_ids, train_data), _to_ids(feature_ids, eval_data)
-    if name == "deepctr_nfm":
-        base, dim = rc.make_config(rc.NFM), rc.make_config(rc.NFM).embedding_dim
-    else:
-        base, dim = rc.make_config(rc.NFWFM), rc.make_config(rc.NFWFM).embedding_dim
+    base = rc.make_config(rc.NFM if name == "deepctr_nfm" else rc.NFWFM, tuned)
+    dim = base.embedding_dim
     columns = []
     for n in names:
         spec = features.feature(n)
@@ -226,7 +291,8 @@ def run_peer(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_dat
             columns.append(sparse)
     keras.utils.set_random_seed(seed)
     if name == "deepctr_nfm":
-        model = dc_models.NFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed)
+        model = dc_models.NFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed,
+                              bi_dropout=bi_dropout)
     else:
         model = dc_models.FwFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed)
     # Same optimizer, learning rate, batch size and epochs as our models.
@@ -247,6 +313,119 @@ def run_peer(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_dat
     result["score_examples_per_s"] = labels.size / score_seconds
     result["embedding_dim"] = dim
     return result
+
+
+# ---- validation split and tuning ---------------------------------------------------
+def split_validation(data: Mapping[str, tf.Tensor], fraction: float = VALIDATION_FRACTION
+                     ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """(fit, validation): the last `fraction` of TRAIN by timestamp is validation.
+
+    A time split like sessionize's train/eval split, carved from train only,
+    so hyperparameters are never chosen on the eval split.
+
+    Raises:
+      ValueError: fraction not in (0, 1) or a part would be empty.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n = int(data[fc.TIMESTAMP_KEY].shape[0])
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"{n} examples cannot give a validation fraction {fraction}")
+    # Stable sort: ties keep file order, so the split is deterministic.
+    order = np.argsort(data[fc.TIMESTAMP_KEY].numpy(), kind="stable")
+    fit_idx, val_idx = np.sort(order[:n - n_val]), np.sort(order[n - n_val:])
+    return ({k: tf.gather(v, fit_idx) for k, v in data.items()},
+            {k: tf.gather(v, val_idx) for k, v in data.items()})
+
+
+def choose(grid: Mapping[str, Mapping[str, Any]]) -> str:
+    """Key of the grid point with the highest validation click AUC (first on ties)."""
+    if not grid:
+        raise ValueError("empty tuning grid")
+    return max(grid, key=lambda k: (grid[k]["val_auc"], -list(grid).index(k)))
+
+
+def tune_dataset(dataset: str, args: argparse.Namespace,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Grid search on the validation split; returns {model: {grid, chosen}}."""
+    data = prepare_data(dataset, args.work_dir, args.num_events)
+    features = fc.load(data["config_path"])
+    vocabs = load_vocabularies(features, data["vocab_dir"])
+    limit = args.max_train if args.quick else None
+    fit_data, val_data = split_validation(load_split(data["train_pattern"], features, limit))
+    out: dict[str, Any] = {"_meta": {"fit_examples": int(fit_data[fc.USER_KEY].shape[0]),
+                                     "validation_examples": int(val_data[fc.USER_KEY].shape[0]),
+                                     "seed": 0, "epochs": args.epochs}}
+    names = [m for m in args.models.split(",") if m] if args.models else list(TUNE_VARIANTS)
+    for name in names:
+        grid: dict[str, Any] = {}
+        parent = TUNE_ON_TOP_OF.get(name)
+        if parent and parent not in out:
+            raise ValueError(f"tune {parent} before {name} (it is tuned on top of it)")
+        below = ({k: v for k, v in out[parent]["chosen"].items() if k != "learning_rate"}
+                 if parent else {})
+        for label, extra in TUNE_VARIANTS[name]:
+            for lr in LR_GRID:
+                hparams = {**below, **extra, "learning_rate": lr}
+                t0 = time.perf_counter()
+                if name in OUR_MODELS:
+                    run = run_ours(name, features, vocabs, fit_data, val_data, 0, args.quick,
+                                   False, args.epochs, tuned=hparams)
+                else:
+                    run = run_peer(name, features, vocabs, fit_data, val_data, 0, args.epochs,
+                                   tuned=hparams)
+                key = f"{label} lr={lr}"
+                grid[key] = {"hparams": hparams, "val_auc": run[fc.CLICK_LABEL]["auc"]}
+                log(f"[{dataset}] tune {name} {key}: val click auc "
+                    f"{grid[key]['val_auc']:.4f} ({time.perf_counter() - t0:.1f}s)")
+        best = choose(grid)
+        out[name] = {"grid": grid, "chosen": grid[best]["hparams"], "chosen_key": best}
+    return out
+
+
+def load_tuning(path: str) -> dict[str, Any]:
+    """The tuning file's {dataset: {model: {...}}}, or {} when absent."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tuned_hparams(tuning: Mapping[str, Any], dataset: str, name: str) -> dict[str, Any]:
+    """Hparams `name` takes from the tuning of `dataset` ({} if untuned)."""
+    source = TUNED_FROM.get(name)
+    entry = tuning.get(dataset, {}).get(source) if source else None
+    return dict(entry["chosen"]) if entry else {}
+
+
+def protocol(tuning: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """How the settings of the benchmarked models were chosen (the JSON's `_protocol`)."""
+    return {
+        "selection": "per-model hyperparameters chosen by `python -m bench.ranking_bench "
+                     "--tune` on a validation split carved from TRAIN; the eval split is "
+                     "never used for selection; each model is then retrained on the full "
+                     "train split with its choice and evaluated once per seed on eval",
+        "validation_split": f"last {VALIDATION_FRACTION:.0%} of train by timestamp",
+        "criterion": "validation click AUC, 1 seed (seed 0), same epochs as the benchmark",
+        "grid": {"learning_rate": list(LR_GRID),
+                 "variants": {n: [label for label, _ in v] for n, v in TUNE_VARIANTS.items()},
+                 "tuned_on_top_of": TUNE_ON_TOP_OF},
+        "budget": "2 variants x 3 learning rates = 6 runs for nfm, nfwfm and deepctr_nfm; "
+                  "3 x 3 for multitask_uncertainty (on top of nfwfm's choice)",
+        "inherits": {k: v for k, v in TUNED_FROM.items() if k != v},
+        "untuned": sorted(n for n in list(OUR_MODELS) + list(PEERS) if n not in TUNED_FROM),
+        "chosen": {d: {n: e["chosen"] for n, e in t.items() if not n.startswith("_")}
+                   for d, t in tuning.items()},
+        "validation_auc": {d: {n: {k: g["val_auc"] for k, g in e["grid"].items()}
+                               for n, e in t.items() if not n.startswith("_")}
+                           for d, t in tuning.items()},
+        "tuning_file": args.tuning,
+        "epochs": f"{args.epochs} for every model, no early stopping (time budget)",
+        "score_500_p50_ms": f"exported SavedModel's score_candidates, {NUM_CANDIDATES} "
+                            f"candidates, p50 of {SCORE_REPEATS} calls after "
+                            f"{SCORE_WARMUP} warm-up calls, in-process, seed 0's model",
+    }
 
 
 # ---- aggregation ----------------------------------------------------------------
@@ -329,24 +508,28 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
             "eval_follow_positives": int(eval_data[fc.FOLLOW_LABEL].numpy().sum()),
             "train_follow_positives": int(train_data[fc.FOLLOW_LABEL].numpy().sum()),
             "seeds": args.seeds, "quick": args.quick, "epochs": args.epochs,
-            "optimizer": f"{rc.make_config(rc.NFWFM).optimizer} "
-                         f"lr {rc.make_config(rc.NFWFM).learning_rate}"}
+            "optimizer": f"{rc.make_config(rc.NFWFM).optimizer}, default lr "
+                         f"{rc.make_config(rc.NFWFM).learning_rate} (tuned: meta.tuned_hparams)"}
     log(f"[{dataset}] {meta}")
     results: dict[str, Any] = {}
     names = [m for m in args.models.split(",") if m] if args.models else (
         list(OUR_MODELS) + list(PEERS))
+    tuning = load_tuning(args.tuning)
+    meta["tuned_hparams"] = {n: tuned_hparams(tuning, dataset, n) for n in names
+                             if tuned_hparams(tuning, dataset, n)}
     for name in names:
         runs = []
+        tuned = tuned_hparams(tuning, dataset, name)
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             try:
                 if name in OUR_MODELS:
                     run = run_ours(name, features, vocabs, train_data, eval_data, seed,
                                    args.quick, timed=seed == 0 and name in TIMED_SCORING,
-                                   epochs=args.epochs)
+                                   epochs=args.epochs, tuned=tuned)
                 else:
                     run = run_peer(name, features, vocabs, train_data, eval_data, seed,
-                                   args.epochs)
+                                   args.epochs, tuned=tuned)
             except ImportError as err:
                 results[name] = {"error": f"{type(err).__name__}: {err}"}
                 log(f"[{dataset}] {name}: {results[name]['error']}")
@@ -379,6 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_ranking"))
     parser.add_argument("--out", default=os.path.join("bench", "results", "ranking.json"))
+    parser.add_argument("--tune", action="store_true",
+                        help="grid-search on a validation split of train; writes --tuning")
+    parser.add_argument("--tuning", default=TUNING_PATH,
+                        help="tuning file: written by --tune, read by the benchmark "
+                             "('' runs every model with its defaults)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 3)
     # 100k events (~65k train impressions): 14 models x 3 seeds x 2 datasets fit
@@ -390,10 +578,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:7.1f}s {message}", flush=True)
 
+    if args.tune:
+        tuning = load_tuning(args.tuning)
+        for dataset in [d for d in args.datasets.split(",") if d]:
+            tuning[dataset] = {**tuning.get(dataset, {}), **tune_dataset(dataset, args, log)}
+            os.makedirs(os.path.dirname(args.tuning) or ".", exist_ok=True)
+            with open(args.tuning, "w", encoding="utf-8") as f:
+                json.dump(tuning, f, indent=1)
+        log(f"wrote {args.tuning}")
+        return 0
     report: dict[str, Any] = {}
     for dataset in [d for d in args.datasets.split(",") if d]:
         report[dataset] = bench_dataset(dataset, args, log)
         log(f"[{dataset}] targets {report[dataset]['_targets']}")
+    report["_protocol"] = protocol(load_tuning(args.tuning), args)
     report["_run"] = {"command": "python -m bench.ranking_bench " + " ".join(argv or sys.argv[1:]),
                       "total_seconds": time.perf_counter() - started,
                       "cpu_count": os.cpu_count()}

@@ -13,6 +13,11 @@ We keep the 0.5 in FM so that B = sum_{i<j} r_{F(i)F(j)} v_i (.) v_j exactly:
 every unordered feature pair counted once, with the weight of its field pair
 (the FwFM form), and with all r = 1 B equals NFM's Bi-Interaction.
 
+The layer works from per-field statistics (V_m and sum_{i in m} v_i^2), so
+fields may arrive at different batch sizes that broadcast: ranking's
+score_candidates computes one user's user and context fields once ([1, d])
+against N candidates' item field ([N, d]).
+
 Dropout follows the published formula, not inverted dropout: in training
 each element of B is kept with probability beta and zeroed otherwise (no
 1/beta rescaling), so E[B_train] = beta * B; at inference B is multiplied by
@@ -28,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -111,7 +115,7 @@ class FieldWiseBiInteraction(keras.layers.Layer):
         super().build(input_shape)
 
     def field_statistics(self, embeddings: tf.Tensor, positions: Sequence[int] | None = None
-                         ) -> dict[int, tuple[tf.Tensor, tf.Tensor]]:
+                         ) -> dict[int, tuple[tf.Tensor, tf.Tensor | None]]:
         """Per-field sums V_m and sums of squares of some features.
 
         The field layout is static, so each field is one slice (features of
@@ -123,14 +127,15 @@ class FieldWiseBiInteraction(keras.layers.Layer):
           embeddings: [B, K, d], the features at `positions` of field_of.
           positions: indices into field_of of axis 1 (default: all, in order).
         Returns:
-          field index m -> (V_m [B, d], sum_{i in m} v_i^2 [B, d]), for the
-          fields that have a feature among `positions`.
+          field index m -> (V_m [B, d], sum_{i in m} v_i^2 [B, d] or None
+          without the FM module), for the fields with a feature among
+          `positions`.
         """
         positions = list(range(len(self.field_of)) if positions is None else positions)
         if embeddings.shape.rank != 3 or embeddings.shape[1] != len(positions):
-            raise ValueError(f"want embeddings [B, {len(positions)}, d] matching "
-                             f"{'field_of' if len(positions) == len(self.field_of) else 'positions'}"
-                             f", got shape {embeddings.shape}")
+            against = "field_of" if len(positions) == len(self.field_of) else "positions"
+            raise ValueError(f"want embeddings [B, {len(positions)}, d] matching {against}, "
+                             f"got shape {embeddings.shape}")
         by_field: dict[int, list[int]] = {}
         for k, pos in enumerate(positions):
             by_field.setdefault(self.fields.index(self.field_of[pos]), []).append(k)
@@ -145,7 +150,7 @@ class FieldWiseBiInteraction(keras.layers.Layer):
             out[m] = (tf.reduce_sum(part, axis=1), square)
         return out
 
-    def parts_from_statistics(self, stats: dict[int, tuple[tf.Tensor, tf.Tensor]]
+    def parts_from_statistics(self, stats: dict[int, tuple[tf.Tensor, tf.Tensor | None]]
                               ) -> tuple[tf.Tensor, tf.Tensor]:
         """(MF, FM) from field_statistics output; batches broadcast.
 
@@ -159,17 +164,20 @@ class FieldWiseBiInteraction(keras.layers.Layer):
         missing = [self.fields[m] for m in range(self.num_fields) if m not in stats]
         if missing:
             raise ValueError(f"no features of fields {missing}")
+        # Stack the M field sums (broadcast to a common batch) into [B, M, d];
+        # the P = M(M-1)/2 pair products are one gather pair and one einsum
+        # with r_ij, not a Python loop over pairs.
         sums = [stats[m][0] for m in range(self.num_fields)]
-        # P = M(M-1)/2 is tiny (3 for user/item/context): unrolled products,
-        # summed with `+` (tf.add_n does not broadcast).
-        mf = functools.reduce(operator.add, [
-            self.pair_weights[p] * sums[a] * sums[b]
-            for p, (a, b) in enumerate(self._pairs.tolist())], tf.zeros_like(sums[0]))
+        shape = functools.reduce(tf.broadcast_dynamic_shape, [tf.shape(v) for v in sums])
+        field_sums = tf.stack([tf.broadcast_to(v, shape) for v in sums], axis=1)
+        left = tf.gather(field_sums, self._pairs[:, 0], axis=1)
+        right = tf.gather(field_sums, self._pairs[:, 1], axis=1)
+        mf = tf.einsum("bpd,p->bd", left * right, self.pair_weights)
         if not self.use_fm_module:
             return mf, tf.zeros_like(mf)
-        fm = functools.reduce(operator.add, [
-            self.field_weights[m] * 0.5 * (tf.square(sums[m]) - stats[m][1])
-            for m in range(self.num_fields)])
+        squares = tf.stack([tf.broadcast_to(stats[m][1], shape)
+                            for m in range(self.num_fields)], axis=1)
+        fm = tf.einsum("bmd,m->bd", 0.5 * (tf.square(field_sums) - squares), self.field_weights)
         return mf, fm
 
     def second_order_parts(self, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -8,6 +8,12 @@ Dense(1) on the representation plus the first-order logit:
 
   logit_k = w0_k + S + h_k^T rep
 
+NFM and the NFwFM family may batch-normalize the interaction vector before
+the MLP (`interaction_batch_norm`, as in the NFM paper); a multi-task NFwFM
+may give each task its own MLP on the shared interaction vector
+(`task_towers`). `candidate_logits` (the score_candidates signature) scores
+one user's N candidates from per-field sums, without building [N, F, d].
+
 References:
   He & Chua, "Neural Factorization Machines for Sparse Predictive Analytics",
   SIGIR 2017; Meitu NFwFM (see models/layers/field_wise_bi_interaction.py);

@@ -151,6 +151,45 @@ def test_field_wise_errors_name_the_bad_value():
         FieldWiseBiInteraction(FIELD_OF)(tf.zeros([2, 5, 3]))
 
 
+def test_non_adjacent_fields_match_naive_double_loop():
+    # Features of a field need not be adjacent (the gather path).
+    field_of = ["user", "item", "user", "context", "item", "user"]
+    v = _embeddings()
+    pair_r, field_r = [0.5, -2.0, 1.5], [0.3, 2.0, 7.0]
+    layer = FieldWiseBiInteraction(field_of, use_dropout=False)
+    layer.build(tf.TensorShape([None, 6, 3]))
+    layer.set_weights([np.array(pair_r, np.float32), np.array(field_r, np.float32)])
+    mf, fm = layer.second_order_parts(tf.constant(v))
+    naive_mf, naive_fm = _naive_field_wise(v.astype(np.float64), field_of, pair_r, field_r)
+    np.testing.assert_allclose(mf.numpy(), naive_mf, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fm.numpy(), naive_fm, rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_of_one_user_broadcast_to_candidates():
+    # One user (fields user, context at batch 1) and 5 candidate items: the
+    # per-field statistics broadcast and give the same B as the full [5, F, d].
+    layer = _layer(use_dropout=False)
+    layer.set_weights([np.array([0.5, -2.0, 1.5], np.float32),
+                       np.array([0.3, 2.0, 7.0], np.float32)])
+    full = _embeddings(batch=5, seed=2)
+    full[:, [0, 1, 5]] = full[:1, [0, 1, 5]]  # same user and context in every row
+    stats = layer.field_statistics(tf.constant(full[:1, [0, 1, 5]]), [0, 1, 5])
+    stats.update(layer.field_statistics(tf.constant(full[:, 2:5]), [2, 3, 4]))
+    assert stats[0][0].shape == (1, 3) and stats[1][0].shape == (5, 3)
+    mf, fm = layer.parts_from_statistics(stats)
+    want_mf, want_fm = layer.second_order_parts(tf.constant(full))
+    np.testing.assert_allclose(mf.numpy(), want_mf.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fm.numpy(), want_fm.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_errors_name_the_bad_value():
+    layer = _layer()
+    with pytest.raises(ValueError, match=r"\[B, 2, d\] matching positions"):
+        layer.field_statistics(tf.zeros([1, 3, 3]), [0, 1])
+    with pytest.raises(ValueError, match=r"no features of fields \['item'\]"):
+        layer.parts_from_statistics(layer.field_statistics(tf.zeros([1, 3, 3]), [0, 1, 5]))
+
+
 def test_field_wise_serialization_round_trip():
     layer = _layer(use_fm_module=False, keep_prob=0.6, seed=3)
     config = keras.layers.serialize(layer)

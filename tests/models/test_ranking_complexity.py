@@ -45,6 +45,9 @@ def _model(name, **hparams):
     ("nfwfm", {"embedding_dim": 2, "hidden_units": (), "use_fm_module": False}),
     ("multitask_nfwfm", {"embedding_dim": 2, "hidden_units": (3, 2)}),
     ("multitask_nfwfm", {"embedding_dim": 2, "loss_mode": "reweight"}),
+    ("multitask_nfwfm", {"embedding_dim": 2, "hidden_units": (3, 2), "task_towers": True}),
+    ("nfwfm", {"embedding_dim": 2, "hidden_units": (3,), "interaction_batch_norm": True}),
+    ("nfm", {"embedding_dim": 3, "hidden_units": (4,), "interaction_batch_norm": True}),
     ("deepfm", {"embedding_dim": 2, "hidden_units": (4,)}),
     ("dcn", {"embedding_dim": 2, "hidden_units": (4,), "cross_layers": 3}),
 ])
@@ -125,3 +128,33 @@ def test_make_config_errors_name_the_bad_value():
         rc.make_config("nfwfm", {"tasks": ["like"]})
     with pytest.raises(rc.RankingConfigError, match="reweight"):
         rc.make_config("nfwfm", {"tasks": ["follow"], "loss_mode": "reweight"})
+
+
+def test_params_and_flops_hand_computed_task_towers_and_batch_norm():
+    # Towers: one MLP (2*3+3) per task instead of one shared; heads 3+1 each.
+    towers = _model("multitask_nfwfm", embedding_dim=2, hidden_units=(3,), task_towers=True)
+    assert towers.count_params() == 2 * ROWS + ROWS + 6 + 2 * 9 + 2 * 4 + 2
+    # Batch norm on the d=2 interaction: gamma, beta, moving mean, variance.
+    bn = _model("nfwfm", embedding_dim=2, hidden_units=(3,), interaction_batch_norm=True)
+    assert bn.count_params() == 88 + 4 * 2
+    # FLOPs: the folded scale and shift are 2 * d on top of the 149 above.
+    config = rc.make_config("nfwfm", {"embedding_dim": 2, "hidden_units": (3,),
+                                      "interaction_batch_norm": True})
+    assert complexity.flops_per_example(config, TINY) == 149 + 2 * 2
+    # Towers: two MLPs (2 * 2 * 3) and two heads (2 * 3 + 1) instead of one each.
+    mt = rc.make_config("multitask_nfwfm", {"embedding_dim": 2, "hidden_units": (3,),
+                                            "task_towers": True})
+    assert complexity.flops_per_example(mt, TINY) == 149 + 2 * 2 * 3 + 2 * 3 + 1
+
+
+def test_new_settings_errors_name_the_bad_value():
+    with pytest.raises(rc.RankingConfigError, match="task_towers needs .* 'nfm'"):
+        rc.make_config("nfm", {"task_towers": True})
+    with pytest.raises(rc.RankingConfigError, match="task_towers needs"):
+        rc.make_config("multitask_nfwfm", {"task_towers": True, "hidden_units": ()})
+    with pytest.raises(rc.RankingConfigError, match="interaction_batch_norm needs .* 'dcn'"):
+        rc.make_config("dcn", {"interaction_batch_norm": True})
+    with pytest.raises(rc.RankingConfigError, match="click_weight must be > 0, got 0"):
+        rc.make_config("multitask_nfwfm", {"click_weight": 0.0})
+    with pytest.raises(rc.RankingConfigError, match="click_weight 2.0 needs the click task"):
+        rc.make_config("nfwfm", {"tasks": ["follow"], "click_weight": 2.0})

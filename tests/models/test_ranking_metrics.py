@@ -84,7 +84,24 @@ def test_uncertainty_loss_hand_computed_and_gradients_reach_log_variances():
     assert loss.sigmas() == pytest.approx({"click": math.exp(0.2), "follow": math.exp(-0.6)})
 
 
+def test_click_weight_scales_the_click_term_in_every_mode():
+    total, parts = MultiTaskLoss(["click", "follow"], "sum", click_weight=4.0)(LABELS, LOGITS)
+    assert float(total) == pytest.approx(4 * L_CLICK + L_FOLLOW, rel=1e-5)
+    assert float(parts["click"]) == pytest.approx(L_CLICK, rel=1e-5)  # reported unweighted
+    loss = MultiTaskLoss(["click", "follow"], "uncertainty", click_weight=4.0)
+    loss.build()
+    loss.log_variances.assign([0.4, -1.2])
+    total, _ = loss(LABELS, LOGITS)
+    # Only the data term is weighted: c exp(-s) L / 2 + s / 2.
+    expected = (4 * math.exp(-0.4) * L_CLICK / 2 + 0.4 / 2
+                + math.exp(1.2) * L_FOLLOW / 2 - 1.2 / 2)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert loss.get_config()["click_weight"] == 4.0
+
+
 def test_loss_errors():
+    with pytest.raises(ValueError, match="click_weight must be > 0, got -1"):
+        MultiTaskLoss(["click"], "sum", click_weight=-1.0)
     with pytest.raises(ValueError, match="mode 'max'"):
         MultiTaskLoss(["click"], "max")
     with pytest.raises(ValueError, match="empty"):
