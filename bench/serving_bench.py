@@ -47,6 +47,7 @@ from serving.client import ModelServerClient, make_predict_request  # noqa: E402
 from serving.indexes import IndexSet  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
 from serving.servables import list_versions  # noqa: E402
+from serving.serve import find_inputs  # noqa: E402
 from serving.store import InMemoryStore  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving.json")
@@ -176,6 +177,12 @@ def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig) -> tuple[str,
     out = os.path.join(scratch, "serving")
     if os.path.isdir(models) and list_versions(os.path.join(models, "ranking")):
         shutil.copytree(source, out)  # the hot swap writes a version: never into work/
+        # The pipeline pushes models and indexes; the tables the recommender
+        # reads stay where `make run` left them: copy them beside the models,
+        # as a deployment would.
+        for name, path in find_inputs(source, work_dir, config.name).items():
+            if path and not os.path.exists(os.path.join(out, os.path.basename(path))):
+                shutil.copy(path, out)
         info = {"source": os.path.abspath(source), "toy": False}
     else:
         toy_models.write_toy_world(out, config, num_users=200, num_items=5000, seed=0)
