@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +14,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from models.recall import artifacts, data  # noqa: E402
+from models import inputs  # noqa: E402
+from models.layers.feature_embedding import load_vocabularies  # noqa: E402
+from models.recall import artifacts, data, protocols  # noqa: E402
 
 
 def minibatches(num_rows: int, batch_size: int, rng: np.random.Generator,
@@ -80,3 +82,32 @@ class TowerResult:
                                         self.MODEL_NAME, normalized=self.NORMALIZED,
                                         model_version=model_version)
         return {"user_tower": user_dir, "item_embeddings": item_dir}
+
+
+def train_and_export(fit: Callable[..., TowerResult], config: Any, config_path: str,
+                     examples_dir: str, vocab_dir: str, items_pattern: str | None,
+                     export_dir: str) -> dict[str, Any]:
+    """The shared train entry of the tower models (YouTubeNet, two-tower).
+
+    Loads the feature config, catalogue, vocabularies and train retrieval
+    examples, fits, evaluates on the time-split eval examples when present,
+    and exports user_tower/ and item_embeddings/ under export_dir.
+
+    Returns:
+      training statistics, time-split metrics (hr@50, ...) and export paths.
+    """
+    feature_config = fc.load(config_path)
+    catalogue = data.load_catalogue(items_pattern, feature_config) if items_pattern else None
+    vocabularies = load_vocabularies(feature_config, vocab_dir)
+    train_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.TRAIN),
+                                      feature_config, fc.RETRIEVAL)
+    result = fit(feature_config, train_arrays, catalogue, vocabularies, config)
+    out = dict(result.stats)
+    if tf.io.gfile.glob(inputs.split_pattern(examples_dir, fc.EVAL)):
+        queries = protocols.time_split(data.load_examples(
+            inputs.split_pattern(examples_dir, fc.EVAL), feature_config, fc.RETRIEVAL),
+            feature_config)
+        out.update(protocols.evaluate_embeddings(queries, result.user_vectors(queries.features),
+                                                 result.item_ids, result.item_vectors))
+    out.update(result.export(export_dir))
+    return out

@@ -15,9 +15,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from models import inputs  # noqa: E402
-from models.layers.feature_embedding import load_vocabularies  # noqa: E402
-from models.recall import data, protocols, training  # noqa: E402
+from models.recall import data, training  # noqa: E402
 from models.recall.negatives import GroupedSampler  # noqa: E402
 from models.recall.towers import FeatureTower  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
@@ -131,19 +129,5 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
     Returns:
       training statistics and time-split metrics (hr@50, recall@50, ...).
     """
-    feature_config = fc.load(config_path)
-    config = TwoTowerConfig.from_hparams(hparams)
-    catalogue = data.load_catalogue(items_pattern, feature_config)
-    vocabularies = load_vocabularies(feature_config, vocab_dir)
-    train_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.TRAIN),
-                                      feature_config, fc.RETRIEVAL)
-    result = fit(feature_config, train_arrays, catalogue, vocabularies, config)
-    out = dict(result.stats)
-    if tf.io.gfile.glob(inputs.split_pattern(examples_dir, fc.EVAL)):
-        queries = protocols.time_split(data.load_examples(
-            inputs.split_pattern(examples_dir, fc.EVAL), feature_config, fc.RETRIEVAL),
-            feature_config)
-        out.update(protocols.evaluate_embeddings(queries, result.user_vectors(queries.features),
-                                                 result.item_ids, result.item_vectors))
-    out.update(result.export(export_dir))
-    return out
+    return training.train_and_export(fit, TwoTowerConfig.from_hparams(hparams), config_path,
+                                     examples_dir, vocab_dir, items_pattern, export_dir)
