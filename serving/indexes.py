@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from models import faiss_index
+from serving.lifecycle import Poller  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,7 @@ class IndexSet:
         self.root = root
         self.channels = list(channels)
         self._indexes: dict[str, RecallIndex] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self.refresh, "index-poller")
         self.refresh()
 
     def refresh(self) -> dict[str, int]:
@@ -171,18 +171,8 @@ class IndexSet:
         return {c: i.version for c, i in self._indexes.items()}
 
     def start(self, interval_s: float) -> None:
-        if self._thread is not None:
-            return
-
-        def loop():
-            while not self._stop.wait(interval_s):
-                self.refresh()
-
-        self._thread = threading.Thread(target=loop, name="index-poller", daemon=True)
-        self._thread.start()
+        """Polls for new versions every interval_s seconds on a daemon thread."""
+        self._poller.start(interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._poller.stop()

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -54,6 +53,7 @@ from serving.batching import Batcher  # noqa: E402
 from serving.servables import (ModelManager, Servable, ServingError,  # noqa: E402
                                run_signature, validate_inputs)
 from serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
+from serving.lifecycle import wait_for_termination  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -536,10 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         args.rest_api_port if args.rest_api_port else None)
     manager.start(args.file_system_poll_wait_seconds)
     log.info("serving gRPC on %s:%d, REST on %s:%s", args.host, grpc_port, args.host, rest_port or "-")
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    wait_for_termination()
     manager.stop()
     server.stop()
 

@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 from serving.config_files import ModelEntry  # noqa: E402
+from serving.lifecycle import Poller  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -202,8 +203,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._models: dict[str, dict[int, Servable]] = {e.name: {} for e in entries}
         self.load_failures: dict[tuple[str, int], str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self.poll_once, "model-poller")
         self.poll_count = 0
 
     # ---- loading ---------------------------------------------------------
@@ -237,26 +237,11 @@ class ModelManager:
         return {name: sorted(versions) for name, versions in self._models.items()}
 
     def start(self, interval_s: float) -> None:
-        """Polls the base paths every interval_s seconds on a daemon thread."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop():
-            while not self._stop.wait(interval_s):
-                try:
-                    self.poll_once()
-                except Exception:  # noqa: BLE001 - the poller must outlive any bad version
-                    log.exception("model poll failed")
-
-        self._thread = threading.Thread(target=loop, name="model-poller", daemon=True)
-        self._thread.start()
+        """Polls for new versions every interval_s seconds on a daemon thread."""
+        self._poller.start(interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._poller.stop()
 
     # ---- lookups ---------------------------------------------------------
     def versions(self, name: str) -> dict[int, Servable]:

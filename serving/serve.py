@@ -26,7 +26,6 @@ import glob
 import json
 import logging
 import os
-import signal
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler
@@ -44,6 +43,7 @@ from serving.client import ModelServerClient  # noqa: E402
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
 from serving.store import make_store  # noqa: E402
+from serving.lifecycle import wait_for_termination  # noqa: E402
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
@@ -253,10 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             json.dump({"model_server": target, "recommender_port": port,
                        "rest_api_port": server.rest_port if server else None}, f)
         os.replace(args.ready_file + ".tmp", args.ready_file)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    wait_for_termination()
     http.stop()
     indexes.stop()
     client.close()
