@@ -86,8 +86,20 @@ class ModelServerClient:
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
+    @classmethod
+    def from_stub(cls, stub: Any, target: str = "in-process",
+                  timeout_s: float = 10.0) -> "ModelServerClient":
+        """A client over an object with the stubs' methods (Predict,
+        GetModelMetadata, GetModelStatus), e.g. serving.model_server.InProcessStub.
+        """
+        client = cls.__new__(cls)
+        client.target, client.timeout_s, client._channel = target, timeout_s, None
+        client._predict = client._models = stub
+        return client
+
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> "ModelServerClient":
         return self
@@ -97,7 +109,8 @@ class ModelServerClient:
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Blocks until the channel connects (raises grpc.FutureTimeoutError)."""
-        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        if self._channel is not None:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
 
     def predict_full(self, model: str, inputs: Mapping[str, Any],
                      signature_name: str = "serving_default", version: int | None = None,

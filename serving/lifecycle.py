@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -52,3 +53,16 @@ def wait_for_termination() -> None:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
+
+
+def freeze_heap() -> None:
+    """Moves everything allocated so far out of the garbage collector's reach.
+
+    A long-running server imports TensorFlow and loads models before its
+    first request: millions of long-lived objects that every full collection
+    would walk again, pausing the request threads for tens of milliseconds
+    (a p99 spike). Call once, after start-up; later garbage is collected as
+    usual.
+    """
+    gc.collect()
+    gc.freeze()

@@ -40,12 +40,14 @@ from typing import Any
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import tensor_pb2
 
 from beam_jobs import feature_config as fc
 from serving.catalogue import ItemCatalogue, encode_column, raw_to_feature
 from serving.client import ModelServerClient, TensorInfo
 from serving.indexes import IndexSet
 from serving.store import InMemoryStore, RedisStore
+from serving.tensors import to_tensor_proto
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,26 @@ def _derive(spec: fc.FeatureSpec, ts: float) -> str | float:
 def _column(spec: fc.FeatureSpec, values: Sequence[Any]) -> np.ndarray:
     """Raw values -> the dense serving convention (models.inputs): [B] or [B, L]."""
     return encode_column(spec, values).values
+
+
+class RowProtos:
+    """One request's user + context features as batch-1 TensorProtos, each built once.
+
+    Both user towers and the ranking call take the same user and context
+    features; encoding them once per request instead of once per call saves
+    a third of that work. Safe to share between the request's threads: at
+    worst two of them build the same (identical) proto.
+    """
+
+    def __init__(self, specs: Mapping[str, fc.FeatureSpec], row: Mapping[str, Any]):
+        self._specs, self._row = specs, row
+        self._protos: dict[str, tensor_pb2.TensorProto] = {}
+
+    def __getitem__(self, name: str) -> tensor_pb2.TensorProto:
+        proto = self._protos.get(name)
+        if proto is None:
+            proto = self._protos[name] = to_tensor_proto(_column(self._specs[name], [self._row[name]]))
+        return proto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,11 +300,15 @@ class Recommender:
                 out[spec.name] = raw_to_feature(spec, context.get(spec.name, context.get(spec.raw_column)))
         return out
 
-    def _row_inputs(self, row: Mapping[str, Any], wanted: Mapping[str, TensorInfo]) -> dict[str, np.ndarray]:
+    def _row_inputs(self, row: Mapping[str, Any], wanted: Mapping[str, TensorInfo],
+                    protos: RowProtos | None = None) -> dict[str, np.ndarray | tensor_pb2.TensorProto]:
+        """Tower inputs (batch 1): arrays, or the request's shared protos when given."""
         missing = sorted(set(wanted) - set(row))
         if missing:
             raise ValueError(f"signature wants inputs {missing} that are not user/context "
                              f"features of config {self.config.name!r}")
+        if protos is not None:
+            return {name: protos[name] for name in wanted}
         return {name: _column(self._specs[name], [row[name]]) for name in wanted}
 
     def _item_inputs(self, items: Sequence[str], row: Mapping[str, Any],
@@ -299,10 +325,13 @@ class Recommender:
         return self._item_inputs_rows(rows, row, wanted, ts)
 
     def _item_inputs_rows(self, rows: np.ndarray, row: Mapping[str, Any],
-                          wanted: Mapping[str, TensorInfo], ts: float) -> dict[str, np.ndarray]:
+                          wanted: Mapping[str, TensorInfo], ts: float,
+                          protos: RowProtos | None = None
+                          ) -> dict[str, np.ndarray | tensor_pb2.TensorProto]:
         """Ranking inputs: user/context features [1] or [1, L], item features [N] or [N, L].
 
-        Item columns are gathered by catalogue row from ItemCatalogue.encoded.
+        Item columns are gathered by catalogue row from ItemCatalogue.encoded;
+        user/context features come from `protos` when given.
 
         Raises:
           ValueError: the signature wants a feature the config or catalogue lacks.
@@ -314,7 +343,7 @@ class Recommender:
                 raise ValueError(f"ranking signature input {name!r} is not a feature of "
                                  f"config {self.config.name!r}")
             if spec.field != fc.ITEM:
-                out[name] = _column(spec, [row[name]])
+                out[name] = protos[name] if protos is not None else _column(spec, [row[name]])
             elif spec.derive == fc.DERIVE_ITEM_AGE_HOURS:
                 created = self.catalogue.created_ts
                 if created is None:
@@ -329,11 +358,12 @@ class Recommender:
         return out
 
     # ---- recall -------------------------------------------------------------
-    def _tower_vector(self, channel: Channel, row: Mapping[str, Any]) -> np.ndarray | None:
+    def _tower_vector(self, channel: Channel, row: Mapping[str, Any],
+                      protos: RowProtos | None = None) -> np.ndarray | None:
         """The tower's user vector [1, dim]; None when the model server lacks the tower."""
         try:
             outputs = self._predict(channel.tower, "serving_default",
-                                    lambda wanted: self._row_inputs(row, wanted))
+                                    lambda wanted: self._row_inputs(row, wanted, protos))
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -342,7 +372,7 @@ class Recommender:
         return np.asarray(outputs["user_embedding"], dtype=np.float32).reshape(1, -1)
 
     def _recall(self, row: Mapping[str, Any], history: Sequence[str],
-                profile: Mapping[str, Any]) -> MergedRows:
+                profile: Mapping[str, Any], protos: RowProtos | None = None) -> MergedRows:
         """Merged candidates as catalogue rows, seen items removed."""
         seen_rows = np.array(sorted({self.catalogue.row[i] for i in history
                                      if i in self.catalogue.row}), dtype=np.int64)
@@ -351,10 +381,10 @@ class Recommender:
         # last while this thread sends the last one, then searches in channel order.
         indexes = [(channel, self.indexes.get(channel.name)) for channel in self.settings.channels]
         towers = [channel for channel, index in indexes if index is not None and channel.tower]
-        vectors = {channel.name: self._pool.submit(self._tower_vector, channel, row)
+        vectors = {channel.name: self._pool.submit(self._tower_vector, channel, row, protos)
                    for channel in towers[:-1]}
         if towers:
-            vectors[towers[-1].name] = self._tower_vector(towers[-1], row)
+            vectors[towers[-1].name] = self._tower_vector(towers[-1], row, protos)
         lists: list[tuple[str, np.ndarray]] = []
         for channel, index in indexes:  # one read per channel: vector and search use one version
             if index is None:
@@ -407,13 +437,14 @@ class Recommender:
         profile = self.store.get_profile(user_id) or {}
         history = self.store.recent_clicks(user_id)[-self._history_len:]
         row = self.user_features(user_id, profile, history, context, ts)
-        merged = self._recall(row, history, profile)
+        protos = RowProtos(self._specs, row)
+        merged = self._recall(row, history, profile, protos)
         self.stats["requests"] += 1
         if not len(merged.rows):
             return []
         rows = merged.rows
         outputs = self._predict(self.settings.ranking_model, self.settings.ranking_signature,
-                                lambda wanted: self._item_inputs_rows(rows, row, wanted, ts))
+                                lambda wanted: self._item_inputs_rows(rows, row, wanted, ts, protos))
         scores = np.asarray(outputs["click"], dtype=np.float64).reshape(-1)
         if self.settings.follow_weight and "follow" in outputs:
             scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)

@@ -9,9 +9,10 @@ Serves from <work_dir>/serving/ (what the pipeline pushes there):
                                     else the newest <work_dir>/raw/<data>*/ tables
   item_frequencies.tsv              popularity; else the newest under <work_dir>/tfx/
   feature_config.yaml               optional; else the built-in config of --data
-Without --model_server the embedded model server is started on --port/--rest_api_port;
-with it, the recommender uses that server (e.g. real TF Serving). New model and
-index versions are picked up by polling, without a restart.
+Without --model_server the embedded model server is started on --port/--rest_api_port
+and the recommender calls it in-process (--transport grpc: over its loopback port);
+with --model_server, the recommender uses that server over gRPC (e.g. real TF
+Serving). New model and index versions are picked up by polling, without a restart.
 
 HTTP (loopback by default, --recommender_port):
   POST /recommend {"user_id", "context": {...}, "k"} -> {"items": [{"item_id", "score", "channels"}]}
@@ -43,7 +44,7 @@ from serving.client import ModelServerClient  # noqa: E402
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
 from serving.store import make_store  # noqa: E402
-from serving.lifecycle import wait_for_termination  # noqa: E402
+from serving.lifecycle import freeze_heap, wait_for_termination  # noqa: E402
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
@@ -177,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="host:port of a running model server (e.g. TF Serving); "
                              "default: start the embedded one")
     parser.add_argument("--recommender_port", type=int, default=8600)
+    parser.add_argument("--transport", choices=("in_process", "grpc"), default="in_process",
+                        help="how the recommender reaches the EMBEDDED model server: in_process "
+                             "calls its servicers directly (same protos, codes and metrics, no "
+                             "loopback hop); grpc goes over the loopback port like any client. "
+                             "With --model_server it is always gRPC")
     parser.add_argument("--redis_url", default=None)
     parser.add_argument("--no_seed_clicks", action="store_true",
                         help="do not seed recent clicks from the events table (a store fed "
@@ -236,8 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         manager.start(args.file_system_poll_wait_seconds)
         target = f"{args.host}:{grpc_port}"
         log.info("model server: gRPC %s, REST %s", target, rest_port)
-    client = ModelServerClient(target)
-    client.wait_ready(30)
+    if server is not None and args.transport == "in_process":
+        client = ModelServerClient.from_stub(model_server.InProcessStub(server.core))
+    else:
+        client = ModelServerClient(target)
+        client.wait_ready(30)
     indexes = IndexSet(os.path.join(serving_dir, "indexes"),
                        [c.name for c in RecommenderSettings().channels])
     indexes.start(args.index_poll_seconds)
@@ -253,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             json.dump({"model_server": target, "recommender_port": port,
                        "rest_api_port": server.rest_port if server else None}, f)
         os.replace(args.ready_file + ".tmp", args.ready_file)
+    freeze_heap()
     wait_for_termination()
     http.stop()
     indexes.stop()
