@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 DATA ?= synthetic
 WORK ?= work
+SERVE_FLAGS ?=
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 # The stale protobuf<5 pin of ml-metadata 1.17 is expected to fail `pip check`.
@@ -63,11 +64,11 @@ bench-recall: install-bench
 bench-faiss: install
 	$(PYTHON) -m bench.faiss_bench
 
-bench-serving: install
+bench-serving: install system-deps
 	$(PYTHON) -m bench.serving_bench
 
 serve: install
-	$(PYTHON) -m serving.serve --work_dir $(WORK)
+	$(PYTHON) -m serving.serve --work_dir $(WORK) $(SERVE_FLAGS)
 
 query: install
 	$(PYTHON) -m serving.query --user $(USER) --work_dir $(WORK)

@@ -1,12 +1,13 @@
 """`make bench-serving`: loopback load on the model server and the recommender.
 
-Starts `python -m serving.serve` in a child process (embedded model server +
-recommender HTTP API; the recommender calls the model server in-process, the
-`make serve` default) on free loopback ports over a private copy of the
-pushed models, then measures, each for a fixed duration and a bounded request
-count, at concurrency 1, 8 and 32:
+Starts `python -m serving.serve --workers 2` (two serving processes sharing
+the ports, each an embedded model server + the recommender HTTP API calling it
+in-process, on a private redis-server as their shared store) on free loopback
+ports over a private copy of the pushed models, then measures, each for a
+fixed duration and a bounded request count, at concurrency 1, 8 and 32:
   * POST /recommend (500 merged candidates, one ranking Predict), and again at
-    1 and 8 with the recommender calling the model server over loopback gRPC
+    1 and 8 with one process (the `make serve` default) and with one process
+    whose recommender calls the model server over loopback gRPC
     (--transport grpc, the path to a remote TF Serving);
   * a raw gRPC Predict of 500 candidates on ranking/score_candidates;
 each load point also records the serve process's CPU ms per answered request
@@ -68,6 +69,19 @@ def _summary(latencies: list[float], errors: int, seconds: float,
                if len(lat) else {})}
 
 
+def speed_probe() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this box is right now.
+
+    The shared dev box's speed drifts by tens of percent between (and
+    within) runs; compare latencies across runs only together with this.
+    """
+    start = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(time.perf_counter() - start, 3)
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (/proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -76,11 +90,11 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def run_load(make_call: Callable[[], Callable[[], None]], concurrency: int, duration_s: float,
-             max_requests: int, service_pid: int | None = None) -> dict:
+             max_requests: int, service_pids: Sequence[int] = ()) -> dict:
     """Closed-loop load: `concurrency` workers, each with its own connection.
 
-    With service_pid, also the service process's CPU ms per answered request:
-    unlike latency, it does not depend on what else loads the machine.
+    With service_pids, also the service processes' CPU ms per answered
+    request: unlike latency, it does not depend on what else loads the machine.
     """
     latencies: list[float] = []
     errors = [0]
@@ -106,16 +120,19 @@ def run_load(make_call: Callable[[], Callable[[], None]], concurrency: int, dura
                 call = make_call()  # a failed HTTP connection is not reusable
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    cpu_start = process_cpu_seconds(service_pid) if service_pid else 0.0
+    def service_cpu() -> float:
+        return sum(process_cpu_seconds(pid) for pid in service_pids)
+
+    cpu_start = service_cpu()
     start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     out = _summary(latencies, errors[0], time.monotonic() - start, messages)
-    if service_pid and latencies:
+    if service_pids and latencies:
         out["service_cpu_ms_per_request"] = round(
-            (process_cpu_seconds(service_pid) - cpu_start) * 1000.0 / len(latencies), 2)
+            (service_cpu() - cpu_start) * 1000.0 / len(latencies), 2)
     return out
 
 
@@ -143,6 +160,37 @@ def _grpc_caller(target: str, request) -> Callable[[], Callable[[], None]]:
     return make
 
 
+class RedisServer:
+    """A private redis-server (the workers' shared store), or None when not installed."""
+
+    def __init__(self, directory: str):
+        import portpicker
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (make system-deps)")
+        port = portpicker.pick_unused_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", directory],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import redis
+        deadline = time.time() + 20
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
 class Services:
     """serving.serve in a child process; stopped with SIGTERM by its pid."""
 
@@ -162,6 +210,7 @@ class Services:
         with open(self.ready, encoding="utf-8") as f:
             info = json.load(f)
         self.target, self.port = info["model_server"], info["recommender_port"]
+        self.pids = info.get("pids") or [self.proc.pid]  # the workers, under --workers
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -219,6 +268,18 @@ def build_requests(serving_dir: str, config: fc.FeatureConfig, target: str):
     return ranking_inputs, tower_inputs
 
 
+def call_times_ms(call: Callable[[], object], repeats: int, warmup: int = 10) -> np.ndarray:
+    """Milliseconds per call of `call`, `repeats` times after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return np.array(times) * 1000.0
+
+
 def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
     """score_candidates called in this process, two ways.
 
@@ -232,20 +293,39 @@ def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
     tensors = {k: tf.constant(v) for k, v in inputs.items()}
 
     def timed(call: Callable[[], None]) -> dict:
-        for _ in range(5):  # warm-up
-            call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        lat = np.array(times) * 1000
+        lat = call_times_ms(call, repeats)
         return {f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)}
 
     out = {"candidates": NUM_CANDIDATES, "repeats": repeats,
            **timed(lambda: fn(**tensors)["click"].numpy())}
     out["from_numpy"] = timed(lambda: fn(**{k: tf.constant(v) for k, v in inputs.items()})
                               ["click"].numpy())
+    return out
+
+
+def paired_predict_vs_in_process(model_dir: str, inputs: dict, target: str, request,
+                                 rounds: int, calls: int) -> dict:
+    """Predict-500 over gRPC against the in-process graph call, measured in
+    alternating rounds so both see the same machine: on a shared 2-core box
+    the speed drifts by tens of percent over a run, which a ratio of two
+    figures taken minutes apart would fold in. Returns each round's p50s and
+    the median of the per-round ratios.
+    """
+    loaded = tf.saved_model.load(model_dir)
+    fn = loaded.signatures["score_candidates"]
+    tensors = {k: tf.constant(v) for k, v in inputs.items()}
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 << 20)]))
+    ways = {"in_process_ms": lambda: fn(**tensors)["click"].numpy(),
+            "predict_ms": lambda: stub.Predict(request, timeout=30)}
+    out: dict = {"rounds": [], "calls_per_round": calls}
+    for _ in range(rounds):
+        row = {}
+        for key, call in ways.items():
+            row[key] = round(float(np.median(call_times_ms(call, calls))), 3)
+        row["ratio"] = round(row["predict_ms"] / row["in_process_ms"], 3)
+        out["rounds"].append(row)
+    out["median_ratio"] = round(float(np.median([r["ratio"] for r in out["rounds"]])), 2)
     return out
 
 
@@ -256,15 +336,9 @@ def grpc_floor(target: str, repeats: int) -> dict:
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(target))
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "ranking"
-    for _ in range(20):
-        stub.GetModelStatus(request, timeout=30)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        stub.GetModelStatus(request, timeout=30)
-        times.append(time.perf_counter() - start)
+    times = call_times_ms(lambda: stub.GetModelStatus(request, timeout=30), repeats, warmup=20)
     return {"call": "GetModelStatus", "repeats": repeats,
-            "p50_ms": round(float(np.percentile(np.array(times) * 1000, 50)), 3)}
+            "p50_ms": round(float(np.median(times)), 3)}
 
 
 def hot_swap(serving_dir: str, target: str, request, duration_s: float) -> dict:
@@ -321,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max_requests", type=int, default=5000, help="per load point")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="serve --workers for the main figures (with a private redis-server "
+                             "as their shared store); 1 = one process, in-memory store")
     parser.add_argument("--nice", type=int, default=0,
                         help="lower the bench's and the services' priority (to share a busy box); "
                              "it costs the services CPU time per request too (measured: ~25%% "
@@ -337,20 +414,29 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "cpus": os.cpu_count(), "loopback": True,
                      "duration_s_per_point": args.duration_s,
                      "max_requests_per_point": args.max_requests,
-                     "note": "client and services share the machine's cores (2 on the dev box, "
-                             "shared with other jobs): figures are loopback and CPU-bound; "
-                             "service_cpu_ms_per_request (the serve process's CPU time per "
-                             "answered request) does not depend on that load",
+                     "note": "client and services share the machine's 2 cores: figures are "
+                             "loopback and CPU-bound, and the dev box's speed drifts by tens of "
+                             "percent between runs; service_cpu_ms_per_request (the serving "
+                             "processes' CPU time per answered request) is the steadier figure",
                      "nice": args.nice,
-                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                     "speed_probe_s_at_start": speed_probe()}
+    redis_server = None
     try:
         serving_dir, results["models"] = prepare(args.work_dir, scratch, config)
         print(f"models: {results['models']}", flush=True)
-        services = Services(serving_dir)
+        main_flags: list[str] = []
+        if args.workers > 1:
+            redis_server = RedisServer(scratch)
+            main_flags = ["--workers", str(args.workers), "--redis_url", redis_server.url]
+        results["serve_flags"] = " ".join(main_flags).replace(
+            redis_server.url if redis_server else "\0", "<private redis-server>") or "(defaults)"
+        services = Services(serving_dir, main_flags)
         try:
             ranking_inputs, tower_inputs = build_requests(serving_dir, config, services.target)
             ranking_request = make_predict_request("ranking", ranking_inputs, "score_candidates")
             results["predict_request_bytes"] = ranking_request.ByteSize()
+            tower_request = make_predict_request("user_tower_two_tower", tower_inputs)
             body = {"user_id": "u1", "context": {}, "k": 20}
             for _ in range(5):  # warm-up: signature metadata, traced functions, connections
                 _http_caller(services.port, body)()()
@@ -359,17 +445,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             for c in levels:
                 results["recommend"][str(c)] = run_load(_http_caller(services.port, body), c,
                                                         args.duration_s, args.max_requests,
-                                                        services.proc.pid)
+                                                        services.pids)
                 results["predict_500"][str(c)] = run_load(
                     _grpc_caller(services.target, ranking_request), c, args.duration_s,
-                    args.max_requests, services.proc.pid)
+                    args.max_requests, services.pids)
                 print(f"c={c} recommend {results['recommend'][str(c)]}\n"
                       f"    predict_500 {results['predict_500'][str(c)]}", flush=True)
             ranking_dir = os.path.join(serving_dir, "models", "ranking")
             results["in_process_scoring_500"] = in_process_scoring(
-                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs, 50)
+                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs, 300)
             print(f"in-process {results['in_process_scoring_500']}", flush=True)
             results["grpc_round_trip_floor"] = grpc_floor(services.target, 500)
+            results["predict_500_vs_in_process_paired"] = paired_predict_vs_in_process(
+                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs,
+                services.target, ranking_request, rounds=5, calls=200)
+            print(f"paired {results['predict_500_vs_in_process_paired']}", flush=True)
             if "p50_ms" in results["predict_500"].get("1", {}):
                 results["predict_500_p50_over_in_process_p50"] = round(
                     results["predict_500"]["1"]["p50_ms"]
@@ -380,25 +470,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["hot_swap"] = hot_swap(serving_dir, services.target, ranking_request,
                                            args.duration_s * 1.5)
             print(f"hot swap {results['hot_swap']}", flush=True)
-            tower_request = make_predict_request("user_tower_two_tower", tower_inputs)
-            results["batching"] = {"op": "user_tower_two_tower Predict, batch 1",
-                                   "off": {str(c): run_load(_grpc_caller(services.target, tower_request),
-                                                            c, args.duration_s, args.max_requests)
-                                           for c in levels if c > 1}}
         finally:
             services.stop()
-        # The same recommend with the recommender reaching the embedded model
-        # server over loopback gRPC, as it reaches a remote TF Serving.
-        services = Services(serving_dir, ["--transport", "grpc"])
-        try:
-            for _ in range(5):
-                _http_caller(services.port, body)()()
-            results["recommend_grpc_transport"] = {
-                str(c): run_load(_http_caller(services.port, body), c, args.duration_s,
-                                 args.max_requests, services.proc.pid) for c in levels if c <= 8}
-        finally:
-            services.stop()
-        print(f"recommend over gRPC {results['recommend_grpc_transport']}", flush=True)
+        # One process (the `make serve` default: in-memory store), and one
+        # process whose recommender reaches the embedded model server over
+        # loopback gRPC, as it reaches a remote TF Serving.
+        for key, flags in (("recommend_one_process", []),
+                           ("recommend_one_process_grpc_transport", ["--transport", "grpc"])):
+            services = Services(serving_dir, flags)
+            try:
+                for _ in range(5):
+                    _http_caller(services.port, body)()()
+                results[key] = {str(c): run_load(_http_caller(services.port, body), c,
+                                                 args.duration_s, args.max_requests, services.pids)
+                                for c in levels if c <= 8}
+                if not flags:  # batching off, on the same one-process shape as batching on
+                    results["batching"] = {"op": "user_tower_two_tower Predict, batch 1, one "
+                                                 "process", "off": {
+                        str(c): run_load(_grpc_caller(services.target, tower_request), c,
+                                         args.duration_s, args.max_requests)
+                        for c in levels if c > 1}}
+            finally:
+                services.stop()
+            print(f"{key} {results[key]}", flush=True)
         batching_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                      "serving_configs", "batching_parameters.txt")
         services = Services(serving_dir, ["--enable_batching",
@@ -412,8 +506,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             services.stop()
         print(f"batching {results['batching']}", flush=True)
     finally:
+        if redis_server is not None:
+            redis_server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["speed_probe_s_at_end"] = speed_probe()
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=False)

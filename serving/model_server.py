@@ -484,6 +484,12 @@ class BackloggedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class ReusePortHTTPServer(BackloggedHTTPServer):
+    """BackloggedHTTPServer that shares its port with sibling worker processes."""
+
+    allow_reuse_port = True
+
+
 class ModelServer:
     """gRPC + REST servers over one ModelManager.
 
@@ -508,10 +514,15 @@ class ModelServer:
         self.grpc_port = self.rest_port = 0
 
     def start(self, host: str = "127.0.0.1", grpc_port: int = 8500,
-              rest_port: int | None = 8501) -> tuple[int, int]:
-        """Binds and starts; port 0 picks a free one. Returns (grpc_port, rest_port)."""
+              rest_port: int | None = 8501, reuse_port: bool = False) -> tuple[int, int]:
+        """Binds and starts; port 0 picks a free one. Returns (grpc_port, rest_port).
+
+        reuse_port: share the ports with sibling worker processes (SO_REUSEPORT);
+        otherwise a port in use is an error.
+        """
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
-                   ("grpc.max_send_message_length", self.max_message_bytes)]
+                   ("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.so_reuseport", int(reuse_port))]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers),
                                  options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -523,7 +534,8 @@ class ModelServer:
         self._grpc.start()
         if rest_port is not None:
             handler = make_rest_handler(self.core, self.max_message_bytes, self.prometheus_path)
-            self._http = BackloggedHTTPServer((host, rest_port), handler)
+            self._http = (ReusePortHTTPServer if reuse_port else BackloggedHTTPServer)(
+                (host, rest_port), handler)
             self._http.daemon_threads = True
             self.rest_port = self._http.server_address[1]
             threading.Thread(target=self._http.serve_forever, name="rest", daemon=True).start()

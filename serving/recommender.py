@@ -434,8 +434,9 @@ class Recommender:
             raise ValueError(f"k must be >= 1, got {k}")
         context = dict(context or {})
         ts = float(context.get("timestamp") or self.clock())
-        profile = self.store.get_profile(user_id) or {}
-        history = self.store.recent_clicks(user_id)[-self._history_len:]
+        profile, clicks = self.store.user_state(user_id)
+        profile = profile or {}
+        history = clicks[-self._history_len:]
         row = self.user_features(user_id, profile, history, context, ts)
         protos = RowProtos(self._specs, row)
         merged = self._recall(row, history, profile, protos)

@@ -110,10 +110,27 @@ def wire_function(fn: Callable[..., Mapping[str, tf.Tensor]], inputs: Mapping[st
         return tf.stack([tf.io.serialize_tensor(result[k]) for k in out_names])
 
     try:
-        return wire.get_concrete_function()
+        concrete = wire.get_concrete_function()
     except (TypeError, ValueError, tf.errors.OpError) as err:
         log.warning("no wire path for a signature with inputs %s: %s", names, _first_line(err))
         return None
+    return _flat_caller(concrete)
+
+
+def _flat_caller(concrete) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Calls a one-input ConcreteFunction without re-binding its signature.
+
+    The public call re-binds the argument to the function type and rebuilds
+    the captured-input list on every call: ~0.05-0.25 ms, up to 15% of a
+    500-candidate ranking call. `_call_flat` is ConcreteFunction's own inner
+    call (TensorFlow is pinned in requirements.lock); without it, the public
+    call is used.
+    """
+    call_flat = getattr(concrete, "_call_flat", None)
+    if call_flat is None:
+        return concrete
+    captured = list(concrete.captured_inputs)  # variable handles: fixed for the servable's life
+    return lambda protos: call_flat([protos], captured)
 
 
 class Servable:
@@ -211,6 +228,18 @@ _VALUE_FIELDS = {types_pb2.DT_FLOAT: (4, "float_val"), types_pb2.DT_DOUBLE: (8, 
                  types_pb2.DT_BOOL: (1, "bool_val")}
 
 
+_DTYPES: dict[int, tf.DType] = {}
+
+
+def _dtype_of_enum(enum: int) -> tf.DType | str:
+    """tf.as_dtype of a DataType enum, cached (it is on every input of every request)."""
+    try:
+        dtype = _DTYPES[enum] = tf.as_dtype(enum)
+        return dtype
+    except TypeError:
+        return f"unknown dtype {enum}"
+
+
 def validate_protos(signature: Signature, protos: Mapping[str, tensor_pb2.TensorProto],
                     output_filter: Sequence[str] = ()) -> None:
     """validate_inputs for TensorProtos, read from their headers (no conversion).
@@ -224,10 +253,7 @@ def validate_protos(signature: Signature, protos: Mapping[str, tensor_pb2.Tensor
     """
     _check_names(signature, set(protos), output_filter)
     for name, proto in protos.items():
-        try:
-            got: tf.DType | str = tf.as_dtype(proto.dtype)
-        except TypeError:
-            got = f"unknown dtype {proto.dtype}"
+        got = _DTYPES.get(proto.dtype) or _dtype_of_enum(proto.dtype)
         if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} is not a valid TensorProto: its shape is unknown")

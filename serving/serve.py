@@ -14,6 +14,9 @@ and the recommender calls it in-process (--transport grpc: over its loopback por
 with --model_server, the recommender uses that server over gRPC (e.g. real TF
 Serving). New model and index versions are picked up by polling, without a restart.
 
+--workers N (with --redis_url) runs N such processes on the same ports (SO_REUSEPORT)
+and one shared store, under a supervising process.
+
 HTTP (loopback by default, --recommender_port):
   POST /recommend {"user_id", "context": {...}, "k"} -> {"items": [{"item_id", "score", "channels"}]}
   POST /ingest    {"user_id", "item_id", "event"?, "profile"?} -> {"history_changed": bool}
@@ -27,6 +30,12 @@ import glob
 import json
 import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler
@@ -109,8 +118,11 @@ def make_handler(recommender: Recommender) -> type[BaseHTTPRequestHandler]:
 class RecommenderHTTPServer:
     """ThreadingHTTPServer around a Recommender; port 0 picks a free port."""
 
-    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8600):
-        self._server = model_server.BackloggedHTTPServer((host, port), make_handler(recommender))
+    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8600,
+                 reuse_port: bool = False):
+        server_class = (model_server.ReusePortHTTPServer if reuse_port
+                        else model_server.BackloggedHTTPServer)
+        self._server = server_class((host, port), make_handler(recommender))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="recommender-http",
@@ -165,6 +177,82 @@ def find_inputs(serving_dir: str, work_dir: str, data: str) -> dict[str, str | N
     return out
 
 
+def _write_json(path: str, payload: dict) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    os.replace(path + ".tmp", path)
+
+
+def seed_store(store, found: dict[str, str | None], config: fc.FeatureConfig,
+               seed_clicks: bool = True) -> None:
+    """User profiles (users table) and recent clicks (events table) into the store."""
+    if found["users"]:
+        store.put_profiles(read_user_profiles(found["users"], config))
+    if found["events"] and seed_clicks:
+        clicks, bad = read_recent_clicks(found["events"], config, store.max_clicks)
+        for user, items in clicks.items():
+            store.set_clicks(user, items)
+        log.info("seeded recent clicks of %d users from %s (%d unusable click rows)",
+                 len(clicks), found["events"], bad)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
+    """Supervises `args.workers` serving processes on shared ports.
+
+    Every worker binds the same gRPC, REST and recommender ports with
+    SO_REUSEPORT, so the kernel spreads connections over them, and runs its own
+    embedded model server (or reaches --model_server) on the shared Redis
+    store, which this process has already seeded. Ready (the ready file is
+    written) once every worker is; SIGTERM stops them all; if one dies, the
+    others are stopped and this process exits non-zero, for the supervisor
+    above (systemd, Kubernetes) to restart the group.
+    """
+    ports = {"--port": args.port, "--recommender_port": args.recommender_port}
+    ports = {flag: port or _free_port(args.host) for flag, port in ports.items()}
+    ready_dir = tempfile.mkdtemp(prefix="serve-workers-")
+    overrides = ["--workers", "1", "--worker", *(x for kv in ports.items() for x in map(str, kv))]
+    children = []
+    for i in range(args.workers):
+        ready = os.path.join(ready_dir, f"worker-{i}.json")
+        children.append((subprocess.Popen([sys.executable, "-m", "serving.serve", *argv,
+                                           *overrides, "--ready_file", ready]), ready))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    failed = None
+    try:
+        while not done.is_set() and not all(os.path.exists(r) for _, r in children):
+            failed = next((c for c, _ in children if c.poll() is not None), None)
+            if failed is not None:
+                break
+            done.wait(0.2)
+        if failed is None and not done.is_set():
+            infos = [json.load(open(r, encoding="utf-8")) for _, r in children]
+            log.info("%d workers serving: recommender port %d, model server %s",
+                     len(children), infos[0]["recommender_port"], infos[0]["model_server"])
+            if args.ready_file:
+                _write_json(args.ready_file, {**infos[0], "pids": [c.pid for c, _ in children]})
+        while failed is None and not done.is_set():
+            failed = next((c for c, _ in children if c.poll() is not None), None)
+            done.wait(0.5)
+    finally:
+        for child, _ in children:
+            if child.poll() is None:
+                child.terminate()
+        for child, _ in children:
+            child.wait()
+        shutil.rmtree(ready_dir, ignore_errors=True)
+    if failed is not None:
+        raise SystemExit(f"worker pid {failed.pid} exited with {failed.returncode}; "
+                         "stopped the others")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="model server + recommender HTTP API")
     model_server.add_flags(parser)
@@ -198,8 +286,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "already run searches side by side")
     parser.add_argument("--ready_file", default=None,
                         help="written with the bound ports once serving (for scripts)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serving processes sharing the ports (SO_REUSEPORT), each with its "
+                             "own embedded model server: one Python process does not fill two "
+                             "cores. Needs --redis_url, the store all workers share")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not args.redis_url:
+        raise SystemExit("--workers > 1 needs --redis_url: an ingest answered by one worker "
+                         "must reach the next recommend, whichever worker answers it")
 
     if args.faiss_omp_threads:
         set_search_threads(args.faiss_omp_threads)
@@ -223,14 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_item_frequencies(found["item_frequencies"]) if found["item_frequencies"] else None)
     history = config.history_feature
     store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
-    if found["users"]:
-        store.put_profiles(read_user_profiles(found["users"], config))
-    if found["events"] and not args.no_seed_clicks:
-        clicks, bad = read_recent_clicks(found["events"], config, store.max_clicks)
-        for user, items in clicks.items():
-            store.set_clicks(user, items)
-        log.info("seeded recent clicks of %d users from %s (%d unusable click rows)",
-                 len(clicks), found["events"], bad)
+    if not args.worker:  # a supervisor seeds the shared store once, before its workers start
+        seed_store(store, found, config, seed_clicks=not args.no_seed_clicks)
+    if args.workers > 1:
+        run_workers(args, argv)
+        return
 
     server = manager = None
     target = args.model_server
@@ -238,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.model_base_path_prefix is None:
             args.model_base_path_prefix = models_root
         server, manager = model_server.build_server(args)
-        grpc_port, rest_port = server.start(args.host, args.port, args.rest_api_port or None)
+        grpc_port, rest_port = server.start(args.host, args.port, args.rest_api_port or None,
+                                            reuse_port=args.worker)
         manager.start(args.file_system_poll_wait_seconds)
         target = f"{args.host}:{grpc_port}"
         log.info("model server: gRPC %s, REST %s", target, rest_port)
@@ -254,14 +351,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    num_candidates=args.num_candidates,
                                    follow_weight=args.follow_weight)
     recommender = Recommender(config, client, store, indexes, catalogue, settings)
-    http = RecommenderHTTPServer(recommender, args.host, args.recommender_port)
+    http = RecommenderHTTPServer(recommender, args.host, args.recommender_port,
+                                 reuse_port=args.worker)
     port = http.start()
     log.info("recommender on http://%s:%d (indexes %s)", args.host, port, indexes.versions())
     if args.ready_file:
-        with open(args.ready_file + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"model_server": target, "recommender_port": port,
-                       "rest_api_port": server.rest_port if server else None}, f)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+        _write_json(args.ready_file, {"model_server": target, "recommender_port": port,
+                                      "rest_api_port": server.rest_port if server else None,
+                                      "pids": [os.getpid()]})
     freeze_heap()
     wait_for_termination()
     http.stop()

@@ -30,6 +30,8 @@ class UserStore(Protocol):
 
     def set_clicks(self, user_id: str, item_ids: Sequence[str]) -> None: ...
 
+    def user_state(self, user_id: str) -> tuple[dict[str, Any] | None, list[str]]: ...
+
 
 class InMemoryStore:
     """Thread-safe in-process store."""
@@ -54,6 +56,13 @@ class InMemoryStore:
     def recent_clicks(self, user_id: str) -> list[str]:
         with self._lock:
             return list(self._clicks.get(user_id, ()))
+
+    def user_state(self, user_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """(profile or None, recent clicks), read together: what a recommend needs."""
+        with self._lock:
+            profile = self._profiles.get(user_id)
+            return (dict(profile) if profile is not None else None,
+                    list(self._clicks.get(user_id, ())))
 
     def add_click(self, user_id: str, item_id: str) -> None:
         with self._lock:
@@ -109,6 +118,14 @@ class RedisStore:
 
     def recent_clicks(self, user_id: str) -> list[str]:
         return list(self._redis.lrange(self._clicks(user_id), 0, -1))
+
+    def user_state(self, user_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """(profile or None, recent clicks) in one round trip (a pipeline of GET + LRANGE)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._user(user_id))
+        pipe.lrange(self._clicks(user_id), 0, -1)
+        raw, clicks = pipe.execute()
+        return (json.loads(raw) if raw is not None else None), list(clicks)
 
     def add_click(self, user_id: str, item_id: str) -> None:
         # RPUSH + LTRIM in one MULTI, so readers never see more than max_clicks.

@@ -19,23 +19,33 @@ def _post(port: int, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.parametrize("transport", ["in_process", "grpc"])
-def test_serve_answers_recommend_and_stops_cleanly(world, tmp_path, transport):
+def _serve(world, tmp_path, *flags: str) -> tuple[subprocess.Popen, str]:
     serving_dir = tmp_path / "serving"
     shutil.copytree(world["root"], serving_dir)
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.serve", "--serving_dir", str(serving_dir),
          "--data", "synthetic", "--port", "0", "--rest_api_port", "0", "--recommender_port", "0",
-         "--transport", transport, "--ready_file", str(ready)],
+         "--ready_file", str(ready), *flags],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, ready
+
+
+def _wait_ready(proc: subprocess.Popen, ready, timeout_s: float = 180) -> dict:
+    """The ready file's content once serve writes it; fails with serve's output if it dies."""
+    deadline = time.time() + timeout_s
+    while not ready.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "serve did not become ready"
+        time.sleep(0.2)
+    return json.loads(ready.read_text())
+
+
+@pytest.mark.parametrize("transport", ["in_process", "grpc"])
+def test_serve_answers_recommend_and_stops_cleanly(world, tmp_path, transport):
+    proc, ready = _serve(world, tmp_path, "--transport", transport)
     try:
-        deadline = time.time() + 180
-        while not ready.exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "serve did not become ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = _wait_ready(proc, ready)
         port = info["recommender_port"]
         items = _post(port, "/recommend", {"user_id": "u1", "k": 7})["items"]
         assert len(items) == 7 and all(i["channels"] for i in items)
@@ -51,3 +61,33 @@ def test_serve_answers_recommend_and_stops_cleanly(world, tmp_path, transport):
         proc.terminate()
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
+
+
+def test_workers_share_the_port_and_the_redis_store(world, tmp_path, redis_url):
+    proc, ready = _serve(world, tmp_path, "--workers", "2", "--redis_url", redis_url)
+    try:
+        info = _wait_ready(proc, ready, timeout_s=240)
+        assert len(info["pids"]) == 2 and proc.pid not in info["pids"]
+        port = info["recommender_port"]
+        # Each urllib call is a new connection: the kernel may hand it to either worker.
+        first = _post(port, "/recommend", {"user_id": "u2", "k": 5})["items"]
+        for _ in range(3):
+            _post(port, "/ingest", {"user_id": "u2", "item_id": first[0]["item_id"]})
+            later = _post(port, "/recommend", {"user_id": "u2", "k": 5})["items"]
+            assert first[0]["item_id"] not in {i["item_id"] for i in later}
+        from serving.client import ModelServerClient
+        with ModelServerClient(info["model_server"]) as client:
+            assert client.available_versions("ranking") == [1]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    for pid in info["pids"]:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_workers_without_a_shared_store_is_a_clear_error(world, tmp_path):
+    proc, _ = _serve(world, tmp_path, "--workers", "2")
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "--workers > 1 needs --redis_url" in output

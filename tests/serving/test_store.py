@@ -20,6 +20,10 @@ def _round_trip(store):
     store.set_clicks("u1", [])
     assert store.recent_clicks("u1") == []
     store.set_clicks("u1", ["i2", "i3", "i4"])
+    # user_state reads both at once (one round trip on Redis).
+    assert store.user_state("u1") == ({"city": "c1", "interest_tags": ["a", "b"], "age": 3.0},
+                                      ["i2", "i3", "i4"])
+    assert store.user_state("nobody") == (None, [])
 
 
 def test_in_memory_round_trip():
