@@ -266,7 +266,8 @@ class InProcessStub:
     server side together, costs ~1 ms of CPU per call in Python, about as much
     as a user-tower graph: a recommend makes three such calls. Errors surface
     as grpc.RpcError with the status the network path would carry. Message
-    size limits are a transport matter and do not apply.
+    size limits and deadlines are transport matters and do not apply: a call
+    runs to completion on the caller's thread.
     """
 
     def __init__(self, core: ModelServerCore):
