@@ -50,6 +50,7 @@ from serving import toy_models  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
 from serving.client import ModelServerClient, make_predict_request  # noqa: E402
 from serving.indexes import IndexSet  # noqa: E402
+from serving.local_redis import LocalRedis  # noqa: E402
 from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
 from serving.servables import list_versions  # noqa: E402
 from serving.serve import find_inputs  # noqa: E402
@@ -158,37 +159,6 @@ def _grpc_caller(target: str, request) -> Callable[[], Callable[[], None]]:
             target, options=[("grpc.max_receive_message_length", 64 << 20)]))
         return lambda: stub.Predict(request, timeout=30)
     return make
-
-
-class RedisServer:
-    """A private redis-server (the workers' shared store), or None when not installed."""
-
-    def __init__(self, directory: str):
-        import portpicker
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server is not installed (make system-deps)")
-        port = portpicker.pick_unused_port()
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", directory],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        import redis
-        deadline = time.time() + 20
-        while True:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.ConnectionError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
 
 
 class Services:
@@ -427,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"models: {results['models']}", flush=True)
         main_flags: list[str] = []
         if args.workers > 1:
-            redis_server = RedisServer(scratch)
+            redis_server = LocalRedis(scratch)
             main_flags = ["--workers", str(args.workers), "--redis_url", redis_server.url]
         results["serve_flags"] = " ".join(main_flags).replace(
             redis_server.url if redis_server else "\0", "<private redis-server>") or "(defaults)"

@@ -1,15 +1,12 @@
 """Shared serving fixtures: one small toy world (real SavedModels + FAISS indexes) per session."""
 import os
-import shutil
-import subprocess
-import time
 
-import portpicker
 import pytest
 
 from beam_jobs import feature_config as fc
 from serving import config_files, model_server, toy_models
 from serving.client import ModelServerClient
+from serving.local_redis import LocalRedis
 from serving.servables import ModelManager
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,24 +48,9 @@ def client(server):
 
 @pytest.fixture
 def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make system-deps` "
-                    "(apt-get install redis-server)")
-    port = portpicker.pick_unused_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server = LocalRedis(str(tmp_path))
+    except FileNotFoundError as err:
+        pytest.fail(str(err))
+    with server:
+        yield server.url
