@@ -225,22 +225,19 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    failed = None
+    failed, announced = None, False
     try:
-        while not done.is_set() and not all(os.path.exists(r) for _, r in children):
-            failed = next((c for c, _ in children if c.poll() is not None), None)
-            if failed is not None:
-                break
-            done.wait(0.2)
-        if failed is None and not done.is_set():
-            infos = [json.load(open(r, encoding="utf-8")) for _, r in children]
-            log.info("%d workers serving: recommender port %d, model server %s",
-                     len(children), infos[0]["recommender_port"], infos[0]["model_server"])
-            if args.ready_file:
-                _write_json(args.ready_file, {**infos[0], "pids": [c.pid for c, _ in children]})
         while failed is None and not done.is_set():
             failed = next((c for c, _ in children if c.poll() is not None), None)
-            done.wait(0.5)
+            if not announced and failed is None and all(os.path.exists(r) for _, r in children):
+                with open(children[0][1], encoding="utf-8") as f:
+                    info = json.load(f)  # the ports are the same for every worker
+                log.info("%d workers serving: recommender port %d, model server %s",
+                         len(children), info["recommender_port"], info["model_server"])
+                if args.ready_file:
+                    _write_json(args.ready_file, {**info, "pids": [c.pid for c, _ in children]})
+                announced = True
+            done.wait(0.2)
     finally:
         for child, _ in children:
             if child.poll() is None:
@@ -315,11 +312,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if found["items"] is None:
         raise SystemExit(f"no items table (items.jsonl[.gz] / items.csv[.gz]) in {serving_dir} "
                          f"or {args.work_dir}/raw/{config.name}*/")
-    if found["item_frequencies"] is None:
-        log.warning("no item_frequencies.tsv: cold-start popularity falls back to catalogue order")
-    catalogue = ItemCatalogue.from_table(
-        found["items"], config,
-        read_item_frequencies(found["item_frequencies"]) if found["item_frequencies"] else None)
     history = config.history_feature
     store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
     if not args.worker:  # a supervisor seeds the shared store once, before its workers start
@@ -327,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers > 1:
         run_workers(args, argv)
         return
+    if found["item_frequencies"] is None:
+        log.warning("no item_frequencies.tsv: cold-start popularity falls back to catalogue order")
+    catalogue = ItemCatalogue.from_table(
+        found["items"], config,
+        read_item_frequencies(found["item_frequencies"]) if found["item_frequencies"] else None)
 
     server = manager = None
     target = args.model_server

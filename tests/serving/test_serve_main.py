@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -82,9 +83,22 @@ def test_workers_share_the_port_and_the_redis_store(world, tmp_path, redis_url):
         proc.terminate()
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
-    for pid in info["pids"]:
-        assert not os.path.exists(f"/proc/{pid}") or \
-            open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in info["pids"])  # stopped and reaped
+
+
+def test_a_dying_worker_stops_the_group_with_an_error(world, tmp_path, redis_url):
+    proc, ready = _serve(world, tmp_path, "--workers", "2", "--redis_url", redis_url)
+    try:
+        info = _wait_ready(proc, ready, timeout_s=240)
+        os.kill(info["pids"][0], signal.SIGKILL)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert f"worker pid {info['pids'][0]} exited with -9; stopped the others" in output
+    assert not os.path.exists(f"/proc/{info['pids'][1]}")
 
 
 def test_workers_without_a_shared_store_is_a_clear_error(world, tmp_path):
