@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -79,10 +80,13 @@ class Signature:
     inputs: Mapping[str, tf.TensorSpec]
     outputs: Mapping[str, tf.TensorSpec]
     wire: Callable[[tf.Tensor], tf.Tensor] | None = None
+    input_names: list[str] = dataclasses.field(init=False)
+    output_names: list[str] = dataclasses.field(init=False)
+    input_dims: dict[str, tuple[int | None, ...] | None] = dataclasses.field(init=False)
 
     def __post_init__(self):
-        # Per-request checks compare plain tuples: TensorShape methods cost
-        # microseconds each, on every input of every request.
+        # Derived once: per-request checks compare plain tuples, since
+        # TensorShape methods cost microseconds on every input of every request.
         object.__setattr__(self, "input_names", sorted(self.inputs))
         object.__setattr__(self, "output_names", sorted(self.outputs))
         object.__setattr__(self, "input_dims", {
@@ -162,7 +166,10 @@ class Servable:
         return self.signatures[name]
 
 
-def _dtype_name(dtype: tf.DType) -> str:
+def _dtype_name(dtype: tf.DType | str) -> str:
+    """TF Serving's name for a dtype; a str (an unreadable dtype) is passed through."""
+    if isinstance(dtype, str):
+        return dtype
     return {"float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
 
 
@@ -201,7 +208,7 @@ def _check_tensor(signature: Signature, name: str, got: tf.DType | str,
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"Expects arg {name!r} to be {_dtype_name(spec.dtype)} but "
-            f"{got if isinstance(got, str) else _dtype_name(got)} is provided")
+            f"{_dtype_name(got)} is provided")
     if not _compatible(signature.input_dims[name], shape):
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -222,22 +229,40 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray],
         _check_tensor(signature, name, _as_dtype(array), array.shape)
 
 
-# Fixed-width dtypes: (bytes per value in tensor_content, the repeated *_val field).
+# Bytes per value in tensor_content, and the repeated field holding the values otherwise.
 _VALUE_FIELDS = {types_pb2.DT_FLOAT: (4, "float_val"), types_pb2.DT_DOUBLE: (8, "double_val"),
                  types_pb2.DT_INT32: (4, "int_val"), types_pb2.DT_INT64: (8, "int64_val"),
                  types_pb2.DT_BOOL: (1, "bool_val")}
 
 
-_DTYPES: dict[int, tf.DType] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _dtype_of_enum(enum: int) -> tf.DType | str:
     """tf.as_dtype of a DataType enum, cached (it is on every input of every request)."""
     try:
-        dtype = _DTYPES[enum] = tf.as_dtype(enum)
-        return dtype
+        return tf.as_dtype(enum)
     except TypeError:
         return f"unknown dtype {enum}"
+
+
+def _values_problem(proto: tensor_pb2.TensorProto, count: int) -> str | None:
+    """Why the proto's values cannot fill `count` elements, or None.
+
+    Fewer values than elements is valid (TensorFlow repeats the last one);
+    dtypes other than strings and _VALUE_FIELDS are left to the graph.
+    """
+    if proto.dtype == types_pb2.DT_STRING:
+        if proto.tensor_content:
+            return "strings in tensor_content"
+        have = len(proto.string_val)
+    elif proto.dtype in _VALUE_FIELDS:
+        width, field = _VALUE_FIELDS[proto.dtype]
+        if proto.tensor_content:
+            have = len(proto.tensor_content)
+            return None if have == count * width else f"{have} bytes of tensor_content"
+        have = len(getattr(proto, field))
+    else:
+        return None
+    return None if have <= count else f"{have} values"
 
 
 def validate_protos(signature: Signature, protos: Mapping[str, tensor_pb2.TensorProto],
@@ -246,35 +271,23 @@ def validate_protos(signature: Signature, protos: Mapping[str, tensor_pb2.Tensor
 
     Also rejects a proto whose values cannot fill its shape: more values than
     elements, raw content of the wrong length, or a negative / unknown shape.
-    Fewer values than elements is valid: TensorFlow repeats the last one.
 
     Raises:
       ServingError: INVALID_ARGUMENT naming the offending input or output.
     """
     _check_names(signature, set(protos), output_filter)
     for name, proto in protos.items():
-        got = _DTYPES.get(proto.dtype) or _dtype_of_enum(proto.dtype)
+        got = _dtype_of_enum(proto.dtype)
         if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} is not a valid TensorProto: its shape is unknown")
         shape = [d.size for d in proto.tensor_shape.dim]
         _check_tensor(signature, name, got, shape)
-        count = math.prod(shape)
-        width, field = _VALUE_FIELDS.get(proto.dtype, (None, None))
-        if proto.dtype == types_pb2.DT_STRING:
-            width, field = None, "string_val"
-        if proto.tensor_content:
-            # Strings never travel as tensor_content; other widths are the graph's to check.
-            ok = len(proto.tensor_content) == count * width if width else \
-                proto.dtype != types_pb2.DT_STRING
-            have = f"{len(proto.tensor_content)} bytes of tensor_content"
-        else:
-            values = len(getattr(proto, field)) if field else 0
-            ok, have = values <= count, f"{values} values"
-        if not ok:
+        problem = _values_problem(proto, math.prod(shape))
+        if problem is not None:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} is not a valid TensorProto: {have} for shape "
-                               f"{shape} of {got if isinstance(got, str) else got.name}")
+                               f"input {name!r} is not a valid TensorProto: {problem} for shape "
+                               f"{shape} of {got.name}")
 
 
 def run_signature(signature: Signature, inputs: Mapping[str, np.ndarray],

@@ -111,6 +111,11 @@ def test_malformed_protos_are_invalid_argument_naming_the_input(servables, confi
     assert "'item_age_hours' is not a valid TensorProto: 12 bytes" in _invalid(
         signature, {**good, "item_age_hours": short_content})
 
+    raw_strings = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_content=b"abcd")
+    raw_strings.tensor_shape.dim.add().size = 4
+    assert "'item_id' is not a valid TensorProto: strings in tensor_content" in _invalid(
+        signature, {**good, "item_id": raw_strings})
+
     unknown = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
     unknown.tensor_shape.unknown_rank = True
     assert "shape is unknown" in _invalid(signature, {**good, "item_id": unknown})
