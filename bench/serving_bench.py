@@ -250,7 +250,7 @@ def call_times_ms(call: Callable[[], object], repeats: int, warmup: int = 10) ->
     return np.array(times) * 1000.0
 
 
-def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
+def in_process_scoring(fn: Callable[..., dict], inputs: dict, repeats: int) -> dict:
     """score_candidates called in this process, two ways.
 
     Top level: the graph call alone, on tensors built beforehand (the
@@ -258,8 +258,6 @@ def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
     `from_numpy`: what an embedded scorer pays, from the same numpy arrays a
     Predict carries (tensor conversion + call).
     """
-    loaded = tf.saved_model.load(model_dir)  # keep: the signature needs its variables
-    fn = loaded.signatures["score_candidates"]
     tensors = {k: tf.constant(v) for k, v in inputs.items()}
 
     def timed(call: Callable[[], None]) -> dict:
@@ -273,7 +271,7 @@ def in_process_scoring(model_dir: str, inputs: dict, repeats: int) -> dict:
     return out
 
 
-def paired_predict_vs_in_process(model_dir: str, inputs: dict, target: str, request,
+def paired_predict_vs_in_process(fn: Callable[..., dict], inputs: dict, target: str, request,
                                  rounds: int, calls: int) -> dict:
     """Predict-500 over gRPC against the in-process graph call, measured in
     alternating rounds so both see the same machine: on a shared 2-core box
@@ -281,8 +279,6 @@ def paired_predict_vs_in_process(model_dir: str, inputs: dict, target: str, requ
     figures taken minutes apart would fold in. Returns each round's p50s and
     the median of the per-round ratios.
     """
-    loaded = tf.saved_model.load(model_dir)
-    fn = loaded.signatures["score_candidates"]
     tensors = {k: tf.constant(v) for k, v in inputs.items()}
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
         target, options=[("grpc.max_receive_message_length", 64 << 20)]))
@@ -422,12 +418,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"c={c} recommend {results['recommend'][str(c)]}\n"
                       f"    predict_500 {results['predict_500'][str(c)]}", flush=True)
             ranking_dir = os.path.join(serving_dir, "models", "ranking")
-            results["in_process_scoring_500"] = in_process_scoring(
-                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs, 300)
+            # Loaded once for both in-process measurements; keep `ranking`: the
+            # signature needs the loaded object's variables alive.
+            ranking = tf.saved_model.load(
+                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))))
+            score = ranking.signatures["score_candidates"]
+            results["in_process_scoring_500"] = in_process_scoring(score, ranking_inputs, 300)
             print(f"in-process {results['in_process_scoring_500']}", flush=True)
             results["grpc_round_trip_floor"] = grpc_floor(services.target, 500)
             results["predict_500_vs_in_process_paired"] = paired_predict_vs_in_process(
-                os.path.join(ranking_dir, str(max(list_versions(ranking_dir)))), ranking_inputs,
+                score, ranking_inputs,
                 services.target, ranking_request, rounds=5, calls=200)
             print(f"paired {results['predict_500_vs_in_process_paired']}", flush=True)
             if "p50_ms" in results["predict_500"].get("1", {}):
