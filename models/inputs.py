@@ -14,7 +14,7 @@ names a column. Dense conventions (also the raw serving signature):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -109,7 +109,9 @@ def split_pattern(examples_dir: str, split: str) -> str:
 def make_dataset(file_pattern: str | Sequence[str], config: fc.FeatureConfig, kind: str,
                  batch_size: int, shuffle: bool = False, seed: int = 0,
                  num_epochs: int | None = 1,
-                 label_keys: Sequence[str] = ()) -> tf.data.Dataset:
+                 label_keys: Sequence[str] = (),
+                 record_filter: Callable[[tf.Tensor], tf.Tensor] | None = None
+                 ) -> tf.data.Dataset:
     """Batched dataset of dense feature dicts (or (features, labels) pairs).
 
     Args:
@@ -121,6 +123,9 @@ def make_dataset(file_pattern: str | Sequence[str], config: fc.FeatureConfig, ki
       seed: shuffle seed.
       num_epochs: repeat count (None = forever).
       label_keys: when given, yield (features, {label: [B] float32}).
+      record_filter: keeps the serialized records for which it returns True
+        (e.g. models.validation.is_validation_record), applied before
+        shuffling and batching so batches stay full.
     Returns:
       tf.data.Dataset.
     """
@@ -129,6 +134,8 @@ def make_dataset(file_pattern: str | Sequence[str], config: fc.FeatureConfig, ki
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
     ds = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    if record_filter is not None:
+        ds = ds.filter(record_filter)
     if shuffle:
         ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True)
     if num_epochs != 1:

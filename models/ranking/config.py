@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from beam_jobs import feature_config as fc
+from models.validation import DEFAULT_VALIDATION_FRACTION
 
 LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN = (
     "lr", "nfm", "nfwfm", "multitask_nfwfm", "deepfm", "dcn")
@@ -31,6 +32,10 @@ MODEL_NAMES: tuple[str, ...] = (LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN)
 LOSS_SUM, LOSS_REWEIGHT, LOSS_UNCERTAINTY = "sum", "reweight", "uncertainty"
 LOSS_MODES: tuple[str, ...] = (LOSS_SUM, LOSS_REWEIGHT, LOSS_UNCERTAINTY)
 
+
+# How the follow head's probability is formed (multi-task click + follow).
+FOLLOW_INDEPENDENT, FOLLOW_ESMM = "independent", "esmm"
+FOLLOW_MODES: tuple[str, ...] = (FOLLOW_INDEPENDENT, FOLLOW_ESMM)
 
 OPTIMIZERS: tuple[str, ...] = ("lazy_adam", "adam", "adagrad")
 
@@ -62,6 +67,12 @@ class RankingConfig:
       keep_prob: beta, keep probability of that dropout.
       cross_layers: DCN: number of cross layers.
       loss_mode: multi-task: sum, reweight or uncertainty.
+      follow_mode: click + follow models: "independent" (the follow head
+        predicts p(follow) directly) or "esmm" (Ma et al. 2018, "Entire
+        Space Multi-Task Model": the follow head predicts p(follow | click)
+        and the model outputs p(follow) = p(click) * p(follow | click),
+        trained on every impression, so the rare follow task borrows the
+        click head's signal instead of competing with it).
       follow_weight: reweight mode: click loss weight 1 + follow_weight * follow.
       click_weight: multi-task: weight of the click task's loss term, every
         mode (see models.ranking.losses.MultiTaskLoss for why).
@@ -71,7 +82,12 @@ class RankingConfig:
         every step, 2-3x slower with a 100k-row user table), adam or adagrad.
       learning_rate: optimizer learning rate.
       batch_size: training batch size.
-      epochs: passes over the training data.
+      max_epochs: cap on passes over the fit split (training stops earlier
+        when the validation metric stops improving).
+      patience: epochs without a validation improvement before stopping.
+      min_delta: smallest validation-metric gain that counts as improvement.
+      validation_fraction: share of the training time span (the latest)
+        held out as validation (models.validation).
       seed: weight initialization and shuffling seed.
     """
 
@@ -93,7 +109,11 @@ class RankingConfig:
     optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
     batch_size: int = 512
-    epochs: int = 2
+    follow_mode: str = FOLLOW_INDEPENDENT
+    max_epochs: int = 20
+    patience: int = 2
+    min_delta: float = 1e-4
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = 0
 
     def __post_init__(self):
@@ -133,9 +153,25 @@ class RankingConfig:
             raise RankingConfigError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.cross_layers < 1:
             raise RankingConfigError(f"cross_layers must be >= 1, got {self.cross_layers}")
-        for name in ("learning_rate", "batch_size", "epochs"):
+        if self.follow_mode not in FOLLOW_MODES:
+            raise RankingConfigError(f"follow_mode {self.follow_mode!r} not in {FOLLOW_MODES}")
+        if self.follow_mode == FOLLOW_ESMM and not {fc.CLICK_LABEL, fc.FOLLOW_LABEL} <= set(
+                self.tasks):
+            raise RankingConfigError(f"follow_mode 'esmm' forms p(follow) = p(click) * "
+                                     f"p(follow | click): tasks must include click and follow, "
+                                     f"got {self.tasks!r}")
+        for name in ("learning_rate", "batch_size"):
             if getattr(self, name) <= 0:
                 raise RankingConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_epochs", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RankingConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 <= self.min_delta < float("inf"):
+            raise RankingConfigError(f"min_delta must be finite and >= 0, got {self.min_delta!r}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise RankingConfigError(f"validation_fraction must be in (0, 1), got "
+                                     f"{self.validation_fraction!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -166,6 +202,12 @@ def make_config(model: str, hparams: Mapping[str, Any] | None = None) -> Ranking
     if model not in _DEFAULTS:
         raise RankingConfigError(f"model {model!r} not in {MODEL_NAMES}")
     hparams = dict(hparams or {})
+    if "epochs" in hparams:
+        # Old profiles and --hparams pass a fixed epoch count; say what replaced it.
+        raise RankingConfigError(
+            f"hparam 'epochs' ({hparams['epochs']!r}) is no longer accepted: use 'max_epochs' "
+            f"(a cap; training stops early when the validation metric stops improving, "
+            f"see 'patience' and 'min_delta')")
     known = {f.name for f in dataclasses.fields(RankingConfig)} - {"model"}
     unknown = sorted(set(hparams) - known)
     if unknown:

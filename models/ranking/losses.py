@@ -43,6 +43,15 @@ class MultiTaskLoss(keras.layers.Layer):
     benchmark's multi-task click AUC drop on the synthetic data is
     consistent with that (bench/results/ranking.json).
 
+    The form sum_k L_k / (2 sigma_k^2) + log(sigma_c^2 sigma_f^2), i.e.
+    sum_k exp(-t_k) L_k / 2 + t_k with t_k = log sigma_k^2 (a regularizer
+    twice Kendall's log sigma_k), is not a separate mode: with s_k = t_k +
+    log 2 it equals 2 * (this loss at c = 1) - K log 2 (K tasks). Adam and
+    LazyAdam are invariant to a constant gradient scale, so training it is
+    training this mode with every s_k started at log 2 instead of 0; the
+    optimum weights tasks the same (1 / L_k up to one common factor) and
+    only the reported sigma^2 halves (tests/models/test_ranking_metrics.py).
+
     Args:
       tasks: task (label) names, each with a logit.
       mode: sum, reweight or uncertainty.

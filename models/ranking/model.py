@@ -11,14 +11,17 @@ Dense(1) on the representation plus the first-order logit:
 NFM and the NFwFM family may batch-normalize the interaction vector before
 the MLP (`interaction_batch_norm`, as in the NFM paper); a multi-task NFwFM
 may give each task its own MLP on the shared interaction vector
-(`task_towers`). `candidate_logits` (the score_candidates signature) scores
-one user's N candidates from per-field sums, without building [N, F, d].
+(`task_towers`). With `follow_mode="esmm"` the follow head predicts
+p(follow | click) and the model's follow output is p(click) * p(follow |
+click) (ESMM), trained on every impression. `candidate_logits` (the
+score_candidates signature) scores one user's N candidates from per-field
+sums, without building [N, F, d].
 
 References:
   He & Chua, "Neural Factorization Machines for Sparse Predictive Analytics",
   SIGIR 2017; Meitu NFwFM (see models/layers/field_wise_bi_interaction.py);
   Guo et al., "DeepFM", IJCAI 2017; Wang et al., "Deep & Cross Network",
-  ADKDD 2017.
+  ADKDD 2017; Ma et al., "Entire Space Multi-Task Model", SIGIR 2018.
 """
 
 from __future__ import annotations
@@ -48,6 +51,25 @@ _NFWFM_FAMILY = (rc.NFWFM, rc.MULTITASK_NFWFM)
 
 def uses_linear(model: str) -> bool:
     return model in _WITH_LINEAR
+
+
+def esmm_follow_logit(click_logit: tf.Tensor, follow_given_click_logit: tf.Tensor) -> tf.Tensor:
+    """Logit of p(click) * p(follow | click), from the two heads' logits.
+
+    With a = sigmoid(x), b = sigmoid(y): ab / (1 - ab) = 1 / (e^-x + e^-y +
+    e^-(x+y)), so logit(ab) = -logsumexp(-x, -y, -x-y). Staying in logits
+    keeps the loss's sigmoid_cross_entropy_with_logits stable (a product of
+    probabilities near 0 or 1 would need clipping) and leaves every caller of
+    the task logits (loss, call, score_candidates) unchanged.
+
+    Args:
+      click_logit: [B] logit of p(click).
+      follow_given_click_logit: [B] logit of p(follow | click).
+    Returns:
+      [B] logit of p(follow).
+    """
+    x, y = click_logit, follow_given_click_logit
+    return -tf.reduce_logsumexp(tf.stack([-x, -y, -x - y]), axis=0)
 
 
 @keras.utils.register_keras_serializable(package="feedrec")
@@ -115,6 +137,23 @@ class RankingModel(keras.Model):
         self.train_on_ids = False
         self.task_loss = MultiTaskLoss(cfg.tasks, cfg.loss_mode, cfg.follow_weight,
                                        cfg.click_weight, name="task_loss")
+        self._make_epoch_means(["loss"] + [f"{t}_loss" for t in cfg.tasks])
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _make_epoch_means(self, names: Sequence[str]) -> None:
+        """Running means of the train_step losses, reset by Keras every epoch.
+
+        Keras logs what train_step returns as is, so raw batch losses would
+        make the epoch's logged loss the last batch's; Mean metrics (listed
+        in `metrics`, which Keras resets at each epoch start) make it the
+        mean over the epoch's batches. Created untracked so their counters
+        stay out of weights, count_params and the SavedModel.
+        """
+        self._epoch_means = {n: keras.metrics.Mean(name=n) for n in names}
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return super().metrics + list(self._epoch_means.values())
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -160,7 +199,23 @@ class RankingModel(keras.Model):
 
     def head_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None,
                     training=None) -> dict[str, tf.Tensor]:
-        """Body outputs -> task -> logit [B] (task towers, if any, run here)."""
+        """Body outputs -> task -> logit [B] of that task's label.
+
+        Under follow_mode "esmm" the follow logit is composed from the click
+        head and the p(follow | click) head (esmm_follow_logit).
+        """
+        logits = self.tower_logits(first_order, rep, training=training)
+        if self.ranking_config.follow_mode == rc.FOLLOW_ESMM:
+            logits[fc.FOLLOW_LABEL] = esmm_follow_logit(logits[fc.CLICK_LABEL],
+                                                        logits[fc.FOLLOW_LABEL])
+        return logits
+
+    def tower_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None,
+                     training=None) -> dict[str, tf.Tensor]:
+        """Body outputs -> head -> logit [B] (task towers, if any, run here).
+
+        Each head's own logit: under ESMM the follow head's is p(follow | click).
+        """
         if rep is None:
             return {t: first_order + self.biases[t] for t in self.tasks}
         if self.towers:
@@ -258,7 +313,11 @@ class RankingModel(keras.Model):
                 total = total + tf.add_n(self.losses)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-        out = {"loss": total, **{f"{t}_loss": v for t, v in per_task.items()}}
+        out = {}
+        for name, value in {"loss": total, **{f"{t}_loss": v for t, v in per_task.items()}}.items():
+            self._epoch_means[name].update_state(value)
+            out[name] = self._epoch_means[name].result()
+        # Log-variances are state, not a per-batch quantity: the epoch's last value.
         if self.ranking_config.loss_mode == rc.LOSS_UNCERTAINTY:
             for k, t in enumerate(self.tasks):
                 out[f"{t}_log_variance"] = self.task_loss.log_variances[k]

@@ -1,17 +1,26 @@
 """Training entry of the ranking models (usable from a TFX component).
 
 `train(...)` is a pure function of its arguments: it reads the examples and
-vocabularies it is given, trains, evaluates on the eval split, exports the
-SavedModel to export_dir and returns the metrics. The lower-level pieces
-(build_model, fit, predict, evaluate_model, complexity) are shared with the
-benchmark.
+vocabularies it is given, carves a validation split from the training
+examples (the latest `validation_fraction` of their time span,
+models.validation), trains epoch by epoch with early stopping on validation
+AUC, restores the best epoch's weights, evaluates once on the eval split,
+exports the SavedModel to export_dir and returns the metrics.
+
+The eval split never steers training: epochs, early stopping and the chosen
+weights see only the validation split. The lower-level pieces (build_model,
+fit_with_early_stopping, predict, evaluate_model, model_complexity) are
+shared with the benchmark, which feeds them datasets built from in-memory
+tensors.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -21,12 +30,18 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from models import inputs  # noqa: E402
+from models import inputs, validation  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.ranking import complexity, export, metrics  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 from models.ranking.model import RankingModel  # noqa: E402
 from models.ranking.optimizers import LazyAdam  # noqa: E402
+
+# Monitor of click + follow models: model selection must not ignore the follow head.
+MEAN_CLICK_FOLLOW_AUC = "mean_click_follow_auc"
+VALIDATION_BATCH_SIZE = 1024
+
+_log = logging.getLogger(__name__)
 
 
 def make_optimizer(config: rc.RankingConfig) -> keras.optimizers.Optimizer:
@@ -50,46 +65,72 @@ def build_model(config: rc.RankingConfig, features: fc.FeatureConfig,
     return model
 
 
-def count_records(file_pattern: str | Sequence[str]) -> int:
-    """Records in gzip TFRecord files (read, not parsed)."""
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted(p for pat in patterns for p in tf.io.gfile.glob(pat))
-    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
-        np.int64(0), lambda n, _: n + 1))
+def early_stopping(config: rc.RankingConfig) -> validation.EarlyStopping:
+    """A fresh tracker with the config's max_epochs, patience and min_delta."""
+    return validation.EarlyStopping(patience=config.patience, max_epochs=config.max_epochs,
+                                    min_delta=config.min_delta)
 
 
-def fit(model: RankingModel, dataset: tf.data.Dataset, epochs: int,
-        num_examples: int) -> dict[str, Any]:
-    """Trains on (features, labels) batches; returns the last epoch's logs and speed.
+def default_monitor(tasks: Sequence[str]) -> str:
+    """The validation metric that early stopping follows for these tasks.
 
-    Args:
-      num_examples: examples per epoch (for the examples/s figure).
+    click_auc for click models, follow_auc for follow-only ones, and for click
+    + follow models the mean of both AUCs (MEAN_CLICK_FOLLOW_AUC).
     """
-    examples = num_examples
-    start = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=0)
-    seconds = time.perf_counter() - start
-    logs = {k: float(v[-1]) for k, v in history.history.items()}
-    return {"logs": logs, "train_seconds": seconds,
-            "train_examples_per_s": examples * epochs / max(seconds, 1e-9)}
+    if {fc.CLICK_LABEL, fc.FOLLOW_LABEL} <= set(tasks):
+        return MEAN_CLICK_FOLLOW_AUC
+    return f"{tasks[0]}_auc"
 
 
-def predict(model: RankingModel, dataset: tf.data.Dataset
+def monitored_value(val_metrics: Mapping[str, float], monitor: str) -> tuple[float, str]:
+    """(value, metric actually used) of `monitor` in validation_metrics' output.
+
+    MEAN_CLICK_FOLLOW_AUC falls back to click_auc when follow AUC is NaN (a
+    validation split without follow positives): the click head still needs
+    choosing, and a NaN would stop training after `patience` epochs.
+
+    Raises:
+      ValueError: a monitor that is neither MEAN_CLICK_FOLLOW_AUC nor a
+        "<task>_auc" in val_metrics.
+    """
+    if monitor == MEAN_CLICK_FOLLOW_AUC:
+        click, follow = val_metrics["click_auc"], val_metrics["follow_auc"]
+        if math.isnan(follow):
+            return click, "click_auc"
+        return (click + follow) / 2.0, monitor
+    if not monitor.endswith("_auc") or monitor not in val_metrics:
+        raise ValueError(f"monitor {monitor!r} is not {MEAN_CLICK_FOLLOW_AUC!r} or one of "
+                         f"{sorted(k for k in val_metrics if k.endswith('_auc'))}")
+    return val_metrics[monitor], monitor
+
+
+def _scorer(model: RankingModel, dataset: tf.data.Dataset) -> Callable:
+    """One traced `model(features, training=False)` for the dataset's batches."""
+    spec = dataset.element_spec
+    spec = spec[0] if isinstance(spec, tuple) else spec
+    return tf.function(lambda f: model(f, training=False), input_signature=[spec])
+
+
+def predict(model: RankingModel, dataset: tf.data.Dataset, score: Callable | None = None,
             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, float]:
     """Scores a dataset of feature dicts (or (features, labels) pairs).
 
+    Labels are read from the feature dict, or from the pair's labels dict.
+
+    Args:
+      score: a _scorer of this model and dataset, to reuse one trace over
+        several calls (validation every epoch); None traces a new one.
     Returns:
       (task -> probabilities, label -> labels, user keys, examples per second).
     """
-    spec = dataset.element_spec
-    spec = spec[0] if isinstance(spec, tuple) else spec
-    score = tf.function(lambda f: model(f, training=False), input_signature=[spec])
+    score = score or _scorer(model, dataset)
     probs: dict[str, list] = {t: [] for t in model.tasks}
     labels: dict[str, list] = {k: [] for k in fc.LABEL_KEYS}
     users: list[np.ndarray] = []
     seconds = 0.0
     for batch in dataset:
         features = batch[0] if isinstance(batch, tuple) else batch
+        batch_labels = {**(batch[1] if isinstance(batch, tuple) else {}), **features}
         start = time.perf_counter()
         out = score(features)
         out = {t: v.numpy() for t, v in out.items()}
@@ -97,13 +138,134 @@ def predict(model: RankingModel, dataset: tf.data.Dataset
         for t, v in out.items():
             probs[t].append(v)
         for k in fc.LABEL_KEYS:
-            if k in features:
-                labels[k].append(features[k].numpy())
+            if k in batch_labels:
+                labels[k].append(batch_labels[k].numpy())
         users.append(features[fc.USER_KEY].numpy())
     cat = {t: np.concatenate(v) for t, v in probs.items()}
     n = sum(v.size for v in cat.values()) // max(len(cat), 1)
     return (cat, {k: np.concatenate(v) for k, v in labels.items() if v},
             np.concatenate(users), n / max(seconds, 1e-9))
+
+
+def validation_metrics(model: RankingModel, dataset: tf.data.Dataset,
+                       score: Callable | None = None) -> dict[str, float]:
+    """{"<task>_auc", "<task>_logloss"} of every task of the model on `dataset`.
+
+    Raises:
+      ValueError: the dataset lacks a task's labels.
+    """
+    probs, labels, _, _ = predict(model, dataset, score)
+    missing = sorted(set(probs) - set(labels))
+    if missing:
+        raise ValueError(f"validation examples carry no labels {missing}")
+    out: dict[str, float] = {}
+    for task, p in probs.items():
+        out[f"{task}_auc"] = metrics.auc(labels[task], p)
+        out[f"{task}_logloss"] = metrics.logloss(labels[task], p)
+    return out
+
+
+def fit_with_early_stopping(model: RankingModel, fit_ds: tf.data.Dataset,
+                            val_ds: tf.data.Dataset, stopping: validation.EarlyStopping,
+                            monitor: str, num_examples: int) -> dict[str, Any]:
+    """Trains epoch by epoch until `stopping` says stop; keeps the best epoch's weights.
+
+    Each epoch: one pass over fit_ds, validation AUC and log loss of every
+    task on val_ds, `stopping.update(monitored value)`, a copy of the weights
+    when that is a new best. At the end the best copy is restored (weights
+    only: the optimizer's moments stay at the last epoch's, harmless since
+    training is over). If no epoch gave a finite monitored value, the last
+    weights are kept and early_stopping.best_epoch is 0.
+
+    Args:
+      model: a compiled, built RankingModel (train_on_ids as fit_ds needs).
+      fit_ds: (features, labels) batches, reshuffled per iteration if wanted.
+      val_ds: raw feature dicts (or (features, labels) pairs) carrying the
+        task labels; scored with model(features, training=False).
+      stopping: a fresh tracker (early_stopping(config)).
+      monitor: default_monitor(tasks), or "<task>_auc".
+      num_examples: examples in fit_ds per epoch (for the examples/s figure).
+    Returns:
+      {"learning_curve": [{"epoch" (1-based), "train_loss" (mean over the
+         epoch's batches), "train_<task>_loss", "val_<task>_auc",
+         "val_<task>_logloss", "val_monitor"}, ...],
+       "early_stopping": stopping.summary() + {"monitor", "monitor_fallback"
+         (None, or the metric used instead of a NaN monitor)},
+       "train_logs": the best epoch's epoch-mean train logs,
+       "train_seconds", "validation_seconds", "train_examples_per_s"}.
+    Raises:
+      ValueError: a tracker that has already seen epochs, or a bad monitor.
+    """
+    if stopping.epochs:
+        raise ValueError(f"stopping has already tracked {stopping.epochs} epochs; pass a "
+                         f"fresh EarlyStopping")
+    score = _scorer(model, val_ds)
+    curve: list[dict[str, Any]] = []
+    best_weights: list[np.ndarray] | None = None
+    best_logs: dict[str, float] = {}
+    fallback: str | None = None
+    train_seconds = validation_seconds = 0.0
+    while not stopping.should_stop:
+        start = time.perf_counter()
+        history = model.fit(fit_ds, epochs=1, verbose=0)
+        train_seconds += time.perf_counter() - start
+        logs = {k: float(v[-1]) for k, v in history.history.items()}
+        start = time.perf_counter()
+        val = validation_metrics(model, val_ds, score)
+        value, used = monitored_value(val, monitor)
+        validation_seconds += time.perf_counter() - start
+        if used != monitor:
+            fallback = used
+        curve.append({"epoch": stopping.epochs + 1, "train_loss": logs["loss"],
+                      **{f"train_{k}": v for k, v in logs.items() if k != "loss"},
+                      **{f"val_{k}": v for k, v in val.items()}, "val_monitor": value})
+        if stopping.update(value):
+            best_weights, best_logs = model.get_weights(), logs
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    else:
+        _log.warning("no epoch gave a finite validation %s; keeping the last weights", monitor)
+    epochs = stopping.epochs
+    return {"learning_curve": curve,
+            "early_stopping": {**stopping.summary(), "monitor": monitor,
+                               "monitor_fallback": fallback},
+            "train_logs": best_logs, "train_seconds": train_seconds,
+            "validation_seconds": validation_seconds,
+            "train_examples_per_s": num_examples * epochs / max(train_seconds, 1e-9)}
+
+
+def carve_validation(train_pattern: str | Sequence[str], fraction: float) -> dict[str, Any]:
+    """The validation cutoff of the training files and the sizes of both parts.
+
+    Returns:
+      {"cutoff": float (validation = timestamp >= cutoff), "fit_examples",
+       "validation_examples"}.
+    Raises:
+      FileNotFoundError: no files match.
+      models.validation.ValidationError: every example has the same timestamp.
+    """
+    timestamps = validation.read_timestamps(train_pattern)
+    cutoff = validation.validation_cutoff(timestamps, fraction)
+    num_validation = int((timestamps.astype(np.float64) >= cutoff).sum())
+    return {"cutoff": float(cutoff), "fit_examples": int(timestamps.size - num_validation),
+            "validation_examples": num_validation}
+
+
+def split_datasets(train_pattern: str | Sequence[str], features: fc.FeatureConfig,
+                   config: rc.RankingConfig, cutoff: float
+                   ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(fit, validation) datasets of the training files, split at `cutoff`.
+
+    fit: shuffled (features, labels) batches of examples before the cutoff;
+    validation: feature dicts (labels included) of the others, in file order.
+    """
+    is_validation = validation.is_validation_record(cutoff)
+    fit_ds = inputs.make_dataset(
+        train_pattern, features, fc.RANKING, config.batch_size, shuffle=True, seed=config.seed,
+        label_keys=fc.LABEL_KEYS, record_filter=lambda s: tf.logical_not(is_validation(s)))
+    val_ds = inputs.make_dataset(train_pattern, features, fc.RANKING, VALIDATION_BATCH_SIZE,
+                                 record_filter=is_validation)
+    return fit_ds, val_ds
 
 
 def evaluate_model(model: RankingModel, dataset: tf.data.Dataset) -> dict[str, Any]:
@@ -126,40 +288,49 @@ def model_complexity(model: RankingModel) -> dict[str, int]:
 def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
           eval_pattern: str | Sequence[str], vocab_dir: str, hparams: Mapping[str, Any] | None,
           export_dir: str | None) -> dict[str, Any]:
-    """Trains, evaluates and exports one ranking model.
+    """Trains with validation-driven early stopping, evaluates and exports one ranking model.
 
     Args:
       model_name: one of models.ranking.config.MODEL_NAMES.
       config_path: the dataset's feature config (YAML).
-      train_pattern: gzip TFRecord glob(s) of training ranking examples.
-      eval_pattern: gzip TFRecord glob(s) of eval ranking examples.
+      train_pattern: gzip TFRecord glob(s) of training ranking examples; the
+        latest `validation_fraction` of their time span is validation.
+      eval_pattern: gzip TFRecord glob(s) of eval ranking examples (used
+        once, after training, for the reported metrics).
       vocab_dir: directory of <feature>.txt vocabularies.
       hparams: RankingConfig overrides (e.g. {"embedding_dim": 16}).
       export_dir: where the SavedModel goes; None skips the export.
 
     Returns:
-      {task: {auc, logloss, gauc, calibration, examples, positives}, "params",
-       "flops_per_example", "train_examples_per_s", "score_examples_per_s",
-       "sigma" (task -> learned sigma, uncertainty mode), "config",
-       "export_dir"}.
+      {task: {auc, logloss, gauc, calibration, examples, positives} on eval,
+       "params", "flops_per_example", "train_examples_per_s",
+       "score_examples_per_s", "sigma" (task -> learned sigma, uncertainty
+       mode), "learning_curve", "early_stopping", "train_logs" (see
+       fit_with_early_stopping), "validation": {"cutoff", "fit_examples",
+       "validation_examples"}, "config", "export_dir"}.
 
     Raises:
       RankingConfigError: bad model name or hparams.
       FileNotFoundError: no files match a pattern.
+      models.validation.ValidationError: training examples that cannot be
+        split by time.
     """
     config = rc.make_config(model_name, hparams)
     features = fc.load(config_path)
     vocabularies = load_vocabularies(features, vocab_dir)
-    train_ds = inputs.make_dataset(train_pattern, features, fc.RANKING, config.batch_size,
-                                   shuffle=True, seed=config.seed, label_keys=fc.LABEL_KEYS)
+    carve = carve_validation(train_pattern, config.validation_fraction)
+    fit_ds, val_ds = split_datasets(train_pattern, features, config, carve["cutoff"])
+    # Made now so a bad eval pattern fails before training; read only after it.
     eval_ds = inputs.make_dataset(eval_pattern, features, fc.RANKING, 1024)
-    first, _ = next(iter(train_ds))
+    first, _ = next(iter(fit_ds))
     model = build_model(config, features, vocabularies, example_batch=first)
-    fitted = fit(model, train_ds, config.epochs, count_records(train_pattern))
+    fitted = fit_with_early_stopping(model, fit_ds, val_ds, early_stopping(config),
+                                     default_monitor(config.tasks), carve["fit_examples"])
     result: dict[str, Any] = evaluate_model(model, eval_ds)
     result.update(model_complexity(model))
-    result["train_examples_per_s"] = fitted["train_examples_per_s"]
-    result["train_logs"] = fitted["logs"]
+    for key in ("train_examples_per_s", "learning_curve", "early_stopping", "train_logs"):
+        result[key] = fitted[key]
+    result["validation"] = carve
     result["sigma"] = model.task_loss.sigmas()
     result["config"] = config.to_dict()
     result["export_dir"] = export.export(model, export_dir) if export_dir else None

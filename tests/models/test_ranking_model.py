@@ -17,7 +17,7 @@ from models.ranking import export, synthetic_examples, train
 from models.ranking.model import RankingModel
 
 CONFIG_PATH = fc.builtin_config_path("movielens")
-SMALL = {"embedding_dim": 4, "hidden_units": (8,), "epochs": 1, "batch_size": 128}
+SMALL = {"embedding_dim": 4, "hidden_units": (8,), "max_epochs": 1, "batch_size": 128}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_score_candidates_rejects_a_user_batch_of_two(data, tmp_path):
     ("nfm", {"embedding_dim": 16}),
 ])
 def test_short_training_beats_a_constant_predictor(data, name, hparams):
-    hp = {**SMALL, "embedding_dim": 8, "epochs": 5, "batch_size": 64, "learning_rate": 0.01,
+    hp = {**SMALL, "embedding_dim": 8, "max_epochs": 5, "batch_size": 64, "learning_rate": 0.01,
           **hparams}
     result = train.train(name, CONFIG_PATH, data["train_pattern"], data["eval_pattern"],
                          data["vocab_dir"], hp, None)
