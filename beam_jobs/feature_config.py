@@ -14,7 +14,9 @@ The config declares:
     items, derived from the timestamp, or the click history) and its
     vocabulary size or hash buckets;
   * sessionization settings (idle gap, minimum item2vec session length,
-    history length, eval fraction);
+    history length, eval fraction) and label attribution (the window in
+    which a click labels an impression, or an impression id column to join
+    on exactly);
   * optional roles (which item feature is the category, the city, ...) used by
     attribute-aware negative sampling and cold-start fallbacks.
 """
@@ -179,6 +181,12 @@ class FeatureConfig:
     items_key: str = "item_id"
     item_created_column: str | None = None
     session_gap_seconds: int = 1800
+    # A click (follow) labels the latest impression of its item at most this
+    # many seconds before it; None: session_gap_seconds.
+    attribution_window_seconds: int | None = None
+    # Event column holding a request / impression id; when set, a click or
+    # follow labels the impression row with its id instead (exact join).
+    impression_id_column: str | None = None
     min_session_len: int = 5
     history_max_len: int = 50
     eval_fraction: float = 0.2
@@ -188,6 +196,13 @@ class FeatureConfig:
     roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     # ---- lookups ---------------------------------------------------------
+    @property
+    def attribution_window(self) -> int:
+        """Seconds a click or follow may follow the impression it labels."""
+        if self.attribution_window_seconds is None:
+            return self.session_gap_seconds
+        return self.attribution_window_seconds
+
     def feature(self, name: str) -> FeatureSpec:
         for spec in self.features:
             if spec.name == name:
@@ -331,6 +346,22 @@ def validate(config: FeatureConfig) -> FeatureConfig:
         raise FeatureConfigError(f"eval_fraction {config.eval_fraction} not in (0, 1)")
     if config.session_gap_seconds <= 0:
         raise FeatureConfigError(f"session_gap_seconds must be > 0")
+    window = config.attribution_window_seconds
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 0):
+        raise FeatureConfigError(
+            f"attribution_window_seconds must be an integer >= 0, got {window!r}")
+    id_column = config.impression_id_column
+    if id_column is not None:
+        event_columns = (config.timestamp_column, config.user_column, config.item_column,
+                         config.event_column)
+        if not isinstance(id_column, str) or not id_column:
+            raise FeatureConfigError(
+                f"impression_id_column must be a non-empty string, got {id_column!r}")
+        if id_column in event_columns:
+            raise FeatureConfigError(
+                f"impression_id_column {id_column!r} is already one of the event "
+                f"columns {list(event_columns)}")
     config.item_id_feature  # raises when missing
     return config
 

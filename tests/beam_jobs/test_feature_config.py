@@ -50,6 +50,20 @@ def test_minimal_config_is_valid():
     assert config.history_feature is None
 
 
+def test_attribution_window_defaults_to_the_session_gap_and_round_trips(tmp_path):
+    config = fc.from_dict(_minimal(session_gap_seconds=600))
+    assert config.attribution_window_seconds is None and config.attribution_window == 600
+    assert config.impression_id_column is None
+    config = fc.from_dict(_minimal(session_gap_seconds=600, attribution_window_seconds=0,
+                                   impression_id_column="request_id"))
+    assert config.attribution_window == 0  # 0 is a window (same second), not "unset"
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    loaded = fc.load(path)
+    assert loaded == config
+    assert (loaded.attribution_window_seconds, loaded.impression_id_column) == (0, "request_id")
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r["features"][0].update(field="person"), "field 'person'"),
     (lambda r: r["features"][0].update(type="blob"), "type 'blob'"),
@@ -69,6 +83,17 @@ def test_minimal_config_is_valid():
     (lambda r: r.update(eval_fraction=1.5), "eval_fraction"),
     (lambda r: r.update(colour="red"), "unknown top-level keys ['colour']"),
     (lambda r: r["features"][0].update(size=3), "unknown keys ['size']"),
+    (lambda r: r.update(attribution_window_seconds=-1),
+     "attribution_window_seconds must be an integer >= 0, got -1"),
+    (lambda r: r.update(attribution_window_seconds=True),
+     "attribution_window_seconds must be an integer >= 0, got True"),
+    (lambda r: r.update(attribution_window_seconds="1h"),
+     "attribution_window_seconds must be an integer >= 0, got '1h'"),
+    (lambda r: r.update(impression_id_column=""),
+     "impression_id_column must be a non-empty string, got ''"),
+    (lambda r: r.update(impression_id_column="item_id"),
+     "impression_id_column 'item_id' is already one of the event columns "
+     "['timestamp', 'user_id', 'item_id', 'event']"),
 ])
 def test_invalid_configs_name_the_bad_value(mutate, message):
     raw = _minimal()
