@@ -177,7 +177,10 @@ class EventParser:
     """Raw event record -> (user, (ts, event_code, item, context_values)).
 
     context_values holds the normalized `source: events` features in config
-    order; ts is unix seconds (float).
+    order; ts is unix seconds (float). With `impression_id_column` set the
+    event carries a fifth field, the impression id as a str ("" when
+    missing): (ts, event_code, item, context_values, impression_id). The
+    four-field shape stays the default so the common case pays nothing.
     """
 
     def __init__(self, config: fc.FeatureConfig):
@@ -188,8 +191,9 @@ class EventParser:
         self._context_norms = [(s.raw_column, s.default, s.type == fc.CATEGORICAL,
                                 normalizer(s)) for s in self._context]
         self._unit_seconds = config.timestamp_unit == "s"
+        self._id_column = config.impression_id_column
 
-    def parse(self, record: Any) -> tuple[str, tuple[float, int, str, tuple[Any, ...]]]:
+    def parse(self, record: Any) -> tuple[str, tuple]:
         """Raises Reject on a bad record."""
         config = self._config
         row = record if record.__class__ is dict else _record_dict(record)
@@ -219,6 +223,8 @@ class EventParser:
         context = tuple([(v.strip() or default) if (v := row.get(col)).__class__ is str
                          and categorical else norm(v)
                          for col, default, categorical, norm in self._context_norms])
+        if self._id_column is not None:
+            return user, (ts, code, item, context, _to_str(row.get(self._id_column)))
         return user, (ts, code, item, context)
 
     def parse_batch(self, records: Iterable[Any]) -> tuple[list[tuple], list[tuple]]:
@@ -236,6 +242,7 @@ class EventParser:
         codes = self._event_codes
         norms = self._context_norms
         fast = self._unit_seconds
+        id_col = self._id_column
         loads = _loads
         parsed: list[tuple] = []
         rejected: list[tuple] = []
@@ -258,7 +265,11 @@ class EventParser:
                                 (v.strip() or default)
                                 if (v := row.get(col)).__class__ is str and categorical
                                 else norm(v) for col, default, categorical, norm in norms])
-                            parsed.append((user, (ts, code, item, context)))
+                            if id_col is None:
+                                parsed.append((user, (ts, code, item, context)))
+                            else:
+                                parsed.append((user, (ts, code, item, context,
+                                                      _to_str(row.get(id_col)))))
                             continue
             try:
                 parsed.append(self.parse(record))
@@ -269,12 +280,61 @@ class EventParser:
     def event_record(self, user: str, event: tuple) -> dict[str, Any]:
         """A parsed event back as a row (for join-failure dead letters)."""
         config = self._config
-        ts, code, item, context = event
+        ts, code, item, context = event[:4]
         row = {config.user_column: user, config.item_column: item,
                config.event_column: _EVENT_NAME[code], config.timestamp_column: ts}
+        if self._id_column is not None:
+            row[self._id_column] = event[4]
         for spec, value in zip(self._context, context):
             row[spec.raw_column] = list(value) if isinstance(value, tuple) else value
         return row
+
+
+def _id_order(event: tuple) -> tuple:
+    """Sort key of an event with an impression id: the id before the context."""
+    return (event[0], event[1], event[2], event[4], event[3])
+
+
+def sort_and_dedupe(events: list[tuple], with_ids: bool) -> tuple[list[tuple], int]:
+    """Sorts one user's events in place and drops exact duplicates.
+
+    Two events are duplicates when they agree in timestamp, event type and
+    item and, when events carry an impression id (`with_ids`), in the id:
+    two clicks in the same second on two impressions of one item are two
+    clicks. The first in sort order is kept (the smallest context, so reruns
+    agree). The order is (ts, code, item, context), or (ts, code, item, id,
+    context) with ids, which puts every duplicate next to the event it
+    repeats and orders same-second events impression < click < follow.
+
+    Args:
+      events: parsed event tuples of one user (`EventParser` shapes).
+      with_ids: whether the events carry the impression id (fifth field).
+
+    Returns:
+      (the unique events in order, the number of duplicates dropped).
+    """
+    if with_ids:
+        events.sort(key=_id_order)
+    else:
+        events.sort()
+    unique = []
+    prev_ts = prev_code = prev_item = prev_id = None
+    if not with_ids:
+        for event in events:
+            ts, code, item, _ = event
+            if ts == prev_ts and item == prev_item and code == prev_code:
+                continue
+            prev_ts, prev_code, prev_item = ts, code, item
+            unique.append(event)
+    else:
+        for event in events:
+            ts, code, item, _, impression_id = event
+            if (ts == prev_ts and item == prev_item and code == prev_code
+                    and impression_id == prev_id):
+                continue
+            prev_ts, prev_code, prev_item, prev_id = ts, code, item, impression_id
+            unique.append(event)
+    return unique, len(events) - len(unique)
 
 
 class SideRowInfo(NamedTuple):

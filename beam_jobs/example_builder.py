@@ -3,11 +3,16 @@
 `UserExampleBuilder` is pure Python so the hot loop is testable without a
 pipeline; the sessionize job's BuildExamples DoFn only feeds it one user's
 accepted, sorted events and forwards what it appends.
+
+Labels come from attribution: each click and each follow is attributed to at
+most one impression (`attribute_by_time`, or `attribute_by_id` when the log
+carries impression ids), and an impression is labelled click=1 (follow=1)
+when at least one click (follow) is attributed to it. So labelled positives
+never outnumber clicks, however often an item was shown.
 """
 
 from __future__ import annotations
 
-import bisect
 import collections
 import math
 from collections.abc import Mapping, Sequence
@@ -41,6 +46,8 @@ class UserExampleBuilder:
     def __init__(self, config: fc.FeatureConfig):
         self._config = config
         self._gap = float(config.session_gap_seconds)
+        self._window = float(config.attribution_window)
+        self._with_ids = config.impression_id_column is not None
         self._context = config.by_source(fc.SOURCE_EVENTS)
         derived = config.by_source(fc.SOURCE_DERIVED)
         self._event_derived = [s for s in derived if s.derive in _DERIVED_ON_EVENT]
@@ -112,7 +119,9 @@ class UserExampleBuilder:
         Args:
           user: the raw user id.
           user_info: the user's parsed side-table row.
-          events: accepted events sorted by (ts, code, item, context).
+          events: accepted events in `event_parsing.sort_and_dedupe` order:
+            (ts, code, item, context) tuples, with the impression id as a
+            fifth field when the config has `impression_id_column`.
           split_ts: eval = ts >= split_ts (None: everything is train).
           items: item id -> parsed item row (every event's item is present).
           outputs: example tag -> list, appended to.
@@ -126,17 +135,16 @@ class UserExampleBuilder:
         user_key = bytes_entry(fc.USER_KEY.encode(), [user.encode()])
         new_user = self._new_user[1 if events[0][0] >= split_at else 0]
         per_user = user_key + new_user
-        clicks_at: dict[str, list[float]] = {}
-        follows_at: dict[str, list[float]] = {}
-        click_ts: list[float] = []
-        click_pieces: list[bytes] = []
-        for ts, code, item, _ in events:
-            if code == _CLICK:
-                clicks_at.setdefault(item, []).append(ts)
-                click_ts.append(ts)
-                click_pieces.append(self._item_piece(item))
-            elif code == _FOLLOW:
-                follows_at.setdefault(item, []).append(ts)
+        if self._with_ids:
+            target = attribute_by_id(events, [e[4] for e in events], split_at)
+            events = [e[:4] for e in events]
+        else:
+            target = attribute_by_time(events, split_at, self._window)
+        label_of = self._impression_labels(events, target, split_at, counts)
+        no_label = self._labels[(0, 0)]
+        click_ts = [e[0] for e in events if e[1] == _CLICK]
+        item_piece = self._item_piece
+        click_pieces = [item_piece(e[2]) for e in events if e[1] == _CLICK]
 
         history_key, history_len = self._history_key, self._history_len
         history_entry = b""
@@ -151,7 +159,6 @@ class UserExampleBuilder:
         context_counter: collections.Counter = collections.Counter()
         age_values: list[Any] = []
         tags = self._tags
-        labels = self._labels
         age_specs = self._age_specs
         # One numeric item_age_hours feature (the usual case) is encoded
         # inline; other age setups take the general `_append_age`.
@@ -167,7 +174,7 @@ class UserExampleBuilder:
                          outputs[tags[(fc.RETRIEVAL, fc.EVAL)]])
         ranking_out = (outputs[tags[(fc.RANKING, fc.TRAIN)]],
                        outputs[tags[(fc.RANKING, fc.EVAL)]])
-        for ts, code, item, context in events:
+        for index, (ts, code, item, context) in enumerate(events):
             is_eval = ts >= split_at
             # Sessions: cut on an idle gap > threshold or at the split time.
             if ts - prev_ts > gap or is_eval != prev_eval:
@@ -193,10 +200,7 @@ class UserExampleBuilder:
             else:
                 if not is_eval:
                     stats[0] += 1
-                clicked = clicks_at.get(item)
-                followed = follows_at.get(item)
-                label = labels[(_within(clicked, ts, gap) if clicked else 0,
-                                _within(followed, ts, gap) if followed else 0)]
+                label = label_of.get(index, no_label)
             # History: clicks strictly before ts.
             while next_click < n_clicks and click_ts[next_click] < ts:
                 next_click += 1
@@ -261,6 +265,51 @@ class UserExampleBuilder:
         for name, value in age_values:
             vocab[name][value] += 1
 
+    def _impression_labels(self, events: Sequence[tuple], target: Sequence[int],
+                           split_at: float, counts: collections.Counter) -> dict[int, bytes]:
+        """Label entries of the labelled impressions; counts the attribution.
+
+        Args:
+          events: the user's events (four-field tuples).
+          target: per event, the index of the impression it is attributed to
+            or -1 (`attribute_by_time` / `attribute_by_id`).
+          split_at: eval = ts >= split_at.
+          counts: summary counts, updated with labels.<split>.<click|follow>.
+            {attributed, without_impression, impressions_labelled}.
+
+        Returns:
+          impression index -> encoded click/follow label entries, for the
+          impressions with at least one label 1 (the others get (0, 0)).
+        """
+        clicked: set[int] = set()
+        followed: set[int] = set()
+        # attributed[split][code], without[split][code]; split 0 = train.
+        attributed = [[0, 0, 0], [0, 0, 0]]
+        without = [[0, 0, 0], [0, 0, 0]]
+        for (ts, code, _, _), impression in zip(events, target):
+            if code == _IMPRESSION:
+                continue
+            is_eval = ts >= split_at
+            if impression < 0:
+                without[is_eval][code] += 1
+                continue
+            attributed[is_eval][code] += 1
+            (clicked if code == _CLICK else followed).add(impression)
+        labelled = [[0, 0, 0], [0, 0, 0]]
+        for code, indices in ((_CLICK, clicked), (_FOLLOW, followed)):
+            for index in indices:
+                labelled[events[index][0] >= split_at][code] += 1
+        for split_index, split in enumerate(fc.SPLITS):
+            for code in (_CLICK, _FOLLOW):
+                prefix = f"labels.{split}.{_EVENT_NAME[code]}."
+                for name, table in (("attributed", attributed), ("without_impression", without),
+                                    ("impressions_labelled", labelled)):
+                    if table[split_index][code]:
+                        counts[prefix + name] += table[split_index][code]
+        labels = self._labels
+        return {index: labels[(index in clicked, index in followed)]
+                for index in clicked | followed}
+
     def _append_age(self, entries: list[bytes], age_values: list[Any],
                     item_info: SideRowInfo, ts: float, is_eval: bool) -> None:
         """item_age_hours entries: (ts - created) / 3600 clipped at 0."""
@@ -292,8 +341,97 @@ class UserExampleBuilder:
         counts[f"examples.{fc.ITEM2VEC}.{split}"] += 1
 
 
-def _within(times: list[float], start: float, gap: float) -> int:
-    """1 when some time in the sorted list lies in [start, start + gap]."""
-    i = bisect.bisect_left(times, start)
-    return 1 if i < len(times) and times[i] <= start + gap else 0
+def attribute_by_time(events: Sequence[tuple], split_at: float, window: float) -> list[int]:
+    """The impression each click and follow of one user is attributed to.
+
+    A click is attributed to the latest impression of its item at or before
+    it (in event order, so a same-second impression counts: it sorts first),
+    when that impression is at most `window` seconds earlier; else to none.
+    Only the latest one is a candidate: a click never reaches past a newer
+    impression of the same item to an older one, so repeated impressions of
+    an item do not multiply its positives.
+
+    A follow is attributed to the impression its click was: its click is the
+    latest click of its item at or before it, at most `window` seconds
+    earlier. A follow with no such click, or whose click was attributed to
+    none, is attributed like a click.
+
+    Attribution never crosses the train/eval split time (the state is reset
+    there), the way sessions are cut there: a train impression is never
+    labelled by an eval-period click, and per split, labelled impressions
+    never outnumber clicks.
+
+    Args:
+      events: one user's (ts, code, item, context) tuples, sorted by
+        (ts, code, item, ...).
+      split_at: eval = ts >= split_at (math.inf: no split).
+      window: the attribution window in seconds (inclusive).
+
+    Returns:
+      A list aligned with events: for a click or follow, the index of the
+      impression it is attributed to, or -1; -1 for every impression.
+    """
+    target = [-1] * len(events)
+    last_impression: dict[str, int] = {}  # item -> index of its latest impression
+    last_click: dict[str, int] = {}  # item -> index of its latest click
+    in_eval = False
+    for index, (ts, code, item, _) in enumerate(events):
+        if ts >= split_at and not in_eval:
+            in_eval = True
+            last_impression.clear()
+            last_click.clear()
+        if code == _IMPRESSION:
+            last_impression[item] = index
+            continue
+        impression = -1
+        if code == _FOLLOW:
+            click = last_click.get(item)
+            if click is not None and ts - events[click][0] <= window:
+                impression = target[click]
+        if impression < 0:
+            candidate = last_impression.get(item)
+            if candidate is not None and ts - events[candidate][0] <= window:
+                impression = candidate
+        target[index] = impression
+        if code == _CLICK:
+            last_click[item] = index
+    return target
+
+
+def attribute_by_id(events: Sequence[tuple], impression_ids: Sequence[str],
+                    split_at: float) -> list[int]:
+    """The impression each click and follow of one user is attributed to, by id.
+
+    The exact join of a log that carries a request / impression id: a click
+    or follow with id X is attributed to the impression of the same item
+    with id X, whatever the time between them (no window: the id decides,
+    and logging clocks may disagree). An event with an empty id, or whose
+    id names no impression of its item in its own split, is attributed to
+    none. When several impressions of the item share the id, the latest at
+    or before the event wins, else the earliest after it.
+
+    Args:
+      events: one user's (ts, code, item, context[, id]) tuples, sorted
+        (`event_parsing.sort_and_dedupe`).
+      impression_ids: the id of each event, aligned with events.
+      split_at: eval = ts >= split_at (math.inf: no split).
+
+    Returns:
+      As `attribute_by_time`: per event, the impression index or -1.
+    """
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for index, event in enumerate(events):
+        if event[1] == _IMPRESSION and impression_ids[index]:
+            by_key.setdefault((event[2], impression_ids[index]), []).append(index)
+    target = [-1] * len(events)
+    for index, event in enumerate(events):
+        if event[1] == _IMPRESSION or not impression_ids[index]:
+            continue
+        is_eval = event[0] >= split_at
+        candidates = [i for i in by_key.get((event[2], impression_ids[index]), ())
+                      if (events[i][0] >= split_at) == is_eval]
+        if candidates:
+            before = [i for i in candidates if i < index]
+            target[index] = before[-1] if before else candidates[0]
+    return target
 

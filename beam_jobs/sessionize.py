@@ -22,8 +22,8 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
       duplicates never move the span), a singleton side input, unless a split
       timestamp is given.
   GroupByUser + BuildExamples  one pass per user (CoGroupByKey of events and
-      the user's row): exact duplicates (user, item, event, timestamp)
-      filtered, events of users or items without a row dead-lettered
+      the user's row): exact duplicates (user, item, event, timestamp, and
+      impression id when the config names an id column) filtered, events of users or items without a row dead-lettered
       (unknown_user, unknown_item), then sessions, history, labels and every
       example kind, plus the train-split statistics.
   MergeStats, Vocabularies, ItemFrequencies, ItemCatalogue, SumCounts,
@@ -32,13 +32,20 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
 Semantics decided here (README leaves them open):
   * Sessions are cut by *any* accepted event: a new session starts when the
     idle time since the user's previous event is strictly greater than
-    `session_gap_seconds` (a gap of exactly the threshold stays in the session,
-    matching the inclusive [t, t + gap] label window), or when the split time
-    falls between the two events. An item2vec example holds the session's
+    `session_gap_seconds` (a gap of exactly the threshold stays in the session),
+    or when the split time falls between the two events. An item2vec example holds the session's
     clicked items (in time order) when there are at least `min_session_len`.
   * Events at the same time are ordered impression < click < follow, then by
-    item id, so an impression and its click in the same second label
-    correctly and the output is deterministic.
+    item id, so an impression and its click in the same second pair up and
+    the output is deterministic.
+  * Labels: each click is attributed to at most one impression, the latest
+    of its item at or before it within `attribution_window_seconds`
+    (inclusive; default `session_gap_seconds`), or with
+    `impression_id_column` the impression row with its id; a follow goes to
+    its click's impression. An impression is labelled 1 once however many
+    clicks it has; attribution never crosses the split time
+    (`example_builder.attribute_by_time` / `attribute_by_id`). summary.json
+    counts attributed and unattributed clicks and follows per split.
   * History (`clicked_item_list`) holds clicks strictly before the example's
     timestamp, the most recent last, at most min(max_len, history_max_len).
   * Vocabularies count train-split accepted events: each event adds its
@@ -101,7 +108,7 @@ from beam_jobs.event_parsing import (
     BAD_TIMESTAMP, DUPLICATE, DUPLICATE_KEY, EVENT_DEAD_LETTER_REASONS, EVENTS, ITEMS,
     MALFORMED, MISSING_ID, MISSING_KEY, OUT_OF_RANGE, SIDE_DEAD_LETTER_REASONS, UNKNOWN_EVENT,
     UNKNOWN_ITEM, UNKNOWN_USER, USERS, EventParser, Reject, SideRowInfo, SideTableParser,
-    _as_record, normalize_value, normalizer, parse_timestamp)
+    _as_record, normalize_value, normalizer, parse_timestamp, sort_and_dedupe)
 from beam_jobs.example_builder import UserExampleBuilder, _example_tag
 from beam_jobs.example_encoding import (
     bytes_entry, encode_value, example_bytes, float_entry, float_entry_maker, int64_entry,
@@ -121,6 +128,9 @@ __all__ = [
     "example_bytes", "float_entry", "float_entry_maker", "int64_entry", "int64_entry_maker",
 ]
 _METRICS_NAMESPACE = "feedrec.sessionize"
+# Per split and click / follow: attributed to an impression, attributed to
+# none, and impressions labelled 1 (see example_builder.attribute_by_time).
+_LABEL_COUNTS = ("attributed", "without_impression", "impressions_labelled")
 COUNTS_TAG, DEAD_LETTER_TAG, STATS_TAG, SPAN_TAG = "counts", "dead_letter", "stats", "span"
 
 
@@ -341,6 +351,7 @@ class _JoinDedupeFn(_CountingDoFn):
     def setup(self) -> None:
         self._parser = EventParser(self._config)
         self._items = _ItemTable()
+        self._with_ids = self._config.impression_id_column is not None
 
     def join_and_dedupe(self, user: str, grouped: Mapping[str, Iterable],
                         items: Mapping[str, Any]) -> tuple[SideRowInfo | None, list, list]:
@@ -349,18 +360,10 @@ class _JoinDedupeFn(_CountingDoFn):
         events = [e for blob in grouped[EVENTS] for e in marshal.loads(blob)]
         if not events:
             return info, [], dead
-        # Sorting by (ts, code, item, context) puts exact duplicates, equal in
-        # their first three fields, next to each other; the first is kept.
-        events.sort()
+        events, duplicates = sort_and_dedupe(events, self._with_ids)
         accepted = []
-        duplicates = 0
-        prev_ts = prev_code = prev_item = None
         for event in events:
-            ts, code, item, _ = event
-            if ts == prev_ts and item == prev_item and code == prev_code:
-                duplicates += 1
-                continue
-            prev_ts, prev_code, prev_item = ts, code, item
+            item = event[2]
             if info is not None and item in items:
                 accepted.append(event)
                 continue
@@ -554,6 +557,10 @@ def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
                 for kind in fc.EXAMPLE_KINDS}
     examples[ITEMS] = counts.get("examples.items", 0)
     sessions = {split: counts.get(f"sessions.{split}", 0) for split in fc.SPLITS}
+    labels = {split: {kind: {name: counts.get(f"labels.{split}.{kind}.{name}", 0)
+                             for name in _LABEL_COUNTS}
+                      for kind in (fc.CLICK, fc.FOLLOW)}
+              for split in fc.SPLITS}
 
     def reconciles(block_: Mapping[str, Any]) -> bool:
         return block_["read"] == (block_["accepted"] + sum(block_["dead_letter"].values())
@@ -572,10 +579,23 @@ def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
             examples[fc.RETRIEVAL][s] == by_split[s][fc.CLICK] for s in fc.SPLITS),
         "item2vec_at_most_sessions": all(
             examples[fc.ITEM2VEC][s] <= sessions[s] for s in fc.SPLITS),
+        # Every accepted click / follow is attributed to one impression or none.
+        "labels_reconcile": all(
+            labels[s][k]["attributed"] + labels[s][k]["without_impression"] == by_split[s][k]
+            for s in fc.SPLITS for k in (fc.CLICK, fc.FOLLOW)),
+        # One click labels at most one impression (follows alike).
+        "click_positives_at_most_clicks": all(
+            labels[s][fc.CLICK]["impressions_labelled"] <= labels[s][fc.CLICK]["attributed"]
+            for s in fc.SPLITS),
+        "follow_positives_at_most_follows": all(
+            labels[s][fc.FOLLOW]["impressions_labelled"] <= labels[s][fc.FOLLOW]["attributed"]
+            for s in fc.SPLITS),
     }
     return {
         "config": config.name,
         "session_gap_seconds": config.session_gap_seconds,
+        "attribution_window_seconds": config.attribution_window,
+        "impression_id_column": config.impression_id_column,
         "eval_fraction": config.eval_fraction,
         "min_timestamp": span[0] if span else None,
         "max_timestamp": span[1] if span else None,
@@ -585,6 +605,7 @@ def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
                       new_in_eval=counts.get("users.new_in_eval", 0)),
         "items": items,
         "sessions": sessions,
+        "labels": labels,
         "examples": examples,
         "checks": checks,
     }
