@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from serving.model_server import BackloggedHTTPServer
+from serving.httpd import HardenedHTTPServer
 
 _SLOT_BYTES = 8
 
@@ -73,20 +73,23 @@ class ConnectionCounts:
             self._slots[self.index] -= 1
 
 
-class BalancedHTTPServer(BackloggedHTTPServer):
+class BalancedHTTPServer(HardenedHTTPServer):
     """A threading HTTP server on an inherited listening socket that accepts
     only while ConnectionCounts says this worker is the least loaded.
 
     Args:
       listen_fd: the shared listening socket's file descriptor.
       counts: this worker's view of the shared counts.
-      handler: the request handler class.
+      handler: the request handler class (serving.httpd.JsonRequestHandler).
+      ssl_context: server-side TLS, None for plain HTTP.
     """
 
     poll_s = 0.002  # how soon an ineligible worker looks again (cheap: one read)
 
-    def __init__(self, listen_fd: int, counts: ConnectionCounts, handler: Any):
-        super().__init__(("127.0.0.1", 0), handler, bind_and_activate=False)
+    def __init__(self, listen_fd: int, counts: ConnectionCounts, handler: Any,
+                 ssl_context: Any = None):
+        super().__init__(("127.0.0.1", 0), handler, bind_and_activate=False,
+                         ssl_context=ssl_context)
         self.socket.close()
         self.socket = socket.socket(fileno=listen_fd)
         self.socket.setblocking(False)

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,20 +52,26 @@ def raw_to_feature(spec: fc.FeatureSpec, value: Any) -> Any:
     """A raw column value in the serving dense convention of its feature.
 
     categorical -> str; tags -> list[str] (JSON list or `separator`-joined);
-    numeric -> float (missing -> 0.0).
+    numeric -> float (missing, unreadable or not finite -> 0.0). Total: any
+    value a table row or the store holds maps to something (a scalar where a
+    list belongs is a one-value list), so a bad stored value degrades one
+    feature instead of failing every request of its user.
     """
     if spec.type == fc.NUMERIC:
         try:
-            return float(value) if value not in (None, "") else 0.0
-        except (TypeError, ValueError):
+            number = float(value) if value not in (None, "") else 0.0
+        except (TypeError, ValueError, OverflowError):
             return 0.0
+        return number if math.isfinite(number) else 0.0
     if spec.type in (fc.TAGS, fc.SEQUENCE):
-        if value in (None, ""):
+        if value is None or value == "":
             return []
         if isinstance(value, str):
             value = value.split(spec.separator)
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
         return [str(v) for v in value if str(v)][:spec.max_len]
-    return spec.default if value in (None, "") else str(value)
+    return spec.default if value is None or value == "" else str(value)
 
 
 def read_item_frequencies(path: str) -> dict[str, int]:

@@ -74,15 +74,26 @@ class ModelServerClient:
       target: "host:port" of the gRPC endpoint.
       timeout_s: per-call deadline.
       max_message_bytes: receive/send limit of the channel.
+      root_certificates: PEM of the CA (or self-signed certificate) to trust:
+        a TLS channel; None for a plain one.
+      tls_server_name: name to check the server's certificate against when it
+        is not the host of `target`.
     """
 
     def __init__(self, target: str, timeout_s: float = 10.0,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = 64 << 20, root_certificates: bytes | None = None,
+                 tls_server_name: str | None = None):
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates), options=options)
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 

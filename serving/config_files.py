@@ -7,6 +7,8 @@
 * batching_parameters.txt: TF Serving's BatchingParameters. Its proto is not in
   the tensorflow-serving-api wheel, so the few scalar fields are read here.
 * monitoring.config: MonitoringConfig; only the Prometheus path is used.
+* --ssl_config_file: SSLConfig (TLS key, certificate, client CA); its proto is
+  not in the wheel either, so its four fields are declared here.
 """
 
 from __future__ import annotations
@@ -141,3 +143,106 @@ def read_prometheus_path(path: str) -> str | None:
         return None
     match = re.search(r'path\s*:\s*"([^"]+)"', text)
     return match.group(1) if match else "/monitoring/prometheus/metrics"
+
+
+@dataclasses.dataclass(frozen=True)
+class SslConfig:
+    """TF Serving's SSLConfig: the server's key and certificate chain, optional client CA.
+
+    Attributes:
+      server_key, server_cert: PEM bytes.
+      custom_ca: PEM bytes of the CA that signs client certificates, or b"".
+      client_verify: require a client certificate signed by custom_ca.
+    """
+
+    server_key: bytes
+    server_cert: bytes
+    custom_ca: bytes = b""
+    client_verify: bool = False
+
+    def grpc_credentials(self):
+        """grpc.ServerCredentials for add_secure_port."""
+        import grpc
+
+        return grpc.ssl_server_credentials([(self.server_key, self.server_cert)],
+                                           root_certificates=self.custom_ca or None,
+                                           require_client_auth=self.client_verify)
+
+    def http_context(self):
+        """ssl.SSLContext for the HTTP ports (same key, certificate and client policy)."""
+        import ssl
+        import tempfile
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # load_cert_chain reads only files: the PEMs pass through a private temp dir.
+        with tempfile.TemporaryDirectory(prefix="feedrec-tls-") as tmp:
+            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            for path, data in ((cert, self.server_cert), (key, self.server_key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            context.load_cert_chain(cert, key)
+        if self.custom_ca:
+            context.load_verify_locations(cadata=self.custom_ca.decode("ascii"))
+        if self.client_verify:
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def _ssl_config_message():
+    """A message class with SSLConfig's fields (its proto is not in tensorflow-serving-api)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="feedrec/ssl_config.proto",
+                                               package="tensorflow.serving", syntax="proto3")
+    message = proto.message_type.add(name="SSLConfig")
+    fields = (("server_key", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+              ("server_cert", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+              ("custom_ca", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+              ("client_verify", descriptor_pb2.FieldDescriptorProto.TYPE_BOOL))
+    for number, (name, kind) in enumerate(fields, 1):
+        message.field.add(name=name, number=number, type=kind,
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()  # private: never clashes with a real ssl_config_pb2
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
+
+
+def _pem(value: str, base_dir: str, field: str, path: str) -> bytes:
+    """A PEM field: the PEM text itself (TF Serving's form) or, ours too, a file path."""
+    if not value.strip():
+        return b""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode("ascii")
+    file = value if os.path.isabs(value) else os.path.join(base_dir, value)
+    try:
+        with open(file, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ValueError(f"{path}: {field} is neither PEM text nor a readable file: {err}") from err
+
+
+def read_ssl_config(path: str) -> SslConfig:
+    """Reads TF Serving's --ssl_config_file (an SSLConfig text proto).
+
+    TF Serving wants the PEM text in server_key / server_cert / custom_ca;
+    ours also takes a path to a PEM file there (relative to the config file).
+
+    Raises:
+      ValueError: not an SSLConfig, or server_key / server_cert missing.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        config = text_format.Parse(text, _ssl_config_message()())
+    except text_format.ParseError as err:
+        raise ValueError(f"{path}: not an SSLConfig text proto: {err}") from err
+    base = os.path.dirname(os.path.abspath(path))
+    out = SslConfig(*(_pem(getattr(config, f), base, f, path)
+                      for f in ("server_key", "server_cert", "custom_ca")),
+                    client_verify=config.client_verify)
+    if not out.server_key or not out.server_cert:
+        raise ValueError(f"{path}: server_key and server_cert are required")
+    if out.client_verify and not out.custom_ca:
+        raise ValueError(f"{path}: client_verify needs custom_ca (the client certificates' CA)")
+    return out

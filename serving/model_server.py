@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
+import binascii
+import collections
 import logging
 import os
 import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -45,13 +45,17 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from tensorflow.core.framework import tensor_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
+                                     get_model_status_pb2, inference_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+                                     prediction_service_pb2_grpc, regression_pb2)
 
 from serving import config_files  # noqa: E402
 from serving.batching import Batcher  # noqa: E402
-from serving.servables import (ModelManager, Servable, ServingError,  # noqa: E402
+from serving.httpd import (HardenedHTTPServer, HttpError, HttpLimits,  # noqa: E402
+                           JsonRequestHandler, ReusePortHTTPServer, parse_json)
+from serving.limits import RequestLimits, proto_shapes  # noqa: E402
+from serving.servables import (ERROR_CODES, ModelManager, Servable, ServingError,  # noqa: E402
                                run_signature, run_wire, validate_inputs, validate_protos)
 from serving.tensors import to_ndarray, to_tensor_proto  # noqa: E402
 from serving.lifecycle import freeze_heap, wait_for_termination  # noqa: E402
@@ -62,7 +66,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 SIGNATURE_DEF_FIELD = "signature_def"
 _HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                 grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNIMPLEMENTED: 501,
-                grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.FAILED_PRECONDITION: 400}
+                grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.FAILED_PRECONDITION: 400,
+                grpc.StatusCode.INTERNAL: 500}
 
 
 class Metrics:
@@ -79,7 +84,8 @@ class Metrics:
             self.count[key] += 1
             self.seconds[key] += seconds
 
-    def prometheus(self) -> str:
+    def prometheus(self, manager: ModelManager | None = None) -> str:
+        """The Prometheus text page; with `manager`, also load failures and loaded versions."""
         lines = ["# TYPE feedrec_request_count counter",
                  "# TYPE feedrec_request_latency_seconds_sum counter"]
         with self._lock:
@@ -88,15 +94,24 @@ class Metrics:
                 lines.append(f"feedrec_request_count{{{labels}}} {n}")
                 lines.append(f"feedrec_request_latency_seconds_sum{{{labels}}} "
                              f"{self.seconds[(model, api, code)]:.6f}")
+        if manager is not None:
+            lines.append("# TYPE feedrec_model_load_failures_total counter")
+            lines += [f'feedrec_model_load_failures_total{{model_name="{name}"}} '
+                      f"{manager.failure_counts[name]}" for name in sorted(manager.entries)]
+            lines.append("# TYPE feedrec_model_versions_loaded gauge")
+            lines += [f'feedrec_model_versions_loaded{{model_name="{name}"}} '
+                      f"{len(manager.versions(name))}" for name in sorted(manager.entries)]
         return "\n".join(lines) + "\n"
 
 
 class ModelServerCore:
     """Everything both front ends share: lookup, validation, execution, metrics."""
 
-    def __init__(self, manager: ModelManager, batcher: Batcher | None = None):
+    def __init__(self, manager: ModelManager, batcher: Batcher | None = None,
+                 limits: RequestLimits = RequestLimits()):
         self.manager = manager
         self.batcher = batcher
+        self.limits = limits
         self.metrics = Metrics()
 
     def servable(self, name: str, version: int | None, label: str = "") -> Servable:
@@ -109,7 +124,7 @@ class ModelServerCore:
     def predict(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
         signature = servable.signature(signature_name)
-        validate_inputs(signature, inputs, output_filter)
+        validate_inputs(signature, inputs, output_filter, self.limits)
         if self.batcher is not None:
             return self.batcher.run(servable, signature_name, inputs, output_filter)
         return run_signature(signature, inputs, output_filter)
@@ -124,21 +139,14 @@ class ModelServerCore:
         """
         signature = servable.signature(signature_name)
         if self.batcher is not None or signature.wire is None:  # batching concatenates arrays
+            proto_shapes(inputs, self.limits)  # sizes first: nothing is built past a limit
             arrays = {k: _to_ndarray(k, v) for k, v in inputs.items()}
             return self.predict(servable, signature_name, arrays, output_filter)
-        validate_protos(signature, inputs, output_filter)
+        validate_protos(signature, inputs, output_filter, self.limits)
         return run_wire(signature, inputs, output_filter)
 
-    def status(self, name: str, version: int | None) -> list[tuple[int, str]]:
-        versions = self.manager.versions(name)
-        if version is not None:
-            self.manager.get(name, version)  # NOT_FOUND when not loaded
-            return [(version, "AVAILABLE")]
-        if not versions:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Latest({name}); "
-                               f"no version is loaded yet")
-        return [(v, "AVAILABLE") for v in sorted(versions)]
+    def prometheus(self) -> str:
+        return self.metrics.prometheus(self.manager)
 
 
 def _version(spec) -> int | None:
@@ -220,19 +228,152 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
-            rows = self.core.status(request.model_spec.name, _version(request.model_spec))
+            rows = self.core.manager.status(request.model_spec.name, _version(request.model_spec))
         except ServingError as err:
             context.abort(err.code, err.message)
         response = get_model_status_pb2.GetModelStatusResponse()
-        for version, _ in rows:
+        for version, state, failure in rows:
             status = response.model_version_status.add()
             status.version = version
-            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
+            if failure is not None:  # END after a failed load, as TF Serving reports it
+                status.status.error_code = ERROR_CODES[failure.error_code].number
+                status.status.error_message = failure.message
         return response
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
                       "config reload is not served; edit models.config and restart")
+
+
+# ---- gRPC registration ---------------------------------------------------------------
+class MalformedRequest:
+    """What the request deserializer returns for bytes that are not the request message.
+
+    gRPC Python answers a deserializer exception with INTERNAL "Exception
+    deserializing request!" and a logged traceback per request; TF Serving
+    answers INVALID_ARGUMENT. The handler turns this marker into that.
+    """
+
+    def __init__(self, type_name: str, err: Exception):
+        self.message = f"request is not a valid {type_name}: {str(err)[:200] or type(err).__name__}"
+
+
+def _tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as err:  # noqa: BLE001 - DecodeError, RecursionError (nesting), ...
+            return MalformedRequest(type_name, err)
+    return deserialize
+
+
+class ReadWatchdog:
+    """Cancels calls whose request message has not fully arrived `timeout_s` after they began.
+
+    gRPC Python's synchronous server gives a call its handler thread before
+    the request message is in, and that thread waits for it without limit: a
+    client that sends the headers and stalls holds a thread for as long as it
+    likes, and 16 such calls (the pool) stop every other Predict. So the
+    methods are served as stream-unary handlers (wire-compatible with unary
+    clients), which read the one message themselves after arming this
+    watchdog; one thread cancels the calls still waiting at their deadline.
+    All deadlines are `now + timeout_s`, so arming is a deque append.
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._pending: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cancelled = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="grpc-read-watchdog",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def arm(self, context: grpc.ServicerContext) -> list:
+        """Registers a call; returns its entry, to be passed to `disarm`."""
+        entry = [context, True]
+        self._pending.append((time.monotonic() + self.timeout_s, entry))
+        if len(self._pending) == 1:
+            self._wake.set()
+        return entry
+
+    @staticmethod
+    def disarm(entry: list) -> None:
+        entry[1] = False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while self._pending and (self._pending[0][0] <= now or not self._pending[0][1][1]):
+                _, entry = self._pending.popleft()
+                if entry[1]:
+                    self.cancelled += 1
+                    entry[0].cancel()  # wakes the waiting handler thread, which exits quietly
+            wait = self._pending[0][0] - now if self._pending else None
+            self._wake.wait(wait)
+            self._wake.clear()
+
+
+def _read_one(method: Callable[[Any, Any], Any], watchdog: ReadWatchdog, metrics: Metrics,
+              api: str) -> Callable[[Any, Any], Any]:
+    """A stream-unary behavior serving a unary `method`: reads the request under the watchdog."""
+    def behavior(request_iterator, context):
+        entry = watchdog.arm(context)
+        try:
+            request = next(request_iterator, None)  # a cancelled call raises: gRPC ends it quietly
+        finally:
+            watchdog.disarm(entry)
+        if request is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+        if isinstance(request, MalformedRequest):
+            metrics.record("", api, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return method(request, context)
+    return behavior
+
+
+# The services' methods: name -> (request class, response class), as the generated
+# *_pb2_grpc registration has them (the wheel's model_service_pb2 does not import on
+# this protobuf, so the descriptors cannot be walked).
+PREDICTION_METHODS = {
+    "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+    "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+    "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+    "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
+    "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
+                         get_model_metadata_pb2.GetModelMetadataResponse)}
+MODEL_METHODS = {
+    "GetModelStatus": (get_model_status_pb2.GetModelStatusRequest,
+                       get_model_status_pb2.GetModelStatusResponse),
+    "HandleReloadConfigRequest": (model_management_pb2.ReloadConfigRequest,
+                                  model_management_pb2.ReloadConfigResponse)}
+
+
+def service_handler(service: str, methods: Mapping[str, tuple[Any, Any]], servicer: Any,
+                    watchdog: ReadWatchdog, metrics: Metrics) -> grpc.GenericRpcHandler:
+    """The generic handler of `service` (full name) serving `methods` on `servicer`."""
+    handlers = {}
+    for name, (request_class, response_class) in methods.items():
+        handlers[name] = grpc.stream_unary_rpc_method_handler(
+            _read_one(getattr(servicer, name), watchdog, metrics, name.lower()),
+            request_deserializer=_tolerant(request_class.FromString,
+                                           request_class.DESCRIPTOR.full_name),
+            response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(service, handlers)
 
 
 # ---- in-process transport ----------------------------------------------------------
@@ -295,10 +436,23 @@ _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\
 
 
 def _decode_json_value(value: Any) -> Any:
+    """JSON tensor values -> Python values: strings to UTF-8 bytes, {"b64": ...} decoded strictly.
+
+    Raises:
+      ValueError: an object other than {"b64": str}, or base64 that is not
+        valid (b64decode without validate=True silently drops bad characters).
+    """
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
-        raise ValueError(f"unexpected object {value!r}; only {{\"b64\": ...}} is allowed in a tensor")
+            encoded = value["b64"]
+            if not isinstance(encoded, str):
+                raise ValueError(f'"b64" wants a string, got {type(encoded).__name__}')
+            try:
+                return base64.b64decode(encoded, validate=True)
+            except binascii.Error as err:
+                raise ValueError(f"invalid base64 {encoded[:40]!r}: {err}") from err
+        raise ValueError(f"unexpected object {str(value)[:80]}; only {{\"b64\": ...}} is allowed "
+                         "in a tensor")
     if isinstance(value, list):
         return [_decode_json_value(v) for v in value]
     if isinstance(value, str):
@@ -306,9 +460,16 @@ def _decode_json_value(value: Any) -> Any:
     return value
 
 
-def _json_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    decoded = _decode_json_value(value)
+def _json_array(name: str, value: Any, spec: tf.TensorSpec | None) -> np.ndarray:
+    """One input's JSON value as an array of the signature's dtype (any dtype when spec is None).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the input.
+    """
     try:
+        decoded = _decode_json_value(value)
+        if spec is None:  # not an input of the signature: validation names it
+            return np.array(decoded, dtype=object)
         if spec.dtype == tf.string:
             array = np.array(decoded, dtype=object)
             if any(not isinstance(v, bytes) for v in array.reshape(-1)):
@@ -318,10 +479,11 @@ def _json_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
         if array.dtype.kind not in "biuf":
             raise ValueError(f"want numbers, got {array.dtype}")
         return array.astype(spec.dtype.as_numpy_dtype)
-    except ValueError as err:
+    except (ValueError, TypeError, OverflowError) as err:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {name!r}: cannot read {str(value)[:80]} as "
-                           f"{spec.dtype.name}: {err}") from err
+                           f"input {name[:100]!r}: cannot read {str(value)[:80]} as "
+                           f"{spec.dtype.name if spec is not None else 'a tensor'}: "
+                           f"{str(err)[:200]}") from err
 
 
 def _json_output(array: np.ndarray) -> Any:
@@ -338,6 +500,8 @@ def _json_output(array: np.ndarray) -> Any:
 def rest_predict(core: ModelServerCore, servable: Servable, body: Mapping[str, Any]) -> dict:
     """TF Serving's REST predict: row ("instances") or columnar ("inputs") form."""
     signature_name = body.get("signature_name", "serving_default")
+    if not isinstance(signature_name, str):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"signature_name" must be a string')
     signature = servable.signature(signature_name)
     if ("instances" in body) == ("inputs" in body):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -367,9 +531,12 @@ def rest_predict(core: ModelServerCore, servable: Servable, body: Mapping[str, A
         else:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"signature has inputs {names}; \"inputs\" must be an object")
-    arrays = {k: _json_array(k, v, signature.inputs[k]) if k in signature.inputs
-              else np.array(_decode_json_value(v), dtype=object) for k, v in columns.items()}
-    outputs = core.predict(servable, signature_name, arrays, body.get("output_filter", ()))
+    output_filter = body.get("output_filter", [])
+    if not isinstance(output_filter, list) or not all(isinstance(o, str) for o in output_filter):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           '"output_filter" must be a list of output names')
+    arrays = {k: _json_array(k, v, signature.inputs.get(k)) for k, v in columns.items()}
+    outputs = core.predict(servable, signature_name, arrays, output_filter)
     if "instances" in body:
         if len(outputs) == 1:
             return {"predictions": _json_output(next(iter(outputs.values())))}
@@ -382,9 +549,12 @@ def rest_predict(core: ModelServerCore, servable: Servable, body: Mapping[str, A
 
 
 def rest_status(core: ModelServerCore, name: str, version: int | None) -> dict:
+    """TF Serving's REST model status: AVAILABLE versions, and END ones with their load error."""
     return {"model_version_status": [
-        {"version": str(v), "state": state, "status": {"error_code": "OK", "error_message": ""}}
-        for v, state in core.status(name, version)]}
+        {"version": str(v), "state": state,
+         "status": {"error_code": failure.error_code if failure else "OK",
+                    "error_message": failure.message if failure else ""}}
+        for v, state, failure in core.manager.status(name, version)]}
 
 
 def rest_metadata(servable: Servable) -> dict:
@@ -396,99 +566,66 @@ def rest_metadata(servable: Servable) -> dict:
             "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(sig_map)}}
 
 
-def make_rest_handler(core: ModelServerCore, max_body_bytes: int,
-                      prometheus_path: str | None) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body leave as two writes; with Nagle on, the body waits for
-        # the client's delayed ACK of the headers (~40 ms on Linux) every request.
-        disable_nagle_algorithm = True
+def _http_error(err: ServingError) -> HttpError:
+    return HttpError(_HTTP_STATUS.get(err.code, 500), err.message)
 
-        def log_message(self, fmt, *args):  # route to logging, not stderr
-            log.debug("rest %s", fmt % args)
 
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def _rest_route(path: str) -> tuple[re.Match, int | None]:
+    match = _REST_PATH.match(path.split("?", 1)[0])
+    if not match:
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"no REST route {path[:200]!r}; "
+                           "want /v1/models/<name>[/versions/<v>][/metadata|:predict]")
+    return match, int(match["version"]) if match["version"] else None
 
-        def _error(self, err: ServingError) -> None:
-            self._send(_HTTP_STATUS.get(err.code, 500), {"error": err.message})
 
-        def _route(self):
-            match = _REST_PATH.match(self.path.split("?", 1)[0])
-            if not match:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"no REST route {self.path!r}; "
-                                   "want /v1/models/<name>[/versions/<v>][/metadata|:predict]")
-            version = int(match["version"]) if match["version"] else None
-            return match, version
-
-        def do_GET(self):  # noqa: N802
+def make_rest_handler(core: ModelServerCore, limits: HttpLimits,
+                      prometheus_path: str | None) -> type[JsonRequestHandler]:
+    """TF Serving's REST API over `core` (timeouts, body rules and errors: serving.httpd)."""
+    class Handler(JsonRequestHandler):
+        def get(self):
             if prometheus_path and self.path == prometheus_path:
-                self._send(200, core.metrics.prometheus(), "text/plain; version=0.0.4")
+                self.send_json(200, core.prometheus(), content_type="text/plain; version=0.0.4")
                 return
             try:
-                match, version = self._route()
+                match, version = _rest_route(self.path)
                 if match["verb"]:
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f":{match['verb']} needs POST")
                 if match["metadata"]:
-                    self._send(200, rest_metadata(core.servable(match["name"], version,
-                                                                match["label"] or "")))
+                    self.send_json(200, rest_metadata(core.servable(match["name"], version,
+                                                                    match["label"] or "")))
                 else:
-                    self._send(200, rest_status(core, match["name"], version))
+                    self.send_json(200, rest_status(core, match["name"], version))
             except ServingError as err:
-                self._error(err)
+                raise _http_error(err) from err
 
-        def do_POST(self):  # noqa: N802
+        def post(self):
             start, name, code = time.perf_counter(), "", grpc.StatusCode.OK
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > max_body_bytes:
-                    self.rfile.read(length)  # drain so the connection stays usable
-                    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"request body of {length} bytes exceeds the "
-                                       f"{max_body_bytes}-byte limit")
-                raw = self.rfile.read(length)
-                match, version = self._route()
+                raw = self.read_body()  # before routing: the connection stays usable
+                match, version = _rest_route(self.path)
                 name = match["name"]
                 if match["verb"] != "predict":
                     raise ServingError(grpc.StatusCode.UNIMPLEMENTED
                                        if match["verb"] else grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"POST {self.path}: only :predict is served")
-                try:
-                    body = json.loads(raw or b"{}")
-                except json.JSONDecodeError as err:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"body is not JSON: {err}") from err
+                                       f"POST {self.path[:200]}: only :predict is served")
+                body = parse_json(raw)
                 if not isinstance(body, dict):
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "body must be a JSON object")
                 servable = core.servable(name, version, match["label"] or "")
-                self._send(200, rest_predict(core, servable, body))
+                self.send_json(200, rest_predict(core, servable, body))
             except ServingError as err:
                 code = err.code
-                self._error(err)
+                raise _http_error(err) from err
+            except HttpError as err:
+                code = grpc.StatusCode.INVALID_ARGUMENT if err.status < 500 else grpc.StatusCode.INTERNAL
+                raise
             finally:
                 if name:
                     core.metrics.record(name, "predict_rest", code, time.perf_counter() - start)
 
+    Handler.limits = limits
     return Handler
-
-
-class BackloggedHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a listen backlog for bursts (the stdlib default is 5)."""
-
-    request_queue_size = 256
-    daemon_threads = True
-
-
-class ReusePortHTTPServer(BackloggedHTTPServer):
-    """BackloggedHTTPServer that shares its port with sibling worker processes."""
-
-    allow_reuse_port = True
 
 
 class ModelServer:
@@ -501,17 +638,33 @@ class ModelServer:
         requests get RESOURCE_EXHAUSTED.
       prometheus_path: REST path of the metrics page, None for none.
       max_workers: gRPC handler threads.
+      limits: request size limits (serving.limits); default: RequestLimits
+        with max_string_tensor_bytes = max_message_bytes.
+      http_limits: REST timeouts and connection cap (serving.httpd); its
+        read and idle timeouts also bound gRPC (a call's request must arrive
+        within the read timeout; idle connections are closed).
+      max_concurrent_rpcs: gRPC calls in progress at once; more are answered
+        RESOURCE_EXHAUSTED at once. Default 4 x max_workers.
+      ssl: TLS for both ports (config_files.read_ssl_config), None for plain.
     """
 
     def __init__(self, manager: ModelManager, batcher: Batcher | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 prometheus_path: str | None = None, max_workers: int = 16):
-        self.core = ModelServerCore(manager, batcher)
+                 prometheus_path: str | None = None, max_workers: int = 16,
+                 limits: RequestLimits | None = None, http_limits: HttpLimits | None = None,
+                 max_concurrent_rpcs: int | None = None,
+                 ssl: config_files.SslConfig | None = None):
+        self.core = ModelServerCore(manager, batcher, limits or RequestLimits(
+            max_string_tensor_bytes=max_message_bytes))
         self.max_message_bytes = max_message_bytes
         self.prometheus_path = prometheus_path
         self.max_workers = max_workers
+        self.http_limits = http_limits or HttpLimits(max_body_bytes=max_message_bytes)
+        self.max_concurrent_rpcs = max_concurrent_rpcs or 4 * max_workers
+        self.ssl = ssl
+        self.watchdog = ReadWatchdog(self.http_limits.read_timeout_s)
         self._grpc: grpc.Server | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: HardenedHTTPServer | None = None
         self.grpc_port = self.rest_port = 0
 
     def start(self, host: str = "127.0.0.1", grpc_port: int = 8500,
@@ -521,23 +674,31 @@ class ModelServer:
         reuse_port: share the ports with sibling worker processes (SO_REUSEPORT);
         otherwise a port in use is an error.
         """
+        limits = self.http_limits
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes),
-                   ("grpc.so_reuseport", int(reuse_port))]
+                   ("grpc.so_reuseport", int(reuse_port)),
+                   ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+                   ("grpc.server_handshake_timeout_ms", int(limits.read_timeout_s * 1000))]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers),
-                                 options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.core), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+                                 options=options, maximum_concurrent_rpcs=self.max_concurrent_rpcs)
+        self._grpc.add_generic_rpc_handlers((
+            service_handler("tensorflow.serving.PredictionService", PREDICTION_METHODS,
+                            PredictionServicer(self.core), self.watchdog, self.core.metrics),
+            service_handler("tensorflow.serving.ModelService", MODEL_METHODS,
+                            ModelServicer(self.core), self.watchdog, self.core.metrics)))
+        address = f"{host}:{grpc_port}"
+        self.grpc_port = (self._grpc.add_secure_port(address, self.ssl.grpc_credentials())
+                          if self.ssl else self._grpc.add_insecure_port(address))
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
+        self.watchdog.start()
         self._grpc.start()
         if rest_port is not None:
-            handler = make_rest_handler(self.core, self.max_message_bytes, self.prometheus_path)
-            self._http = (ReusePortHTTPServer if reuse_port else BackloggedHTTPServer)(
-                (host, rest_port), handler)
-            self._http.daemon_threads = True
+            handler = make_rest_handler(self.core, limits, self.prometheus_path)
+            self._http = (ReusePortHTTPServer if reuse_port else HardenedHTTPServer)(
+                (host, rest_port), handler,
+                ssl_context=self.ssl.http_context() if self.ssl else None)
             self.rest_port = self._http.server_address[1]
             threading.Thread(target=self._http.serve_forever, name="rest", daemon=True).start()
         return self.grpc_port, self.rest_port
@@ -550,6 +711,7 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
             self._grpc = None
+        self.watchdog.stop()
         if self.core.batcher is not None:
             self.core.batcher.stop()
 
@@ -569,8 +731,34 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable_batching", action="store_true")
     parser.add_argument("--batching_parameters_file", default=None)
     parser.add_argument("--monitoring_config_file", default=None)
-    parser.add_argument("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    parser.add_argument("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest gRPC message and REST body (RESOURCE_EXHAUSTED / 413 above)")
     parser.add_argument("--grpc_max_threads", type=int, default=16)
+    parser.add_argument("--grpc_max_concurrent_rpcs", type=int, default=0,
+                        help="gRPC calls in progress at once; more get RESOURCE_EXHAUSTED at once "
+                             "(0 = 4 x --grpc_max_threads)")
+    defaults = RequestLimits()
+    parser.add_argument("--max_batch_size", type=int, default=defaults.max_batch_size,
+                        help="rows (leading dimension) of any Predict input (serving.limits)")
+    parser.add_argument("--max_tensor_elements", type=int, default=defaults.max_tensor_elements,
+                        help="elements of one Predict input")
+    parser.add_argument("--max_request_elements", type=int, default=defaults.max_request_elements,
+                        help="elements of all inputs of one Predict")
+    parser.add_argument("--max_string_tensor_bytes", type=int, default=0,
+                        help="bytes a string input may expand to when it repeats its last value "
+                             "(0 = --grpc_max_message_bytes)")
+    http = HttpLimits()
+    parser.add_argument("--read_timeout_seconds", type=float, default=http.read_timeout_s,
+                        help="a request (HTTP line, headers and body; a gRPC call's message) must "
+                             "arrive within this of its start")
+    parser.add_argument("--idle_timeout_seconds", type=float, default=http.idle_timeout_s,
+                        help="idle keep-alive HTTP / gRPC connections are closed after this")
+    parser.add_argument("--http_max_connections", type=int, default=http.max_connections,
+                        help="connections each HTTP port serves at once (one thread each); more "
+                             "are answered 503 and closed")
+    parser.add_argument("--ssl_config_file", default=None,
+                        help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, "
+                             "client_verify): TLS on gRPC and HTTPS on the HTTP ports")
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                         help="threads of one op (0 = TensorFlow's choice), as TF Serving's flag")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -605,8 +793,27 @@ def build_server(args: argparse.Namespace) -> tuple[ModelServer, ModelManager]:
     prometheus = (config_files.read_prometheus_path(args.monitoring_config_file)
                   if args.monitoring_config_file else None)
     server = ModelServer(manager, batcher, args.grpc_max_message_bytes, prometheus,
-                         args.grpc_max_threads)
+                         args.grpc_max_threads, request_limits(args),
+                         http_limits(args, args.grpc_max_message_bytes),
+                         args.grpc_max_concurrent_rpcs or None, ssl_config(args))
     return server, manager
+
+
+def request_limits(args: argparse.Namespace) -> RequestLimits:
+    """RequestLimits from the flags."""
+    return RequestLimits(args.max_batch_size, args.max_tensor_elements, args.max_request_elements,
+                         args.max_string_tensor_bytes or args.grpc_max_message_bytes)
+
+
+def http_limits(args: argparse.Namespace, max_body_bytes: int) -> HttpLimits:
+    """HttpLimits of one HTTP port from the flags."""
+    return HttpLimits(args.read_timeout_seconds, args.idle_timeout_seconds,
+                      args.http_max_connections, max_body_bytes)
+
+
+def ssl_config(args: argparse.Namespace) -> config_files.SslConfig | None:
+    """The --ssl_config_file, read (None without the flag)."""
+    return config_files.read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,13 @@ recommend(user_id, context, k):
 ingest(click) appends to the user's recent clicks, so the next recommend uses
 the new history in the towers, the item2vec mean and the seen-filter.
 
+Failures are typed, so the HTTP layer answers each with its status:
+`request_checks.BadRequest` (400: a bad k, id, context or profile, an unknown
+item), `store.StoreUnavailable` (503), grpc.RpcError from the model server
+(503 when it is unavailable or the model not loaded, else 500) and
+`ModelIncompatible` (500: a pushed model whose signature the recommender
+cannot feed or read). `readiness()` reports the store, models and indexes.
+
 The request path works on catalogue row numbers, not id strings: index rows
 map to catalogue rows through an array built once per index version, the
 merge is vectorized (`merge_rows`), item features are gathered from columns
@@ -46,12 +53,18 @@ from beam_jobs import feature_config as fc
 from serving.catalogue import ItemCatalogue, encode_column, raw_to_feature
 from serving.client import ModelServerClient, TensorInfo
 from serving.indexes import IndexSet
-from serving.store import InMemoryStore, RedisStore
+from serving.request_checks import (BadRequest, RequestRules, check_context, check_id, check_k,
+                                    check_profile, check_timestamp)
+from serving.store import InMemoryStore, RedisStore, StoreUnavailable
 from serving.tensors import to_tensor_proto
 
 log = logging.getLogger(__name__)
 
 POPULAR_CITY, POPULAR = "popular_city", "popular"
+
+
+class ModelIncompatible(RuntimeError):
+    """A served model the recommender cannot use: a missing signature, input or output."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +96,7 @@ class RecommenderSettings:
       follow_weight: score = click + follow_weight * follow (multitask only).
       popular_fallback: popular items added per cold-start channel.
       channels: recall channels.
+      rules: caps on a request's k, ids and values (request_checks).
     """
 
     num_candidates: int = 500
@@ -92,6 +106,7 @@ class RecommenderSettings:
     follow_weight: float = 0.0
     popular_fallback: int = 100
     channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    rules: RequestRules = RequestRules()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,13 +268,25 @@ class Recommender:
         city = config.role(fc.ROLE_USER_CITY)
         item_city = config.role(fc.ROLE_ITEM_CITY)
         self._city = (city.name, item_city.name) if city and item_city else None
+        # What a client may send: context keys user_features reads, profile features ingest stores.
+        readable = [f for f in config.features if f.field != fc.ITEM and f.type != fc.SEQUENCE
+                    and f.source != fc.SOURCE_DERIVED and not self._is_user_key(f)]
+        self._context_specs = {key: f for f in readable for key in (f.raw_column, f.name)}
+        self._profile_specs = {f.name: f for f in config.by_source(fc.SOURCE_USERS)
+                               if not self._is_user_key(f)}
+
+    def _is_user_key(self, spec: fc.FeatureSpec) -> bool:
+        return spec.source == fc.SOURCE_USERS and spec.raw_column == self.config.users_key
 
     # ---- requests to the model server ------------------------------------
     def _signature_inputs(self, model: str, signature: str, refresh: bool = False
                           ) -> dict[str, TensorInfo]:
         key = (model, signature)
         if refresh or key not in self._signatures:
-            version, inputs = self.client.signature_inputs(model, signature)
+            try:
+                version, inputs = self.client.signature_inputs(model, signature)
+            except KeyError as err:  # the model has no such signature
+                raise ModelIncompatible(str(err).strip("'\"")) from err
             with self._lock:
                 self._signatures[key] = (version, inputs)
         return self._signatures[key][1]
@@ -275,10 +302,23 @@ class Recommender:
                 raise
             # A new version may take other inputs: re-read its signature once.
             inputs = self._signature_inputs(model, signature, refresh=True)
-            result = self.client.predict_full(model, build(inputs), signature)
+            try:
+                result = self.client.predict_full(model, build(inputs), signature)
+            except grpc.RpcError as again:
+                if again.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                raise ModelIncompatible(f"model {model!r} rejects the inputs built for its "
+                                        f"signature {signature!r}: {again.details()}") from again
         if result.model_version != self._signatures[(model, signature)][0]:
             self._signature_inputs(model, signature, refresh=True)
         return result.outputs
+
+    @staticmethod
+    def _output(outputs: Mapping[str, np.ndarray], name: str, model: str) -> np.ndarray:
+        if name not in outputs:
+            raise ModelIncompatible(f"model {model!r} has no output {name!r}; it has "
+                                    f"{sorted(outputs)}")
+        return outputs[name]
 
     # ---- features ---------------------------------------------------------
     def user_features(self, user_id: str, profile: Mapping[str, Any], history: Sequence[str],
@@ -305,8 +345,8 @@ class Recommender:
         """Tower inputs (batch 1): arrays, or the request's shared protos when given."""
         missing = sorted(set(wanted) - set(row))
         if missing:
-            raise ValueError(f"signature wants inputs {missing} that are not user/context "
-                             f"features of config {self.config.name!r}")
+            raise ModelIncompatible(f"signature wants inputs {missing} that are not user/context "
+                                    f"features of config {self.config.name!r}")
         if protos is not None:
             return {name: protos[name] for name in wanted}
         return {name: _column(self._specs[name], [row[name]]) for name in wanted}
@@ -334,27 +374,28 @@ class Recommender:
         user/context features come from `protos` when given.
 
         Raises:
-          ValueError: the signature wants a feature the config or catalogue lacks.
+          ModelIncompatible: the signature wants a feature the config or catalogue lacks.
         """
         out = {}
         for name in wanted:
             spec = self._specs.get(name)
             if spec is None:
-                raise ValueError(f"ranking signature input {name!r} is not a feature of "
-                                 f"config {self.config.name!r}")
+                raise ModelIncompatible(f"ranking signature input {name!r} is not a feature of "
+                                        f"config {self.config.name!r}")
             if spec.field != fc.ITEM:
                 out[name] = protos[name] if protos is not None else _column(spec, [row[name]])
             elif spec.derive == fc.DERIVE_ITEM_AGE_HOURS:
                 created = self.catalogue.created_ts
                 if created is None:
-                    raise ValueError(f"{name!r} needs item creation times in the catalogue")
+                    raise ModelIncompatible(f"{name!r} needs item creation times in the catalogue")
                 out[name] = np.maximum(ts - created[rows], 0.0).astype(np.float32) / 3600.0
             elif spec.raw_column == self.config.items_key:
                 out[name] = self.catalogue.encoded_ids[rows]
             elif name in self.catalogue.features:
                 out[name] = self.catalogue.encoded(spec).take(rows)
             else:
-                raise ValueError(f"ranking signature input {name!r} is not in the item catalogue")
+                raise ModelIncompatible(f"ranking signature input {name!r} is not in the item "
+                                        "catalogue")
         return out
 
     # ---- recall -------------------------------------------------------------
@@ -369,7 +410,8 @@ class Recommender:
                 raise
             self.stats[f"tower_missing_{channel.tower}"] += 1
             return None
-        return np.asarray(outputs["user_embedding"], dtype=np.float32).reshape(1, -1)
+        return np.asarray(self._output(outputs, "user_embedding", channel.tower),
+                          dtype=np.float32).reshape(1, -1)
 
     def _recall(self, row: Mapping[str, Any], history: Sequence[str],
                 profile: Mapping[str, Any], protos: RowProtos | None = None) -> MergedRows:
@@ -395,6 +437,9 @@ class Recommender:
                 vector = vector.result()
             if vector is None:
                 continue
+            if vector.shape[-1] != index.dim:
+                raise ModelIncompatible(f"channel {channel.name!r}: the user vector has width "
+                                        f"{vector.shape[-1]}, its index dim {index.dim}")
             rows = index.search_rows(vector, depth)
             lists.append((channel.name, index.catalogue_rows(self.catalogue.row)[rows]))
         if not history or not lists:  # cold start, or no recall model yet
@@ -425,15 +470,19 @@ class Recommender:
           context: request context: events-sourced context features (network,
             os, ...), optional `timestamp` (unix s, default now) and, for a
             user the store does not know, profile features (city, age, ...).
-          k: items to return.
+          k: items to return (1..settings.rules.max_k).
         Raises:
-          ValueError: k < 1 or a model wants a feature the config lacks.
-          grpc.RpcError: the ranking model is unavailable.
+          BadRequest: a bad k, user id or context value (request_checks).
+          StoreUnavailable: the user store cannot be read.
+          ModelIncompatible: a served model the recommender cannot use.
+          grpc.RpcError: the model server failed the call.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        context = dict(context or {})
-        ts = float(context.get("timestamp") or self.clock())
+        rules = self.settings.rules
+        k = check_k(k, rules)
+        user_id = check_id(user_id, "user_id", rules)
+        context = dict(check_context(context, self._context_specs, self.config, rules))
+        timestamp = context.get(fc.TIMESTAMP_KEY)
+        ts = check_timestamp(timestamp, self.config) if timestamp is not None else self.clock()
         profile, clicks = self.store.user_state(user_id)
         profile = profile or {}
         history = clicks[-self._history_len:]
@@ -444,13 +493,15 @@ class Recommender:
         if not len(merged.rows):
             return []
         rows = merged.rows
-        outputs = self._predict(self.settings.ranking_model, self.settings.ranking_signature,
+        model = self.settings.ranking_model
+        outputs = self._predict(model, self.settings.ranking_signature,
                                 lambda wanted: self._item_inputs_rows(rows, row, wanted, ts, protos))
-        scores = np.asarray(outputs["click"], dtype=np.float64).reshape(-1)
+        scores = np.asarray(self._output(outputs, "click", model), dtype=np.float64).reshape(-1)
         if self.settings.follow_weight and "follow" in outputs:
             scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
         if scores.shape[0] != len(rows):
-            raise ValueError(f"ranking returned {scores.shape[0]} scores for {len(rows)} candidates")
+            raise ModelIncompatible(f"model {model!r} returned {scores.shape[0]} scores for "
+                                    f"{len(rows)} candidates")
         order = np.argsort(-scores, kind="stable")[:k]
         top = rows[order]
         return [Recommendation(self.catalogue.ids[r], float(scores[i]), channels)
@@ -459,20 +510,36 @@ class Recommender:
     def ingest(self, event: Mapping[str, Any]) -> bool:
         """Applies one real-time event; returns whether it changed the history.
 
+        Everything is checked before anything is written, so no event can
+        store a value that breaks the user's later requests.
+
         Args:
-          event: {"user_id", "item_id", "event": click|follow|impression
-            (default click), optional "profile": {feature: value}}.
+          event: {"user_id", "item_id" (in the catalogue), "event":
+            click|follow|impression (default click), optional "profile":
+            {user feature: value}, checked against the feature config}.
         Raises:
-          ValueError: user_id or item_id missing, or an unknown event type.
+          BadRequest: a missing or bad id, an item not in the catalogue (also
+            counted in stats["ingest_unknown_item"]), an unknown event type,
+            or a profile value that is not of its feature's type.
+          StoreUnavailable: the store cannot be written.
         """
-        user_id, item_id = str(event.get("user_id") or ""), str(event.get("item_id") or "")
-        kind = str(event.get("event") or fc.CLICK)
-        if not user_id or not item_id:
-            raise ValueError(f"event needs user_id and item_id: {dict(event)!r}")
+        if not isinstance(event, Mapping):
+            raise BadRequest(f"event must be an object, got {str(event)[:40]}")
+        rules = self.settings.rules
+        if not event.get("user_id") or not event.get("item_id"):
+            raise BadRequest(f"event needs user_id and item_id: {str(dict(event))[:200]}")
+        user_id = check_id(event.get("user_id"), "user_id", rules)
+        item_id = check_id(event.get("item_id"), "item_id", rules)
+        kind = event.get("event") or fc.CLICK
         if kind not in fc.EVENT_TYPES:
-            raise ValueError(f"event {kind!r} not in {fc.EVENT_TYPES}")
-        if isinstance(event.get("profile"), Mapping):
-            merged = {**(self.store.get_profile(user_id) or {}), **event["profile"]}
+            raise BadRequest(f"event {str(kind)[:40]!r} not in {fc.EVENT_TYPES}")
+        if item_id not in self.catalogue.row:
+            self.stats["ingest_unknown_item"] += 1
+            raise BadRequest(f"item {item_id[:60]!r} is not in the catalogue")
+        profile = event.get("profile")
+        if profile is not None:
+            check_profile(profile, self._profile_specs, rules)
+            merged = {**(self.store.get_profile(user_id) or {}), **profile}
             self.store.put_profile(user_id, merged)
         if kind == fc.IMPRESSION:
             self.stats["ingest_impressions"] += 1
@@ -481,3 +548,34 @@ class Recommender:
         self.store.add_click(user_id, item_id)
         self.stats["ingest_clicks"] += 1
         return True
+
+    # ---- readiness ------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether a request can be served as intended now, check by check.
+
+        Checks: the store answers and holds its seeded state (a store that
+        lost it, e.g. a Redis restarted without persistence, would silently
+        serve seeded users as cold-start users); the ranking model and every
+        channel's tower have a loaded version; every channel's index is loaded.
+
+        Returns:
+          (ready, check name -> "ok" or what is wrong).
+        """
+        checks: dict[str, str] = {}
+        try:
+            self.store.ping()
+            checks["store"] = "ok" if self.store.seed_info() is not None else (
+                "the store has lost its seeded state (restarted without persistence?): "
+                "re-seed it with `python -m serving.serve --reseed_only ...` (README, Serving)")
+        except StoreUnavailable as err:
+            checks["store"] = str(err)
+        models = [self.settings.ranking_model] + [c.tower for c in self.settings.channels if c.tower]
+        for model in models:
+            try:
+                loaded = self.client.available_versions(model)
+                checks[f"model:{model}"] = "ok" if loaded else "no loaded version"
+            except grpc.RpcError as err:
+                checks[f"model:{model}"] = f"model server: {err.code().name}: {err.details()}"
+        for channel in self.settings.channels:
+            checks[f"index:{channel.name}"] = "ok" if self.indexes.get(channel.name) else "missing"
+        return all(v == "ok" for v in checks.values()), checks

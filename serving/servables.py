@@ -10,6 +10,8 @@ the same mistake:
   missing, extra, wrong dtype or
   shape of an input                INVALID_ARGUMENT
   failure inside the model graph   INVALID_ARGUMENT (bad values) / INTERNAL
+  an input over a size limit       RESOURCE_EXHAUSTED (serving.limits, checked
+                                   from the headers before anything is built)
 
 Predict over gRPC takes the wire path (`validate_protos` + `run_wire`): each
 signature gets, at load time, a companion graph that takes the request's
@@ -32,6 +34,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grpc
@@ -42,23 +45,18 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from google.protobuf.message import DecodeError  # noqa: E402
+from tensorflow_serving.apis import status_pb2  # noqa: E402
 
 from serving.config_files import ModelEntry  # noqa: E402
+from serving.errors import ServingError  # noqa: E402  (re-exported: callers import it from here)
 from serving.lifecycle import Poller  # noqa: E402
+from serving.limits import RequestLimits, check_arrays, proto_shapes  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
 SAVED_MODEL_FILE = "saved_model.pb"
 
 log = logging.getLogger(__name__)
-
-
-class ServingError(Exception):
-    """A request the server rejects; carries the gRPC status to return."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,21 +177,32 @@ def _as_dtype(array: np.ndarray) -> tf.DType:
     return tf.as_dtype(array.dtype)
 
 
+def _names(names: Sequence[str], limit: int = 20) -> str:
+    """A name list for an error message, cut after `limit` (a request may send millions)."""
+    names = sorted(names)
+    shown = repr(names[:limit])
+    return shown if len(names) <= limit else f"{shown[:-1]}, ... {len(names) - limit:,} more]"
+
+
 def _check_names(signature: Signature, sent: set[str], output_filter: Sequence[str]) -> None:
     expected = set(signature.inputs)
     if sent != expected:
-        extra, missing = sorted(sent - expected), sorted(expected - sent)
+        extra, missing = sent - expected, expected - sent
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({sorted(sent)}) != len({sorted(expected)}). Sent extra: {extra}. "
-            f"Missing but required: {missing}.")
+            f"len({_names(sent)}) != len({_names(expected)}). Sent extra: {_names(extra)}. "
+            f"Missing but required: {_names(missing)}.")
+    if len(output_filter) > len(signature.outputs):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"output_filter names {len(output_filter):,} outputs; the signature "
+                           f"has {len(signature.outputs)}: {sorted(signature.outputs)}")
     for name in output_filter:
         if name not in signature.outputs:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"output tensor alias not found in signature: {name}. Outputs expected to be "
-                f"in the set {sorted(signature.outputs)}.")
+                f"output tensor alias not found in signature: {name[:200]}. Outputs expected to "
+                f"be in the set {sorted(signature.outputs)}.")
 
 
 def _compatible(dims: tuple[int | None, ...] | None, shape: Sequence[int]) -> bool:
@@ -218,13 +227,16 @@ def _check_tensor(signature: Signature, name: str, got: tf.DType | str,
 
 
 def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray],
-                    output_filter: Sequence[str] = ()) -> None:
-    """Checks names, dtypes and shapes against the signature.
+                    output_filter: Sequence[str] = (),
+                    limits: RequestLimits = RequestLimits()) -> None:
+    """Checks names, size limits, dtypes and shapes against the signature.
 
     Raises:
-      ServingError: INVALID_ARGUMENT naming the offending input or output.
+      ServingError: INVALID_ARGUMENT naming the offending input or output;
+        RESOURCE_EXHAUSTED over a size limit.
     """
     _check_names(signature, set(inputs), output_filter)
+    check_arrays(inputs, limits)
     for name, array in inputs.items():
         _check_tensor(signature, name, _as_dtype(array), array.shape)
 
@@ -266,22 +278,22 @@ def _values_problem(proto: tensor_pb2.TensorProto, count: int) -> str | None:
 
 
 def validate_protos(signature: Signature, protos: Mapping[str, tensor_pb2.TensorProto],
-                    output_filter: Sequence[str] = ()) -> None:
+                    output_filter: Sequence[str] = (),
+                    limits: RequestLimits = RequestLimits()) -> None:
     """validate_inputs for TensorProtos, read from their headers (no conversion).
 
     Also rejects a proto whose values cannot fill its shape: more values than
     elements, raw content of the wrong length, or a negative / unknown shape.
 
     Raises:
-      ServingError: INVALID_ARGUMENT naming the offending input or output.
+      ServingError: INVALID_ARGUMENT naming the offending input or output;
+        RESOURCE_EXHAUSTED over a size limit (serving.limits).
     """
     _check_names(signature, set(protos), output_filter)
+    shapes = proto_shapes(protos, limits)
     for name, proto in protos.items():
         got = _dtype_of_enum(proto.dtype)
-        if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} is not a valid TensorProto: its shape is unknown")
-        shape = [d.size for d in proto.tensor_shape.dim]
+        shape = shapes[name]
         _check_tensor(signature, name, got, shape)
         problem = _values_problem(proto, math.prod(shape))
         if problem is not None:
@@ -365,6 +377,51 @@ def desired_versions(entry: ModelEntry, on_disk: Sequence[int]) -> list[int]:
     return list(on_disk)[-entry.num_versions:]
 
 
+# tensorflow.error.Code by name, as StatusProto.error_code carries it.
+ERROR_CODES = dict(status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"]
+                   .enum_type.values_by_name)
+_ERROR_NAMES = {value.number: name for name, value in ERROR_CODES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadFailure:
+    """A version that failed to load: TF Serving reports it in state END with this error.
+
+    Attributes:
+      error_code: tensorflow.error.Code name (e.g. DATA_LOSS, NOT_FOUND, UNKNOWN).
+      message: the error's first line.
+      fingerprint: what the version dir looked like when it failed
+        (`version_fingerprint`); it is not tried again until that changes.
+    """
+
+    error_code: str
+    message: str
+    fingerprint: tuple
+
+
+def load_error_code(err: BaseException) -> str:
+    """The tensorflow.error.Code name TF Serving would give a failed load."""
+    if isinstance(err, tf.errors.OpError):
+        return _ERROR_NAMES.get(err.error_code, "UNKNOWN")
+    if isinstance(err, DecodeError):
+        return "DATA_LOSS"  # TF Serving: "Can't parse saved_model.pb as binary proto"
+    if isinstance(err, FileNotFoundError):
+        return "NOT_FOUND"
+    return "UNKNOWN"
+
+
+def version_fingerprint(path: str) -> tuple:
+    """(mtime, size) of the version dir and its saved_model.pb: a re-push changes it."""
+    out = []
+    for name in (path, os.path.join(path, SAVED_MODEL_FILE)):
+        try:
+            st = os.stat(name)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 class ModelManager:
     """Loads the versions each model's policy wants and swaps them atomically.
 
@@ -372,6 +429,14 @@ class ModelManager:
     and replaces the reference under a lock; a request that already holds a
     Servable keeps using it to the end, so a swap never fails in-flight
     requests, and an unloaded version is freed once its last request returns.
+
+    A version that fails to load (any exception: a truncated saved_model.pb
+    raises a protobuf DecodeError, an empty one an IndexError) is recorded in
+    `load_failures`, logged once and counted in `failure_counts`; the model
+    status APIs report it in state END with its error, as TF Serving does. It
+    is not tried again until its files change (a re-push), so a bad version
+    costs one log line, not one per poll; the versions already loaded keep
+    serving.
     """
 
     def __init__(self, entries: Sequence[ModelEntry],
@@ -380,7 +445,8 @@ class ModelManager:
         self._loader = loader
         self._lock = threading.Lock()
         self._models: dict[str, dict[int, Servable]] = {e.name: {} for e in entries}
-        self.load_failures: dict[tuple[str, int], str] = {}
+        self.load_failures: dict[tuple[str, int], LoadFailure] = {}
+        self.failure_counts: Counter = Counter()
         self._poller = Poller(self.poll_once, "model-poller")
         self.poll_count = 0
 
@@ -389,7 +455,11 @@ class ModelManager:
         """Loads new versions and drops stale ones; returns name -> loaded versions."""
         for entry in self.entries.values():
             current = self._models.get(entry.name, {})
-            want = desired_versions(entry, list_versions(entry.base_path))
+            on_disk = list_versions(entry.base_path)
+            for key in [k for k in self.load_failures if k[0] == entry.name
+                        and k[1] not in on_disk]:
+                del self.load_failures[key]  # the bad version was removed
+            want = desired_versions(entry, on_disk)
             if not want or sorted(current) == want:
                 continue  # nothing on disk keeps what is loaded (TF Serving does too)
             fresh: dict[int, Servable] = {}
@@ -397,14 +467,9 @@ class ModelManager:
                 if version in current:
                     fresh[version] = current[version]
                     continue
-                path = os.path.join(entry.base_path, str(version))
-                try:
-                    fresh[version] = self._loader(entry.name, version, path)
-                    log.info("loaded %s version %d from %s", entry.name, version, path)
-                    self.load_failures.pop((entry.name, version), None)
-                except (OSError, ValueError, tf.errors.OpError) as err:
-                    self.load_failures[(entry.name, version)] = _first_line(err)
-                    log.error("cannot load %s version %d: %s", entry.name, version, err)
+                loaded = self._load(entry.name, version)
+                if loaded is not None:
+                    fresh[version] = loaded
             if not fresh:
                 continue  # every wanted version failed: keep serving the old ones
             with self._lock:
@@ -413,6 +478,26 @@ class ModelManager:
                 self._models = models
         self.poll_count += 1
         return {name: sorted(versions) for name, versions in self._models.items()}
+
+    def _load(self, name: str, version: int) -> Servable | None:
+        """One version, or None when it fails (recorded and logged once) or failed before."""
+        path = os.path.join(self.entries[name].base_path, str(version))
+        fingerprint = version_fingerprint(path)
+        failed = self.load_failures.get((name, version))
+        if failed is not None and failed.fingerprint == fingerprint:
+            return None  # failed before and unchanged since
+        try:
+            servable = self._loader(name, version, path)
+        except Exception as err:  # noqa: BLE001 - no broken version may stop the poller
+            failure = LoadFailure(load_error_code(err), _first_line(err), fingerprint)
+            self.load_failures[(name, version)] = failure
+            self.failure_counts[name] += 1
+            log.error("cannot load %s version %d from %s: %s: %s (state END; not retried until "
+                      "its files change)", name, version, path, failure.error_code, failure.message)
+            return None
+        self.load_failures.pop((name, version), None)
+        log.info("loaded %s version %d from %s", name, version, path)
+        return servable
 
     def start(self, interval_s: float) -> None:
         """Polls for new versions every interval_s seconds on a daemon thread."""
@@ -449,3 +534,31 @@ class ModelManager:
                                f"Servable not found for request: Specific({name}, {version}); "
                                f"loaded versions {sorted(versions)}")
         return versions[version]
+
+    def status(self, name: str, version: int | None = None
+               ) -> list[tuple[int, str, LoadFailure | None]]:
+        """GetModelStatus rows: (version, state, failure), ascending by version.
+
+        Loaded versions are AVAILABLE; versions that failed to load are END
+        with their LoadFailure (TF Serving's ModelVersionStatus).
+
+        Raises:
+          ServingError: NOT_FOUND for an unknown model, or when the model (or
+            the requested version) is neither loaded nor failed.
+        """
+        versions = self.versions(name)
+        rows = {v: (v, "AVAILABLE", None) for v in versions}
+        for (model, v), failure in list(self.load_failures.items()):
+            if model == name and v not in rows:
+                rows[v] = (v, "END", failure)
+        if version is not None:
+            if version not in rows:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Specific({name}, {version}); "
+                                   f"loaded versions {sorted(versions)}")
+            return [rows[version]]
+        if not rows:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Latest({name}); "
+                               f"no version is loaded yet")
+        return [rows[v] for v in sorted(rows)]

@@ -19,16 +19,27 @@ supervising process: the gRPC and REST ports are shared with SO_REUSEPORT, and t
 recommender's connections are spread evenly from one shared listening socket
 (serving.balance).
 
-HTTP (loopback by default, --recommender_port):
+HTTP (loopback by default, --recommender_port; HTTPS with --ssl_config_file):
   POST /recommend {"user_id", "context": {...}, "k"} -> {"items": [{"item_id", "score", "channels"}]}
   POST /ingest    {"user_id", "item_id", "event"?, "profile"?} -> {"history_changed": bool}
-  GET  /healthz   -> loaded index versions, counters and the answering process's pid
+  GET  /healthz   liveness: 200 while the process answers (index versions, counters, pid)
+  GET  /readyz    readiness: 200 {"ready": true, "checks"}, or 503 naming what is wrong
+                  (store unreachable or lost its state, a model without a loaded
+                  version, a missing index)
+Errors are JSON {"error": ...}: 400 bad request (k, ids, context, profile, unknown
+item), 401 bad token (--auth_token_file), 411 / 413 / 408 body rules and timeouts
+(serving.httpd), 503 store or model server unavailable, 500 an incompatible model
+or an internal error.
+
+python -m serving.serve --reseed_only --redis_url ... re-seeds a Redis store that lost
+its state from the tables, and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hmac
 import json
 import logging
 import os
@@ -38,8 +49,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
@@ -52,91 +63,127 @@ from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listene
 from serving.catalogue import (  # noqa: E402
     ItemCatalogue, read_item_frequencies, read_recent_clicks, read_user_profiles)
 from serving.client import ModelServerClient  # noqa: E402
+from serving.httpd import HardenedHTTPServer, HttpError, HttpLimits, JsonRequestHandler, log_once  # noqa: E402
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
-from serving.recommender import Recommender, RecommenderSettings  # noqa: E402
-from serving.store import make_store  # noqa: E402
+from serving.recommender import ModelIncompatible, Recommender, RecommenderSettings  # noqa: E402
+from serving.request_checks import BadRequest, RequestRules  # noqa: E402
+from serving.store import StoreUnavailable, make_store  # noqa: E402
 from serving.lifecycle import freeze_heap, termination_event, wait_for_termination  # noqa: E402
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 
 
-def make_handler(recommender: Recommender) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body leave as two writes; with Nagle on, the body waits for
-        # the client's delayed ACK of the headers (~40 ms on Linux) every request.
-        disable_nagle_algorithm = True
+# Model server statuses that say "not now" (retry may succeed): 503; any other is a 500.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
+              grpc.StatusCode.CANCELLED}
 
-        def log_message(self, fmt, *args):
-            log.debug("http %s", fmt % args)
 
-        def _send(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def make_handler(recommender: Recommender, limits: HttpLimits = HttpLimits(max_body_bytes=MAX_BODY_BYTES),
+                 token: str | None = None) -> type[JsonRequestHandler]:
+    """The recommender's HTTP API (see the module docstring); every request gets an answer.
 
-        def do_GET(self):  # noqa: N802
-            if self.path == "/healthz":
-                self._send(200, {"indexes": recommender.indexes.versions(),
-                                 "stats": dict(recommender.stats), "pid": os.getpid()})
+    Args:
+      recommender: what answers.
+      limits: timeouts, connection cap and body limit (serving.httpd).
+      token: when set, POSTs need `Authorization: Bearer <token>` (401
+        otherwise); /healthz and /readyz stay open for probes.
+    """
+    expected = f"Bearer {token}".encode() if token else None
+
+    class Handler(JsonRequestHandler):
+        def get(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":  # liveness: the process answers
+                self.send_json(200, {"alive": True, "indexes": recommender.indexes.versions(),
+                                     "stats": dict(recommender.stats), "pid": os.getpid()})
+            elif path == "/readyz":  # readiness: requests can be served as intended
+                ready, checks = recommender.readiness()
+                self.send_json(200 if ready else 503, {"ready": ready, "checks": checks,
+                                                       "pid": os.getpid()})
             else:
-                self._send(404, {"error": f"no route GET {self.path}"})
+                raise HttpError(404, f"no route GET {self.path[:200]}")
 
-        def do_POST(self):  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self.rfile.read(length)
-                self._send(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-                return
+        def post(self):
+            if expected is not None and not hmac.compare_digest(
+                    self.headers.get("Authorization", "").encode(), expected):
+                recommender.stats["unauthorized"] += 1
+                raise HttpError(401, "missing or wrong bearer token", close=True)
+            body = self.read_json()
+            if not isinstance(body, dict):
+                raise HttpError(400, "body must be a JSON object")
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("body must be a JSON object")
                 if self.path == "/recommend":
-                    user = body.get("user_id")
-                    if not user:
-                        raise ValueError("user_id is required")
-                    items = recommender.recommend(str(user), body.get("context") or {},
-                                                  int(body.get("k", 10)))
-                    self._send(200, {"items": [{"item_id": r.item_id, "score": r.score,
-                                                "channels": list(r.channels)} for r in items]})
+                    items = recommender.recommend(body.get("user_id"), body.get("context"),
+                                                  body.get("k", 10))
+                    self.send_json(200, {"items": [{"item_id": r.item_id, "score": r.score,
+                                                    "channels": list(r.channels)} for r in items]})
                 elif self.path == "/ingest":
-                    self._send(200, {"history_changed": recommender.ingest(body)})
+                    self.send_json(200, {"history_changed": recommender.ingest(body)})
                 else:
-                    self._send(404, {"error": f"no route POST {self.path}"})
-            except (ValueError, TypeError) as err:
-                self._send(400, {"error": str(err)})
-            except grpc.RpcError as err:
-                recommender.stats["model_server_errors"] += 1
-                self._send(503, {"error": f"model server: {err.code().name}: {err.details()}"})
+                    raise HttpError(404, f"no route POST {self.path[:200]}")
+            except BadRequest as err:
+                recommender.stats["bad_requests"] += 1
+                raise HttpError(400, str(err)) from err
 
+        def send_json(self, status, payload, headers=None, content_type="application/json"):
+            if status == 401:
+                headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+            super().send_json(status, payload, headers, content_type)
+
+        def internal_error(self, err: Exception) -> tuple[int, str]:
+            if isinstance(err, StoreUnavailable):
+                recommender.stats["store_unavailable"] += 1
+                return 503, f"store unavailable: {err}"
+            if isinstance(err, grpc.RpcError):
+                recommender.stats["model_server_errors"] += 1
+                code = err.code()
+                return (503 if code in _RETRYABLE else 500,
+                        f"model server: {code.name}: {err.details()}")
+            if isinstance(err, ModelIncompatible):
+                recommender.stats["model_incompatible"] += 1
+                log_once("a served model is incompatible", err)
+                return 500, f"model incompatible: {err}"
+            recommender.stats["internal_errors"] += 1
+            return super().internal_error(err)
+
+    Handler.limits = limits
     return Handler
 
 
 class RecommenderHTTPServer:
-    """ThreadingHTTPServer around a Recommender; port 0 picks a free port.
+    """The recommender's HTTP API on a HardenedHTTPServer; port 0 picks a free port.
 
     With `listen_fd` and `counts` (a `serve --workers` worker), it serves on
     the supervisor's shared listening socket and accepts only while it is the
     least loaded worker (serving.balance); host and port are then ignored.
+
+    Args:
+      recommender, host, port, listen_fd, counts: as above.
+      limits: timeouts, connection cap and body limit (serving.httpd).
+      ssl_context: HTTPS when given.
+      token: shared bearer token required on POSTs (make_handler).
     """
 
     def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8600,
-                 listen_fd: int | None = None, counts: ConnectionCounts | None = None):
-        handler = make_handler(recommender)
+                 listen_fd: int | None = None, counts: ConnectionCounts | None = None,
+                 limits: HttpLimits = HttpLimits(max_body_bytes=MAX_BODY_BYTES),
+                 ssl_context: Any = None, token: str | None = None):
+        handler = make_handler(recommender, limits, token)
         if listen_fd is not None and counts is not None:
-            self._server = BalancedHTTPServer(listen_fd, counts, handler)
+            self._server = BalancedHTTPServer(listen_fd, counts, handler, ssl_context)
             serve = self._server.serve_balanced
         else:
-            self._server = model_server.BackloggedHTTPServer((host, port), handler)
+            self._server = HardenedHTTPServer((host, port), handler, ssl_context=ssl_context)
             serve = self._server.serve_forever
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=serve, name="recommender-http", daemon=True)
+
+    @property
+    def refused(self) -> int:
+        """Connections answered 503 because every connection slot was taken."""
+        return self._server.refused
 
     def start(self) -> int:
         self._thread.start()
@@ -198,16 +245,61 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def seed_store(store, found: dict[str, str | None], config: fc.FeatureConfig,
-               seed_clicks: bool = True) -> None:
-    """User profiles (users table) and recent clicks (events table) into the store."""
+               seed_clicks: bool = True) -> dict[str, Any]:
+    """User profiles (users table) and recent clicks (events table) into the store.
+
+    Ends by writing the store's seed marker (store.mark_seeded): readiness
+    reports a store without it, i.e. one that lost what was seeded.
+
+    Returns:
+      The marker: {"at", "users", "click_users", "users_table", "events_table"}.
+    """
+    info: dict[str, Any] = {"at": time.time(), "users": 0, "click_users": 0,
+                            "users_table": found["users"], "events_table": None}
     if found["users"]:
-        store.put_profiles(read_user_profiles(found["users"], config))
+        profiles = read_user_profiles(found["users"], config)
+        store.put_profiles(profiles)
+        info["users"] = len(profiles)
     if found["events"] and seed_clicks:
         clicks, bad = read_recent_clicks(found["events"], config, store.max_clicks)
         for user, items in clicks.items():
             store.set_clicks(user, items)
+        info.update(click_users=len(clicks), events_table=found["events"])
         log.info("seeded recent clicks of %d users from %s (%d unusable click rows)",
                  len(clicks), found["events"], bad)
+    store.mark_seeded(info)
+    return info
+
+
+def read_token(path: str | None) -> str | None:
+    """The shared token of --auth_token_file (surrounding whitespace dropped), None without one.
+
+    Raises:
+      SystemExit: the file is unreadable or empty.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as err:
+        raise SystemExit(f"cannot read --auth_token_file {path}: {err}") from err
+    if not token:
+        raise SystemExit(f"--auth_token_file {path} is empty")
+    return token
+
+
+def model_server_tls(args: argparse.Namespace, embedded) -> dict[str, Any]:
+    """ModelServerClient TLS arguments: from --model_server_ca_file, else (for the embedded
+    server with --ssl_config_file) its own certificate; {} for a plain channel."""
+    if args.model_server_ca_file:
+        with open(args.model_server_ca_file, "rb") as f:
+            root = f.read()
+    elif embedded is not None:
+        root = embedded.server_cert
+    else:
+        return {}
+    return {"root_certificates": root, "tls_server_name": args.model_server_tls_name}
 
 
 def _free_port(host: str) -> int:
@@ -329,6 +421,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "already run searches side by side")
     parser.add_argument("--ready_file", default=None,
                         help="written with the bound ports once serving (for scripts)")
+    parser.add_argument("--max_k", type=int, default=RequestRules().max_k,
+                        help="largest k a /recommend may ask for (400 above)")
+    parser.add_argument("--auth_token_file", default=None,
+                        help="file holding a shared token: POST /recommend and /ingest then need "
+                             "`Authorization: Bearer <token>` (401 otherwise); probes stay open")
+    parser.add_argument("--model_server_ca_file", default=None,
+                        help="PEM CA of a TLS model server (--model_server, or the embedded one "
+                             "with --transport grpc; default there: its own certificate)")
+    parser.add_argument("--model_server_tls_name", default=None,
+                        help="name the model server's certificate is checked against, when it "
+                             "is not the host of the address")
+    parser.add_argument("--reseed_only", action="store_true",
+                        help="seed the --redis_url store from the users and events tables (as at "
+                             "start-up) and exit: restores a store that lost its state; clicks "
+                             "and profiles ingested since the tables were written are not in them")
     parser.add_argument("--workers", type=int, default=1,
                         help="serving processes sharing the ports (gRPC and REST with SO_REUSEPORT; "
                              "recommender connections spread evenly), each with its own "
@@ -365,9 +472,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"no items table (items.jsonl[.gz] / items.csv[.gz]) in {serving_dir} "
                          f"or {args.work_dir}/raw/{config.name}*/")
     history = config.history_feature
-    store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
+    if args.reseed_only and not args.redis_url:
+        raise SystemExit("--reseed_only needs --redis_url (the in-process store lives and dies "
+                         "with its server)")
+    try:
+        store = make_store(args.redis_url, history.max_len if history else config.history_max_len)
+    except StoreUnavailable as err:
+        raise SystemExit(f"cannot reach the user store: {err}") from err
     if not args.worker:  # a supervisor seeds the shared store once, before its workers start
-        seed_store(store, found, config, seed_clicks=not args.no_seed_clicks)
+        info = seed_store(store, found, config, seed_clicks=not args.no_seed_clicks)
+        if args.reseed_only:
+            log.info("re-seeded %s: %s", store.where, info)
+            return
     if args.workers > 1:
         run_workers(args, argv)
         return
@@ -388,22 +504,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         manager.start(args.file_system_poll_wait_seconds)
         target = f"{args.host}:{grpc_port}"
         log.info("model server: gRPC %s, REST %s", target, rest_port)
+    tls = model_server.ssl_config(args)
     if server is not None and args.transport == "in_process":
         client = ModelServerClient.from_stub(model_server.InProcessStub(server.core))
     else:
-        client = ModelServerClient(target)
+        client = ModelServerClient(target, **model_server_tls(args, tls if server else None))
         client.wait_ready(30)
     indexes = IndexSet(os.path.join(serving_dir, "indexes"),
                        [c.name for c in RecommenderSettings().channels])
     indexes.start(args.index_poll_seconds)
     settings = RecommenderSettings(ranking_model=args.ranking_model,
                                    num_candidates=args.num_candidates,
-                                   follow_weight=args.follow_weight)
+                                   follow_weight=args.follow_weight,
+                                   rules=RequestRules(max_k=args.max_k))
     recommender = Recommender(config, client, store, indexes, catalogue, settings)
     counts = (ConnectionCounts(args.balance_file, args.worker_index)
               if args.worker and args.balance_file else None)
     http = RecommenderHTTPServer(recommender, args.host, args.recommender_port,
-                                 listen_fd=args.listen_fd if counts else None, counts=counts)
+                                 listen_fd=args.listen_fd if counts else None, counts=counts,
+                                 limits=model_server.http_limits(args, MAX_BODY_BYTES),
+                                 ssl_context=tls.http_context() if tls else None,
+                                 token=read_token(args.auth_token_file))
     port = http.start()
     log.info("recommender on http://%s:%d (indexes %s)", args.host, port, indexes.versions())
     if args.ready_file:
