@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from beam_jobs import feature_config as fc
+from models.recall.schedule import check_schedule, reject_epochs
+from models.validation import DEFAULT_VALIDATION_FRACTION
+
+
+class Item2VecConfigError(ValueError):
+    """Bad Item2vec settings; the message names the bad value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +29,13 @@ class Item2VecConfig:
       attribute_role: None, or a role (item_city / item_category) whose value
         the attribute-aware negatives share with the positive (58.com).
       attribute_negative_ratio: share of negatives drawn attribute-aware.
-      epochs, batch_size, learning_rate: training loop.
+      batch_size, learning_rate: training loop.
+      max_epochs: cap on passes over the fit sessions (training stops
+        earlier when the validation next-item HR@50 stops improving).
+      patience: epochs without a validation improvement before stopping.
+      min_delta: smallest validation HR@50 gain that counts as improvement.
+      validation_fraction: share of the training time span (the latest
+        sessions by start time) held out as validation (models.validation).
       max_pairs_per_epoch: when set, each epoch trains on a fresh random
         subset of this many pairs (long sessions with window 64 give
         O(64 x clicks) pairs; the subset bounds the epoch cost).
@@ -38,29 +50,44 @@ class Item2VecConfig:
     unigram_alpha: float = 0.75
     attribute_role: str | None = None
     attribute_negative_ratio: float = 0.5
-    epochs: int = 5
     batch_size: int = 4096
     learning_rate: float = 0.005
     max_pairs_per_epoch: int | None = None
     recent_clicks: int = 20
+    max_epochs: int = 20
+    patience: int = 2
+    min_delta: float = 1e-4
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = 0
 
     def __post_init__(self):
-        if self.dim < 1 or self.window < 1 or self.negatives_per_positive < 1:
-            raise ValueError(f"dim, window and negatives_per_positive must be >= 1: {self}")
+        for name in ("dim", "window", "negatives_per_positive", "batch_size", "recent_clicks"):
+            if getattr(self, name) < 1:
+                raise Item2VecConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.learning_rate <= 0:
+            raise Item2VecConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.attribute_role not in (None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY):
-            raise ValueError(f"attribute_role {self.attribute_role!r} not in "
-                             f"{(None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY)}")
+            raise Item2VecConfigError(f"attribute_role {self.attribute_role!r} not in "
+                                      f"{(None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY)}")
         if self.max_pairs_per_epoch is not None and self.max_pairs_per_epoch < 1:
-            raise ValueError(f"max_pairs_per_epoch must be >= 1, got {self.max_pairs_per_epoch}")
+            raise Item2VecConfigError(
+                f"max_pairs_per_epoch must be >= 1, got {self.max_pairs_per_epoch!r}")
         if not 0.0 <= self.attribute_negative_ratio <= 1.0:
-            raise ValueError(
-                f"attribute_negative_ratio {self.attribute_negative_ratio} not in [0, 1]")
+            raise Item2VecConfigError(
+                f"attribute_negative_ratio {self.attribute_negative_ratio!r} not in [0, 1]")
+        check_schedule(self, Item2VecConfigError)
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any] | None) -> "Item2VecConfig":
+        """The defaults overridden by `hparams`.
+
+        Raises:
+          Item2VecConfigError: `epochs` (use max_epochs), an unknown name, or a bad value.
+        """
+        reject_epochs(hparams or {}, "Item2vec", Item2VecConfigError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(hparams or {}) - known
         if unknown:
-            raise ValueError(f"unknown Item2vec hparams {sorted(unknown)}; known {sorted(known)}")
+            raise Item2VecConfigError(
+                f"unknown Item2vec hparams {sorted(unknown)}; known {sorted(known)}")
         return cls(**dict(hparams or {}))

@@ -20,7 +20,7 @@ from models import inputs  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
 from models.item2vec.model import (MeanHistoryTower, NegativeSampler, SkipGram,  # noqa: E402
                                    normalize_rows, skipgram_pairs)
-from models.recall import artifacts, data, metrics  # noqa: E402
+from models.recall import artifacts, data, metrics, training  # noqa: E402
 
 MODEL_NAME = "item2vec"
 
@@ -72,31 +72,44 @@ def sessions_to_ids(sessions: Sequence[Sequence], vocabulary: Sequence[str]) -> 
                      np.int64) for s in sessions]
 
 
-def fit(feature_config: fc.FeatureConfig, sessions: Sequence[Sequence], vocabulary: Sequence[str],
-        catalogue: data.Catalogue | None, config: Item2VecConfig) -> Item2VecResult:
-    """Trains SGNS on click sessions.
+def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
+        vocabulary: Sequence[str], catalogue: data.Catalogue | None,
+        config: Item2VecConfig) -> Item2VecResult:
+    """Trains SGNS on click sessions, epoch by epoch until validation stops improving.
+
+    The sessions starting in the latest `validation_fraction` of the time
+    span are held out; after each epoch their next-item HR@50 (the metric
+    eval_next_item reports) is measured with the current vectors, and the
+    best epoch's vectors are kept (models.recall.training.fit_epochs).
 
     Args:
       feature_config: dataset config (history feature, roles, min_session_len).
-      sessions: chronological item-id lists.
+      sessions: item2vec examples as column arrays (data.load_examples of
+        kind item2vec): session_items (chronological item-id lists) and
+        timestamp (the session start).
       vocabulary: item-id vocabulary (model id = line + 1).
       catalogue: item catalogue (click counts for the unigram table, the
         attribute of attribute-aware negatives, the exported candidates); None
         uses session counts and exports every trained vocabulary item.
       config: hyperparameters.
     Raises:
+      models.validation.ValidationError: too few sessions to carve a
+        validation split, or no validation session to query with.
       ValueError: no training pair, or an attribute role the config lacks.
     """
     start = time.time()
     rng = np.random.default_rng(config.seed)
-    tf.random.set_seed(config.seed)
+    # Seeds Keras' initializers too (tf.random.set_seed alone leaves them to
+    # Python's `random`): the same seed gives the same run.
+    keras.utils.set_random_seed(config.seed)
+    carve = training.carve_validation(sessions, config.validation_fraction, MODEL_NAME)
     vocabulary = list(vocabulary)
     num_rows = len(vocabulary) + 1
-    id_sessions = sessions_to_ids(sessions, vocabulary)
+    id_sessions = sessions_to_ids(carve.fit[fc.SESSION_ITEMS_KEY], vocabulary)
     min_len = config.min_session_len or feature_config.min_session_len
     centers, contexts, stats = skipgram_pairs(id_sessions, config.window, min_len)
     if len(centers) == 0:
-        raise ValueError(f"no skip-gram pairs from {len(sessions)} sessions "
+        raise ValueError(f"no skip-gram pairs from {len(id_sessions)} fit sessions "
                          f"(min_session_len {min_len})")
     clicks = np.bincount(np.concatenate(id_sessions), minlength=num_rows).astype(np.float64)
     attribute = None
@@ -114,6 +127,11 @@ def fit(feature_config: fc.FeatureConfig, sessions: Sequence[Sequence], vocabula
     clicks[0] = 0.0
     sampler = NegativeSampler(clicks, config.unigram_alpha, attribute,
                               config.attribute_negative_ratio)
+    export_rows = _candidate_rows(centers, vocabulary, catalogue)
+    item_ids = [vocabulary[r - 1] for r in export_rows]
+    queries = next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY], item_ids,
+                                config.recent_clicks)
+    training.check_validation_queries(len(queries), carve, MODEL_NAME)
     model = SkipGram(num_rows, config.dim)
     optimizer = keras.optimizers.Adam(config.learning_rate)
 
@@ -125,8 +143,7 @@ def fit(feature_config: fc.FeatureConfig, sessions: Sequence[Sequence], vocabula
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    losses = []
-    for _ in range(config.epochs):
+    def train_epoch() -> float:
         order = rng.permutation(len(centers))
         if config.max_pairs_per_epoch:
             order = order[:config.max_pairs_per_epoch]
@@ -138,48 +155,86 @@ def fit(feature_config: fc.FeatureConfig, sessions: Sequence[Sequence], vocabula
             total += float(step(tf.constant(centers[b]), tf.constant(contexts[b]),
                                 tf.constant(negatives[b])))
             batches += 1
-        losses.append(total / max(batches, 1))
-    vectors = normalize_rows(model.center.embeddings.numpy())
-    vectors[0] = 0.0
-    trained = np.zeros(num_rows, bool)
-    trained[np.unique(centers)] = True
-    if catalogue is not None:
-        in_catalogue = np.zeros(num_rows, bool)
-        known = catalogue.rows_of(vocabulary) >= 0
-        in_catalogue[1:] = known
-        trained &= in_catalogue
-    # Items that never were a center keep their random init: never candidates.
-    vectors[~trained] = 0.0
-    export_rows = np.flatnonzero(trained)
+        return total / max(batches, 1)
+
+    def validate() -> float:
+        vectors = normalize_rows(model.center.embeddings.numpy()[export_rows])
+        return next_item_hit_rate(queries, vectors, training.VALIDATION_K)
+
+    history = training.fit_epochs(model, train_epoch, validate, config)
+    vectors = np.zeros((num_rows, config.dim), np.float32)
+    # Only candidates get vectors: an item that never was a center keeps its
+    # random init, which must not look like a click in a user's mean.
+    vectors[export_rows] = normalize_rows(model.center.embeddings.numpy()[export_rows])
     tower = MeanHistoryTower(vocabulary, vectors, feature_config.history_feature.name,
                              config.recent_clicks)
-    stats.update({"epoch_losses": losses, "num_items": int(len(export_rows)),
+    stats.update({**history, "num_items": int(len(export_rows)),
                   "untrained_vocab_items": int(num_rows - 1 - len(export_rows)),
+                  "validation": {**carve.summary(), "validation_queries": len(queries)},
                   "train_seconds": time.time() - start})
-    return Item2VecResult(feature_config, config, vocabulary,
-                          [vocabulary[r - 1] for r in export_rows], vectors[export_rows], tower,
-                          stats)
+    return Item2VecResult(feature_config, config, vocabulary, item_ids, vectors[export_rows],
+                          tower, stats)
+
+
+def _candidate_rows(centers: np.ndarray, vocabulary: Sequence[str],
+                    catalogue: data.Catalogue | None) -> np.ndarray:
+    """Model ids that get a vector: trained as a center (and in the catalogue, if given)."""
+    trained = np.zeros(len(vocabulary) + 1, bool)
+    trained[np.unique(centers)] = True
+    trained[0] = False
+    if catalogue is not None:
+        trained[1:] &= catalogue.rows_of(vocabulary) >= 0
+    return np.flatnonzero(trained)
+
+
+@dataclasses.dataclass
+class NextItemQueries:
+    """Next-item queries of sessions: the mean of the earlier clicks retrieves the last.
+
+    Attributes:
+      history: per query, candidate rows of the most recent earlier clicks
+        (the user vector's inputs, excluded from the top-K).
+      targets: per query, the candidate row of the session's last click.
+    """
+
+    history: list[np.ndarray]
+    targets: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
+                      recent_clicks: int) -> NextItemQueries:
+    """One query per session with a known last click and a known earlier click."""
+    row = {item: i for i, item in enumerate(item_ids)}
+    history, targets = [], []
+    for s in sessions:
+        s = [x.decode() if isinstance(x, bytes) else x for x in s]
+        hist = [row[x] for x in s[:-1] if x in row][-recent_clicks:]
+        if len(s) < 2 or not hist or s[-1] not in row:
+            continue
+        history.append(np.array(hist, np.int64))
+        targets.append(np.array([row[s[-1]]], np.int64))
+    return NextItemQueries(history, targets)
+
+
+def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int) -> float:
+    """HR@k of the queries (user vector = mean of the history rows of item_vectors)."""
+    users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
+    top = metrics.top_k(users, item_vectors, k, queries.history)
+    return metrics.evaluate(top, queries.targets, len(item_vectors), ks=(k,))[f"hr@{k}"]
 
 
 def eval_next_item(result: Item2VecResult, sessions: Sequence[Sequence], k: int = 50
                    ) -> dict[str, float]:
     """Eval-session HR@k: the mean of all but the last item must retrieve the last."""
-    row = {item: i for i, item in enumerate(result.item_ids)}
-    queries, targets, exclude = [], [], []
-    for s in sessions:
-        s = [x.decode() if isinstance(x, bytes) else x for x in s]
-        hist = [row[x] for x in s[:-1] if x in row][-result.config.recent_clicks:]
-        if len(s) < 2 or not hist or s[-1] not in row:
-            continue
-        queries.append(result.item_vectors[hist].mean(axis=0))
-        targets.append(np.array([row[s[-1]]]))
-        exclude.append(np.array(hist))
-    if not queries:
+    queries = next_item_queries(sessions, result.item_ids, result.config.recent_clicks)
+    if not len(queries):
         return {"eval_sessions": 0}
     kk = max(k, 1)
-    top = metrics.top_k(np.stack(queries), result.item_vectors, kk, exclude)
-    out = metrics.evaluate(top, targets, len(result.item_ids), ks=(kk,))
-    return {"eval_sessions": out["num_users"], f"eval_next_item_hr@{kk}": out[f"hr@{kk}"]}
+    return {"eval_sessions": len(queries),
+            f"eval_next_item_hr@{kk}": next_item_hit_rate(queries, result.item_vectors, kk)}
 
 
 def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str | None,
@@ -195,7 +250,8 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
       hparams: Item2VecConfig fields.
       export_dir: receives user_tower/ and item_embeddings/.
     Returns:
-      training statistics and eval-session next-item HR@50.
+      training statistics (learning_curve, early_stopping, validation, ...)
+      and eval-session next-item HR@50 (one evaluation, after training).
     """
     feature_config = fc.load(config_path)
     config = Item2VecConfig.from_hparams(hparams)
@@ -205,7 +261,7 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
     catalogue = data.load_catalogue(items_pattern, feature_config) if items_pattern else None
     train_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.TRAIN),
                                       feature_config, fc.ITEM2VEC)
-    result = fit(feature_config, train_arrays[fc.SESSION_ITEMS_KEY], vocabulary, catalogue, config)
+    result = fit(feature_config, train_arrays, vocabulary, catalogue, config)
     out = dict(result.stats)
     if tf.io.gfile.glob(inputs.split_pattern(examples_dir, fc.EVAL)):
         eval_arrays = data.load_examples(inputs.split_pattern(examples_dir, fc.EVAL),

@@ -6,6 +6,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from models.recall.schedule import check_schedule, reject_epochs
+from models.validation import DEFAULT_VALIDATION_FRACTION
+
+
+class TwoTowerConfigError(ValueError):
+    """Bad two-tower settings; the message names the bad value."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TwoTowerConfig:
@@ -24,7 +31,13 @@ class TwoTowerConfig:
         config has no item_city role); the rest are drawn by click frequency.
       use_user_id: feed the user-id feature to the user tower (off: new users
         would hit an untrained row).
-      epochs, batch_size, learning_rate, seed: training loop.
+      batch_size, learning_rate, seed: training loop.
+      max_epochs: cap on passes over the fit examples (training stops
+        earlier when the validation HR@50 stops improving).
+      patience: epochs without a validation improvement before stopping.
+      min_delta: smallest validation HR@50 gain that counts as improvement.
+      validation_fraction: share of the training time span (the latest)
+        held out as validation (models.validation).
     """
 
     dim: int = 64
@@ -35,27 +48,48 @@ class TwoTowerConfig:
     extra_negatives: int = 128
     hard_negative_ratio: float = 0.5
     use_user_id: bool = False
-    epochs: int = 5
     batch_size: int = 512
     learning_rate: float = 0.003
+    max_epochs: int = 20
+    patience: int = 2
+    min_delta: float = 1e-4
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = 0
 
     def __post_init__(self):
-        if self.dim < 1 or self.embedding_dim < 1:
-            raise ValueError(f"dim and embedding_dim must be >= 1: {self}")
+        for name in ("dim", "embedding_dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise TwoTowerConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if any(u < 1 for u in self.hidden_units):
+            raise TwoTowerConfigError(f"hidden_units {self.hidden_units!r} must be >= 1")
+        if self.attention_units < 0:
+            raise TwoTowerConfigError(
+                f"attention_units must be >= 0, got {self.attention_units!r}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise TwoTowerConfigError(f"temperature must be > 0, got {self.temperature!r}")
         if not 0.0 <= self.hard_negative_ratio <= 1.0:
-            raise ValueError(f"hard_negative_ratio {self.hard_negative_ratio} not in [0, 1]")
+            raise TwoTowerConfigError(
+                f"hard_negative_ratio {self.hard_negative_ratio!r} not in [0, 1]")
         if self.extra_negatives < 0:
-            raise ValueError(f"extra_negatives must be >= 0, got {self.extra_negatives}")
+            raise TwoTowerConfigError(
+                f"extra_negatives must be >= 0, got {self.extra_negatives!r}")
+        if self.learning_rate <= 0:
+            raise TwoTowerConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        check_schedule(self, TwoTowerConfigError)
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any] | None) -> "TwoTowerConfig":
+        """The defaults overridden by `hparams`.
+
+        Raises:
+          TwoTowerConfigError: `epochs` (use max_epochs), an unknown name, or a bad value.
+        """
+        reject_epochs(hparams or {}, "two-tower", TwoTowerConfigError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(hparams or {}) - known
         if unknown:
-            raise ValueError(f"unknown two-tower hparams {sorted(unknown)}; known {sorted(known)}")
+            raise TwoTowerConfigError(
+                f"unknown two-tower hparams {sorted(unknown)}; known {sorted(known)}")
         kwargs = dict(hparams or {})
         if "hidden_units" in kwargs:
             kwargs["hidden_units"] = tuple(int(u) for u in kwargs["hidden_units"])

@@ -59,18 +59,29 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         config: TwoTowerConfig) -> TwoTowerResult:
     """Trains the towers on retrieval examples (history -> clicked item).
 
+    The latest `validation_fraction` of the examples' time span is held out
+    (time-split queries, as in the eval); training runs epoch by epoch until
+    their HR@50 stops improving and keeps the best epoch
+    (models.recall.training.fit_epochs).
+
     Raises:
-      ValueError: no example's target item is in the catalogue.
+      models.validation.ValidationError: too few examples to carve a
+        validation split, or no validation query with a target.
+      ValueError: no fit example's target item is in the catalogue.
     """
     start = time.time()
     rng = np.random.default_rng(config.seed)
-    tf.random.set_seed(config.seed)
+    # Seeds Keras' initializers too (tf.random.set_seed alone leaves them to
+    # Python's `random`): the same seed gives the same run.
+    keras.utils.set_random_seed(config.seed)
+    carve = training.carve_validation(arrays, config.validation_fraction, MODEL_NAME)
+    queries = training.validation_queries(carve, feature_config, MODEL_NAME)
     model, user_names, item_names = build_model(feature_config, vocabularies, config)
-    rows, unknown = training.target_rows(arrays, feature_config, catalogue)
+    rows, unknown = training.target_rows(carve.fit, feature_config, catalogue)
     keep = np.flatnonzero(rows >= 0)
     if len(keep) == 0:
         raise ValueError("no retrieval example has a target item in the catalogue")
-    arrays, rows = data.take(arrays, keep), rows[keep]
+    fit_arrays, rows = data.take(carve.fit, keep), rows[keep]
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
     n_hard = int(round(config.extra_negatives * config.hard_negative_ratio)) if hard else 0
@@ -87,8 +98,7 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    losses = []
-    for _ in range(config.epochs):
+    def train_epoch() -> float:
         total, batches = 0.0, 0
         for batch in training.minibatches(len(rows), config.batch_size, rng):
             positives = rows[batch]
@@ -97,17 +107,27 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
                 extra.append(hard.sample(rng, rng.choice(positives, n_hard)))
             candidates = np.concatenate([positives] + extra)
             total += float(step(
-                training.tensors(arrays, user_names, batch),
+                training.tensors(fit_arrays, user_names, batch),
                 training.tensors(catalogue.features, item_names, candidates),
                 tf.constant(candidates), tf.constant(probability[candidates])))
             batches += 1
-        losses.append(total / max(batches, 1))
-    item_vectors = training.predict(model.item_tower, catalogue.features, item_names, config.dim)
-    stats = {"epoch_losses": losses, "examples": int(len(rows)),
-             "dropped_unknown_target": unknown, "num_items": len(catalogue),
+        return total / max(batches, 1)
+
+    def item_vectors() -> np.ndarray:
+        return training.predict(model.item_tower, catalogue.features, item_names, config.dim)
+
+    def validate() -> float:
+        users = training.predict(model.user_tower, queries.features, user_names, config.dim)
+        return training.validation_hit_rate(queries, users, catalogue.ids, item_vectors())
+
+    history = training.fit_epochs(model, train_epoch, validate, config)
+    stats = {**history, "examples": int(len(rows)), "dropped_unknown_target": unknown,
+             "num_items": len(catalogue),
+             "validation": {**carve.summary(),
+                            "validation_queries": training.count_with_targets(queries)},
              "train_seconds": time.time() - start}
     return TwoTowerResult(feature_config, config, model, user_names, list(catalogue.ids),
-                          item_vectors, stats)
+                          item_vectors(), stats)
 
 
 def training_sampler(catalogue: data.Catalogue) -> GroupedSampler:
@@ -117,7 +137,8 @@ def training_sampler(catalogue: data.Catalogue) -> GroupedSampler:
 
 def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str,
           hparams: Mapping[str, Any] | None, export_dir: str) -> dict[str, Any]:
-    """Trains on OUT/retrieval Split-train, evaluates on Split-eval (time split), exports.
+    """Trains on OUT/retrieval Split-train (validation carved from it), evaluates
+    once on Split-eval (time split), exports.
 
     Args:
       config_path: feature config YAML.
@@ -127,7 +148,8 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
       hparams: TwoTowerConfig fields.
       export_dir: receives user_tower/ and item_embeddings/.
     Returns:
-      training statistics and time-split metrics (hr@50, recall@50, ...).
+      training statistics (learning_curve, early_stopping, validation, ...)
+      and time-split eval metrics (hr@50, recall@50, ...).
     """
     return training.train_and_export(fit, TwoTowerConfig.from_hparams(hparams), config_path,
                                      examples_dir, vocab_dir, items_pattern, export_dir)

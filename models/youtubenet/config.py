@@ -6,6 +6,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from models.recall.schedule import check_schedule, reject_epochs
+from models.validation import DEFAULT_VALIDATION_FRACTION
+
+
+class YouTubeNetConfigError(ValueError):
+    """Bad YouTubeNet settings; the message names the bad value."""
+
 
 @dataclasses.dataclass(frozen=True)
 class YouTubeNetConfig:
@@ -20,7 +27,13 @@ class YouTubeNetConfig:
         same distribution).
       use_user_id: feed the user-id feature (off: new users are served by
         demographics and context).
-      epochs, batch_size, learning_rate, seed: training loop.
+      batch_size, learning_rate, seed: training loop.
+      max_epochs: cap on passes over the fit examples (training stops
+        earlier when the validation HR@50 stops improving).
+      patience: epochs without a validation improvement before stopping.
+      min_delta: smallest validation HR@50 gain that counts as improvement.
+      validation_fraction: share of the training time span (the latest)
+        held out as validation (models.validation).
     """
 
     dim: int = 64
@@ -29,21 +42,37 @@ class YouTubeNetConfig:
     num_sampled: int = 512
     sampling_alpha: float = 0.75
     use_user_id: bool = False
-    epochs: int = 5
     batch_size: int = 512
     learning_rate: float = 0.002
+    max_epochs: int = 20
+    patience: int = 2
+    min_delta: float = 1e-4
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = 0
 
     def __post_init__(self):
-        if self.dim < 1 or self.embedding_dim < 1 or self.num_sampled < 1:
-            raise ValueError(f"dim, embedding_dim and num_sampled must be >= 1: {self}")
+        for name in ("dim", "embedding_dim", "num_sampled", "batch_size"):
+            if getattr(self, name) < 1:
+                raise YouTubeNetConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if any(u < 1 for u in self.hidden_units):
+            raise YouTubeNetConfigError(f"hidden_units {self.hidden_units!r} must be >= 1")
+        if self.learning_rate <= 0:
+            raise YouTubeNetConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        check_schedule(self, YouTubeNetConfigError)
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any] | None) -> "YouTubeNetConfig":
+        """The defaults overridden by `hparams`.
+
+        Raises:
+          YouTubeNetConfigError: `epochs` (use max_epochs), an unknown name, or a bad value.
+        """
+        reject_epochs(hparams or {}, "YouTubeNet", YouTubeNetConfigError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(hparams or {}) - known
         if unknown:
-            raise ValueError(f"unknown YouTubeNet hparams {sorted(unknown)}; known {sorted(known)}")
+            raise YouTubeNetConfigError(
+                f"unknown YouTubeNet hparams {sorted(unknown)}; known {sorted(known)}")
         kwargs = dict(hparams or {})
         if "hidden_units" in kwargs:
             kwargs["hidden_units"] = tuple(int(u) for u in kwargs["hidden_units"])

@@ -5,6 +5,20 @@ Layout and encoding: README, "Examples written by the sessionize job".
 Users click items of one preferred category, so a working model learns
 something measurable in a few hundred examples. Values are generated from the
 feature config's specs, so the fixture follows the config, not column names.
+
+Sized so that HR@50, the early-stopping monitor, can tell a trained model
+from an untrained one: 200 items in 10 categories of 20, so a model that
+knows the user's category hits ~0.9 of targets in its top 50 while random
+vectors hit ~50/200. Timestamps are hand-known for the validation carve
+(models.validation, fraction 0.1):
+
+* retrieval: user u's p-th click at START_TS + 3600 p + u; returning users
+  (u >= NEW_USERS) train on p < TRAIN_CLICKS, so the carve keeps
+  p = TRAIN_CLICKS - 1 (one example per returning user) as validation.
+* item2vec: each returning user's train clicks form two sessions (the
+  first FIRST_SESSION_CLICKS, then the rest), stamped with their first
+  click; the carve keeps every second session as validation, every first
+  one as fit.
 """
 
 from __future__ import annotations
@@ -17,9 +31,17 @@ import tensorflow as tf
 
 from beam_jobs import feature_config as fc
 
-NUM_ITEMS, NUM_USERS, NUM_CATEGORIES, NUM_CITIES = 60, 40, 5, 3
-CLICKS_PER_USER, EVAL_CLICKS, NEW_USERS = 12, 3, 4
+NUM_ITEMS, NUM_USERS, NUM_CATEGORIES, NUM_CITIES = 200, 80, 10, 3
+CLICKS_PER_USER, EVAL_CLICKS, NEW_USERS = 12, 2, 4
+TRAIN_CLICKS = CLICKS_PER_USER - EVAL_CLICKS
+FIRST_SESSION_CLICKS = 7  # of the TRAIN_CLICKS; the rest form a second session
+RETURNING_USERS = NUM_USERS - NEW_USERS
 START_TS = 1767225600
+
+
+def click_ts(user: int, position: int) -> int:
+    """Timestamp of a user's position-th click (0-based)."""
+    return START_TS + 3600 * position + user
 
 
 def item_value(config: fc.FeatureConfig, spec: fc.FeatureSpec, k: int):
@@ -70,7 +92,7 @@ def _write(path: str, rows: list[dict]) -> None:
 
 
 def user_clicks(seed: int = 0) -> dict[int, list[int]]:
-    """User -> clicked item indices: mostly the user's category (u % 5)."""
+    """User -> clicked item indices: mostly the user's category (u % NUM_CATEGORIES)."""
     rng = np.random.default_rng(seed)
     out = {}
     for u in range(NUM_USERS):
@@ -102,8 +124,8 @@ def write_dataset(out_dir: str, config_path: str | None = None, seed: int = 0) -
     for u, items in clicks.items():
         new = u < NEW_USERS
         for p, k in enumerate(items):
-            split = fc.EVAL if new or p >= CLICKS_PER_USER - EVAL_CLICKS else fc.TRAIN
-            row = {fc.USER_KEY: f"u{u}", fc.TIMESTAMP_KEY: START_TS + 3600 * p + u,
+            split = fc.EVAL if new or p >= TRAIN_CLICKS else fc.TRAIN
+            row = {fc.USER_KEY: f"u{u}", fc.TIMESTAMP_KEY: click_ts(u, p),
                    fc.NEW_USER_KEY: int(new)}
             for spec in user_specs:
                 row[spec.name] = user_value(config, spec, u)
@@ -119,13 +141,16 @@ def write_dataset(out_dir: str, config_path: str | None = None, seed: int = 0) -
                     if spec in config.vocab_features:
                         v = row[spec.name]
                         vocab_counts[spec.name].update([v] if isinstance(v, str) else v)
-        train_items = [x for p, x in enumerate(items)
-                       if not new and p < CLICKS_PER_USER - EVAL_CLICKS]
-        eval_items = items if new else items[CLICKS_PER_USER - EVAL_CLICKS:]
-        for split, seq in ((fc.TRAIN, train_items), (fc.EVAL, eval_items)):
-            if seq:
-                sessions[split].append({fc.SESSION_ITEMS_KEY: [f"i{x}" for x in seq],
-                                        fc.USER_KEY: f"u{u}", fc.TIMESTAMP_KEY: START_TS + u})
+        # (split, first click position, clicks) of each session
+        if new:
+            spans = [(fc.EVAL, 0, items)]
+        else:
+            spans = [(fc.TRAIN, 0, items[:FIRST_SESSION_CLICKS]),
+                     (fc.TRAIN, FIRST_SESSION_CLICKS, items[FIRST_SESSION_CLICKS:TRAIN_CLICKS]),
+                     (fc.EVAL, TRAIN_CLICKS, items[TRAIN_CLICKS:])]
+        for split, first, seq in spans:
+            sessions[split].append({fc.SESSION_ITEMS_KEY: [f"i{x}" for x in seq],
+                                    fc.USER_KEY: f"u{u}", fc.TIMESTAMP_KEY: click_ts(u, first)})
     items_rows = []
     for k in range(NUM_ITEMS):
         row = {spec.name: item_value(config, spec, k) for spec in item_specs
@@ -156,3 +181,64 @@ def write_dataset(out_dir: str, config_path: str | None = None, seed: int = 0) -
     return {"config": config_path, "item2vec": os.path.join(out_dir, fc.ITEM2VEC),
             "retrieval": os.path.join(out_dir, fc.RETRIEVAL),
             "items": os.path.join(out_dir, "items", "*.gz"), "vocab": vocab_dir}
+
+
+# ---- expected values, from the fixture's own clicks ---------------------------
+# The carve arithmetic (models.validation, fraction 0.1): validation =
+# timestamp >= max - 0.1 * (max - min) over the train split.
+
+def retrieval_validation(seed: int = 0) -> dict[str, float]:
+    """The "validation" entry a tower model reports on this fixture's train split.
+
+    Train clicks run from click_ts(NEW_USERS, 0) to click_ts(NUM_USERS - 1,
+    TRAIN_CLICKS - 1); the cutoff falls inside the last train hour, so every
+    returning user's last train click is validation and nothing else is.
+    A validation query counts when its target is not already in its history.
+    """
+    lo, hi = click_ts(NEW_USERS, 0), click_ts(NUM_USERS - 1, TRAIN_CLICKS - 1)
+    clicks = user_clicks(seed)
+    last = TRAIN_CLICKS - 1
+    return {"cutoff": hi - 0.1 * (hi - lo),
+            "fit_examples": RETURNING_USERS * last,
+            "validation_examples": RETURNING_USERS,
+            "validation_queries": sum(clicks[u][last] not in clicks[u][:last]
+                                      for u in range(NEW_USERS, NUM_USERS))}
+
+
+def item2vec_candidates(seed: int = 0) -> set[str]:
+    """Items Item2vec trains on this fixture: those of a fit session (a returning
+    user's first session) with another distinct item to pair with."""
+    clicks = user_clicks(seed)
+    out: set[str] = set()
+    for u in range(NEW_USERS, NUM_USERS):
+        first = clicks[u][:FIRST_SESSION_CLICKS]
+        if len(set(first)) >= 2:
+            out.update(f"i{k}" for k in first)
+    return out
+
+
+def next_item_query_count(sessions: list[list[int]], candidates: set[str]) -> int:
+    """Sessions eval_next_item can query: last click and an earlier one are candidates."""
+    return sum(len(s) >= 2 and f"i{s[-1]}" in candidates
+               and any(f"i{k}" in candidates for k in s[:-1]) for s in sessions)
+
+
+def item2vec_validation(seed: int = 0) -> dict[str, float]:
+    """The "validation" entry Item2vec reports on this fixture's train sessions.
+
+    Sessions are stamped with their first click: first sessions from
+    click_ts(NEW_USERS, 0), second ones up to click_ts(NUM_USERS - 1,
+    FIRST_SESSION_CLICKS); the cutoff falls inside the second sessions' hour.
+    """
+    lo, hi = click_ts(NEW_USERS, 0), click_ts(NUM_USERS - 1, FIRST_SESSION_CLICKS)
+    clicks = user_clicks(seed)
+    second = [clicks[u][FIRST_SESSION_CLICKS:TRAIN_CLICKS] for u in range(NEW_USERS, NUM_USERS)]
+    return {"cutoff": hi - 0.1 * (hi - lo), "fit_examples": RETURNING_USERS,
+            "validation_examples": RETURNING_USERS,
+            "validation_queries": next_item_query_count(second, item2vec_candidates(seed))}
+
+
+def item2vec_eval_sessions(seed: int = 0) -> list[list[int]]:
+    """The eval split's sessions: a new user's clicks, a returning user's last EVAL_CLICKS."""
+    clicks = user_clicks(seed)
+    return [clicks[u] if u < NEW_USERS else clicks[u][TRAIN_CLICKS:] for u in range(NUM_USERS)]

@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from beam_jobs import feature_config as fc
 from models.item2vec import train as i2v_train
-from models.item2vec.config import Item2VecConfig
+from models import inputs, validation
+from models.item2vec.config import Item2VecConfig, Item2VecConfigError
 from models.item2vec.model import MeanHistoryTower, NegativeSampler, skipgram_pairs
-from models.recall import artifacts
+from models.recall import artifacts, data, training
 from tests.models import recall_fixtures
 
 
@@ -71,40 +72,106 @@ def test_mean_history_tower_averages_recent_clicks():
     assert "vectors" not in tower.get_config()
 
 
+HPARAMS = {"dim": 16, "batch_size": 64, "learning_rate": 0.02,
+           "attribute_role": fc.ROLE_ITEM_CITY}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("i2v"))
     paths = recall_fixtures.write_dataset(os.path.join(root, "data"))
     export = os.path.join(root, "export")
     metrics = i2v_train.train(paths["config"], paths["item2vec"], paths["vocab"], paths["items"],
-                              {"dim": 16, "epochs": 25, "learning_rate": 0.02,
-                               "attribute_role": fc.ROLE_ITEM_CITY}, export)
+                              {**HPARAMS, "max_epochs": 30}, export)
     return paths, export, metrics
+
+
+def _sessions(paths, split):
+    config = fc.load(paths["config"])
+    return data.load_examples(os.path.join(paths["item2vec"], f"Split-{split}", "*.gz"), config,
+                              fc.ITEM2VEC)
 
 
 def test_train_learns_categories_and_exports(trained):
     paths, export, metrics = trained
-    assert metrics["epoch_losses"][-1] < metrics["epoch_losses"][0]
+    curve = metrics["learning_curve"]
+    best = metrics["early_stopping"]["best_epoch"]
+    assert curve[best - 1]["train_loss"] < curve[0]["train_loss"] - 0.5
     emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
     assert emb.metadata["model"] == "item2vec" and emb.metadata["normalized"]
     assert emb.metadata["dim"] == 16 and emb.metadata["metric"] == "ip"
     np.testing.assert_allclose(np.linalg.norm(emb.embeddings, axis=1), 1.0, atol=1e-5)
+    candidates = recall_fixtures.item2vec_candidates()
+    assert sorted(emb.ids) == sorted(candidates) and metrics["num_items"] == len(candidates)
     cat = np.array([int(i[1:]) % recall_fixtures.NUM_CATEGORIES for i in emb.ids])
     sims = emb.embeddings @ emb.embeddings.T
     same = cat[:, None] == cat[None, :]
     np.fill_diagonal(same, False)
     different = cat[:, None] != cat[None, :]
-    assert sims[same].mean() > sims[different].mean() + 0.2
-    assert metrics["eval_sessions"] == recall_fixtures.NUM_USERS
+    assert sims[same].mean() > sims[different].mean() + 0.3
+    # eval: one query per eval session whose last click and an earlier one are
+    # candidates; random HR@50 ~ 50 / 187
+    assert metrics["eval_sessions"] == recall_fixtures.next_item_query_count(
+        recall_fixtures.item2vec_eval_sessions(), candidates)
+    assert metrics["eval_next_item_hr@50"] > 0.6
+
+
+def test_validation_is_carved_from_the_latest_sessions(trained):
+    _, _, metrics = trained
+    # first sessions start at START_TS + u (u = 4..79), second ones at
+    # START_TS + 3600 * 7 + u: cutoff = START_TS + 25279 - 0.1 * 25275, every
+    # second session is validation and every first one fit
+    expected = recall_fixtures.item2vec_validation()
+    assert expected["cutoff"] == recall_fixtures.START_TS + 22751.5
+    assert metrics["validation"] == {**expected, "fit_examples": 76, "validation_examples": 76}
+    assert metrics["sessions"] == 76 and metrics["short_sessions"] == 0
+
+
+def test_early_stopping_keeps_the_best_epoch(trained):
+    paths, export, metrics = trained
+    curve, stopping = metrics["learning_curve"], metrics["early_stopping"]
+    best = stopping["best_epoch"]
+    values = [c["val_hr@50"] for c in curve]
+    assert [c["epoch"] for c in curve] == list(range(1, len(curve) + 1))
+    assert stopping["stopped_early"] and stopping["monitor"] == "val_hr@50"
+    assert stopping["epochs_run"] == len(curve) == best + 2 < 30  # patience 2
+    assert stopping["best_value"] == values[best - 1] == max(values)
+    assert values[-1] < values[best - 1]  # the last epoch is worse: restoring matters
+    # The exported vectors are the best epoch's: their validation HR@50 is that epoch's.
+    emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
+    carve = training.carve_validation(_sessions(paths, fc.TRAIN), 0.1, "item2vec")
+    queries = i2v_train.next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY], emb.ids, 20)
+    assert len(queries) == metrics["validation"]["validation_queries"]
+    again = i2v_train.next_item_hit_rate(queries, emb.embeddings, 50)
+    assert again == pytest.approx(values[best - 1], abs=1e-12)
+
+
+def test_improving_run_trains_to_the_cap_and_similar_items_share_category(trained):
+    paths, _, metrics = trained
+    config = fc.load(paths["config"])
+    catalogue = data.load_catalogue(paths["items"], config)
+    result = i2v_train.fit(config, _sessions(paths, fc.TRAIN),
+                           inputs.read_vocab(paths["vocab"], "item_id"), catalogue,
+                           Item2VecConfig(**HPARAMS, max_epochs=4))
+    curve = result.stats["learning_curve"]
+    values = [c["val_hr@50"] for c in curve]
+    assert all(b > a + 0.01 for a, b in zip(values, values[1:]))  # better every epoch
+    assert result.stats["early_stopping"] == {
+        "best_epoch": 4, "best_value": values[3], "epochs_run": 4, "stopped_early": False,
+        "monitor": "val_hr@50"}
+    # same seed, same data: the first 4 epochs of the 30-epoch run
+    assert values == pytest.approx([c["val_hr@50"] for c in metrics["learning_curve"][:4]])
+    similar = result.similar_items("i0", 5)
+    assert len(similar) == 5 and "i0" not in [s for s, _ in similar]
+    assert sum(int(s[1:]) % recall_fixtures.NUM_CATEGORIES == 0 for s, _ in similar) >= 4
+    history = config.history_feature.name
+    assert not result.user_vectors({history: np.array([[b""] * 50])}).any()
 
 
 def test_exported_user_tower_matches_in_training_vectors(trained):
     paths, export, _ = trained
     config = fc.load(paths["config"])
-    result = i2v_train.fit(config, [["i0", "i5", "i10", "i15", "i20"]] * 4,
-                           [f"i{k}" for k in range(60)], None, Item2VecConfig(dim=8, epochs=1))
     serve = artifacts.load_user_tower(os.path.join(export, artifacts.USER_TOWER_DIR))
-    from models.recall import data
     arrays = data.load_examples(os.path.join(paths["retrieval"], "Split-eval", "*.gz"), config,
                                 fc.RETRIEVAL)
     request = {k: tf.constant(arrays[k][:5]) for k in data.serving_signature(config)}
@@ -113,32 +180,32 @@ def test_exported_user_tower_matches_in_training_vectors(trained):
     row = {x: i for i, x in enumerate(emb.ids)}
     hist = data.history_lists(arrays[config.history_feature.name][:5])
     expected = np.stack([emb.embeddings[[row[x] for x in h[-20:] if x in row]].mean(0)
-                         if h else np.zeros(16) for h in hist])
+                         if any(x in row for x in h) else np.zeros(16) for h in hist])
     np.testing.assert_allclose(served, expected, atol=1e-5)
-    assert result.user_vectors({config.history_feature.name: np.array([[b""] * 50])}).sum() == 0
 
 
-def test_similar_items_share_category(trained):
-    paths, export, _ = trained
+def test_no_validation_query_fails_clearly(trained):
+    paths, _, _ = trained
     config = fc.load(paths["config"])
-    from models.recall import data
-    from models import inputs
-    catalogue = data.load_catalogue(paths["items"], config)
-    sessions = data.load_examples(os.path.join(paths["item2vec"], "Split-train", "*.gz"), config,
-                                  fc.ITEM2VEC)[fc.SESSION_ITEMS_KEY]
-    result = i2v_train.fit(config, sessions, inputs.read_vocab(paths["vocab"], "item_id"),
-                           catalogue, Item2VecConfig(dim=16, epochs=25, learning_rate=0.02))
-    similar = result.similar_items("i0", 5)
-    assert len(similar) == 5 and "i0" not in [s for s, _ in similar]
-    assert sum(int(s[1:]) % 5 == 0 for s, _ in similar) >= 4
-    # eval sessions stay (90%) inside one category of 12 items: random HR@10 ~ 0.18
-    eval_sessions = data.load_examples(os.path.join(paths["item2vec"], "Split-eval", "*.gz"),
-                                       config, fc.ITEM2VEC)[fc.SESSION_ITEMS_KEY]
-    assert i2v_train.eval_next_item(result, eval_sessions, k=10)["eval_next_item_hr@10"] > 0.5
+    sessions = _sessions(paths, fc.TRAIN)
+    cutoff = recall_fixtures.item2vec_validation()["cutoff"]
+    held_out = sessions[fc.SESSION_ITEMS_KEY][sessions[fc.TIMESTAMP_KEY] >= cutoff]
+    for i, s in enumerate(held_out):  # one click each: nothing to query with
+        held_out[i] = s[:1]
+    sessions[fc.SESSION_ITEMS_KEY][sessions[fc.TIMESTAMP_KEY] >= cutoff] = held_out
+    with pytest.raises(validation.ValidationError) as info:
+        i2v_train.fit(config, sessions, inputs.read_vocab(paths["vocab"], "item_id"), None,
+                      Item2VecConfig(dim=4))
+    assert str(info.value) == (
+        f"item2vec: the 76 validation examples (timestamp >= {cutoff}; 76 fit examples "
+        f"before it) give no validation query with a target: too little training data to "
+        f"validate on")
 
 
-def test_config_rejects_unknown_hparams_and_roles():
-    with pytest.raises(ValueError, match="unknown Item2vec hparams"):
+def test_config_rejects_unknown_hparams_roles_and_epochs():
+    with pytest.raises(Item2VecConfigError, match="unknown Item2vec hparams"):
         Item2VecConfig.from_hparams({"windw": 3})
-    with pytest.raises(ValueError, match="attribute_role"):
+    with pytest.raises(Item2VecConfigError, match="attribute_role 'user_tags' not in"):
         Item2VecConfig(attribute_role="user_tags")
+    with pytest.raises(Item2VecConfigError, match="use 'max_epochs'"):
+        Item2VecConfig.from_hparams({"epochs": 25})
