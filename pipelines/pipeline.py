@@ -2,12 +2,13 @@
 
     ClickLogExampleGen (Beam sessionize job)
       -> ranking: RankingTrainer(nfm baseline), RankingTrainer(nfwfm candidate)
-           -> Evaluator (TFMA gate: AUC floor + not worse than the baseline,
-              sliced overall and by is_new_user) -> ModelBlessing
+           -> Evaluator (TFMA gate: AUC floor + within auc_tolerance of the
+              baseline, 95% jackknife intervals, sliced overall and by is_new_user)
+           -> RankingGate (AND of the Evaluators + every head evaluable) -> ModelBlessing
            -> ServingValidator (model server + real Predict) -> InfraBlessing
            -> Pusher <serving_dir>/models/ranking/<version>/ (both blessings needed)
          multi-task NFwFM (optional): one Evaluator per head (click vs baseline,
-           follow floor) joined by AllBlessed -> models/ranking_multitask/
+           follow floor) joined by RankingGate -> models/ranking_multitask/
       -> recall (optional, per model): RecallTrainer -> ServingValidator(user tower)
            -> Pusher <serving_dir>/models/user_tower_<name>/<version>/
            -> FaissIndexBuilder <serving_dir>/indexes/<name>/<version>/
@@ -33,7 +34,7 @@ from tfx.proto import pusher_pb2
 
 from beam_jobs import feature_config as fc
 from components import eval_config
-from components.blessing import AllBlessed
+from components.blessing import RankingGate
 from components.example_gen import ClickLogExampleGen
 from components.faiss_builder import FaissIndexBuilder
 from components.report import PipelineReporter
@@ -59,6 +60,13 @@ class RankingSettings:
       min_auc: absolute click-AUC floor of the candidate(s).
       min_follow_auc: absolute follow-AUC floor of the multi-task model.
       slice_features: Evaluator slices besides overall.
+      auc_tolerance: how far below the baseline's click AUC a candidate's may
+        be and still be blessed: AUC_c - AUC_b >= -auc_tolerance (>= 0).
+      allow_unevaluable_heads: bless although a gated head's eval split has
+        no positives (or no negatives), i.e. has no AUC; off by default, such
+        a head refuses the model.
+      confidence_intervals: the Evaluators compute 95% jackknife intervals
+        (reported, not gated on).
     """
 
     baseline: str = "nfm"
@@ -68,6 +76,9 @@ class RankingSettings:
     min_auc: float = 0.5
     min_follow_auc: float = 0.5
     slice_features: tuple[str, ...] = (fc.NEW_USER_KEY,)
+    auc_tolerance: float = eval_config.DEFAULT_AUC_TOLERANCE
+    allow_unevaluable_heads: bool = False
+    confidence_intervals: bool = True
 
     def hparams_json(self, model: str) -> str:
         # Sorted keys: the same settings give the same string, so caching holds.
@@ -153,16 +164,17 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, ev
                 baseline_model=baseline.outputs["model"] if needs_baseline else None,
                 eval_config=config, example_splits=[fc.EVAL]).with_id(f"Evaluator.{model}{suffix}")
         components.extend([trainer, *evaluators.values()])
-        if len(evaluators) == 1:
-            model_blessing = next(iter(evaluators.values())).outputs["blessing"]
-        elif len(evaluators) == 2:
-            first, second = evaluators.values()
-            joined = AllBlessed(first=first.outputs["blessing"], second=second.outputs["blessing"]
-                                ).with_id(f"AllBlessed.{model}")
-            components.append(joined)
-            model_blessing = joined.outputs["blessing"]
-        else:
+        if len(evaluators) not in (1, 2):
             raise ValueError(f"{model}: {len(evaluators)} gates; 1 or 2 are supported")
+        first, *rest = evaluators.values()
+        second = {"second_evaluation": rest[0].outputs["evaluation"],
+                  "second_blessing": rest[0].outputs["blessing"]} if rest else {}
+        joined = RankingGate(evaluation=first.outputs["evaluation"],
+                             evaluator_blessing=first.outputs["blessing"],
+                             allow_unevaluable_heads=ranking.allow_unevaluable_heads,
+                             **second).with_id(f"RankingGate.{model}")
+        components.append(joined)
+        model_blessing = joined.outputs["blessing"]
         validator = ServingValidator(model=trainer.outputs["model"], examples=ranking_examples,
                                      vocabulary=vocabulary, model_name=served_name,
                                      model_kind=RANKING, num_examples=validation_examples
@@ -187,13 +199,17 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, ev
                           "baseline_metrics": baseline.outputs["metrics"]})
     gate("candidate", ranking.candidate, ranking_trainer(ranking.candidate),
          {fc.CLICK_LABEL: (eval_config.ranking_gate(
-             ranking.min_auc, slice_features=ranking.slice_features), True)},
+             ranking.min_auc, slice_features=ranking.slice_features,
+             auc_tolerance=ranking.auc_tolerance,
+             confidence_intervals=ranking.confidence_intervals), True)},
          RANKING_SERVED_NAME)
     if ranking.multitask:
         gate("multitask", ranking.multitask, ranking_trainer(ranking.multitask),
              eval_config.multitask_gates({fc.CLICK_LABEL: ranking.min_auc,
                                           fc.FOLLOW_LABEL: ranking.min_follow_auc},
-                                         slice_features=ranking.slice_features),
+                                         slice_features=ranking.slice_features,
+                                         auc_tolerance=ranking.auc_tolerance,
+                                         confidence_intervals=ranking.confidence_intervals),
              MULTITASK_SERVED_NAME)
 
     for model in recall.models:

@@ -47,8 +47,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hparams", action="append",
                         default=[v for v in (_env("hparams", "") or "").split(";") if v],
                         metavar="MODEL=JSON",
-                        help="override a model's hparams, e.g. nfwfm='{\"epochs\": 1}' "
+                        help="override a model's hparams, e.g. nfwfm='{\"max_epochs\": 1}' "
                              "(FEEDREC_HPARAMS: several joined by ';')")
+    parser.add_argument("--auc_tolerance", type=float, default=_env("auc_tolerance", None),
+                        help="the ranking gate blesses a candidate whose click AUC is at most "
+                             "this much below the baseline's (default: the profile's, 0.001)")
+    parser.add_argument("--allow_unevaluable_heads", action="store_true",
+                        default=_env("allow_unevaluable_heads", "") == "1",
+                        help="bless although a gated head's eval split has no positives "
+                             "(or no negatives); by default such a head refuses the model")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -89,9 +96,15 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     num_events = int(args.num_events or profile.num_events)
     raw = datasets.prepare(args.data, work_dir, num_events=num_events)
     overrides = parse_hparam_overrides(args.hparams)
+    gate = {}
+    if args.auc_tolerance is not None:
+        gate["auc_tolerance"] = float(args.auc_tolerance)
+    if args.allow_unevaluable_heads:
+        gate["allow_unevaluable_heads"] = True
     ranking = dataclasses.replace(profile.ranking,
                                   hparams=_merge(dict(profile.ranking.hparams), overrides),
-                                  multitask=None if args.no_multitask else profile.ranking.multitask)
+                                  multitask=None if args.no_multitask else profile.ranking.multitask,
+                                  **gate)
     models = tuple(m for m in args.recall_models.split(",") if m)
     recall = dataclasses.replace(profile.recall, models=models,
                                  hparams=_merge(dict(profile.recall.hparams), overrides))

@@ -15,15 +15,15 @@ class HparamOverridesTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ("none", [], {}),
-        ("two_models", ['nfwfm={"epochs": 1}', 'two_tower={"dim": 8}'],
-         {"nfwfm": {"epochs": 1}, "two_tower": {"dim": 8}}),
+        ("two_models", ['nfwfm={"max_epochs": 1}', 'two_tower={"dim": 8}'],
+         {"nfwfm": {"max_epochs": 1}, "two_tower": {"dim": 8}}),
         ("json_with_equals", ['nfm={"loss_mode": "a=b"}'], {"nfm": {"loss_mode": "a=b"}}),
     )
     def test_parsed(self, values, expected):
         self.assertEqual(runner_common.parse_hparam_overrides(values), expected)
 
     @parameterized.named_parameters(
-        ("no_equals", ['nfwfm{"epochs": 1}'], "MODEL=JSON"),
+        ("no_equals", ['nfwfm{"max_epochs": 1}'], "MODEL=JSON"),
         ("not_object", ["nfwfm=[1]"], "JSON object"),
     )
     def test_rejected(self, values, message):
@@ -36,12 +36,15 @@ def test_flags_default_from_environment(monkeypatch):
     monkeypatch.setenv("FEEDREC_WORK_DIR", "/somewhere")
     monkeypatch.setenv("FEEDREC_PROFILE", "tiny")
     monkeypatch.setenv("FEEDREC_NO_MULTITASK", "1")
-    monkeypatch.setenv("FEEDREC_HPARAMS", 'nfwfm={"epochs": 3};nfm={"epochs": 2}')
+    monkeypatch.setenv("FEEDREC_HPARAMS", 'nfwfm={"max_epochs": 3};nfm={"max_epochs": 2}')
+    monkeypatch.setenv("FEEDREC_AUC_TOLERANCE", "0.005")
+    monkeypatch.setenv("FEEDREC_ALLOW_UNEVALUABLE_HEADS", "1")
     parser = argparse.ArgumentParser()
     runner_common.add_flags(parser)
     args, beam = parser.parse_known_args(["--direct_num_workers=2"])
     assert (args.work_dir, args.profile, args.no_multitask) == ("/somewhere", "tiny", True)
-    assert args.hparams == ['nfwfm={"epochs": 3}', 'nfm={"epochs": 2}']
+    assert args.hparams == ['nfwfm={"max_epochs": 3}', 'nfm={"max_epochs": 2}']
+    assert (args.auc_tolerance, args.allow_unevaluable_heads) == (0.005, True)
     assert beam == ["--direct_num_workers=2"]
 
 
@@ -50,7 +53,7 @@ def test_build_passes_beam_args_and_owns_paths(tmp_path):
     runner_common.add_flags(parser)
     args, beam = parser.parse_known_args(
         ["--work_dir", str(tmp_path), "--profile", "tiny", "--num_events", "500",
-         "--recall_models", "two_tower", "--hparams", 'nfwfm={"epochs": 5}',
+         "--recall_models", "two_tower", "--hparams", 'nfwfm={"max_epochs": 5}',
          "--runner=DirectRunner", "--direct_num_workers=2"])
     built = runner_common.build(args, beam)
     assert built.pipeline.beam_pipeline_args == ["--runner=DirectRunner", "--direct_num_workers=2"]
@@ -61,7 +64,35 @@ def test_build_passes_beam_args_and_owns_paths(tmp_path):
     trainer = next(c for c in built.pipeline.components if c.id == "RankingTrainer.nfwfm")
     # The override is merged over the profile's hparams, keys sorted for caching.
     assert json.loads(trainer.exec_properties["hparams"]) == {
-        "batch_size": 128, "embedding_dim": 8, "epochs": 5}
+        "batch_size": 128, "embedding_dim": 8, "max_epochs": 5, "patience": 1}
+    # The profile's gate: default tolerance, unevaluable heads refused.
+    components = {c.id: c for c in built.pipeline.components}
+    assert _change_threshold(components["Evaluator.nfwfm"]) == -0.001
+    assert components["RankingGate.nfwfm"].exec_properties["allow_unevaluable_heads"] is False
+    assert components["Pusher.nfwfm"].inputs["model_blessing"].producer_component_id == \
+        "RankingGate.nfwfm"
+
+
+def _change_threshold(evaluator) -> float:
+    from tensorflow_model_analysis.proto import config_pb2
+    from tfx.utils import proto_utils
+    config = proto_utils.json_to_proto(evaluator.exec_properties["eval_config"],
+                                       config_pb2.EvalConfig())
+    (auc,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "AUC"]
+    return auc.per_slice_thresholds[0].threshold.change_threshold.absolute.value
+
+
+def test_build_gate_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    runner_common.add_flags(parser)
+    args, beam = parser.parse_known_args(
+        ["--work_dir", str(tmp_path), "--profile", "tiny", "--num_events", "500",
+         "--recall_models", "", "--auc_tolerance", "0.02", "--allow_unevaluable_heads"])
+    components = {c.id: c for c in runner_common.build(args, beam).pipeline.components}
+    assert _change_threshold(components["Evaluator.nfwfm"]) == -0.02
+    assert _change_threshold(components["Evaluator.multitask_nfwfm.click"]) == -0.02
+    assert components["RankingGate.multitask_nfwfm"].exec_properties[
+        "allow_unevaluable_heads"] is True
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -84,12 +115,14 @@ def test_kubeflow_v2_compiles_to_a_valid_job_spec(tmp_path):
     assert spec["pipelineInfo"]["name"] == "feedrec"
     tasks = spec["root"]["dag"]["tasks"]
     assert {"ClickLogExampleGen", "RankingTrainer.nfm", "RankingTrainer.nfwfm", "Evaluator.nfwfm",
-            "ServingValidator.nfwfm", "Pusher.nfwfm", "AllBlessed.multitask_nfwfm",
+            "ServingValidator.nfwfm", "Pusher.nfwfm", "RankingGate.nfwfm",
+            "RankingGate.multitask_nfwfm",
             "RecallTrainer.two_tower", "FaissIndexBuilder.two_tower",
             "PipelineReporter"} <= set(tasks)
     # The DAG encodes the gate: the Pusher waits for the Evaluator and the serving check.
-    assert {"Evaluator.nfwfm", "ServingValidator.nfwfm", "RankingTrainer.nfwfm"} <= set(
+    assert {"RankingGate.nfwfm", "ServingValidator.nfwfm", "RankingTrainer.nfwfm"} <= set(
         tasks["Pusher.nfwfm"]["dependentTasks"])
+    assert {"Evaluator.nfwfm"} <= set(tasks["RankingGate.nfwfm"]["dependentTasks"])
     for task in tasks.values():
         assert task["componentRef"]["name"] in spec["components"]
     executors = spec["deploymentSpec"]["executors"]
