@@ -1,14 +1,23 @@
 """PipelineReport: a Markdown summary of the run with PNG plots.
 
-Collects what the run decided and measured: the trainers' own metrics, the
-Evaluator's AUC per model and slice with the blessing and, when a gate
-failed, why; the serving checks; where models and indexes were pushed. Plots
-(matplotlib, Agg backend): AUC per model, ROC curves of the ranking models on
-the eval split, recall@K per recall model, learned task uncertainties of the
-multi-task model. The report is written to the artifact and copied to
-<publish_dir>/<unix time>/ (next to the pushed models).
+Collects what the run decided and measured: the trainers' own metrics, how
+each model's early stopping went (best epoch / epochs run / stopped early /
+monitored validation metric), per-head calibration (mean prediction vs label
+rate), each gate's verdict with, per head, candidate and baseline AUC, their
+difference and its 95% confidence interval against the tolerance (or "not
+evaluable" for a head whose eval split has one class), the Evaluator's AUC
+per model and slice and, when a gate failed, why; the serving checks; where
+models and indexes were pushed. Plots (matplotlib, Agg backend): AUC per
+model, ROC curves of the ranking models on the eval split, recall@K per
+recall model, learned task uncertainties of the multi-task model, per-head
+calibration, and one learning curve per trained model (train loss and the
+monitored validation metric per epoch, best epoch marked). Trainer metrics
+written before early stopping existed simply leave those parts out. The
+report is written to the artifact and copied to <publish_dir>/<unix time>/
+(next to the pushed models).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -74,6 +83,122 @@ def labels_of(serialized: np.ndarray, keys: tuple[str, ...] = fc.LABEL_KEYS
     return {k: v.numpy() for k, v in parsed.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class LearningCurve:
+    """One model's per-epoch figures, from metrics.json's "learning_curve".
+
+    Attributes:
+      epochs: 1-based epoch numbers [E].
+      train_loss: [E] (None where not recorded).
+      monitor: the validation metric early stopping watched (e.g. val_click_auc).
+      monitored: [E] its values (None where not recorded).
+      best_epoch: the epoch whose weights were kept (None if unknown).
+    """
+
+    epochs: list[int]
+    train_loss: list[float | None]
+    monitor: str | None
+    monitored: list[float | None]
+    best_epoch: int | None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and np.isfinite(value) else None
+
+
+def learning_curve(metrics: Mapping[str, Any]) -> LearningCurve | None:
+    """The curve of one model's metrics, or None when metrics.json has none.
+
+    The monitored series is early_stopping["monitor"] as the epochs record it:
+    under its own name, with a "val_" prefix, or as "val_monitor" (the value
+    early stopping actually compared, e.g. the mean of click and follow
+    AUC); else the first "val_" figure.
+    """
+    rows = [r for r in metrics.get("learning_curve") or [] if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    stopping = metrics.get("early_stopping") if isinstance(metrics.get("early_stopping"),
+                                                           Mapping) else {}
+    keys = {k for r in rows for k in r}
+    monitor = stopping.get("monitor")
+    candidates = [monitor, f"val_{monitor}", "val_monitor"] if monitor else []
+    series = next((k for k in candidates if k in keys),
+                  next((k for r in rows for k in r if str(k).startswith("val_")), None))
+    best = stopping.get("best_epoch")
+    return LearningCurve(
+        epochs=[int(r.get("epoch", i + 1)) for i, r in enumerate(rows)],
+        train_loss=[_number(r.get("train_loss")) for r in rows],
+        monitor=(f"val_{monitor}" if series == "val_monitor" and monitor else series),
+        monitored=[_number(r.get(series)) if series else None for r in rows],
+        best_epoch=int(best) if isinstance(best, int) and best > 0 else None)
+
+
+def training_row(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """best epoch / epochs run / stopped early / monitor / best value and the
+    validation split's size, or None when metrics.json has no early stopping."""
+    stopping = metrics.get("early_stopping")
+    if not isinstance(stopping, Mapping):
+        return None
+    validation = metrics.get("validation") if isinstance(metrics.get("validation"),
+                                                         Mapping) else {}
+    monitor = stopping.get("monitor")
+    if monitor and stopping.get("monitor_fallback"):
+        # e.g. the click + follow mean fell back to click AUC on epochs whose
+        # validation split had no follow positives.
+        monitor = f"{monitor} (fallback {stopping['monitor_fallback']})"
+    return {"best_epoch": stopping.get("best_epoch"), "epochs_run": stopping.get("epochs_run"),
+            "stopped_early": stopping.get("stopped_early"), "monitor": monitor,
+            "best_value": _number(stopping.get("best_value")),
+            "fit_examples": validation.get("fit_examples"),
+            "validation_examples": validation.get("validation_examples")}
+
+
+def calibration_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per head: mean prediction vs label rate on the trainer's eval split.
+
+    The trainer records calibration = mean prediction / label rate and the
+    label counts; mean prediction is taken as recorded when it is, else
+    derived from those. A head without positives has no ratio: it is
+    reported as not evaluable.
+    """
+    rows = []
+    for head in fc.LABEL_KEYS:
+        task = metrics.get(head)
+        if not isinstance(task, Mapping) or not task.get("examples"):
+            continue
+        examples, positives = int(task["examples"]), int(task.get("positives") or 0)
+        rate = positives / examples
+        ratio = _number(task.get("calibration"))
+        mean = _number(task.get("mean_prediction"))
+        if mean is None and ratio is not None:
+            mean = ratio * rate
+        rows.append({"head": head, "mean_prediction": mean, "label_rate": rate,
+                     "calibration": ratio, "examples": examples, "positives": positives,
+                     "not_evaluable": eval_config.not_evaluable_reason(examples, positives)})
+    return rows
+
+
+def _plot_learning_curve(ax, curve: LearningCurve) -> None:
+    ax.plot(curve.epochs, [np.nan if v is None else v for v in curve.train_loss], marker="o",
+            color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss", color="tab:blue")
+    ax.set_xticks(curve.epochs)
+    if curve.monitor and any(v is not None for v in curve.monitored):
+        right = ax.twinx()
+        right.plot(curve.epochs, [np.nan if v is None else v for v in curve.monitored],
+                   marker="s", color="tab:orange", label=curve.monitor)
+        right.set_ylabel(curve.monitor, color="tab:orange")
+        if curve.best_epoch in curve.epochs:
+            best = curve.monitored[curve.epochs.index(curve.best_epoch)]
+            if best is not None:
+                right.plot([curve.best_epoch], [best], marker="*", markersize=14,
+                           color="tab:red", linestyle="none", label="best epoch")
+    if curve.best_epoch is not None:
+        ax.axvline(curve.best_epoch, color="tab:red", linestyle=":", lw=1)
+
+
 def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple],
            recall: Mapping[str, dict], sigmas: Mapping[str, float]) -> list[tuple[str, str]]:
     """Writes the PNGs; returns (title, file name) pairs."""
@@ -125,6 +250,28 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
         ax.bar(list(sigmas), list(sigmas.values()), color="tab:orange")
         ax.set_ylabel("learned sigma (task uncertainty)")
         save(fig, "task_uncertainty.png", "Learned task uncertainties (multi-task NFwFM)")
+    calibration = [(f"{name} ({row['head']})", row) for name, values in ranking.items()
+                   for row in calibration_rows(values) if row["mean_prediction"] is not None]
+    if calibration:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        where = np.arange(len(calibration))
+        ax.barh(where - 0.2, [r["mean_prediction"] for _, r in calibration], height=0.4,
+                label="mean prediction", color="tab:blue")
+        ax.barh(where + 0.2, [r["label_rate"] for _, r in calibration], height=0.4,
+                label="label rate", color="tab:green")
+        ax.set_yticks(where, [n for n, _ in calibration], fontsize=7)
+        ax.set_xlabel("rate (trainer eval split)")
+        ax.legend(fontsize=7)
+        save(fig, "calibration.png", "Calibration per head: mean prediction vs label rate")
+    for name, values in {**ranking, **recall}.items():
+        curve = learning_curve(values)
+        if curve is None:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        _plot_learning_curve(ax, curve)
+        ax.set_title(name, fontsize=9)
+        save(fig, f"learning_curve_{name}.png",
+             f"Learning curve: {name} (best epoch {curve.best_epoch or '?'})")
     return written
 
 
@@ -153,6 +300,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _auc_cell(row: Mapping[str, Any]) -> str:
+    if row.get("not_evaluable"):
+        return f"not evaluable ({row['not_evaluable']})"
+    return f"{row['value']:+.4f}" if row["is_diff"] else f"{row['value']:.4f}"
+
+
+def _ci_cell(row: Mapping[str, Any]) -> str:
+    if row.get("not_evaluable") or row.get("lower") is None or row.get("upper") is None:
+        return "-"
+    sign = "+" if row["is_diff"] else ""
+    return f"[{row['lower']:{sign}.4f}, {row['upper']:{sign}.4f}]"
+
+
 def render(sections: Mapping[str, Any]) -> str:
     """The Markdown text of the report (pure: tested on its own)."""
     lines = ["# feedrec pipeline report", "", f"Generated {sections['generated']}.", ""]
@@ -169,14 +329,39 @@ def render(sections: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {role} | {_fmt(click.get('auc'))} | {_fmt(click.get('gauc'))}"
                          f" | {_fmt(click.get('logloss'))} | {_fmt(follow.get('auc'))} |")
         lines.append("")
+    if sections.get("training"):
+        lines += ["## Training (early stopping on validation carved from the train split)", "",
+                  "| model | best epoch | epochs run | stopped early | monitor | best value "
+                  "| fit / validation examples |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, row in sections["training"].items():
+            stopped = {True: "yes", False: "no"}.get(row["stopped_early"], "-")
+            lines.append(f"| {name} | {_fmt(row['best_epoch'])} | {_fmt(row['epochs_run'])} | "
+                         f"{stopped} | {_fmt(row['monitor'])} | {_fmt(row['best_value'])} | "
+                         f"{_fmt(row['fit_examples'])} / {_fmt(row['validation_examples'])} |")
+        lines.append("")
+    if sections.get("calibration"):
+        lines += ["## Calibration per head (trainer eval split)", "",
+                  "| model | head | mean prediction | label rate | ratio | positives / examples |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, rows in sections["calibration"].items():
+            for r in rows:
+                ratio = (f"not evaluable ({r['not_evaluable']})" if r["not_evaluable"]
+                         else _fmt(r["calibration"]))
+                lines.append(f"| {name} | {r['head']} | {_fmt(r['mean_prediction'])} | "
+                             f"{_fmt(r['label_rate'])} | {ratio} | "
+                             f"{r['positives']} / {r['examples']} |")
+        lines.append("")
     for gate in sections.get("gates", []):
         lines += [f"## Gate: {gate['title']}", "",
                   f"**{'BLESSED' if gate['blessed'] else 'NOT BLESSED'}**"
-                  + ("" if gate["blessed"] else ": " + "; ".join(gate["reasons"])), "",
-                  "| head | slice | model | AUC |", "| --- | --- | --- | --- |"]
+                  + ("" if gate["blessed"] else ": " + "; ".join(gate["reasons"])), ""]
+        if gate.get("heads"):
+            lines += [f"- {text}" for text in gate["heads"]] + [""]
+        lines += ["| head | slice | model | AUC | 95% CI |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r['output'] or '-'} | {r['slice']} | "
-                  f"{r['model']}{' (diff vs baseline)' if r['is_diff'] else ''} | {r['value']:.4f} |"
-                  for r in gate["rows"]]
+                  f"{r['model']}{' (diff vs baseline)' if r['is_diff'] else ''} | "
+                  f"{_auc_cell(r)} | {_ci_cell(r)} |" for r in gate["rows"]]
         lines.append("")
     if sections.get("recall"):
         keys = sorted({k for m in sections["recall"].values() for k in m
@@ -203,6 +388,32 @@ def render(sections: Mapping[str, Any]) -> str:
         lines += ["## Plots", ""]
         lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in sections["plots"]]
     return "\n".join(lines)
+
+
+def gate_section(title: str, evaluation_uris: list[str], blessing) -> dict[str, Any]:
+    """One gate of the report from its evaluations and its (RankingGate) blessing.
+
+    Heads are named by the EvalConfig each Evaluator stored; for evaluations
+    without one (older artifacts) the multi-task order click, follow is assumed.
+    """
+    rows, heads, failing = [], [], []
+    for default_head, uri in zip(fc.LABEL_KEYS, evaluation_uris):
+        figures = eval_config.gate_figures(uri)
+        head = figures.head or default_head
+        heads.append(dataclasses.replace(figures, head=head).describe())
+        failing += eval_config.failing_reasons(uri)
+        for row in eval_config.metric_rows(uri):
+            rows.append({**row, "model": row["model"] or "candidate",
+                         "output": row["output"] or head})
+    rows.sort(key=lambda r: (r["output"], r["slice"] != eval_config.OVERALL, r["slice"],
+                             r["is_diff"]))
+    blessed = blessing.get_int_custom_property("blessed") == 1
+    # RankingGate says why in one place (not evaluable heads included); a
+    # bare Evaluator blessing only has TFMA's failures.
+    reason = (blessing.get_string_custom_property("reason")
+              if blessing.has_custom_property("reason") else "")
+    return {"title": title, "blessed": blessed, "reasons": [reason] if reason else failing,
+            "heads": heads, "rows": rows}
 
 
 def _pushed_where(artifact) -> str:
@@ -258,6 +469,8 @@ def PipelineReporter(  # noqa: N802
             content = read_metrics(metrics.uri)
             ranking[role] = (content["model_name"], content["metrics"])
     sections["ranking"] = ranking
+    sections["calibration"] = {name: rows for name, m in ranking.values()
+                               if (rows := calibration_rows(m))}
     rocs = {}
     models = dict(zip(RANKING_ROLES, (baseline_model, candidate_model, multitask_model)))
     if ranking_examples is not None and any(m is not None for m in models.values()):
@@ -276,19 +489,9 @@ def PipelineReporter(  # noqa: N802
             ("ranking candidate vs baseline", [candidate_evaluation], candidate_blessing),
             ("multi-task (click vs baseline, follow floor)",
              [multitask_evaluation, multitask_second_evaluation], multitask_blessing)):
-        # The multi-task gate's evaluations are, in order, the click and follow heads.
-        evaluations = [(head, e) for head, e in zip(fc.LABEL_KEYS, evaluations) if e is not None]
-        if not evaluations or bl is None:
-            continue
-        rows = []
-        for head, e in evaluations:
-            for row in eval_config.metric_rows(e.uri):
-                rows.append({**row, "model": row["model"] or "candidate",
-                             "output": row["output"] or head})
-        rows.sort(key=lambda r: (r["output"], r["slice"] != "overall", r["slice"]))
-        gates.append({"title": title, "blessed": bl.get_int_custom_property("blessed") == 1,
-                      "reasons": [r for _, e in evaluations for r in eval_config.failing_reasons(e.uri)],
-                      "rows": rows})
+        evaluations = [e for e in evaluations if e is not None]
+        if evaluations and bl is not None:
+            gates.append(gate_section(title, [e.uri for e in evaluations], bl))
     sections["gates"] = gates
     recall = {}
     for metrics in (item2vec_metrics, youtubenet_metrics, two_tower_metrics):
@@ -296,6 +499,8 @@ def PipelineReporter(  # noqa: N802
             content = read_metrics(metrics.uri)
             recall[content["model_name"]] = content["metrics"]
     sections["recall"] = recall
+    sections["training"] = {name: row for name, m in [*ranking.values(), *recall.items()]
+                            if (row := training_row(m)) is not None}
     sections["serving"] = {
         name: (infra.get_int_custom_property("blessed") == 1,
                infra.get_string_custom_property("reason"))

@@ -3,12 +3,16 @@
 Both call the model packages through components.adapters and write TFX's
 Model layout, <model.uri>/Format-Serving/ (a SavedModel), which the Evaluator,
 the serving validator and the Pusher expect. The trainer's own evaluation goes
-to a TrainingMetrics artifact (<uri>/metrics.json) and headline figures to
-custom properties of the Model, so MLMD queries see them.
+to a TrainingMetrics artifact (<uri>/metrics.json: the eval figures plus
+"learning_curve", "early_stopping" and "validation" from the models' early
+stopping) and headline figures to custom properties, so MLMD queries see
+them: <task>_auc, <task>_eval_positives / _eval_examples, hr_at_50, ...,
+best_epoch, epochs_run, stopped_early (0/1) and early_stopping_monitor.
 """
 
 import json
 import math
+import numbers
 import os
 from typing import Any
 
@@ -75,6 +79,26 @@ def _set_float(artifact, key: str, value: Any) -> None:
         artifact.set_float_custom_property(key, float(value))
 
 
+def _set_int(artifact, key: str, value: Any) -> None:
+    # numbers.Integral covers numpy integers; a bool is not a count.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        artifact.set_int_custom_property(key, int(value))
+
+
+def record_early_stopping(artifact, result: dict[str, Any]) -> None:
+    """best_epoch, epochs_run, stopped_early (0/1) and early_stopping_monitor
+    from result["early_stopping"]; nothing when the trainer reported none."""
+    stopping = result.get("early_stopping")
+    if not isinstance(stopping, dict):
+        return
+    for key in ("best_epoch", "epochs_run"):
+        _set_int(artifact, key, stopping.get(key))
+    if stopping.get("stopped_early") is not None:
+        artifact.set_int_custom_property("stopped_early", int(bool(stopping["stopped_early"])))
+    if stopping.get("monitor"):
+        artifact.set_string_custom_property("early_stopping_monitor", str(stopping["monitor"]))
+
+
 @component
 def RankingTrainer(  # noqa: N802
         examples: InputArtifact[standard_artifacts.Examples],
@@ -103,6 +127,11 @@ def RankingTrainer(  # noqa: N802
         if isinstance(values, dict) and "auc" in values:
             _set_float(model, f"{task}_auc", values["auc"])
             _set_float(metrics, f"{task}_auc", values["auc"])
+            # An AUC that is missing because the eval split has one class
+            # must read as "not evaluable", not as a forgotten figure.
+            for key in ("positives", "examples"):
+                _set_int(metrics, f"{task}_eval_{key}", values.get(key))
+    record_early_stopping(metrics, result)
 
 
 @component
@@ -145,3 +174,4 @@ def RecallTrainer(  # noqa: N802
     for key, value in result.items():
         if "@" in key:  # hr@50, recall@50, ...: headline figures
             _set_float(metrics, key.replace("@", "_at_"), value)
+    record_early_stopping(metrics, result)

@@ -108,6 +108,50 @@ def latest_run(connection_config, pipeline_name: str) -> RunSummary | None:
     return load_run(connection_config, pipeline_name, ids[-1]) if ids else None
 
 
+def early_stopping_text(properties: dict[str, Any]) -> str:
+    """"best epoch 2 of 3 (stopped early)" from a TrainingMetrics' properties;
+    "" when the trainer recorded no early stopping (older artifacts)."""
+    best, run = properties.get("best_epoch"), properties.get("epochs_run")
+    if best is None or run is None:
+        return ""
+    text = f"best epoch {best} of {run}"
+    notes = ["stopped early"] if properties.get("stopped_early") == 1 else []
+    if properties.get("early_stopping_monitor"):
+        notes.append(f"monitor {properties['early_stopping_monitor']}")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _not_evaluable_tasks(properties: dict[str, Any]) -> list[str]:
+    """Tasks whose trainer eval split had one class: "follow: not evaluable (0 positives in eval)"."""
+    out = []
+    for key in sorted(properties):
+        if not key.endswith("_eval_positives"):
+            continue
+        task = key[:-len("_eval_positives")]
+        positives, examples = properties[key], properties.get(f"{task}_eval_examples")
+        if positives == 0:
+            out.append(f"{task}: not evaluable (0 positives in eval)")
+        elif examples is not None and positives == examples:
+            out.append(f"{task}: not evaluable (0 negatives in eval)")
+    return out
+
+
+def _gate_lines(node_id: str, execution: ExecutionInfo) -> list[str]:
+    blessing = execution.outputs["blessing"][0].properties
+    blessed = blessing.get("blessed") == 1
+    why = blessing.get("reason", "")
+    if node_id.startswith("Evaluator") and not blessed:
+        from components.eval_config import failing_reasons
+        why = "; ".join(failing_reasons(execution.outputs["evaluation"][0].uri))
+    lines = [f"  {node_id}: {'BLESSED' if blessed else 'NOT BLESSED'}" + (f" ({why})" if why else "")]
+    # RankingGate records one line per head: AUCs, the diff with its 95% CI
+    # and the tolerance, or "not evaluable".
+    for head in (blessing.get("heads") or "").split(","):
+        if blessing.get(f"{head}_summary"):
+            lines.append(f"    {blessing[f'{head}_summary']}")
+    return lines
+
+
 def format_summary(summary: RunSummary | None) -> str:
     """The text the runners print after a run."""
     if summary is None:
@@ -118,23 +162,19 @@ def format_summary(summary: RunSummary | None) -> str:
     for node_id, execution in sorted(summary.executions.items()):
         metrics = execution.outputs.get("metrics")
         if metrics:
+            properties = metrics[0].properties
             # Headline figures only: AUCs and the @50 retrieval rates.
-            figures = {k: round(v, 4) for k, v in sorted(metrics[0].properties.items())
+            figures = {k: round(v, 4) for k, v in sorted(properties.items())
                        if isinstance(v, float) and (k.endswith("auc") or k.endswith("_at_50"))
                        and not k.startswith(("coverage", "ndcg"))}
-            lines.append(f"  {node_id}: {figures}")
+            extra = _not_evaluable_tasks(properties)
+            if early_stopping_text(properties):
+                extra.append(early_stopping_text(properties))
+            lines.append(f"  {node_id}: {figures}" + "".join(f"; {t}" for t in extra))
     lines.append("gates:")
     for node_id, execution in sorted(summary.executions.items()):
-        blessing = execution.outputs.get("blessing")
-        if not blessing:
-            continue
-        blessed = blessing[0].properties.get("blessed") == 1
-        why = blessing[0].properties.get("reason", "")
-        if node_id.startswith("Evaluator") and not blessed:
-            from components.eval_config import failing_reasons
-            why = "; ".join(failing_reasons(execution.outputs["evaluation"][0].uri))
-        lines.append(f"  {node_id}: {'BLESSED' if blessed else 'NOT BLESSED'}"
-                     + (f" ({why})" if why else ""))
+        if execution.outputs.get("blessing"):
+            lines.extend(_gate_lines(node_id, execution))
     lines.append("pushed:")
     for node_id, execution in sorted(summary.executions.items()):
         for key in ("pushed_model", "pushed_index"):

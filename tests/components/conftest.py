@@ -51,7 +51,7 @@ def ranking_model(sessionized, tmp_path_factory):
     executor_fn(RankingTrainer)(
         examples=sessionized["ranking_examples"], vocabulary=sessionized["vocabulary"],
         model=model, metrics=metrics, model_name="nfwfm",
-        hparams='{"epochs": 1, "batch_size": 256, "embedding_dim": 4}')
+        hparams='{"max_epochs": 1, "batch_size": 256, "embedding_dim": 4}')
     return model, metrics
 
 
@@ -68,6 +68,6 @@ def recall_model(sessionized, tmp_path_factory):
         examples=sessionized["retrieval_examples"], vocabulary=sessionized["vocabulary"],
         catalogue=sessionized["catalogue"], model=model, item_embeddings=embeddings,
         metrics=metrics, model_name="two_tower",
-        hparams='{"epochs": 1, "batch_size": 128, "dim": 8, "embedding_dim": 4, '
+        hparams='{"max_epochs": 1, "batch_size": 128, "dim": 8, "embedding_dim": 4, '
                 '"hidden_units": [16], "attention_units": 4, "extra_negatives": 8}')
     return model, embeddings, metrics

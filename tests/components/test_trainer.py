@@ -14,13 +14,14 @@ class ParseHparamsTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ("empty", "", {}),
-        ("object", '{"epochs": 2, "hidden_units": [8]}', {"epochs": 2, "hidden_units": [8]}),
+        ("object", '{"max_epochs": 2, "hidden_units": [8]}',
+         {"max_epochs": 2, "hidden_units": [8]}),
     )
     def test_ok(self, text, expected):
         self.assertEqual(parse_hparams(text), expected)
 
     @parameterized.named_parameters(
-        ("not_json", "epochs=2"),
+        ("not_json", "max_epochs=2"),
         ("list", "[1, 2]"),
         ("number", "3"),
     )
@@ -39,6 +40,18 @@ def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, session
     assert 0.0 <= auc <= 1.0
     # The MLMD property is the same figure as the file.
     assert abs(model.get_float_custom_property("click_auc") - auc) < 1e-12
+    click = content["metrics"]["click"]
+    assert metrics.get_int_custom_property("click_eval_positives") == click["positives"] > 0
+    assert metrics.get_int_custom_property("click_eval_examples") == click["examples"]
+    # max_epochs 1: one epoch, its weights kept, not "stopped early" (the cap stopped it).
+    stopping = content["metrics"]["early_stopping"]
+    assert (stopping["epochs_run"], stopping["best_epoch"], stopping["stopped_early"]) == (
+        1, 1, False)
+    assert (metrics.get_int_custom_property("best_epoch"),
+            metrics.get_int_custom_property("epochs_run"),
+            metrics.get_int_custom_property("stopped_early")) == (1, 1, 0)
+    assert metrics.get_string_custom_property("early_stopping_monitor") == stopping["monitor"]
+    assert [row["epoch"] for row in content["metrics"]["learning_curve"]] == [1]
     # The exported model scores real examples: one probability per example.
     files = tf.io.gfile.glob(os.path.join(sessionized["ranking_examples"].uri, "Split-eval", "*"))
     batch = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(5)]
@@ -60,3 +73,7 @@ def test_recall_trainer_splits_tower_and_embeddings(recall_model):
     assert content["model_name"] == "two_tower"
     assert "user_tower" not in content["metrics"]  # export paths are not metrics
     assert metrics.get_float_custom_property("recall_at_50") == content["metrics"]["recall@50"]
+    assert (metrics.get_int_custom_property("best_epoch"),
+            metrics.get_int_custom_property("epochs_run")) == (1, 1)
+    assert metrics.get_string_custom_property("early_stopping_monitor") == \
+        content["metrics"]["early_stopping"]["monitor"]
