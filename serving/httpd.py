@@ -186,6 +186,8 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self._reader.deadline, self._reader.timed_out, self._responded = None, False, False
+        # What an answer needs if the request line never arrives whole (408).
+        self.requestline, self.command, self.request_version = "", None, "HTTP/1.1"
         try:
             self.connection.settimeout(self.limits.idle_timeout_s)
             if not self.rfile.peek(1):
@@ -314,7 +316,7 @@ class _Refuser:
         closed without an answer.
     """
 
-    def __init__(self, release: Callable[[socket.socket], None], queue_size: int = 64):
+    def __init__(self, release: Callable[[socket.socket], None], queue_size: int = 1024):
         self._release = release
         self._queue: queue.Queue = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
@@ -336,7 +338,7 @@ class _Refuser:
             sock, message = self._queue.get()
             try:
                 if message is not None:
-                    sock.settimeout(0.2)
+                    sock.settimeout(0.05)
                     try:
                         sock.recv(65536)  # the request, so closing does not reset the answer
                     except OSError:

@@ -400,12 +400,19 @@ class LoadFailure:
 
 
 def load_error_code(err: BaseException) -> str:
-    """The tensorflow.error.Code name TF Serving would give a failed load."""
+    """The tensorflow.error.Code name TF Serving would give a failed load.
+
+    tf.saved_model.load raises plain Python errors, told apart by message: a
+    truncated saved_model.pb is "Cannot parse file" (TF Serving: DATA_LOSS,
+    "Can't parse saved_model.pb as binary proto"), an empty one has "0
+    MetaGraphs" (TF Serving: NOT_FOUND, no meta graph with the serve tag).
+    """
     if isinstance(err, tf.errors.OpError):
         return _ERROR_NAMES.get(err.error_code, "UNKNOWN")
-    if isinstance(err, DecodeError):
-        return "DATA_LOSS"  # TF Serving: "Can't parse saved_model.pb as binary proto"
-    if isinstance(err, FileNotFoundError):
+    text = str(err)
+    if isinstance(err, DecodeError) or "Cannot parse file" in text:
+        return "DATA_LOSS"
+    if isinstance(err, FileNotFoundError) or "MetaGraph" in text:
         return "NOT_FOUND"
     return "UNKNOWN"
 
@@ -436,7 +443,8 @@ class ModelManager:
     status APIs report it in state END with its error, as TF Serving does. It
     is not tried again until its files change (a re-push), so a bad version
     costs one log line, not one per poll; the versions already loaded keep
-    serving.
+    serving, and with none loaded yet (start-up) the newest older version
+    that loads is served instead (`_fallback`).
     """
 
     def __init__(self, entries: Sequence[ModelEntry],
@@ -470,6 +478,8 @@ class ModelManager:
                 loaded = self._load(entry.name, version)
                 if loaded is not None:
                     fresh[version] = loaded
+            if not fresh and not current and not entry.specific_versions:
+                fresh = self._fallback(entry.name, on_disk, want)
             if not fresh:
                 continue  # every wanted version failed: keep serving the old ones
             with self._lock:
@@ -478,6 +488,22 @@ class ModelManager:
                 self._models = models
         self.poll_count += 1
         return {name: sorted(versions) for name, versions in self._models.items()}
+
+    def _fallback(self, name: str, on_disk: Sequence[int], failed: Sequence[int]
+                  ) -> dict[int, Servable]:
+        """The newest older version that loads, when nothing is loaded and the wanted ones failed.
+
+        At start-up a corrupt latest version would otherwise leave the model
+        unserved although the version before it is fine (a hot swap already
+        keeps the old one). Each version is tried once (`_load` remembers).
+        """
+        for version in sorted(set(on_disk) - set(failed), reverse=True):
+            servable = self._load(name, version)
+            if servable is not None:
+                log.warning("serving %s version %d: the newer %s failed to load", name, version,
+                            sorted(failed))
+                return {version: servable}
+        return {}
 
     def _load(self, name: str, version: int) -> Servable | None:
         """One version, or None when it fails (recorded and logged once) or failed before."""
