@@ -84,6 +84,23 @@ def test_uncertainty_loss_hand_computed_and_gradients_reach_log_variances():
     assert loss.sigmas() == pytest.approx({"click": math.exp(0.2), "follow": math.exp(-0.6)})
 
 
+def test_log_sigma_squared_regularizer_form_is_the_uncertainty_mode_shifted_by_log_2():
+    # sum_k L_k / (2 sigma_k^2) + log(sigma_c^2 sigma_f^2), t_k = log sigma_k^2, by hand ...
+    t = np.array([0.4, -1.2])
+    paper = (math.exp(-t[0]) * L_CLICK / 2 + math.exp(-t[1]) * L_FOLLOW / 2 + t[0] + t[1])
+    # ... equals 2 * (uncertainty mode at s = t + log 2) - 2 log 2, and so do the
+    # gradients in t (times 2): no separate loss mode (see MultiTaskLoss).
+    loss = MultiTaskLoss(["click", "follow"], "uncertainty")
+    loss.build()
+    loss.log_variances.assign((t + math.log(2.0)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        total, _ = loss(LABELS, LOGITS)
+    assert 2 * float(total) - 2 * math.log(2.0) == pytest.approx(paper, rel=1e-5)
+    grad = 2 * tape.gradient(total, loss.log_variances).numpy()
+    np.testing.assert_allclose(grad, [-math.exp(-t[0]) * L_CLICK / 2 + 1,
+                                      -math.exp(-t[1]) * L_FOLLOW / 2 + 1], rtol=1e-5)
+
+
 def test_click_weight_scales_the_click_term_in_every_mode():
     total, parts = MultiTaskLoss(["click", "follow"], "sum", click_weight=4.0)(LABELS, LOGITS)
     assert float(total) == pytest.approx(4 * L_CLICK + L_FOLLOW, rel=1e-5)

@@ -14,7 +14,7 @@ from models import inputs
 from models.layers.feature_embedding import load_vocabularies
 from models.ranking import config as rc
 from models.ranking import export, synthetic_examples, train
-from models.ranking.model import RankingModel
+from models.ranking.model import RankingModel, esmm_follow_logit
 
 CONFIG_PATH = fc.builtin_config_path("movielens")
 SMALL = {"embedding_dim": 4, "hidden_units": (8,), "max_epochs": 1, "batch_size": 128}
@@ -65,6 +65,15 @@ def test_public_train_entry_trains_evaluates_and_exports(data, tmp_path):
     assert set(result["sigma"]) == {"click", "follow"}
     assert all(s > 0 for s in result["sigma"].values())
     assert result["export_dir"] == export_dir
+    # Timestamps 1_700_000_000 + j, j < 1500: the last 150 (j >= 1349.1) validate.
+    assert result["validation"] == {"cutoff": pytest.approx(1_700_000_000 + 1499 - 149.9),
+                                    "fit_examples": 1350, "validation_examples": 150}
+    (epoch,) = result["learning_curve"]
+    assert epoch["val_monitor"] == pytest.approx(
+        (epoch["val_click_auc"] + epoch["val_follow_auc"]) / 2)
+    assert result["early_stopping"]["monitor"] == "mean_click_follow_auc"
+    assert result["early_stopping"]["epochs_run"] == 1
+    assert result["train_logs"]["loss"] == epoch["train_loss"]
     served = export.load(export_dir).signatures["serving_default"](
         examples=tf.constant(_eval_batch(data, 8)))
     assert set(served) == {"click", "follow"} and served["click"].shape == (8,)
@@ -76,6 +85,7 @@ def test_public_train_entry_trains_evaluates_and_exports(data, tmp_path):
     ("nfwfm", SMALL),
     ("multitask_nfwfm", SMALL),
     ("multitask_nfwfm", {**SMALL, "task_towers": True, "interaction_batch_norm": True}),
+    ("multitask_nfwfm", {**SMALL, "follow_mode": "esmm", "task_towers": True}),
     ("deepfm", SMALL),
     ("dcn", SMALL),
 ])
@@ -109,6 +119,34 @@ def test_export_round_trip_and_signatures_agree(data, tmp_path, name, hparams):
         np.testing.assert_allclose(scored[task].numpy(), served_same[task].numpy(),
                                    rtol=1e-5, atol=1e-6)
     assert not np.allclose(served_same[tasks[0]].numpy(), served_same[tasks[0]].numpy()[0])
+
+
+def test_esmm_logit_is_the_logit_of_the_product_by_hand():
+    x = tf.constant([0.0, np.log(3.0), 30.0, -100.0])
+    y = tf.constant([0.0, 0.0, 30.0, -100.0])
+    got = esmm_follow_logit(x, y).numpy()
+    # sigmoid(0)^2 = 1/4 -> log(1/3); 0.75 * 0.5 = 0.375 -> log(0.375 / 0.625);
+    # both near 1 -> -log(2 e^-30 + e^-60) ~ 30 - log 2; both near 0 -> -200.
+    np.testing.assert_allclose(got, [np.log(1 / 3), np.log(0.6), 30 - np.log(2), -200.0],
+                               rtol=1e-5)
+
+
+def test_esmm_follow_output_is_click_times_follow_given_click(data):
+    model, parsed = _built_model(data, "multitask_nfwfm", {**SMALL, "follow_mode": "esmm"})
+    ids = model.feature_ids({n: parsed[n] for n in model.feature_names})
+    first_order, rep = model.body(ids, training=False)
+    heads = {t: tf.sigmoid(v).numpy()
+             for t, v in model.tower_logits(first_order, rep, training=False).items()}
+    out = model(parsed, training=False)
+    np.testing.assert_allclose(out["click"].numpy(), heads["click"], rtol=1e-6)
+    np.testing.assert_allclose(out["follow"].numpy(), heads["click"] * heads["follow"],
+                               rtol=1e-5)
+    assert np.all(out["follow"].numpy() <= out["click"].numpy())
+    # Trains on every impression with the follow label against p(click) * p(follow | click).
+    labels = {k: parsed[k] for k in fc.LABEL_KEYS}
+    loss = model.fit(tf.data.Dataset.from_tensors((parsed, labels)).repeat(3),
+                     verbose=0).history["follow_loss"][0]
+    assert np.isfinite(loss) and loss > 0
 
 
 def _with_user_of(user_example: bytes, example: bytes, item_names: set[str]) -> bytes:
