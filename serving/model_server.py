@@ -278,8 +278,14 @@ class ReadWatchdog:
     methods are served as stream-unary handlers (wire-compatible with unary
     clients), which read the one message themselves after arming this
     watchdog; one thread cancels the calls still waiting at their deadline.
-    All deadlines are `now + timeout_s`, so arming is a deque append.
+    All deadlines are `now + timeout_s`, so arming is a deque append;
+    disarming drops the entry's reference to the call (a call's state is
+    ~19 KB, and a deque of finished calls kept for `timeout_s` grew the
+    server by that much per request), and the thread clears finished
+    entries at least every `sweep_s`.
     """
+
+    sweep_s = 0.5
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
@@ -314,16 +320,18 @@ class ReadWatchdog:
     @staticmethod
     def disarm(entry: list) -> None:
         entry[1] = False
+        entry[0] = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
             while self._pending and (self._pending[0][0] <= now or not self._pending[0][1][1]):
                 _, entry = self._pending.popleft()
-                if entry[1]:
+                context = entry[0]
+                if entry[1] and context is not None:
                     self.cancelled += 1
-                    entry[0].cancel()  # wakes the waiting handler thread, which exits quietly
-            wait = self._pending[0][0] - now if self._pending else None
+                    context.cancel()  # wakes the waiting handler thread, which exits quietly
+            wait = min(self._pending[0][0] - now, self.sweep_s) if self._pending else None
             self._wake.wait(wait)
             self._wake.clear()
 
