@@ -15,7 +15,10 @@ each load point also records the serve process's CPU ms per answered request
 score_candidates time for the same 500 candidates (graph call alone, and from
 numpy), the round trip of the cheapest gRPC call (the transport's floor), a hot
 swap of a new ranking version during Predict load (failure count), and small
-user-tower Predicts with server-side batching off and on.
+user-tower Predicts with server-side batching off and on, and an abuse point:
+recommend at concurrency 8 clean, then beside 17 concurrent huge-shape
+Predicts (refused by the size limits), then clean again (`--only_abuse` runs
+just that and merges it into the JSON).
 
 Uses work/serving/ when models were pushed there; otherwise builds small real
 models (serving.toy_models) and says so in the JSON. Writes
@@ -354,6 +357,135 @@ def hot_swap(serving_dir: str, target: str, request, duration_s: float) -> dict:
             round(switched, 2) if switched is not None else None, "concurrency": 8}
 
 
+# 17 threads in their own process (no TensorFlow, no GIL shared with the load threads),
+# each sending the huge-shape Predict as raw bytes, pausing `think` s between calls.
+ABUSER = r"""
+import json, sys, threading, time
+import grpc
+target, path, threads, seconds, think = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
+    float(sys.argv[4]), float(sys.argv[5])
+payload = open(path, "rb").read()
+codes, times, lock = {}, [], threading.Lock()
+def run():
+    call = grpc.insecure_channel(target).unary_unary("/tensorflow.serving.PredictionService/Predict")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        try:
+            call(payload, timeout=30)
+            code = "OK"
+        except grpc.RpcError as err:
+            code = err.code().name
+        with lock:
+            codes[code] = codes.get(code, 0) + 1
+            times.append(time.perf_counter() - start)
+        time.sleep(think)
+workers = [threading.Thread(target=run) for _ in range(threads)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+times.sort()
+pick = lambda q: round(1000 * times[min(len(times) - 1, int(q * len(times)))], 2) if times else None
+print(json.dumps({"codes": codes, "requests": len(times), "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                  "max_ms": round(1000 * times[-1], 2) if times else None}))
+"""
+
+
+def huge_shape_request() -> bytes:
+    """The issue's 37-byte Predict: ranking's `examples` declares 1,000,000 rows, sends one value."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ranking"
+    proto = request.inputs["examples"]
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.add().size = 1_000_000
+    proto.string_val.append(b"")
+    return request.SerializeToString()
+
+
+def rss_mb(pids: Sequence[int]) -> float:
+    """Resident memory of the service processes, MB."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            total += int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+    return round(total / 1024, 1)
+
+
+def abuse_point(services: "Services", body: dict, scratch: str, duration_s: float,
+                max_requests: int, abusers: int = 17, think_s: float = 0.01) -> dict:
+    """Recommend at concurrency 8: clean, then beside `abusers` concurrent huge-shape
+    Predicts (the issue's 37-byte request, refused at once by the size limits),
+    then clean again; the valid p99 with abuse against each clean p99, the abuse
+    calls' status codes and latency, and the services' RSS before and after.
+    """
+    path = os.path.join(scratch, "huge_shape.bin")
+    with open(path, "wb") as f:
+        f.write(huge_shape_request())
+    caller = _http_caller(services.port, body)
+    out: dict = {"concurrency": 8, "abusers": abusers, "abuser_think_s": think_s,
+                 "abuse_request_bytes": os.path.getsize(path),
+                 "abuse_request": "ranking Predict, examples declares shape [1000000], one value"}
+    out["clean_before"] = run_load(caller, 8, duration_s, max_requests, services.pids)
+    out["rss_mb_before"] = rss_mb(services.pids)
+    proc = subprocess.Popen([sys.executable, "-c", ABUSER, services.target, path, str(abusers),
+                             str(duration_s + 2.0), str(think_s)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # every abuser is sending
+    out["with_abuse"] = run_load(caller, 8, duration_s, max_requests, services.pids)
+    out["abuse_calls"] = json.loads(proc.communicate(timeout=120)[0])
+    out["rss_mb_after"] = rss_mb(services.pids)
+    out["clean_after"] = run_load(caller, 8, duration_s, max_requests, services.pids)
+    for key in ("clean_before", "clean_after"):
+        if out[key].get("p99_ms") and out["with_abuse"].get("p99_ms"):
+            out[f"p99_ratio_vs_{key}"] = round(out["with_abuse"]["p99_ms"] / out[key]["p99_ms"], 2)
+    return out
+
+
+def run_abuse_only(args: argparse.Namespace) -> None:
+    """The abuse point alone, on the main figures' serve shape, merged into args.output."""
+    config_path = os.path.join(args.work_dir, "serving", "feature_config.yaml")
+    config = fc.load(config_path if os.path.exists(config_path)
+                     else fc.builtin_config_path(args.data))
+    scratch = tempfile.mkdtemp(prefix="serving_bench_")
+    redis_server = None
+    run = {"command": "python -m bench.serving_bench --only_abuse",
+           "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+           "speed_probe_s_at_start": speed_probe()}
+    try:
+        serving_dir, run["models"] = prepare(args.work_dir, scratch, config)
+        flags: list[str] = []
+        if args.workers > 1:
+            redis_server = LocalRedis(scratch)
+            flags = ["--workers", str(args.workers), "--redis_url", redis_server.url]
+        run["serve_flags"] = (f"--workers {args.workers} --redis_url <private redis-server>"
+                              if flags else "(defaults)")
+        services = Services(serving_dir, flags)
+        try:
+            body = {"user_id": "u1", "context": {}, "k": 20}
+            for _ in range(5):
+                _http_caller(services.port, body)()()
+            abuse = abuse_point(services, body, scratch, args.duration_s, args.max_requests)
+        finally:
+            services.stop()
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    run["speed_probe_s_at_end"] = speed_probe()
+    results = {}
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as f:
+            results = json.load(f)
+    results["abuse"] = {**abuse, "run": run}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=False)
+    print(f"abuse {results['abuse']}\nwrote {args.output}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work")
@@ -369,9 +501,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="lower the bench's and the services' priority (to share a busy box); "
                              "it costs the services CPU time per request too (measured: ~25%% "
                              "more at nice 10 on the 2-core dev box), so targets are taken at 0")
+    parser.add_argument("--only_abuse", action="store_true",
+                        help="run only the abuse point (with its own clean points, same serve "
+                             "shape) and merge it into --output under `abuse`")
     args = parser.parse_args(argv)
     if args.nice:  # the services inherit it
         os.nice(args.nice)
+    if args.only_abuse:
+        run_abuse_only(args)
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     # The in-process baseline runs with the TensorFlow pools each serving
     # worker gets, so the Predict/in-process ratio compares like with like.
@@ -444,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results["predict_500_p50_over_in_process_from_numpy_p50"] = round(
                     results["predict_500"]["1"]["p50_ms"]
                     / results["in_process_scoring_500"]["from_numpy"]["p50_ms"], 2)
+            results["abuse"] = abuse_point(services, body, scratch, args.duration_s,
+                                           args.max_requests)
+            print(f"abuse {results['abuse']}", flush=True)
             results["hot_swap"] = hot_swap(serving_dir, services.target, ranking_request,
                                            args.duration_s * 1.5)
             print(f"hot swap {results['hot_swap']}", flush=True)
