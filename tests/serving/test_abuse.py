@@ -214,6 +214,22 @@ def test_a_stalled_grpc_call_is_cancelled_after_the_read_timeout(served, stub):
     assert stub.Predict(_valid_request(), timeout=5).model_spec.version.value == 1
 
 
+def test_an_idle_grpc_connection_is_closed_and_the_next_call_reconnects(served):
+    channel = grpc.insecure_channel(served["grpc"])
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    assert stub.Predict(_valid_request(), timeout=10).model_spec.version.value == 1
+    start, states = time.time(), []
+    channel.subscribe(states.append)  # READY now; IDLE once the server closes the connection
+    while grpc.ChannelConnectivity.IDLE not in states and time.time() - start < IDLE_TIMEOUT_S + 5:
+        time.sleep(0.1)
+    idle_after = time.time() - start
+    assert states[0] == grpc.ChannelConnectivity.READY
+    assert grpc.ChannelConnectivity.IDLE in states  # the server's GOAWAY after the idle timeout
+    assert IDLE_TIMEOUT_S - 1 < idle_after < IDLE_TIMEOUT_S + 3
+    assert stub.Predict(_valid_request(), timeout=10).model_spec.version.value == 1
+    channel.close()
+
+
 # ---- REST: every request gets an answer ------------------------------------------------
 def _raw_http(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict, dict]:
     """Sends raw bytes; returns (status, headers, JSON body) of the answer."""
