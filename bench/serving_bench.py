@@ -367,7 +367,8 @@ target, path, threads, seconds, think = sys.argv[1], sys.argv[2], int(sys.argv[3
 payload = open(path, "rb").read()
 codes, times, lock = {}, [], threading.Lock()
 def run():
-    call = grpc.insecure_channel(target).unary_unary("/tensorflow.serving.PredictionService/Predict")
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         start = time.perf_counter()
@@ -393,7 +394,7 @@ print(json.dumps({"codes": codes, "requests": len(times), "p50_ms": pick(0.5), "
 
 
 def huge_shape_request() -> bytes:
-    """The issue's 37-byte Predict: ranking's `examples` declares 1,000,000 rows, sends one value."""
+    """The issue's 37-byte Predict: ranking's `examples` declares 1,000,000 rows, has one value."""
     from tensorflow.core.framework import types_pb2
     from tensorflow_serving.apis import predict_pb2
     request = predict_pb2.PredictRequest()

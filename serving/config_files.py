@@ -205,7 +205,8 @@ def _ssl_config_message():
                           label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()  # private: never clashes with a real ssl_config_pb2
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
 
 
 def _pem(value: str, base_dir: str, field: str, path: str) -> bytes:

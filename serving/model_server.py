@@ -358,7 +358,8 @@ def _read_one(method: Callable[[Any, Any], Any], watchdog: ReadWatchdog, metrics
 # *_pb2_grpc registration has them (the wheel's model_service_pb2 does not import on
 # this protobuf, so the descriptors cannot be walked).
 PREDICTION_METHODS = {
-    "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+    "Classify": (classification_pb2.ClassificationRequest,
+                 classification_pb2.ClassificationResponse),
     "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
     "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
     "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
@@ -626,7 +627,8 @@ def make_rest_handler(core: ModelServerCore, limits: HttpLimits,
                 code = err.code
                 raise _http_error(err) from err
             except HttpError as err:
-                code = grpc.StatusCode.INVALID_ARGUMENT if err.status < 500 else grpc.StatusCode.INTERNAL
+                code = (grpc.StatusCode.INVALID_ARGUMENT if err.status < 500
+                        else grpc.StatusCode.INTERNAL)
                 raise
             finally:
                 if name:

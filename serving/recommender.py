@@ -569,7 +569,8 @@ class Recommender:
                 "re-seed it with `python -m serving.serve --reseed_only ...` (README, Serving)")
         except StoreUnavailable as err:
             checks["store"] = str(err)
-        models = [self.settings.ranking_model] + [c.tower for c in self.settings.channels if c.tower]
+        towers = [c.tower for c in self.settings.channels if c.tower]
+        models = [self.settings.ranking_model, *towers]
         for model in models:
             try:
                 loaded = self.client.available_versions(model)

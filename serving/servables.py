@@ -398,6 +398,9 @@ class LoadFailure:
     message: str
     fingerprint: tuple
 
+    def __str__(self) -> str:  # how callers print a failure (components.adapters does)
+        return f"{self.error_code}: {self.message}"
+
 
 def load_error_code(err: BaseException) -> str:
     """The tensorflow.error.Code name TF Serving would give a failed load.

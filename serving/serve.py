@@ -63,7 +63,8 @@ from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listene
 from serving.catalogue import (  # noqa: E402
     ItemCatalogue, read_item_frequencies, read_recent_clicks, read_user_profiles)
 from serving.client import ModelServerClient  # noqa: E402
-from serving.httpd import HardenedHTTPServer, HttpError, HttpLimits, JsonRequestHandler, log_once  # noqa: E402
+from serving.httpd import (HardenedHTTPServer, HttpError, HttpLimits,  # noqa: E402
+                           JsonRequestHandler, log_once)
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import ModelIncompatible, Recommender, RecommenderSettings  # noqa: E402
 from serving.request_checks import BadRequest, RequestRules  # noqa: E402
@@ -80,7 +81,10 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.CANCELLED}
 
 
-def make_handler(recommender: Recommender, limits: HttpLimits = HttpLimits(max_body_bytes=MAX_BODY_BYTES),
+RECOMMENDER_LIMITS = HttpLimits(max_body_bytes=MAX_BODY_BYTES)
+
+
+def make_handler(recommender: Recommender, limits: HttpLimits = RECOMMENDER_LIMITS,
                  token: str | None = None) -> type[JsonRequestHandler]:
     """The recommender's HTTP API (see the module docstring); every request gets an answer.
 
@@ -168,7 +172,7 @@ class RecommenderHTTPServer:
 
     def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8600,
                  listen_fd: int | None = None, counts: ConnectionCounts | None = None,
-                 limits: HttpLimits = HttpLimits(max_body_bytes=MAX_BODY_BYTES),
+                 limits: HttpLimits = RECOMMENDER_LIMITS,
                  ssl_context: Any = None, token: str | None = None):
         handler = make_handler(recommender, limits, token)
         if listen_fd is not None and counts is not None:

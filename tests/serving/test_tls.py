@@ -91,7 +91,8 @@ def test_ssl_config_reads_tf_serving_pem_text_and_our_file_paths(tls, tmp_path):
 @pytest.fixture
 def tls_server(world, tls):
     def start(ssl_config):
-        entries = config_files.read_model_config(MODELS_CONFIG, os.path.join(world["root"], "models"))
+        entries = config_files.read_model_config(MODELS_CONFIG,
+                                                 os.path.join(world["root"], "models"))
         manager = ModelManager(entries)
         manager.poll_once()
         server = model_server.ModelServer(manager, ssl=ssl_config)
