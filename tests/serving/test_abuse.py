@@ -455,6 +455,7 @@ def test_a_corrupt_version_is_reported_logged_once_and_the_old_one_serves(tmp_pa
         f"cannot load ranking version 2 from {base / '2'}"]
     failure = manager.load_failures[("ranking", 2)]
     assert failure.error_code == "NOT_FOUND" and "0 MetaGraphs" in failure.message
+    assert str(failure) == f"NOT_FOUND: {failure.message}"
     server = model_server.ModelServer(manager, prometheus_path="/metrics")
     grpc_port, rest_port = server.start("127.0.0.1", 0, 0)
     try:
