@@ -322,8 +322,8 @@ class GateFigures:
 
     def describe(self) -> str:
         """One line: "click: candidate AUC 0.6512 vs baseline 0.6490, diff +0.0022
-        (95% CI -0.0011 to +0.0055), tolerance 0.001" or "follow: not evaluable
-        (0 positives in eval)"."""
+        (95% CI -0.0011 to +0.0055), tolerance 0.001, floor 0.5; 103 positives in
+        400 eval examples" or "follow: not evaluable (0 positives in eval)"."""
         if self.not_evaluable:
             return f"{self.head}: not evaluable ({self.not_evaluable})"
         if self.auc is None:
@@ -341,6 +341,9 @@ class GateFigures:
             text += f", tolerance {self.tolerance:g}"
         if self.min_auc is not None:
             text += f", floor {self.min_auc:g}"
+        if self.examples is not None:
+            # A wide interval on a handful of positives reads differently.
+            text += f"; {self.positives} positives in {self.examples} eval examples"
         return text
 
 

@@ -251,7 +251,8 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
         ax.set_ylabel("learned sigma (task uncertainty)")
         save(fig, "task_uncertainty.png", "Learned task uncertainties (multi-task NFwFM)")
     calibration = [(f"{name} ({row['head']})", row) for name, values in ranking.items()
-                   for row in calibration_rows(values) if row["mean_prediction"] is not None]
+                   for row in calibration_rows(values)
+                   if row["mean_prediction"] is not None and not row["not_evaluable"]]
     if calibration:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         where = np.arange(len(calibration))
@@ -260,8 +261,10 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
         ax.barh(where + 0.2, [r["label_rate"] for _, r in calibration], height=0.4,
                 label="label rate", color="tab:green")
         ax.set_yticks(where, [n for n, _ in calibration], fontsize=7)
-        ax.set_xlabel("rate (trainer eval split)")
-        ax.legend(fontsize=7)
+        # Log scale: follow rates are ~1/50 of click rates and vanish on a linear axis.
+        ax.set_xscale("log")
+        ax.set_xlabel("rate (trainer eval split, log scale)")
+        ax.legend(fontsize=7, loc="best")
         save(fig, "calibration.png", "Calibration per head: mean prediction vs label rate")
     for name, values in {**ranking, **recall}.items():
         curve = learning_curve(values)

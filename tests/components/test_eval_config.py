@@ -107,7 +107,8 @@ def test_gate_figures_describe():
         diff=eval_config.MetricValue(0.0022, -0.0011, 0.0055), tolerance=0.001, min_auc=0.5,
         validation_ok=True)
     assert figures.describe() == ("click: candidate AUC 0.6512 vs baseline 0.6490, diff +0.0022 "
-                                  "(95% CI -0.0011 to +0.0055), tolerance 0.001, floor 0.5")
+                                  "(95% CI -0.0011 to +0.0055), tolerance 0.001, floor 0.5; "
+                                  "103 positives in 400 eval examples")
     follow = eval_config.GateFigures(
         head="follow", examples=400, positives=0, not_evaluable="0 positives in eval",
         auc=eval_config.MetricValue(0.0), baseline_auc=None, diff=None, tolerance=None,

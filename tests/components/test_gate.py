@@ -225,7 +225,8 @@ def test_worse_within_tolerance_is_pushed_with_the_interval_in_the_report(data, 
     diff = figures.diff
     assert (f"- click: candidate AUC {figures.auc.value:.4f} vs baseline "
             f"{figures.baseline_auc.value:.4f}, diff {diff.value:+.4f} (95% CI "
-            f"{diff.lower:+.4f} to {diff.upper:+.4f}), tolerance {figures.tolerance:g}") in text
+            f"{diff.lower:+.4f} to {diff.upper:+.4f}), tolerance {figures.tolerance:g}, floor 0; "
+            f"{data['expected']['positives']} positives in {NUM_EXAMPLES} eval examples") in text
     assert (f"| click | overall | candidate (diff vs baseline) | {diff.value:+.4f} | "
             f"[{diff.lower:+.4f}, {diff.upper:+.4f}] |") in text
     assert f"- ranking candidate: {destination}" in text

@@ -3,8 +3,9 @@
 Run A trains every model; the NFM baseline is left untrained (learning rate
 1e-9), so the NFwFM candidate must beat it and be pushed. Run B, in the same
 MLMD, flips it: a trained baseline and an untrained candidate, which must be
-refused. Run C repeats B: every execution must come from the cache. The tfx
-CLI then creates and runs the same pipeline (cached as well).
+refused (its AUC deficit is far beyond the 0.001 tolerance). Run C repeats
+B: every execution must come from the cache. The tfx CLI then creates and
+runs the same pipeline (cached as well).
 """
 
 import os
@@ -17,6 +18,7 @@ import tensorflow as tf
 from tfx.orchestration import metadata
 
 from components import eval_config
+from components.trainer import read_metrics
 from pipelines import local_runner, mlmd_summary
 
 NUM_EVENTS = 6000
@@ -66,7 +68,8 @@ def test_run_a_completes_with_lineage(run_a):
     for node in ("ClickLogExampleGen", "RankingTrainer.nfm", "RankingTrainer.nfwfm",
                  "Evaluator.nfwfm", "ServingValidator.nfwfm", "Pusher.nfwfm",
                  "RankingTrainer.multitask_nfwfm", "Evaluator.multitask_nfwfm.click",
-                 "Evaluator.multitask_nfwfm.follow", "AllBlessed.multitask_nfwfm",
+                 "Evaluator.multitask_nfwfm.follow", "RankingGate.multitask_nfwfm",
+                 "RankingGate.nfwfm",
                  "RecallTrainer.two_tower", "FaissIndexBuilder.two_tower", "PipelineReporter"):
         assert node in states, node
     ex = summary.executions
@@ -80,8 +83,13 @@ def test_run_a_completes_with_lineage(run_a):
     assert ex["Evaluator.nfwfm"].inputs["baseline_model"][0].id == \
         ex["RankingTrainer.nfm"].outputs["model"][0].id
     assert ex["Pusher.nfwfm"].inputs["model"][0].id == model_id
-    assert ex["Pusher.nfwfm"].inputs["model_blessing"][0].id == \
+    # The Pusher's blessing is RankingGate's, made from the Evaluator's.
+    assert ex["RankingGate.nfwfm"].inputs["evaluation"][0].id == \
+        ex["Evaluator.nfwfm"].outputs["evaluation"][0].id
+    assert ex["RankingGate.nfwfm"].inputs["evaluator_blessing"][0].id == \
         ex["Evaluator.nfwfm"].outputs["blessing"][0].id
+    assert ex["Pusher.nfwfm"].inputs["model_blessing"][0].id == \
+        ex["RankingGate.nfwfm"].outputs["blessing"][0].id
 
 
 def test_run_a_blessing_matches_recorded_metrics(run_a):
@@ -91,13 +99,21 @@ def test_run_a_blessing_matches_recorded_metrics(run_a):
     overall = {(r["model"], r["is_diff"]): r["value"] for r in rows if r["slice"] == "overall"}
     candidate, baseline = overall[("candidate", False)], overall[("baseline", False)]
     assert overall[("candidate", True)] == pytest.approx(candidate - baseline, abs=1e-6)
-    should_bless = candidate >= 0.0 and candidate - baseline > -1e-10  # tiny profile floor 0
+    # Tiny profile: floor 0, default tolerance 0.001.
+    should_bless = candidate >= 0.0 and candidate - baseline >= -0.001
     blessed = evaluator.outputs["blessing"][0].properties["blessed"] == 1
     assert blessed == should_bless
     # The untrained baseline is beaten in this run.
     assert blessed, (candidate, baseline)
     sliced = {r["slice"] for r in rows}
     assert {"overall", "is_new_user=0", "is_new_user=1"} <= sliced
+    # RankingGate records the same figures (the tiny profile computes no
+    # intervals: test_gate.py checks those).
+    gate = summary.executions["RankingGate.nfwfm"].outputs["blessing"][0].properties
+    assert gate["blessed"] == 1 and gate["auc_tolerance"] == 0.001
+    assert gate["click_auc_diff"] == pytest.approx(candidate - baseline, abs=1e-6)
+    assert gate["click_auc"] == pytest.approx(candidate, abs=1e-6)
+    assert "click_auc_diff_lower" not in gate
 
 
 def test_run_a_pushed_models_load_and_score(run_a, work_dir):
@@ -144,9 +160,48 @@ def test_run_a_report_published(run_a, work_dir):
     path = report.properties["published_path"]
     assert path.startswith(os.path.join(work_dir, "serving", "reports"))
     text = open(path).read()
-    assert "## Gate: ranking candidate vs baseline" in text and "**BLESSED**" in text
-    assert os.path.exists(os.path.join(os.path.dirname(path), "task_uncertainty.png"))
+    assert "## Gate: ranking candidate vs baseline\n\n**BLESSED**" in text
+    gate = summary.executions["RankingGate.nfwfm"].outputs["blessing"][0].properties
+    assert f"- {gate['click_summary']}" in text
+    assert gate["click_summary"].startswith(f"click: candidate AUC {gate['click_auc']:.4f} vs ")
+    assert gate["click_summary"] in out  # the runner prints the same line
+    for png in ("task_uncertainty.png", "calibration.png", "learning_curve_nfwfm.png",
+                "learning_curve_multitask_nfwfm.png", "learning_curve_two_tower.png"):
+        assert os.path.exists(os.path.join(os.path.dirname(path), png)), png
+    assert "## Training (early stopping" in text
     assert f"report: {path}" in out
+
+
+def test_run_a_trainers_report_early_stopping(run_a):
+    summary, out = run_a
+    for node in ("RankingTrainer.nfwfm", "RankingTrainer.multitask_nfwfm",
+                 "RecallTrainer.two_tower"):
+        metrics = summary.executions[node].outputs["metrics"][0]
+        props = metrics.properties
+        content = read_metrics(metrics.uri)["metrics"]
+        stopping = content["early_stopping"]
+        assert (props["best_epoch"], props["epochs_run"], props["stopped_early"]) == (
+            stopping["best_epoch"], stopping["epochs_run"], int(stopping["stopped_early"]))
+        assert len(content["learning_curve"]) == stopping["epochs_run"]
+        assert f"  {node}: " in out
+        line = next(l for l in out.splitlines() if l.startswith(f"  {node}: "))
+        assert f"best epoch {stopping['best_epoch']} of {stopping['epochs_run']}" in line
+
+
+def test_run_a_multitask_gate_and_the_follow_label_counts(run_a):
+    summary, out = run_a
+    ex = summary.executions
+    gate = ex["RankingGate.multitask_nfwfm"].outputs["blessing"][0].properties
+    follow = eval_config.gate_figures(
+        ex["Evaluator.multitask_nfwfm.follow"].outputs["evaluation"][0].uri)
+    assert (gate["follow_eval_positives"], gate["follow_eval_examples"]) == (
+        follow.positives, follow.examples)
+    evaluators = [ex[f"Evaluator.multitask_nfwfm.{h}"].outputs["blessing"][0].properties[
+        "blessed"] == 1 for h in ("click", "follow")]
+    evaluable = 0 < follow.positives < follow.examples
+    assert gate["blessed"] == int(all(evaluators) and evaluable)
+    if not evaluable:
+        assert "follow: not evaluable (0 positives in eval)" in out
 
 
 def test_run_b_worse_candidate_is_not_pushed(run_a, run_b, work_dir):
@@ -162,6 +217,11 @@ def test_run_b_worse_candidate_is_not_pushed(run_a, run_b, work_dir):
         run_a[0].executions["Pusher.nfwfm"].outputs["pushed_model"][0].properties[
             "pushed_destination"])]
     assert "Evaluator.nfwfm: NOT BLESSED (auc diff vs baseline (overall)" in out
+    assert "RankingGate.nfwfm: NOT BLESSED (click: auc diff vs baseline (overall)" in out
+    assert "change vs baseline must be >= -0.001" in out
+    gate = ex["RankingGate.nfwfm"].outputs["blessing"][0].properties
+    assert gate["click_auc_diff"] < -0.001
+    assert f"    {gate['click_summary']}" in out and ", tolerance 0.001" in gate["click_summary"]
     assert "Pusher.nfwfm: NOT pushed" in out
 
 

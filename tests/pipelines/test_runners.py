@@ -73,13 +73,29 @@ def test_build_passes_beam_args_and_owns_paths(tmp_path):
         "RankingGate.nfwfm"
 
 
-def _change_threshold(evaluator) -> float:
+def _eval_config(evaluator):
     from tensorflow_model_analysis.proto import config_pb2
     from tfx.utils import proto_utils
-    config = proto_utils.json_to_proto(evaluator.exec_properties["eval_config"],
-                                       config_pb2.EvalConfig())
+    return proto_utils.json_to_proto(evaluator.exec_properties["eval_config"],
+                                     config_pb2.EvalConfig())
+
+
+def _change_threshold(evaluator) -> float:
+    config = _eval_config(evaluator)
     (auc,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "AUC"]
     return auc.per_slice_thresholds[0].threshold.change_threshold.absolute.value
+
+
+@pytest.mark.parametrize("profile, intervals", [("default", True), ("tiny", False)])
+def test_profiles_confidence_intervals(profile, intervals, tmp_path):
+    from pipelines import profiles
+    built = create_pipeline("p", str(tmp_path), "c.yaml", "e", "u", "i", str(tmp_path),
+                            ranking=profiles.get(profile, "synthetic").ranking,
+                            recall=RecallSettings(models=()))
+    for component in built.components:
+        if component.id.startswith("Evaluator."):
+            config = _eval_config(component)
+            assert config.options.compute_confidence_intervals.value is intervals, component.id
 
 
 def test_build_gate_flags(tmp_path):
