@@ -1,44 +1,34 @@
-"""Ranking benchmark: NFM vs NFwFM (+ ablations, multi-task) vs baselines and DeepCTR peers.
+"""Ranking benchmark: NFwFM vs the NFM baseline, the DeepCTR NFM peer and ablations.
 
-    python -m bench.ranking_bench [--quick] [--seeds 3] [--num_events 200000]
-        [--datasets synthetic,movielens] [--work_dir work/bench_ranking]
-        [--out bench/results/ranking.json]
+    python -m bench.ranking_bench [--quick] [--seeds 5] [--datasets synthetic,movielens]
+        [--models core|all|name,...] [--jobs 2] [--out bench/results/ranking.json]
 
 Data: the real pipeline. `beam_jobs.datasets.prepare` makes the raw tables
 (synthetic log or MovieLens-100k) and `python -m beam_jobs.sessionize` writes
 the ranking examples and vocabularies; every model, ours and DeepCTR's, sees
-the same train / eval examples. If the pipeline fails, the benchmark falls
-back to models.ranking.synthetic_examples and says so in `_meta.data_source`.
+the same examples.
 
-Settings are chosen on validation data, never on eval (the JSON's
-`_protocol` records all of it):
+Protocol (the JSON's `_protocol` records all of it):
+  * Validation is carved from TRAIN with the trainers' own rule
+    (models.validation: the last 10% of the train time span). Every model
+    trains on the rest ("fit") epoch by epoch, is scored on validation after
+    each epoch and stops `patience` epochs after its best epoch (cap
+    `max_epochs`); the best epoch's weights are kept. The eval split is
+    scored once per trained model, for the reported figure.
+  * Hyperparameters are chosen on validation only: the learning rate of
+    NFM, NFwFM and the DeepCTR NFM peer from LR_GRID; the multi-task model's
+    form (MULTITASK_VARIANTS, on NFwFM's learning rate) by the mean of click
+    and follow validation AUC, so the follow head is not ignored. Tuning uses
+    seed 0; the chosen point's seed-0 model is that model's seed-0 run
+    (retraining it would repeat the same computation).
+  * Every model then runs `--seeds` seeds (init and shuffling). Comparisons
+    are paired by seed: mean difference with a 95% Student-t interval
+    (bench.stats); an interval containing 0 is a tie.
 
-    python -m bench.ranking_bench --tune      # writes bench/results/ranking_tuning.json
-    python -m bench.ranking_bench             # reads it
-
-`--tune` carves a validation split from TRAIN (its last 10% by timestamp),
-trains each tuned model on the rest with seed 0 and every point of its grid,
-and keeps the point with the best validation click AUC. Grid: learning rate
-{0.003, 0.01, 0.02} x two variants, the same 6 runs for NFM (batch norm on
-the Bi-Interaction vector or not, as in the NFM paper), NFwFM (same) and the
-DeepCTR NFM peer (its bi_dropout 0 or 0.2); multi-task uncertainty NFwFM is
-tuned on top of NFwFM's choice (click loss weight 1 or 4, or one MLP per
-task; 9 runs). Ablations (no FM module, no dropout, follow-only) take
-NFwFM's choice and the other multi-task losses multi-task uncertainty's;
-LR, DeepFM, DCN and DeepCTR FwFM keep their defaults (not tuned: stated in
-`_protocol.untuned`). Every model trains `--epochs` (1) epochs with the same
-optimizer (lazy Adam) and batch size; no early stopping (time budget: the
-whole benchmark must stay under 30 minutes on 2 shared cores).
-
-Each model is then trained `--seeds` times (different init and shuffling) on
-the full train split and evaluated on the eval split (time split, as written
-by sessionize). Writes
-{dataset: {model: {auc_mean, auc_std, logloss_mean, gauc_mean, params,
-flops_per_example, train_examples_per_s, score_examples_per_s,
-follow_auc_mean, sigma, ...}, "_meta": {...}, "_targets": {...}}}; NFM, NFwFM
-and multi-task NFwFM also get `score_500_p50_ms`: the exported SavedModel's
-`score_candidates` signature scoring 500 candidates for one user, in-process,
-p50 of 300 calls after 20 warm-up calls.
+`--models core` (default) runs what the targets compare: nfm, nfm_28 (NFM at
+NFwFM's width: the key ablation), nfwfm, deepctr_nfm, multitask and
+follow_single. `--models all` adds the other ablations and baselines.
+`--jobs 2` benchmarks the datasets in parallel processes (one per dataset).
 
 DeepCTR 0.9.3 imports `tensorflow.python.keras`, which TF 2.16+ no longer
 ships; `_import_deepctr` points those module names at tf_keras first.
@@ -65,60 +55,66 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from models import inputs  # noqa: E402
+from bench import stats  # noqa: E402
+from models import inputs, validation  # noqa: E402
 from models.layers.feature_embedding import FeatureIds, load_vocabularies  # noqa: E402
 from models.layers.feature_embedding import ordered_feature_names  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
-from models.ranking import export, metrics, synthetic_examples, train  # noqa: E402
+from models.ranking import export, metrics, train  # noqa: E402
 
 # name -> (model, hparams) of our models.
 OUR_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "nfm": (rc.NFM, {}),
+    # NFM at NFwFM's width: is NFwFM's edge (or loss) the interaction or the width?
+    "nfm_28": (rc.NFM, {"embedding_dim": rc.make_config(rc.NFWFM).embedding_dim}),
     "nfwfm": (rc.NFWFM, {}),
     "nfwfm_no_fm": (rc.NFWFM, {"use_fm_module": False}),
     "nfwfm_no_dropout": (rc.NFWFM, {"use_interaction_dropout": False}),
+    "multitask": (rc.MULTITASK_NFWFM, {}),
     "multitask_sum": (rc.MULTITASK_NFWFM, {"loss_mode": rc.LOSS_SUM}),
     "multitask_reweight": (rc.MULTITASK_NFWFM, {"loss_mode": rc.LOSS_REWEIGHT}),
-    "multitask_uncertainty": (rc.MULTITASK_NFWFM, {"loss_mode": rc.LOSS_UNCERTAINTY}),
     "follow_single": (rc.NFWFM, {"tasks": (fc.FOLLOW_LABEL,)}),
     "lr": (rc.LR, {}),
     "deepfm": (rc.DEEPFM, {}),
     "dcn": (rc.DCN, {}),
 }
 PEERS = ("deepctr_nfm", "deepctr_fwfm")
+CORE = ("nfm", "nfm_28", "nfwfm", "deepctr_nfm", "multitask", "follow_single")
+ALL = tuple(OUR_MODELS) + PEERS
 
-# ---- hyperparameter selection (on a validation split of TRAIN, never eval) --------
-VALIDATION_FRACTION = 0.1
-# Every tuned model gets the same learning-rate grid (the default 3e-3 included)
-# and one seed per point: the same budget for ours and the DeepCTR peer.
-LR_GRID = (0.003, 0.01, 0.02)
-# name -> extra grid axes on top of LR_GRID (label, hparams): two variants
-# each, so every tuned model (ours and the peer) gets 2 x 3 runs.
-TUNE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
-    # Batch norm on the Bi-Interaction vector, as in the NFM paper.
-    "nfm": (("base", {}), ("batch_norm", {"interaction_batch_norm": True})),
-    "nfwfm": (("base", {}), ("batch_norm", {"interaction_batch_norm": True})),
-    # DeepCTR NFM's own knob: dropout on its Bi-Interaction vector.
-    "deepctr_nfm": (("base", {}), ("bi_dropout_0.2", {"bi_dropout": 0.2})),
-    # On top of NFwFM's chosen settings (same bottom): click loss weight 1
-    # vs 4 (uncertainty weighting otherwise favours the rare follow task,
-    # see models.ranking.losses) and one MLP per task.
-    "multitask_uncertainty": (("shared_mlp", {}), ("click_weight_4", {"click_weight": 4.0}),
-                              ("task_towers", {"task_towers": True})),
+# ---- hyperparameter selection (validation only) ------------------------------------
+LR_GRID = (0.001, 0.003, 0.01)
+LR_TUNED = ("nfm", "nfwfm", "deepctr_nfm")
+# The multi-task model's form, on top of NFwFM's learning rate: uncertainty
+# weighting with one shared MLP or one MLP per task, and the ESMM follow head
+# (p(follow) = p(click) * p(follow | click)) with either.
+MULTITASK_VARIANTS: dict[str, dict[str, Any]] = {
+    "uncertainty": {"loss_mode": rc.LOSS_UNCERTAINTY},
+    "uncertainty_task_towers": {"loss_mode": rc.LOSS_UNCERTAINTY, "task_towers": True},
+    "esmm_sum": {"loss_mode": rc.LOSS_SUM, "follow_mode": rc.FOLLOW_ESMM},
+    "esmm_uncertainty": {"loss_mode": rc.LOSS_UNCERTAINTY, "follow_mode": rc.FOLLOW_ESMM},
 }
-# Tuned after (and on top of the choice of) another entry.
-TUNE_ON_TOP_OF = {"multitask_uncertainty": "nfwfm"}
-# Which tuned entry a benchmarked model takes its settings from: ablations
-# and the other multi-task losses inherit their parent's choice.
-TUNED_FROM = {"nfm": "nfm", "nfwfm": "nfwfm", "nfwfm_no_fm": "nfwfm",
-              "nfwfm_no_dropout": "nfwfm", "follow_single": "nfwfm",
-              "multitask_sum": "multitask_uncertainty",
-              "multitask_reweight": "multitask_uncertainty",
-              "multitask_uncertainty": "multitask_uncertainty", "deepctr_nfm": "deepctr_nfm"}
-TUNING_PATH = os.path.join("bench", "results", "ranking_tuning.json")
-TIMED_SCORING = ("nfm", "nfwfm", "multitask_uncertainty")
+# Which tuned entry an untuned model takes its learning rate (and, for the
+# other multi-task losses, its form) from.
+TUNED_FROM = {"nfm_28": "nfm", "nfwfm_no_fm": "nfwfm", "nfwfm_no_dropout": "nfwfm",
+              "follow_single": "nfwfm", "multitask_sum": "multitask",
+              "multitask_reweight": "multitask", "deepctr_fwfm": "nfwfm"}
+TIMED_SCORING = ("nfm", "nfwfm", "multitask")
 NUM_CANDIDATES = 500
-SCORE_WARMUP, SCORE_REPEATS = 20, 300
+SCORE_WARMUP, SCORE_REPEATS = 20, 200
+
+# The comparisons the targets name: (name, model a, task a, model b, task b).
+COMPARISONS = (
+    ("nfwfm_vs_nfm", "nfwfm", fc.CLICK_LABEL, "nfm", fc.CLICK_LABEL),
+    ("nfwfm_vs_deepctr_nfm", "nfwfm", fc.CLICK_LABEL, "deepctr_nfm", fc.CLICK_LABEL),
+    ("nfwfm_vs_nfm_28", "nfwfm", fc.CLICK_LABEL, "nfm_28", fc.CLICK_LABEL),
+    ("multitask_follow_vs_follow_single", "multitask", fc.FOLLOW_LABEL, "follow_single",
+     fc.FOLLOW_LABEL),
+    ("multitask_click_vs_nfwfm", "multitask", fc.CLICK_LABEL, "nfwfm", fc.CLICK_LABEL),
+    ("nfwfm_vs_nfwfm_no_fm", "nfwfm", fc.CLICK_LABEL, "nfwfm_no_fm", fc.CLICK_LABEL),
+    ("nfwfm_vs_nfwfm_no_dropout", "nfwfm", fc.CLICK_LABEL, "nfwfm_no_dropout", fc.CLICK_LABEL),
+)
+MULTITASK_CLICK_TOLERANCE = 0.002
 
 
 # ---- data ------------------------------------------------------------------
@@ -134,63 +130,85 @@ def _sessionize(raw, out_dir: str) -> dict[str, Any]:
 
 
 def prepare_data(dataset: str, work_dir: str, num_events: int) -> dict[str, Any]:
-    """Train/eval patterns, vocab dir and config path of one dataset."""
-    try:
-        from beam_jobs import datasets
-        raw = datasets.prepare(dataset, work_dir, num_events=num_events)
-        # One examples directory per raw directory (synthetic-<events>-<seed>, movielens).
-        out_dir = os.path.join(work_dir, "examples", os.path.basename(os.path.dirname(raw.events)))
-        _sessionize(raw, out_dir)
-        ranking = os.path.join(out_dir, fc.RANKING)
-        return {"config_path": raw.config_path, "vocab_dir": os.path.join(out_dir, "vocab"),
-                "train_pattern": inputs.split_pattern(ranking, fc.TRAIN),
-                "eval_pattern": inputs.split_pattern(ranking, fc.EVAL),
-                "data_source": f"beam_jobs.datasets.prepare + beam_jobs.sessionize ({out_dir})"}
-    except (ImportError, OSError, subprocess.CalledProcessError, RuntimeError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        print(f"[{dataset}] pipeline unavailable ({type(err).__name__}: {detail[-500:]}); "
-              "falling back to generated examples", file=sys.stderr)
-        config_path = fc.builtin_config_path(dataset)
-        out = synthetic_examples.write_ranking_examples(
-            os.path.join(work_dir, "fallback", dataset), fc.load(config_path),
-            num_train=num_events // 2, num_eval=num_events // 8, num_users=2000,
-            num_items=1000, values_per_feature=8)
-        return {"config_path": config_path, **out,
-                "data_source": "FALLBACK models.ranking.synthetic_examples (pipeline failed)"}
+    """Train/eval patterns, vocab dir and config path of one dataset.
+
+    Raises:
+      subprocess.CalledProcessError: the sessionize job failed (its stderr
+        is in the error): a benchmark never falls back to other data.
+    """
+    from beam_jobs import datasets
+    raw = datasets.prepare(dataset, work_dir, num_events=num_events)
+    # One examples directory per raw directory (synthetic-<events>-<seed>, movielens).
+    out_dir = os.path.join(work_dir, "examples", os.path.basename(os.path.dirname(raw.events)))
+    summary = _sessionize(raw, out_dir)
+    ranking = os.path.join(out_dir, fc.RANKING)
+    return {"config_path": raw.config_path, "vocab_dir": os.path.join(out_dir, "vocab"),
+            "train_pattern": inputs.split_pattern(ranking, fc.TRAIN),
+            "eval_pattern": inputs.split_pattern(ranking, fc.EVAL),
+            "summary": summary, "examples_dir": out_dir}
 
 
-def load_split(pattern: str, features: fc.FeatureConfig, limit: int | None) -> dict[str, tf.Tensor]:
-    """All examples of a split as one dict of dense tensors (parsed once)."""
+def load_split(pattern: str, features: fc.FeatureConfig, limit: int | None
+               ) -> dict[str, np.ndarray]:
+    """All examples of a split as one dict of dense numpy arrays (parsed once)."""
     ds = inputs.make_dataset(pattern, features, fc.RANKING, 4096)
-    parts: dict[str, list[tf.Tensor]] = {}
+    parts: dict[str, list[np.ndarray]] = {}
     count = 0
     for batch in ds:
         for k, v in batch.items():
-            parts.setdefault(k, []).append(v)
-        count += int(tf.shape(batch[fc.USER_KEY])[0])
+            parts.setdefault(k, []).append(v.numpy())
+        count += int(batch[fc.USER_KEY].shape[0])
         if limit and count >= limit:
             break
-    out = {k: tf.concat(v, axis=0) for k, v in parts.items()}
+    out = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
     return {k: v[:limit] for k, v in out.items()} if limit else out
 
 
-def _batches(data: Mapping[str, tf.Tensor], batch_size: int, seed: int | None,
-             with_labels: bool) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(dict(data))
-    if seed is not None:
-        ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if with_labels:
-        ds = ds.map(lambda d: (d, {k: d[k] for k in fc.LABEL_KEYS}))
+def carve_validation(data: Mapping[str, np.ndarray], fraction: float
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """(fit, validation, cutoff) by the trainers' rule (models.validation)."""
+    cutoff = validation.validation_cutoff(data[fc.TIMESTAMP_KEY], fraction)
+    fit, val = validation.split_arrays(data, cutoff)
+    return fit, val, cutoff
+
+
+def _num_rows(data: Mapping[str, np.ndarray]) -> int:
+    return int(data[fc.USER_KEY].shape[0])
+
+
+def _batches(data: Mapping[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
+    """Raw feature dicts (labels included), in order: for scoring."""
+    return tf.data.Dataset.from_tensor_slices(dict(data)).batch(batch_size).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def _to_ids(feature_ids: FeatureIds, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, list[np.ndarray]] = {}
+    n = _num_rows(data)
+    for start in range(0, n, 8192):
+        ids = feature_ids({k: data[k][start:start + 8192] for k in feature_ids.feature_names})
+        for k, v in ids.items():
+            out.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _id_batches(model, data: Mapping[str, np.ndarray], batch_size: int,
+                seed: int) -> tf.data.Dataset:
+    """(ids, labels) batches, ids mapped once by the model's own FeatureIds,
+    reshuffled every epoch."""
+    ids = _to_ids(model.feature_ids, data)
+    ds = tf.data.Dataset.from_tensor_slices((ids, {k: data[k] for k in fc.LABEL_KEYS}))
+    ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # ---- our models ---------------------------------------------------------------
-def _p50_score_ms(model, eval_data: Mapping[str, tf.Tensor], features: fc.FeatureConfig,
+def _p50_score_ms(model, eval_data: Mapping[str, np.ndarray], features: fc.FeatureConfig,
                   repeats: int) -> float:
     item_names = {f.name for f in features.field_features(fc.ITEM)}
-    n = min(NUM_CANDIDATES, int(eval_data[fc.USER_KEY].shape[0]))
-    raw = {f.name: (eval_data[f.name][:n] if f.name in item_names else eval_data[f.name][:1])
+    n = min(NUM_CANDIDATES, _num_rows(eval_data))
+    raw = {f.name: tf.constant(eval_data[f.name][:n] if f.name in item_names
+                               else eval_data[f.name][:1])
            for f in features.features}
     with tempfile.TemporaryDirectory() as tmp:
         score = export.load(export.export(model, tmp)).signatures[export.SCORE_CANDIDATES]
@@ -205,40 +223,51 @@ def _p50_score_ms(model, eval_data: Mapping[str, tf.Tensor], features: fc.Featur
     return float(np.percentile(times, 50))
 
 
-def _id_batches(model, data: Mapping[str, tf.Tensor], batch_size: int,
-                seed: int) -> tf.data.Dataset:
-    """(ids, labels) batches, ids mapped once by the model's own FeatureIds."""
-    ids = _to_ids(model.feature_ids, data)
-    ds = tf.data.Dataset.from_tensor_slices((ids, {k: data[k] for k in fc.LABEL_KEYS}))
-    ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def run_ours(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_data, seed: int,
-             quick: bool, timed: bool, epochs: int,
-             tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Trains `name` on train_data, evaluates on eval_data.
-
-    Args:
-      tuned: hparams chosen on the validation split (override the defaults).
-    """
+def model_hparams(name: str, tuned: Mapping[str, Any] | None, seed: int,
+                  max_epochs: int | None = None) -> rc.RankingConfig:
+    """The config of benchmark entry `name`: its own hparams over the tuned ones."""
     model_name, hparams = OUR_MODELS[name]
-    config = rc.make_config(model_name, {**hparams, **(tuned or {}), "seed": seed})
-    first = {k: v[:8] for k, v in train_data.items()}
+    extra = {"seed": seed, **({"max_epochs": max_epochs} if max_epochs else {})}
+    return rc.make_config(model_name, {**(tuned or {}), **hparams, **extra})
+
+
+def train_ours(name: str, features: fc.FeatureConfig, vocabs, fit_data, val_data, seed: int,
+               tuned: Mapping[str, Any] | None = None, max_epochs: int | None = None):
+    """Trains entry `name` on fit_data, early-stopped on val_data.
+
+    Returns:
+      (model with the best epoch's weights, fit_with_early_stopping's record).
+    """
+    config = model_hparams(name, tuned, seed, max_epochs)
+    first = {k: v[:8] for k, v in fit_data.items()}
     model = train.build_model(config, features, vocabs, example_batch=first)
-    n_train = int(train_data[fc.USER_KEY].shape[0])
     model.train_on_ids = True
-    fitted = train.fit(model, _id_batches(model, train_data, config.batch_size, seed),
-                       epochs, n_train)
+    record = train.fit_with_early_stopping(
+        model, _id_batches(model, fit_data, config.batch_size, seed),
+        _batches(val_data, 4096), train.early_stopping(config),
+        train.default_monitor(config.tasks), _num_rows(fit_data))
     model.train_on_ids = False
-    result = train.evaluate_model(model, _batches(eval_data, 4096, None, False))
+    return model, record
+
+
+def evaluate_ours(model, record: Mapping[str, Any], eval_data: Mapping[str, np.ndarray],
+                  features: fc.FeatureConfig, timed: bool, repeats: int) -> dict[str, Any]:
+    """The eval-split figures of one trained model (the split's only use)."""
+    result = train.evaluate_model(model, _batches(eval_data, 4096))
     result.update(train.model_complexity(model))
-    result["train_examples_per_s"] = fitted["train_examples_per_s"]
     result["sigma"] = model.task_loss.sigmas()
+    result.update(_training_record(record))
     if timed:
-        result["score_500_p50_ms"] = _p50_score_ms(model, eval_data, features,
-                                                   50 if quick else SCORE_REPEATS)
+        result["score_500_p50_ms"] = _p50_score_ms(model, eval_data, features, repeats)
     return result
+
+
+def _training_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    stopping = record["early_stopping"]
+    return {"best_epoch": stopping["best_epoch"], "epochs_run": stopping["epochs_run"],
+            "best_validation": stopping["best_value"], "monitor": stopping["monitor"],
+            "train_examples_per_s": record["train_examples_per_s"],
+            "learning_curve": record["learning_curve"]}
 
 
 # ---- DeepCTR peers ----------------------------------------------------------------
@@ -253,351 +282,431 @@ def _import_deepctr():
         "deepctr.feature_column")
 
 
-def _to_ids(feature_ids: FeatureIds, data: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
-    out: dict[str, list[np.ndarray]] = {}
-    n = int(data[fc.USER_KEY].shape[0])
-    for start in range(0, n, 8192):
-        ids = feature_ids({k: data[k][start:start + 8192] for k in feature_ids.feature_names})
-        for k, v in ids.items():
-            out.setdefault(k, []).append(v.numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+class PeerModel:
+    """A trained DeepCTR model with the FeatureIds that feed it."""
+
+    def __init__(self, model, feature_ids: FeatureIds):
+        self.model, self.feature_ids = model, feature_ids
+
+    def predict(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.model.predict(_to_ids(self.feature_ids, data), batch_size=4096,
+                                  verbose=0).reshape(-1)
 
 
-def run_peer(name: str, features: fc.FeatureConfig, vocabs, train_data, eval_data, seed: int,
-             epochs: int, tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Trains DeepCTR's `name`; `tuned` may set learning_rate and bi_dropout (NFM)."""
+def _peer_config(name: str, tuned: Mapping[str, Any] | None, seed: int,
+                 max_epochs: int | None) -> rc.RankingConfig:
     tuned = dict(tuned or {})
-    bi_dropout = float(tuned.pop("bi_dropout", 0.0))
     unknown = sorted(set(tuned) - {"learning_rate"})
-    if unknown or (bi_dropout and name != "deepctr_nfm"):
-        given = sorted(set(tuned) | ({"bi_dropout"} if bi_dropout else set()))
-        raise ValueError(f"{name}: only learning_rate (and bi_dropout for deepctr_nfm) can be "
-                         f"tuned, got {given}")
+    if unknown:
+        raise ValueError(f"{name}: only learning_rate can be tuned, got {unknown}")
+    # Same width, MLP, optimizer, batch size and stopping rule as our model
+    # of the same family.
+    return rc.make_config(rc.NFM if name == "deepctr_nfm" else rc.NFWFM, {
+        **tuned, "seed": seed, **({"max_epochs": max_epochs} if max_epochs else {})})
+
+
+def train_peer(name: str, features: fc.FeatureConfig, vocabs, fit_data, val_data, seed: int,
+               tuned: Mapping[str, Any] | None = None, max_epochs: int | None = None):
+    """Trains DeepCTR's `name` (click only) epoch by epoch, early-stopped on val_data.
+
+    Returns:
+      (PeerModel with the best epoch's weights, record as fit_with_early_stopping's).
+    """
+    base = _peer_config(name, tuned, seed, max_epochs)
     dc_models, dc_fc = _import_deepctr()
     names = ordered_feature_names(features)
     feature_ids = FeatureIds(features.to_dict(), vocabs, names)
-    x_train, x_eval = _to_ids(feature_ids, train_data), _to_ids(feature_ids, eval_data)
-    base = rc.make_config(rc.NFM if name == "deepctr_nfm" else rc.NFWFM, tuned)
-    dim = base.embedding_dim
+    x_fit = _to_ids(feature_ids, fit_data)
     columns = []
     for n in names:
         spec = features.feature(n)
         table = spec.of if spec.type == fc.SEQUENCE else n
-        sparse = dc_fc.SparseFeat(n, feature_ids.num_rows(n), embedding_dim=dim,
+        sparse = dc_fc.SparseFeat(n, feature_ids.num_rows(n), embedding_dim=base.embedding_dim,
                                   embedding_name=table)
         if spec.type in (fc.TAGS, fc.SEQUENCE):
             columns.append(dc_fc.VarLenSparseFeat(sparse, maxlen=spec.max_len, combiner="mean"))
         else:
             columns.append(sparse)
     keras.utils.set_random_seed(seed)
+    # The peer gets our family config's L2 (0 by default) instead of
+    # DeepCTR's 1e-5. DeepCTR attaches the regularizer even at 0, and its
+    # loss makes every step's gradient dense over whole embedding tables
+    # (5x slower per epoch here), so at 0 the (zero) losses are dropped.
+    l2 = {"l2_reg_embedding": base.l2, "l2_reg_linear": base.l2}
     if name == "deepctr_nfm":
         model = dc_models.NFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed,
-                              bi_dropout=bi_dropout)
+                              **l2)
     else:
-        model = dc_models.FwFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed)
-    # Same optimizer, learning rate, batch size and epochs as our models.
+        model = dc_models.FwFM(columns, columns, dnn_hidden_units=base.hidden_units, seed=seed,
+                               l2_reg_field_strength=base.l2, **l2)
+    if base.l2 == 0.0:
+        for layer in model._flatten_layers():
+            layer._callable_losses = []
     model.compile(train.make_optimizer(base), "binary_crossentropy")
-    y = train_data[fc.CLICK_LABEL].numpy()
+    peer = PeerModel(model, feature_ids)
+    y_fit, y_val = fit_data[fc.CLICK_LABEL], val_data[fc.CLICK_LABEL]
+    stopping = train.early_stopping(base)
+    curve, best_weights, seconds = [], None, 0.0
+    while not stopping.should_stop:
+        start = time.perf_counter()
+        history = model.fit(x_fit, y_fit, batch_size=base.batch_size, epochs=1, verbose=0,
+                            shuffle=True)
+        seconds += time.perf_counter() - start
+        probs = peer.predict(val_data)
+        auc = metrics.auc(y_val, probs)
+        curve.append({"epoch": stopping.epochs + 1,
+                      "train_loss": float(history.history["loss"][-1]),
+                      "val_click_auc": auc, "val_click_logloss": metrics.logloss(y_val, probs),
+                      "val_monitor": auc})
+        if stopping.update(auc):
+            best_weights = model.get_weights()
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    record = {"learning_curve": curve,
+              "early_stopping": {**stopping.summary(), "monitor": "click_auc"},
+              "train_examples_per_s": y_fit.size * stopping.epochs / max(seconds, 1e-9)}
+    return peer, record
+
+
+def evaluate_peer(peer: PeerModel, record: Mapping[str, Any],
+                  eval_data: Mapping[str, np.ndarray]) -> dict[str, Any]:
     start = time.perf_counter()
-    model.fit(x_train, y, batch_size=base.batch_size, epochs=epochs, verbose=0, shuffle=True)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    probs = model.predict(x_eval, batch_size=4096, verbose=0).reshape(-1)
-    score_seconds = time.perf_counter() - start
-    labels = eval_data[fc.CLICK_LABEL].numpy()
+    probs = peer.predict(eval_data)
+    seconds = time.perf_counter() - start
+    labels = eval_data[fc.CLICK_LABEL]
     result: dict[str, Any] = {fc.CLICK_LABEL: metrics.task_metrics(
-        labels, probs, eval_data[fc.USER_KEY].numpy())}
-    result["params"] = int(model.count_params())
+        labels, probs, eval_data[fc.USER_KEY])}
+    result["params"] = int(peer.model.count_params())
     result["flops_per_example"] = None  # no analytic count for DeepCTR's graph
-    result["train_examples_per_s"] = y.size * epochs / train_seconds
-    result["score_examples_per_s"] = labels.size / score_seconds
-    result["embedding_dim"] = dim
+    result["score_examples_per_s"] = labels.size / max(seconds, 1e-9)
+    result.update(_training_record(record))
     return result
 
 
-# ---- validation split and tuning ---------------------------------------------------
-def split_validation(data: Mapping[str, tf.Tensor], fraction: float = VALIDATION_FRACTION
-                     ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-    """(fit, validation): the last `fraction` of TRAIN by timestamp is validation.
-
-    A time split like sessionize's train/eval split, carved from train only,
-    so hyperparameters are never chosen on the eval split.
-
-    Raises:
-      ValueError: fraction not in (0, 1) or a part would be empty.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    n = int(data[fc.TIMESTAMP_KEY].shape[0])
-    n_val = int(round(n * fraction))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(f"{n} examples cannot give a validation fraction {fraction}")
-    # Stable sort: ties keep file order, so the split is deterministic.
-    order = np.argsort(data[fc.TIMESTAMP_KEY].numpy(), kind="stable")
-    fit_idx, val_idx = np.sort(order[:n - n_val]), np.sort(order[n - n_val:])
-    return ({k: tf.gather(v, fit_idx) for k, v in data.items()},
-            {k: tf.gather(v, val_idx) for k, v in data.items()})
+# ---- one dataset ------------------------------------------------------------------
+def _monitor_value(record: Mapping[str, Any]) -> float:
+    value = record["early_stopping"]["best_value"]
+    return float("nan") if value is None else float(value)
 
 
 def choose(grid: Mapping[str, Mapping[str, Any]]) -> str:
-    """Key of the grid point with the highest validation click AUC (first on ties)."""
+    """Key of the grid point with the highest validation figure (first on ties).
+
+    Raises:
+      ValueError: an empty grid.
+    """
     if not grid:
         raise ValueError("empty tuning grid")
-    return max(grid, key=lambda k: (grid[k]["val_auc"], -list(grid).index(k)))
+    keys = list(grid)
+    return max(keys, key=lambda k: (np.nan_to_num(grid[k]["validation"], nan=-1.0),
+                                    -keys.index(k)))
 
 
-def tune_dataset(dataset: str, args: argparse.Namespace,
-                 log: Callable[[str], None]) -> dict[str, Any]:
-    """Grid search on the validation split; returns {model: {grid, chosen}}."""
-    data = prepare_data(dataset, args.work_dir, args.num_events)
-    features = fc.load(data["config_path"])
-    vocabs = load_vocabularies(features, data["vocab_dir"])
-    limit = args.max_train if args.quick else None
-    fit_data, val_data = split_validation(load_split(data["train_pattern"], features, limit))
-    out: dict[str, Any] = {"_meta": {"fit_examples": int(fit_data[fc.USER_KEY].shape[0]),
-                                     "validation_examples": int(val_data[fc.USER_KEY].shape[0]),
-                                     "seed": 0, "epochs": args.epochs}}
-    names = [m for m in args.models.split(",") if m] if args.models else list(TUNE_VARIANTS)
-    for name in names:
+def tuned_from(name: str) -> str | None:
+    """The tuned entry whose choice `name` takes (itself when tuned)."""
+    if name in LR_TUNED or name == "multitask":
+        return name
+    return TUNED_FROM.get(name)
+
+
+class DatasetBench:
+    """Tunes, trains and evaluates every requested model on one dataset."""
+
+    def __init__(self, dataset: str, args: argparse.Namespace, log: Callable[[str], None]):
+        self.dataset, self.args, self.log = dataset, args, log
+        data = prepare_data(dataset, args.work_dir, args.num_events)
+        self.features = fc.load(data["config_path"])
+        self.vocabs = load_vocabularies(self.features, data["vocab_dir"])
+        limit = args.max_train if args.quick else None
+        train_data = load_split(data["train_pattern"], self.features, limit)
+        self.eval_data = load_split(data["eval_pattern"], self.features,
+                                    limit // 3 if limit else None)
+        self.fit_data, self.val_data, cutoff = carve_validation(
+            train_data, validation.DEFAULT_VALIDATION_FRACTION)
+        self.chosen: dict[str, dict[str, Any]] = {}
+        self.grids: dict[str, dict[str, Any]] = {}
+        self.seed0: dict[str, Any] = {}  # tuned name -> (model, record) of the chosen point
+        summary = data["summary"]
+        self.meta = {
+            "examples_dir": data["examples_dir"],
+            "sessionize_summary": {k: summary.get(k) for k in ("events", "examples", "labels")
+                                   if k in summary},
+            "validation_cutoff": cutoff,
+            **{f"{part}_examples": _num_rows(d) for part, d in (
+                ("fit", self.fit_data), ("validation", self.val_data),
+                ("eval", self.eval_data))},
+            **{f"{part}_{label}_positives": int(d[label].sum())
+               for part, d in (("fit", self.fit_data), ("validation", self.val_data),
+                               ("eval", self.eval_data)) for label in fc.LABEL_KEYS},
+        }
+        log(f"[{dataset}] {self.meta}")
+
+    def _train(self, name: str, seed: int, tuned: Mapping[str, Any]):
+        if name in OUR_MODELS:
+            return train_ours(name, self.features, self.vocabs, self.fit_data, self.val_data,
+                              seed, tuned, self.args.max_epochs)
+        return train_peer(name, self.features, self.vocabs, self.fit_data, self.val_data, seed,
+                          tuned, self.args.max_epochs)
+
+    def _evaluate(self, name: str, trained, timed: bool) -> dict[str, Any]:
+        model, record = trained
+        if name in OUR_MODELS:
+            return evaluate_ours(model, record, self.eval_data, self.features, timed,
+                                 50 if self.args.quick else SCORE_REPEATS)
+        return evaluate_peer(model, record, self.eval_data)
+
+    def tune(self, name: str, points: Mapping[str, Mapping[str, Any]]) -> None:
+        """Trains seed 0 at every grid point; keeps the best on validation."""
         grid: dict[str, Any] = {}
-        parent = TUNE_ON_TOP_OF.get(name)
-        if parent and parent not in out:
-            raise ValueError(f"tune {parent} before {name} (it is tuned on top of it)")
-        below = ({k: v for k, v in out[parent]["chosen"].items() if k != "learning_rate"}
-                 if parent else {})
-        for label, extra in TUNE_VARIANTS[name]:
-            for lr in LR_GRID:
-                hparams = {**below, **extra, "learning_rate": lr}
+        best_key, best = None, None
+        for key, hparams in points.items():
+            t0 = time.perf_counter()
+            trained = self._train(name, 0, hparams)
+            value = _monitor_value(trained[1])
+            grid[key] = {"hparams": dict(hparams), "validation": value,
+                         "monitor": trained[1]["early_stopping"]["monitor"],
+                         "best_epoch": trained[1]["early_stopping"]["best_epoch"]}
+            self.log(f"[{self.dataset}] tune {name} {key}: validation {value:.4f} at epoch "
+                     f"{grid[key]['best_epoch']} ({time.perf_counter() - t0:.0f}s)")
+            if best_key is None or choose({best_key: grid[best_key], key: grid[key]}) == key:
+                best_key, best = key, trained
+        self.grids[name] = grid
+        self.chosen[name] = dict(grid[best_key]["hparams"])
+        self.seed0[name] = best
+
+    def tuning_points(self, name: str) -> dict[str, dict[str, Any]]:
+        if name in LR_TUNED:
+            return {f"lr={lr}": {"learning_rate": lr} for lr in LR_GRID}
+        if name == "multitask":
+            lr = self.chosen.get("nfwfm", {}).get("learning_rate")
+            base = {"learning_rate": lr} if lr else {}
+            return {k: {**base, **v} for k, v in MULTITASK_VARIANTS.items()}
+        raise ValueError(f"{name} is not tuned")
+
+    def run(self, names: Sequence[str]) -> dict[str, Any]:
+        start = time.perf_counter()
+        # Tuned entries first (and the parents of the requested ones).
+        needed = [n for n in ("nfm", "nfwfm", "deepctr_nfm", "multitask")
+                  if n in names or any(tuned_from(m) == n for m in names)]
+        for name in needed:
+            self.tune(name, self.tuning_points(name))
+        results: dict[str, Any] = {}
+        for name in names:
+            source = tuned_from(name)
+            tuned = dict(self.chosen.get(source, {})) if source else {}
+            if name in PEERS:
+                tuned = {k: v for k, v in tuned.items() if k == "learning_rate"}
+            runs = []
+            for seed in range(self.args.seeds):
                 t0 = time.perf_counter()
-                if name in OUR_MODELS:
-                    run = run_ours(name, features, vocabs, fit_data, val_data, 0, args.quick,
-                                   False, args.epochs, tuned=hparams)
-                else:
-                    run = run_peer(name, features, vocabs, fit_data, val_data, 0, args.epochs,
-                                   tuned=hparams)
-                key = f"{label} lr={lr}"
-                grid[key] = {"hparams": hparams, "val_auc": run[fc.CLICK_LABEL]["auc"]}
-                log(f"[{dataset}] tune {name} {key}: val click auc "
-                    f"{grid[key]['val_auc']:.4f} ({time.perf_counter() - t0:.1f}s)")
-        best = choose(grid)
-        out[name] = {"grid": grid, "chosen": grid[best]["hparams"], "chosen_key": best}
-    return out
-
-
-def load_tuning(path: str) -> dict[str, Any]:
-    """The tuning file's {dataset: {model: {...}}}, or {} when absent."""
-    if not path or not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def tuned_hparams(tuning: Mapping[str, Any], dataset: str, name: str) -> dict[str, Any]:
-    """Hparams `name` takes from the tuning of `dataset` ({} if untuned)."""
-    source = TUNED_FROM.get(name)
-    entry = tuning.get(dataset, {}).get(source) if source else None
-    return dict(entry["chosen"]) if entry else {}
-
-
-def protocol(tuning: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """How the settings of the benchmarked models were chosen (the JSON's `_protocol`)."""
-    return {
-        "selection": "per-model hyperparameters chosen by `python -m bench.ranking_bench "
-                     "--tune` on a validation split carved from TRAIN; the eval split is "
-                     "never used for selection; each model is then retrained on the full "
-                     "train split with its choice and evaluated once per seed on eval",
-        "validation_split": f"last {VALIDATION_FRACTION:.0%} of train by timestamp",
-        "criterion": "validation click AUC, 1 seed (seed 0), same epochs as the benchmark",
-        "grid": {"learning_rate": list(LR_GRID),
-                 "variants": {n: [label for label, _ in v] for n, v in TUNE_VARIANTS.items()},
-                 "tuned_on_top_of": TUNE_ON_TOP_OF},
-        "budget": "2 variants x 3 learning rates = 6 runs for nfm, nfwfm and deepctr_nfm; "
-                  "3 x 3 for multitask_uncertainty (on top of nfwfm's choice)",
-        "inherits": {k: v for k, v in TUNED_FROM.items() if k != v},
-        "untuned": sorted(n for n in list(OUR_MODELS) + list(PEERS) if n not in TUNED_FROM),
-        "chosen": {d: {n: e["chosen"] for n, e in t.items() if not n.startswith("_")}
-                   for d, t in tuning.items()},
-        "validation_auc": {d: {n: {k: g["val_auc"] for k, g in e["grid"].items()}
-                               for n, e in t.items() if not n.startswith("_")}
-                           for d, t in tuning.items()},
-        "tuning_file": args.tuning,
-        "epochs": f"{args.epochs} for every model, no early stopping (time budget)",
-        "score_500_p50_ms": f"exported SavedModel's score_candidates, {NUM_CANDIDATES} "
-                            f"candidates, p50 of {SCORE_REPEATS} calls after "
-                            f"{SCORE_WARMUP} warm-up calls, in-process, seed 0's model",
-    }
+                trained = (self.seed0[name] if seed == 0 and name in self.seed0
+                           else self._train(name, seed, tuned))
+                run = self._evaluate(name, trained, timed=seed == 0 and name in TIMED_SCORING)
+                run["seed"] = seed
+                runs.append(run)
+                self.log(f"[{self.dataset}] {name} seed {seed}: " + ", ".join(
+                    f"{t} auc {run[t]['auc']:.4f}" for t in fc.LABEL_KEYS if t in run)
+                    + f" best epoch {run['best_epoch']}/{run['epochs_run']} "
+                      f"({time.perf_counter() - t0:.0f}s)")
+            results[name] = aggregate(runs)
+            results[name]["hparams"] = tuned
+        comparisons = compare(results)
+        self.meta["wall_seconds"] = time.perf_counter() - start
+        return {**results, "_comparisons": comparisons, "_targets": targets(results, comparisons),
+                "_tuning": {"chosen": self.chosen, "grids": self.grids}, "_meta": self.meta}
 
 
 # ---- aggregation ----------------------------------------------------------------
-def _mean(values: Sequence[float]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     values = [v for v in values if v is not None and not np.isnan(v)]
     return float(np.mean(values)) if values else None
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    main_task = fc.CLICK_LABEL if fc.CLICK_LABEL in runs[0] else fc.FOLLOW_LABEL
-    aucs = [r[main_task]["auc"] for r in runs]
-    out: dict[str, Any] = {
-        "task": main_task,
-        "auc_mean": _mean(aucs), "auc_std": float(np.std(aucs)), "auc_runs": aucs,
-        "logloss_mean": _mean([r[main_task]["logloss"] for r in runs]),
-        "gauc_mean": _mean([r[main_task]["gauc"] for r in runs]),
-        "calibration_mean": _mean([r[main_task]["calibration"] for r in runs]),
-        "params": runs[0]["params"], "flops_per_example": runs[0]["flops_per_example"],
-        "train_examples_per_s": _mean([r["train_examples_per_s"] for r in runs]),
-        "score_examples_per_s": _mean([r["score_examples_per_s"] for r in runs]),
-        "seeds": len(runs),
-    }
-    if fc.FOLLOW_LABEL in runs[0]:
-        follow = [r[fc.FOLLOW_LABEL]["auc"] for r in runs]
-        out["follow_auc_mean"] = _mean(follow)
-        out["follow_auc_std"] = float(np.std(follow))
-        out["follow_gauc_mean"] = _mean([r[fc.FOLLOW_LABEL]["gauc"] for r in runs])
-        out["follow_logloss_mean"] = _mean([r[fc.FOLLOW_LABEL]["logloss"] for r in runs])
+    """Per-task means and per-seed values of one model's runs."""
+    out: dict[str, Any] = {"seeds": len(runs), "runs": list(runs)}
+    for task in fc.LABEL_KEYS:
+        if task not in runs[0]:
+            continue
+        for key in ("auc", "gauc", "logloss", "calibration"):
+            values = [r[task][key] for r in runs]
+            out[f"{task}_{key}_mean"] = _mean(values)
+            out[f"{task}_{key}_runs"] = values
+        out[f"{task}_auc_std"] = float(np.std(out[f"{task}_auc_runs"], ddof=1)) if len(
+            runs) > 1 else None
+    for key in ("params", "flops_per_example", "score_500_p50_ms"):
+        if key in runs[0]:
+            out[key] = runs[0][key]
+    out["best_epochs"] = [r["best_epoch"] for r in runs]
+    out["epochs_run"] = [r["epochs_run"] for r in runs]
+    out["train_examples_per_s_mean"] = _mean([r["train_examples_per_s"] for r in runs])
     sigmas = [r.get("sigma") for r in runs if r.get("sigma")]
     if sigmas:
-        out["sigma"] = {t: _mean([s[t] for s in sigmas]) for t in sigmas[0]}
-    if "score_500_p50_ms" in runs[0]:
-        out["score_500_p50_ms"] = runs[0]["score_500_p50_ms"]
+        out["sigma_mean"] = {t: _mean([s[t] for s in sigmas]) for t in sigmas[0]}
     return out
 
 
-def targets(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's targets, checked against the measured numbers."""
-    def get(model, key):
-        return results.get(model, {}).get(key)
-
+def compare(results: Mapping[str, Any]) -> dict[str, Any]:
+    """COMPARISONS present in `results`: AUC and gAUC paired differences over seeds."""
     out: dict[str, Any] = {}
-    nfm_p, nfw_p = get("nfm", "params"), get("nfwfm", "params")
-    nfm_f, nfw_f = get("nfm", "flops_per_example"), get("nfwfm", "flops_per_example")
-    if nfm_p and nfw_p:
-        out["nfwfm_params_ratio"] = nfw_p / nfm_p
-        out["nfwfm_flops_ratio"] = nfw_f / nfm_f
-        out["nfwfm_le_sixth_of_nfm"] = nfw_p <= nfm_p / 6 and nfw_f <= nfm_f / 6
-    auc = {m: get(m, "auc_mean") for m in ("nfm", "nfwfm", "deepctr_nfm", "follow_single",
-                                           "multitask_uncertainty")}
-    if auc["nfwfm"] is not None and auc["nfm"] is not None:
-        out["nfwfm_auc_ge_nfm"] = auc["nfwfm"] >= auc["nfm"]
-    if auc["nfwfm"] is not None and auc["deepctr_nfm"] is not None:
-        out["nfwfm_auc_ge_deepctr_nfm"] = auc["nfwfm"] >= auc["deepctr_nfm"]
-    mt_follow = get("multitask_uncertainty", "follow_auc_mean")
-    if mt_follow is not None and auc["follow_single"] is not None:
-        out["multitask_follow_auc_gt_single"] = mt_follow > auc["follow_single"]
-    if auc["multitask_uncertainty"] is not None and auc["nfwfm"] is not None:
-        out["multitask_click_auc_drop"] = auc["nfwfm"] - auc["multitask_uncertainty"]
-        out["multitask_click_within_0.001"] = auc["multitask_uncertainty"] >= auc["nfwfm"] - 0.001
-    p50 = get("nfwfm", "score_500_p50_ms")
-    if p50 is not None:
-        out["score_500_lt_5ms"] = p50 < 5.0
+    for key, a, task_a, b, task_b in COMPARISONS:
+        if a not in results or b not in results:
+            continue
+        n = min(results[a]["seeds"], results[b]["seeds"])
+        out[key] = {"a": f"{a}.{task_a}", "b": f"{b}.{task_b}"}
+        for metric in ("auc", "gauc"):
+            va = results[a][f"{task_a}_{metric}_runs"][:n]
+            vb = results[b][f"{task_b}_{metric}_runs"][:n]
+            if any(v is None or np.isnan(v) for v in list(va) + list(vb)):
+                out[key][metric] = None  # not evaluable (a split without positives)
+                continue
+            out[key][metric] = stats.paired_difference(va, vb)
     return out
 
 
-def bench_dataset(dataset: str, args: argparse.Namespace,
+def targets(results: Mapping[str, Any], comparisons: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's targets against the measured numbers (mean difference and CI verdict)."""
+    out: dict[str, Any] = {}
+    nfm, nfwfm = results.get("nfm", {}), results.get("nfwfm", {})
+    if nfm.get("params") and nfwfm.get("params"):
+        out["nfwfm_params_ratio"] = nfwfm["params"] / nfm["params"]
+        out["nfwfm_flops_ratio"] = nfwfm["flops_per_example"] / nfm["flops_per_example"]
+        out["nfwfm_le_sixth_of_nfm"] = (out["nfwfm_params_ratio"] <= 1 / 6
+                                        and out["nfwfm_flops_ratio"] <= 1 / 6)
+
+    def mean_ge(key: str, bound: float = 0.0) -> dict[str, Any] | None:
+        auc = comparisons.get(key, {}).get("auc")
+        if not auc:
+            return None
+        return {"met": auc["mean"] >= bound, "mean": auc["mean"], "verdict": auc["verdict"],
+                "ci": [auc["ci_low"], auc["ci_high"]]}
+
+    for key in ("nfwfm_vs_nfm", "nfwfm_vs_deepctr_nfm", "multitask_follow_vs_follow_single"):
+        value = mean_ge(key)
+        if value is not None:
+            out[f"{key}_mean_ge_0"] = value
+    value = mean_ge("multitask_click_vs_nfwfm", -MULTITASK_CLICK_TOLERANCE)
+    if value is not None:
+        out[f"multitask_click_within_{MULTITASK_CLICK_TOLERANCE}_of_nfwfm"] = value
+    return out
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """How every figure was obtained (the JSON's `_protocol`)."""
+    default = rc.make_config(rc.NFWFM)
+    return {
+        "validation_split": f"last {validation.DEFAULT_VALIDATION_FRACTION:.0%} of the train "
+                            "time span (models.validation, the trainers' rule); the eval "
+                            "split is scored once per trained model",
+        "training": f"every model epoch by epoch on the fit part, validation after each "
+                    f"epoch, stop {default.patience} epochs after the best (min_delta "
+                    f"{default.min_delta}), cap {args.max_epochs or default.max_epochs} "
+                    f"epochs, best epoch's weights kept; batch {default.batch_size}, "
+                    f"{default.optimizer}",
+        "monitor": "validation click AUC; follow-only: follow AUC; multi-task: mean of click "
+                   "and follow AUC (click AUC when validation has no follow positives)",
+        "selection": {"learning_rate": {"grid": list(LR_GRID), "tuned": list(LR_TUNED)},
+                      "multitask_variants": MULTITASK_VARIANTS,
+                      "inherits": TUNED_FROM,
+                      "seed": "tuning uses seed 0; the chosen point's seed-0 model is that "
+                              "model's seed-0 run"},
+        "seeds": args.seeds,
+        "comparisons": "paired by seed: mean difference with a 95% Student-t interval "
+                       "(bench.stats.paired_difference); an interval containing 0 is a tie",
+        "score_500_p50_ms": f"exported SavedModel's score_candidates, {NUM_CANDIDATES} "
+                            f"candidates, p50 of {SCORE_REPEATS} calls after "
+                            f"{SCORE_WARMUP} warm-up calls, in-process, seed 0's model"
+                            + (" (datasets ran in parallel processes: timing shares the "
+                               "cores)" if args.jobs > 1 else ""),
+        "synthetic_data_note": "the synthetic generator's hidden click model has exactly the "
+                               "user x item, user x context and item x context terms NFwFM "
+                               "models; MovieLens-100k is the real-data check",
+    }
+
+
+def _model_names(spec: str) -> list[str]:
+    if spec in ("", "core"):
+        return list(CORE)
+    if spec == "all":
+        return list(ALL)
+    names = [m for m in spec.split(",") if m]
+    unknown = sorted(set(names) - set(ALL))
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; known: {list(ALL)}")
+    return names
+
+
+def _run_parallel(datasets: Sequence[str], argv: Sequence[str], out_dir: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
-    start = time.perf_counter()
-    data = prepare_data(dataset, args.work_dir, args.num_events)
-    features = fc.load(data["config_path"])
-    vocabs = load_vocabularies(features, data["vocab_dir"])
-    limit = args.max_train if args.quick else None
-    train_data = load_split(data["train_pattern"], features, limit)
-    eval_data = load_split(data["eval_pattern"], features, limit // 4 if limit else None)
-    meta = {"data_source": data["data_source"],
-            "train_examples": int(train_data[fc.USER_KEY].shape[0]),
-            "eval_examples": int(eval_data[fc.USER_KEY].shape[0]),
-            "eval_click_positives": int(eval_data[fc.CLICK_LABEL].numpy().sum()),
-            "eval_follow_positives": int(eval_data[fc.FOLLOW_LABEL].numpy().sum()),
-            "train_follow_positives": int(train_data[fc.FOLLOW_LABEL].numpy().sum()),
-            "seeds": args.seeds, "quick": args.quick, "epochs": args.epochs,
-            "optimizer": f"{rc.make_config(rc.NFWFM).optimizer}, default lr "
-                         f"{rc.make_config(rc.NFWFM).learning_rate} (tuned: meta.tuned_hparams)"}
-    log(f"[{dataset}] {meta}")
-    results: dict[str, Any] = {}
-    names = [m for m in args.models.split(",") if m] if args.models else (
-        list(OUR_MODELS) + list(PEERS))
-    tuning = load_tuning(args.tuning)
-    meta["tuned_hparams"] = {n: tuned_hparams(tuning, dataset, n) for n in names
-                             if tuned_hparams(tuning, dataset, n)}
-    for name in names:
-        runs = []
-        tuned = tuned_hparams(tuning, dataset, name)
-        for seed in range(args.seeds):
-            t0 = time.perf_counter()
-            try:
-                if name in OUR_MODELS:
-                    run = run_ours(name, features, vocabs, train_data, eval_data, seed,
-                                   args.quick, timed=seed == 0 and name in TIMED_SCORING,
-                                   epochs=args.epochs, tuned=tuned)
-                else:
-                    run = run_peer(name, features, vocabs, train_data, eval_data, seed,
-                                   args.epochs, tuned=tuned)
-            except ImportError as err:
-                results[name] = {"error": f"{type(err).__name__}: {err}"}
-                log(f"[{dataset}] {name}: {results[name]['error']}")
-                break
-            runs.append(run)
-            task = fc.CLICK_LABEL if fc.CLICK_LABEL in run else fc.FOLLOW_LABEL
-            log(f"[{dataset}] {name} seed {seed}: {task} auc {run[task]['auc']:.4f} "
-                + (f"follow auc {run[fc.FOLLOW_LABEL]['auc']:.4f} "
-                   if task == fc.CLICK_LABEL and fc.FOLLOW_LABEL in run else "")
-                + f"({time.perf_counter() - t0:.1f}s)")
-        if runs:
-            results[name] = aggregate(runs)
-    meta["wall_seconds"] = time.perf_counter() - start
-    results["_meta"] = meta
-    results["_targets"] = targets(results)
-    return results
+    """One child process per dataset (each with an even share of the cores)."""
+    procs = {}
+    threads = max(1, (os.cpu_count() or 1) // len(datasets))
+    rest = [a for a in argv if not a.startswith(("--datasets", "--out", "--jobs"))]
+    for dataset in datasets:
+        out = os.path.join(out_dir, f"{dataset}.json")
+        cmd = [sys.executable, "-m", "bench.ranking_bench", *rest, "--datasets", dataset,
+               "--out", out, "--jobs", "1", "--threads", str(threads)]
+        log(f"started {' '.join(cmd)}")
+        procs[dataset] = (subprocess.Popen(cmd), out)
+    report = {}
+    for dataset, (proc, out) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"[{dataset}] benchmark process failed (exit {proc.returncode})")
+        with open(out, encoding="utf-8") as f:
+            report[dataset] = json.load(f)[dataset]
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer events / examples, 1 seed unless --seeds is given")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--num_events", type=int, default=None)
+                        help="60k events, 30k training examples, 2 seeds, 4 epochs at most")
+    parser.add_argument("--seeds", type=int, default=None, help="default 5 (quick: 2)")
+    parser.add_argument("--num_events", type=int, default=None,
+                        help="synthetic events (default 100000; quick 60000)")
     parser.add_argument("--max_train", type=int, default=30_000,
                         help="--quick: training examples kept per dataset")
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="passes over the training data, every model (time budget)")
+    parser.add_argument("--max_epochs", type=int, default=None,
+                        help="cap on epochs (default: the models' own; quick: 4)")
     parser.add_argument("--datasets", default="synthetic,movielens")
-    parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--models", default="core",
+                        help=f"core ({','.join(CORE)}), all, or a comma-separated list")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="datasets benchmarked in parallel processes")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra/inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_ranking"))
     parser.add_argument("--out", default=os.path.join("bench", "results", "ranking.json"))
-    parser.add_argument("--tune", action="store_true",
-                        help="grid-search on a validation split of train; writes --tuning")
-    parser.add_argument("--tuning", default=TUNING_PATH,
-                        help="tuning file: written by --tune, read by the benchmark "
-                             "('' runs every model with its defaults)")
     args = parser.parse_args(argv)
-    args.seeds = args.seeds or (1 if args.quick else 3)
-    # 100k events (~65k train impressions): 14 models x 3 seeds x 2 datasets fit
-    # in ~30 minutes on 2 shared cores.
+    args.seeds = args.seeds or (2 if args.quick else 5)
     args.num_events = args.num_events or (60_000 if args.quick else 100_000)
+    args.max_epochs = args.max_epochs or (4 if args.quick else None)
+    names = _model_names(args.models)
+    datasets = [d for d in args.datasets.split(",") if d]
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
+    run_info = stats.provenance(["python", "-m", "bench.ranking_bench", *argv])
 
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:7.1f}s {message}", flush=True)
 
-    if args.tune:
-        tuning = load_tuning(args.tuning)
-        for dataset in [d for d in args.datasets.split(",") if d]:
-            tuning[dataset] = {**tuning.get(dataset, {}), **tune_dataset(dataset, args, log)}
-            os.makedirs(os.path.dirname(args.tuning) or ".", exist_ok=True)
-            with open(args.tuning, "w", encoding="utf-8") as f:
-                json.dump(tuning, f, indent=1)
-        log(f"wrote {args.tuning}")
-        return 0
-    report: dict[str, Any] = {}
-    for dataset in [d for d in args.datasets.split(",") if d]:
-        report[dataset] = bench_dataset(dataset, args, log)
-        log(f"[{dataset}] targets {report[dataset]['_targets']}")
-    report["_protocol"] = protocol(load_tuning(args.tuning), args)
-    report["_run"] = {"command": "python -m bench.ranking_bench " + " ".join(argv or sys.argv[1:]),
-                      "total_seconds": time.perf_counter() - started,
-                      "cpu_count": os.cpu_count()}
+    if args.jobs > 1 and len(datasets) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = _run_parallel(datasets, argv, tmp, log)
+    else:
+        report = {d: DatasetBench(d, args, log).run(names) for d in datasets}
+    for dataset in datasets:
+        log(f"[{dataset}] targets {json.dumps(report[dataset]['_targets'])}")
+    report["_protocol"] = protocol(args)
+    report["_run"] = {**run_info, "total_seconds": time.perf_counter() - started,
+                      "models": names}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, sort_keys=False)
+        json.dump(report, f, indent=1)
     log(f"wrote {args.out}")
     return 0
 

@@ -1,82 +1,97 @@
-"""The ranking benchmark's selection protocol: validation split, choice, inheritance."""
-import argparse
-import json
+"""The ranking benchmark's protocol: validation carve, choice, inheritance, comparisons."""
+import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from bench import ranking_bench as rb
 from beam_jobs import feature_config as fc
+from bench import ranking_bench as rb
+from bench import stats
 
 
 def _data(timestamps):
     n = len(timestamps)
-    return {fc.TIMESTAMP_KEY: tf.constant(timestamps, tf.int64),
-            fc.USER_KEY: tf.constant([f"u{i}" for i in range(n)]),
-            "tags": tf.reshape(tf.range(2 * n), [n, 2])}
+    return {fc.TIMESTAMP_KEY: np.array(timestamps, np.int64),
+            fc.USER_KEY: np.array([f"u{i}".encode() for i in range(n)]),
+            "tags": np.arange(2 * n).reshape(n, 2)}
 
 
-def test_validation_is_the_latest_tenth_of_train_by_time():
-    # File order is not time order: the 2 latest (ts 90, 95) go to validation.
+def test_validation_is_the_latest_tenth_of_the_train_time_span():
+    # Span 1..95: cutoff 95 - 0.1 * 94 = 85.6, so ts 90 and 95 are validation.
+    # File order is not time order; rows stay whole and in file order.
     ts = [10, 95, 20, 30, 90, 40, 50, 60, 70, 80, 15, 25, 35, 45, 55, 65, 75, 85, 5, 1]
-    fit, val = rb.split_validation(_data(ts))
-    assert val[fc.TIMESTAMP_KEY].numpy().tolist() == [95, 90]
-    assert val[fc.USER_KEY].numpy().tolist() == [b"u1", b"u4"]
-    # Rows stay whole (multi-valued features follow their example) and in file order.
-    assert val["tags"].numpy().tolist() == [[2, 3], [8, 9]]
-    assert fit[fc.TIMESTAMP_KEY].shape == (18,)
-    assert max(fit[fc.TIMESTAMP_KEY].numpy()) < min(val[fc.TIMESTAMP_KEY].numpy())
-    assert fit[fc.TIMESTAMP_KEY].numpy().tolist()[:3] == [10, 20, 30]
+    fit, val, cutoff = rb.carve_validation(_data(ts), 0.1)
+    assert math.isclose(cutoff, 85.6)
+    assert val[fc.TIMESTAMP_KEY].tolist() == [95, 90]
+    assert val[fc.USER_KEY].tolist() == [b"u1", b"u4"]
+    assert val["tags"].tolist() == [[2, 3], [8, 9]]
+    assert fit[fc.TIMESTAMP_KEY].tolist()[:3] == [10, 20, 30] and len(fit["tags"]) == 18
 
 
-def test_validation_split_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match="fraction must be in"):
-        rb.split_validation(_data([1, 2, 3]), 1.0)
-    with pytest.raises(ValueError, match="3 examples cannot give a validation fraction 0.1"):
-        rb.split_validation(_data([1, 2, 3]), 0.1)
-
-
-def test_choose_takes_the_best_validation_auc_first_on_ties():
-    grid = {"a": {"val_auc": 0.70}, "b": {"val_auc": 0.71}, "c": {"val_auc": 0.71}}
+def test_choose_takes_the_best_validation_first_on_ties_and_never_a_nan():
+    grid = {"a": {"validation": 0.70}, "b": {"validation": 0.71}, "c": {"validation": 0.71},
+            "d": {"validation": float("nan")}}
     assert rb.choose(grid) == "b"
+    assert rb.choose({"d": {"validation": float("nan")}, "a": {"validation": 0.6}}) == "a"
     with pytest.raises(ValueError, match="empty"):
         rb.choose({})
 
 
-def test_tuned_hparams_inherit_from_their_parent(tmp_path):
-    tuning = {"movielens": {"nfwfm": {"chosen": {"learning_rate": 0.01}},
-                            "multitask_uncertainty": {"chosen": {"click_weight": 4.0}}}}
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps(tuning))
-    loaded = rb.load_tuning(str(path))
-    assert rb.tuned_hparams(loaded, "movielens", "nfwfm_no_fm") == {"learning_rate": 0.01}
-    assert rb.tuned_hparams(loaded, "movielens", "multitask_sum") == {"click_weight": 4.0}
-    # Untuned models and datasets run with their defaults.
-    assert rb.tuned_hparams(loaded, "movielens", "deepfm") == {}
-    assert rb.tuned_hparams(loaded, "synthetic", "nfwfm") == {}
-    assert rb.load_tuning(str(tmp_path / "missing.json")) == {}
-    assert rb.load_tuning("") == {}
+def test_untuned_entries_inherit_from_a_tuned_parent():
+    assert rb.tuned_from("nfwfm") == "nfwfm" and rb.tuned_from("multitask") == "multitask"
+    assert rb.tuned_from("nfm_28") == "nfm"
+    assert rb.tuned_from("follow_single") == "nfwfm"
+    assert rb.tuned_from("multitask_sum") == "multitask"
+    assert rb.tuned_from("lr") is None
+    # An entry's own settings win over what it inherits.
+    cfg = rb.model_hparams("follow_single", {"learning_rate": 0.01}, seed=3)
+    assert (cfg.tasks, cfg.learning_rate, cfg.seed) == ((fc.FOLLOW_LABEL,), 0.01, 3)
+    cfg = rb.model_hparams("nfm_28", {"learning_rate": 0.001}, seed=0, max_epochs=4)
+    assert (cfg.model, cfg.embedding_dim, cfg.max_epochs) == ("nfm", 28, 4)
 
 
-def test_protocol_records_grid_choice_and_validation_aucs():
-    tuning = {"synthetic": {"_meta": {"fit_examples": 9},
-                            "nfm": {"chosen": {"learning_rate": 0.02},
-                                    "grid": {"base lr=0.02": {"val_auc": 0.68}}}}}
-    args = argparse.Namespace(tuning="t.json", epochs=1)
-    out = rb.protocol(tuning, args)
-    assert out["chosen"] == {"synthetic": {"nfm": {"learning_rate": 0.02}}}
-    assert out["validation_auc"] == {"synthetic": {"nfm": {"base lr=0.02": 0.68}}}
-    assert out["grid"]["learning_rate"] == list(rb.LR_GRID)
-    assert "deepfm" in out["untuned"] and "nfwfm" not in out["untuned"]
-    # Every tuned model is an existing benchmark entry with the same grid size.
-    assert set(rb.TUNE_VARIANTS) <= set(rb.OUR_MODELS) | set(rb.PEERS)
-    assert {len(rb.TUNE_VARIANTS[n]) for n in ("nfm", "nfwfm", "deepctr_nfm")} == {2}
+def test_peer_takes_only_a_learning_rate():
+    with pytest.raises(ValueError, match=r"only learning_rate can be tuned, got \['embedding_dim'\]"):
+        rb._peer_config("deepctr_nfm", {"embedding_dim": 8}, 0, None)
+    assert rb._peer_config("deepctr_nfm", {"learning_rate": 0.01}, 1, 3).embedding_dim == 200
 
 
-def test_peer_rejects_settings_it_cannot_take():
-    with pytest.raises(ValueError, match="only learning_rate .* got \\['embedding_dim'\\]"):
-        rb.run_peer("deepctr_nfm", None, None, None, None, 0, 1, {"embedding_dim": 8})
-    with pytest.raises(ValueError, match="got \\['bi_dropout'\\]"):
-        rb.run_peer("deepctr_fwfm", None, None, None, None, 0, 1, {"bi_dropout": 0.2})
-    assert np.isclose(rb.VALIDATION_FRACTION, 0.1)
+def _results(click_runs, follow_runs=None):
+    out = {"seeds": len(click_runs), "click_auc_runs": click_runs, "click_gauc_runs": click_runs}
+    if follow_runs is not None:
+        out.update(follow_auc_runs=follow_runs, follow_gauc_runs=follow_runs)
+    return out
+
+
+def test_comparisons_are_paired_by_seed_and_targets_read_the_mean_and_verdict():
+    results = {
+        "nfm": _results([0.70, 0.71, 0.72]),
+        "nfwfm": _results([0.71, 0.72, 0.73]),           # +0.01 every seed: a win
+        "multitask": _results([0.705, 0.714, 0.725], [0.60, 0.61, 0.62]),
+        "follow_single": {"seeds": 3, "follow_auc_runs": [0.60, 0.60, 0.63],
+                          "follow_gauc_runs": [0.60, 0.60, 0.63]},
+    }
+    comparisons = rb.compare(results)
+    assert set(comparisons) == {"nfwfm_vs_nfm", "multitask_follow_vs_follow_single",
+                                "multitask_click_vs_nfwfm"}
+    win = comparisons["nfwfm_vs_nfm"]["auc"]
+    assert win["verdict"] == stats.WIN and math.isclose(win["mean"], 0.01)
+    follow = comparisons["multitask_follow_vs_follow_single"]["auc"]
+    assert math.isclose(follow["mean"], 0.0, abs_tol=1e-12) and follow["verdict"] == stats.TIE
+    out = rb.targets(results, comparisons)
+    assert out["nfwfm_vs_nfm_mean_ge_0"]["met"] is True
+    assert out["multitask_follow_vs_follow_single_mean_ge_0"]["verdict"] == stats.TIE
+    # multitask click - nfwfm = [-0.005, -0.006, -0.005]: within 0.002? no.
+    assert out["multitask_click_within_0.002_of_nfwfm"]["met"] is False
+
+
+def test_a_nan_auc_makes_a_comparison_not_evaluable():
+    results = {"nfwfm": _results([0.7, 0.7]), "nfm": _results([0.7, float("nan")])}
+    assert rb.compare(results)["nfwfm_vs_nfm"]["auc"] is None
+
+
+def test_model_names():
+    assert rb._model_names("core") == list(rb.CORE)
+    assert set(rb._model_names("all")) == set(rb.OUR_MODELS) | set(rb.PEERS)
+    with pytest.raises(SystemExit, match="unknown models \\['nfx'\\]"):
+        rb._model_names("nfwfm,nfx")
