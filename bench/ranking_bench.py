@@ -636,12 +636,27 @@ def _model_names(spec: str) -> list[str]:
     return names
 
 
+def child_args(argv: Sequence[str], drop: Sequence[str] = ("--datasets", "--out", "--jobs",
+                                                             "--threads")) -> list[str]:
+    """argv without the flags a per-dataset child gets its own values of
+    (both `--flag value` and `--flag=value`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in drop:
+            skip = True
+        elif not arg.startswith(tuple(f"{d}=" for d in drop)):
+            out.append(arg)
+    return out
+
+
 def _run_parallel(datasets: Sequence[str], argv: Sequence[str], out_dir: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
     """One child process per dataset (each with an even share of the cores)."""
     procs = {}
     threads = max(1, (os.cpu_count() or 1) // len(datasets))
-    rest = [a for a in argv if not a.startswith(("--datasets", "--out", "--jobs"))]
+    rest = child_args(argv)
     for dataset in datasets:
         out = os.path.join(out_dir, f"{dataset}.json")
         cmd = [sys.executable, "-m", "bench.ranking_bench", *rest, "--datasets", dataset,

@@ -95,3 +95,8 @@ def test_model_names():
     assert set(rb._model_names("all")) == set(rb.OUR_MODELS) | set(rb.PEERS)
     with pytest.raises(SystemExit, match="unknown models \\['nfx'\\]"):
         rb._model_names("nfwfm,nfx")
+
+
+def test_child_args_drop_the_flags_each_dataset_process_sets_itself():
+    argv = ["--jobs", "2", "--seeds", "5", "--datasets=a,b", "--out", "x.json", "--quick"]
+    assert rb.child_args(argv) == ["--seeds", "5", "--quick"]
