@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from beam_jobs import datasets
-from pipelines import mlmd_summary, profiles
+from pipelines import interruption, mlmd_summary, profiles
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
 DEFAULT_PIPELINE_NAME = "feedrec"
@@ -155,7 +156,8 @@ def run_main(runner_factory: Callable[[], Any], description: str,
       description: --help text.
       argv: command-line flags; unknown ones are the pipeline's Beam args.
     Returns:
-      the process exit code from print_summary.
+      the process exit code from print_summary; a SIGTERM / SIGINT ends the
+      process with 143 / 130 instead (pipelines.interruption).
     """
     parser = argparse.ArgumentParser(description=description)
     add_flags(parser)
@@ -163,7 +165,34 @@ def run_main(runner_factory: Callable[[], Any], description: str,
     # ERROR by default: ml-metadata 1.17 under tfx 1.21 warns on every resolver
     # query ("property_predicate is not supported"), drowning the summary.
     absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
-    built = build(args, beam_args)
-    before = run_count(built)
-    runner_factory().run(built.pipeline)
+    with interruption.stop_on_signals():
+        built = build(args, beam_args)
+    with interruption.stop_on_signals(
+            lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
+        lock = interruption.run_lock(built.metadata_path)
+        try:
+            clean_interrupted_runs(built, lock is not None)
+            before = run_count(built)
+            runner_factory().run(built.pipeline)
+        finally:
+            if lock is not None:
+                lock.close()
     return print_summary(built, before)
+
+
+def clean_interrupted_runs(built: Built, holds_lock: bool) -> None:
+    """Cancels what an interrupted earlier run left RUNNING (see pipelines.interruption).
+
+    Args:
+      built: the pipeline about to run.
+      holds_lock: whether this process holds the pipeline's run lock; without
+        it another runner is alive and its RUNNING executions are not stale.
+    """
+    if not holds_lock:
+        print(f"another run of {built.pipeline_name} is in progress (lock beside "
+              f"{built.metadata_path}); its unfinished executions are left alone", file=sys.stderr)
+        return
+    cleaned = interruption.reconcile(built.metadata_path, built.pipeline_name,
+                                     built.pipeline.pipeline_info.pipeline_root)
+    if cleaned:
+        print(interruption.cleaned_message(cleaned))
