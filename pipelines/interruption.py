@@ -11,9 +11,11 @@ id>, not yet registered in MLMD) and its <node>/.system/executor_execution/
 The next run calls reconcile() before the DAG runner starts: such executions
 are marked CANCELED, their PENDING output artifacts (orchestrators that
 register outputs before running do so) ABANDONED, and all those directories
-removed. The runner holds an exclusive lock on the pipeline's work directory
-while it runs, so a RUNNING execution found by a runner that got the lock
-belongs to a dead run, never to a live one.
+removed. What stays is harmless: the empty <node>/<key>/ parents, which the
+next execution writes into, and an empty <node>/.system/stateful_working_dir/
+<uuid>, as after any failed execution. The runner holds an exclusive lock on
+the pipeline's work directory while it runs, so a RUNNING execution found by
+a runner that got the lock belongs to a dead run, never to a live one.
 """
 
 from __future__ import annotations
@@ -84,7 +86,13 @@ def _is_under(path: str, root: str) -> bool:
 
 
 def _leftover_dirs(pipeline_root: str, node_id: str, execution_id: int) -> list[str]:
-    """Directories TFX names after the execution: <node>/<output key>/<id> and its scratch dir."""
+    """Directories TFX names after the execution: <node>/<output key>/<id> and its scratch dir.
+
+    Not <node>/.system/stateful_working_dir/<uuid>: TFX 1.21 does not record
+    the uuid in MLMD, keeps that (empty for our executors) directory after
+    any failed execution too, and a re-run's new execution gets a new uuid,
+    so nothing reads it again.
+    """
     node_dir = os.path.join(pipeline_root, node_id)
     return (glob.glob(os.path.join(glob.escape(node_dir), "*", str(execution_id)))
             + [os.path.join(node_dir, ".system", "executor_execution", str(execution_id))])

@@ -5,7 +5,9 @@
 Prepares the raw data (beam_jobs.datasets) on first use, runs the pipeline
 with MLMD in <work_dir>/tfx/metadata.sqlite (unchanged steps are served from
 the cache on a re-run), then prints models, metrics, blessings, pushed paths
-and the report path.
+and the report path. SIGTERM / Ctrl-C stop it with one line and exit code
+143 / 130; the re-run cancels what the interrupted step left RUNNING
+(pipelines.interruption).
 
 Also usable through the tfx CLI, which executes this file as a script with
 no arguments (settings then come from FEEDREC_* environment variables):
