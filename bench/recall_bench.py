@@ -1,15 +1,44 @@
 """Recall benchmark: learned models vs classic baselines on two protocols.
 
-    python -m bench.recall_bench [--datasets synthetic,movielens] [--seeds 0,1,2] [--quick]
+    python -m bench.recall_bench [--quick] [--seeds 5] [--datasets synthetic,movielens]
+        [--models name,...] [--max_epochs N] [--jobs 2] [--out bench/results/recall.json]
 
-For each dataset the raw tables are prepared (beam_jobs.datasets) and
-sessionized (beam_jobs.sessionize) once under --work_dir; then, for the time
-split (retrieval eval examples) and leave-last-out on clicks, every model is
-trained per seed and scored by models.recall.protocols (history items
-excluded from the top-K). Models: Item2vec, YouTubeNet, two-tower (ours);
-most-popular, ItemCF (co-occurrence cosine), implicit ALS and BPR, gensim
-Word2Vec (peers). Results (mean over seeds, with std) go to
-bench/results/recall.json together with the target checks.
+`--quick` is a smoke run (2 seeds, learned models capped at 3 epochs), not a
+result. `--jobs 2` (default) benchmarks the two datasets side by side in
+child processes: on 2 cores the whole run then takes ~30 min (README).
+
+Data: the real pipeline. `beam_jobs.datasets.prepare` makes the raw tables
+(synthetic log or MovieLens-100k) and `python -m beam_jobs.sessionize` writes
+the retrieval examples, item2vec sessions, vocabularies and item catalogue,
+once per dataset under --work_dir.
+
+Protocols (models.recall.protocols; items of the query's history are
+excluded from the top-K):
+  * time split: the models train on Split-train (Item2vec and the gensim
+    peer on the item2vec Split-train sessions); every Split-eval retrieval
+    example is a query.
+  * leave-last-out: each user's last click (users with >= 3 clicks) is the
+    query; every other click of train + eval trains. Item2vec's sessions are
+    rebuilt from those training clicks (`sessions_from_examples`), so the
+    held-out click is never a skip-gram context.
+
+Training (the JSON's `_protocol` records all of it):
+  * Learned models (Item2vec, YouTubeNet, two-tower) run their own trainers
+    with their configs' default hyperparameters: each trainer carves its
+    validation split from the end of the training time span
+    (models.recall.training.carve_validation), trains epoch by epoch until
+    validation HR@50 has not improved for `patience` epochs (`max_epochs` is
+    only a cap) and keeps the best epoch. The epoch each seed stopped at is
+    in the JSON (`best_epochs`, `epochs_run`). Nothing is chosen on the eval
+    queries; they are scored once per trained model.
+  * Classic peers train on the whole training split (they choose nothing on
+    validation) with the fixed settings of PEER_SETTINGS, the same on both
+    datasets and not tuned. Popularity and ItemCF are deterministic and run
+    once; ALS, BPR and gensim Word2Vec run one seed per seed.
+  * Comparisons (per dataset and protocol, on HR@50): paired by seed, mean
+    difference with a 95% Student-t interval (bench.stats.paired_difference);
+    against a deterministic peer every seed is paired with its single value.
+    An interval containing 0 is a tie.
 """
 
 from __future__ import annotations
@@ -19,6 +48,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,37 +62,48 @@ import scipy.sparse as sp  # noqa: E402
 
 from beam_jobs import datasets  # noqa: E402
 from beam_jobs import feature_config as fc  # noqa: E402
+from bench import stats  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec import train as i2v_train  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
-from models.recall import data, protocols  # noqa: E402
+from models.recall import data, protocols, training  # noqa: E402
 from models.two_tower import train as tt_train  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
+from models.validation import DEFAULT_VALIDATION_FRACTION  # noqa: E402
 from models.youtubenet import train as ytn_train  # noqa: E402
 from models.youtubenet.config import YouTubeNetConfig  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recall.json")
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
+PROTOCOLS = (TIME_SPLIT, LEAVE_LAST_OUT)
 LEARNED = ("item2vec", "youtubenet", "two_tower")
-PEERS = ("most_popular", "itemcf", "als", "bpr", "word2vec")
+CLASSIC = ("most_popular", "itemcf", "als", "bpr")
+PEERS = CLASSIC + ("word2vec",)
+MODELS = LEARNED + PEERS
+# Scored from the training clicks alone: every seed would give the same figure.
+DETERMINISTIC = frozenset({"most_popular", "itemcf"})
 REPORTED = ("hr@50", "recall@50", "ndcg@50", "hr@500", "coverage@50", "avg_position",
-            "new_user_hr@50", "train_seconds")
+            "new_user_hr@50", "train_seconds", "eval_seconds")
+PER_SEED = ("hr@50", "recall@50", "ndcg@50")
+METRIC = "hr@50"  # what the comparisons and targets are on
+POPULARITY_FACTOR = 1.5  # target: every learned model >= 1.5x popularity (MovieLens)
+DEFAULT_SEEDS, QUICK_SEEDS, QUICK_MAX_EPOCHS = 5, 2, 3
 
-# Hyperparameters of the full run (--quick halves the epochs); DATASET_HPARAMS
-# override them per dataset (the synthetic log has few, short sessions, so
-# Item2vec needs smaller batches to get enough updates).
-HPARAMS: dict[str, dict[str, Any]] = {
-    "item2vec": {"dim": 64, "window": 64, "epochs": 8, "learning_rate": 0.02,
-                 "batch_size": 8192, "max_pairs_per_epoch": 1_000_000, "recent_clicks": 10},
-    "youtubenet": {"dim": 64, "embedding_dim": 32, "hidden_units": (128,), "epochs": 8,
-                   "batch_size": 256, "num_sampled": 256, "learning_rate": 0.003},
-    "two_tower": {"dim": 64, "embedding_dim": 32, "hidden_units": (128,), "epochs": 8,
-                  "batch_size": 256, "extra_negatives": 64, "temperature": 0.1,
-                  "learning_rate": 0.003},
-}
-DATASET_HPARAMS: dict[str, dict[str, dict[str, Any]]] = {
-    "synthetic": {"item2vec": {"batch_size": 1024, "epochs": 20, "learning_rate": 0.01}},
+CONFIGS = {"item2vec": Item2VecConfig, "youtubenet": YouTubeNetConfig,
+           "two_tower": TwoTowerConfig}
+# Learned models run their configs' defaults: nothing here was chosen on
+# validation, so nothing overrides them (the seed and --max_epochs aside).
+HPARAMS: dict[str, dict[str, Any]] = {name: {} for name in LEARNED}
+# Peers' fixed settings, one set for both datasets, not tuned on anything:
+# 64 factors like the learned models' vectors; ALS's confidence weight alpha
+# and BPR's learning rate are the usual implicit-feedback choices for binary
+# clicks; Word2Vec is skip-gram with Item2vec's window.
+PEER_SETTINGS: dict[str, dict[str, Any]] = {
+    "als": {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 10.0},
+    "bpr": {"factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 100},
+    "word2vec": {"vector_size": 64, "window": 64, "sg": 1, "negative": 5, "epochs": 10,
+                 "min_count": 1},
 }
 
 
@@ -81,27 +122,48 @@ def sessionized(name: str, work_dir: str, num_events: int) -> tuple[str, str]:
 
 
 def sessions_from_examples(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig
-                           ) -> list[list[str]]:
-    """Click sessions rebuilt from retrieval examples (user, time; idle gap cut).
+                           ) -> data.Arrays:
+    """Click sessions rebuilt from retrieval examples, in the item2vec example layout.
 
     Leave-last-out must not train Item2vec on the held-out click, so its
-    sessions come from the training examples, not from OUT/item2vec.
+    sessions come from the training clicks, not from OUT/item2vec. A user's
+    clicks in time order start a new session after an idle gap strictly
+    longer than `session_gap_seconds` (sessionize's rule, here on clicks
+    only); sessions shorter than `min_session_len` are dropped, as sessionize
+    drops them.
+
+    Args:
+      arrays: retrieval examples (user id, timestamp, item id).
+      config: the dataset's feature config.
+    Returns:
+      {session_items: object array of lists of item-id bytes, chronological;
+       timestamp: int64, each session's first click}, sessions ordered by
+      user then time.
     """
-    users = np.array([u.decode() for u in arrays[fc.USER_KEY]], object)
-    ts = arrays[fc.TIMESTAMP_KEY]
-    items = [x.decode() for x in arrays[config.item_id_feature.name]]
-    order = np.lexsort((ts, users))
-    sessions, current, last_user, last_ts = [], [], None, None
-    for i in order:
-        if users[i] != last_user or ts[i] - last_ts > config.session_gap_seconds:
-            if current:
-                sessions.append(current)
-            current = []
-        current.append(items[i])
-        last_user, last_ts = users[i], ts[i]
-    if current:
-        sessions.append(current)
-    return sessions
+    users = np.array([_text(u) for u in arrays[fc.USER_KEY]], object)
+    ts = np.asarray(arrays[fc.TIMESTAMP_KEY], np.int64)
+    # Same order as the protocols: user, time, then input order for ties.
+    order = np.lexsort((np.arange(len(users)), ts, users))
+    users, ts = users[order], ts[order]
+    items = [x if isinstance(x, bytes) else str(x).encode()
+             for x in arrays[config.item_id_feature.name][order]]
+    new = np.r_[True, (users[1:] != users[:-1]) | (np.diff(ts) > config.session_gap_seconds)]
+    bounds = np.r_[np.flatnonzero(new), len(order)]
+    min_len = max(config.min_session_len, 1)
+    keep = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= min_len]
+    session_items = np.empty(len(keep), dtype=object)
+    session_items[:] = [items[a:b] for a, b in keep]
+    return {fc.SESSION_ITEMS_KEY: session_items,
+            fc.TIMESTAMP_KEY: np.array([ts[a] for a, _ in keep], np.int64)}
+
+
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def decoded_sessions(sessions: Mapping[str, np.ndarray]) -> list[list[str]]:
+    """Item-id strings of item2vec session arrays (the gensim peer's sentences)."""
+    return [[_text(x) for x in s] for s in sessions[fc.SESSION_ITEMS_KEY]]
 
 
 def concat(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> data.Arrays:
@@ -142,12 +204,12 @@ def popularity(train: sp.csr_matrix) -> np.ndarray:
     return pop / max(pop.max(), 1.0)
 
 
-def score_most_popular(train, queries, hist, seed) -> Callable:
+def score_most_popular(train, queries, hist, seed, user_index=None) -> Callable:
     pop = popularity(train)
     return lambda a, b: np.broadcast_to(pop, (b - a, len(pop)))
 
 
-def score_itemcf(train, queries, hist, seed) -> Callable:
+def score_itemcf(train, queries, hist, seed, user_index=None) -> Callable:
     counts = np.asarray(train.sum(axis=0)).ravel()
     co = (train.T @ train).tocsr().astype(np.float32)
     co.setdiag(0)
@@ -177,8 +239,7 @@ def _implicit_scores(model, train, queries, hist, user_index, recalculate: bool)
 
 def score_als(train, queries, hist, seed, user_index=None) -> Callable:
     from implicit.als import AlternatingLeastSquares
-    model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15,
-                                    alpha=10.0, random_state=seed, num_threads=1)
+    model = AlternatingLeastSquares(**PEER_SETTINGS["als"], random_state=seed, num_threads=1)
     model.fit(train, show_progress=False)
     # Fold each query's history in (ALS supports it): serves every query alike.
     return _implicit_scores(model, train, queries, hist, user_index, recalculate=True)
@@ -186,18 +247,21 @@ def score_als(train, queries, hist, seed, user_index=None) -> Callable:
 
 def score_bpr(train, queries, hist, seed, user_index=None) -> Callable:
     from implicit.bpr import BayesianPersonalizedRanking
-    model = BayesianPersonalizedRanking(factors=64, learning_rate=0.05, regularization=0.01,
-                                        iterations=100, random_state=seed, num_threads=1)
+    model = BayesianPersonalizedRanking(**PEER_SETTINGS["bpr"], random_state=seed,
+                                        num_threads=1)
     model.fit(train, show_progress=False)
     return _implicit_scores(model, train, queries, hist, user_index, recalculate=False)
 
 
-def word2vec_vectors(sessions: Sequence[Sequence[str]], seed: int, epochs: int
+SCORERS = {"most_popular": score_most_popular, "itemcf": score_itemcf, "als": score_als,
+           "bpr": score_bpr}
+
+
+def word2vec_vectors(sessions: Sequence[Sequence[str]], seed: int
                      ) -> tuple[list[str], np.ndarray]:
     from gensim.models import Word2Vec
-    model = Word2Vec(sentences=[list(s) for s in sessions if len(s) >= 2], vector_size=64,
-                     window=64, min_count=1, sg=1, negative=5, epochs=epochs, seed=seed,
-                     workers=1)
+    model = Word2Vec(sentences=[list(s) for s in sessions if len(s) >= 2],
+                     **PEER_SETTINGS["word2vec"], seed=seed, workers=1)
     ids = list(model.wv.index_to_key)
     vectors = model.wv.vectors / np.maximum(
         np.linalg.norm(model.wv.vectors, axis=1, keepdims=True), 1e-12)
@@ -217,161 +281,412 @@ def mean_history(queries: protocols.Queries, ids: Sequence[str], vectors: np.nda
 
 # ---- one protocol ------------------------------------------------------------
 
-def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: list[list[str]],
+def learned_config(name: str, seed: int, max_epochs: int | None = None):
+    """The config of a learned model: its defaults, HPARAMS, the seed and the epoch cap.
+
+    Raises:
+      the config's error (a ValueError naming the value) on a bad setting.
+    """
+    hparams = {**HPARAMS[name], "seed": seed}
+    if max_epochs is not None:
+        hparams["max_epochs"] = max_epochs
+    return CONFIGS[name].from_hparams(hparams)
+
+
+def seeds_of(name: str, seeds: Sequence[int]) -> list[int]:
+    """The seeds a model runs: all of them, or the first for a deterministic peer."""
+    return list(seeds[:1]) if name in DETERMINISTIC else list(seeds)
+
+
+def fit_learned(name: str, config: fc.FeatureConfig, train: data.Arrays,
+                sessions: data.Arrays, catalogue: data.Catalogue,
+                vocabularies: Mapping[str, list[str]], model_config: Any):
+    """One learned model trained by its own trainer (validation carve, early stopping)."""
+    if name == "item2vec":
+        return i2v_train.fit(config, sessions, vocabularies[config.item_id_feature.name],
+                             catalogue, model_config)
+    fit = ytn_train.fit if name == "youtubenet" else tt_train.fit
+    return fit(config, train, catalogue, vocabularies, model_config)
+
+
+def training_record(stats_: Mapping[str, Any]) -> dict[str, Any]:
+    """What a learned run's JSON keeps of its trainer's statistics."""
+    stopping = stats_["early_stopping"]
+    return {"best_epoch": stopping["best_epoch"], "epochs_run": stopping["epochs_run"],
+            "stopped_early": stopping["stopped_early"],
+            "best_val_hr@50": stopping["best_value"],
+            "learning_curve": stats_["learning_curve"], "validation": stats_["validation"]}
+
+
+def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Arrays,
                  queries: protocols.Queries, catalogue: data.Catalogue,
-                 vocabularies: Mapping[str, list[str]], seeds: Sequence[int], quick: bool,
-                 models: Sequence[str], export_root: str | None,
-                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                 vocabularies: Mapping[str, list[str]], seeds: Sequence[int],
+                 models: Sequence[str], max_epochs: int | None,
+                 export_root: str | None, label: str = "") -> dict[str, Any]:
+    """Every model, every seed, on one protocol; per-model summaries and comparisons.
+
+    Args:
+      config, catalogue, vocabularies: the dataset's.
+      train: retrieval examples the models train on (learned models carve
+        their validation from them; peers use all of them).
+      sessions: item2vec session arrays (session_items, timestamp) of the
+        same period, for Item2vec and the gensim peer.
+      queries: the protocol's eval queries.
+      seeds: seeds of learned and seeded models (deterministic peers: the first).
+      models: names from MODELS.
+      max_epochs: cap on the learned models' epochs (None: their defaults).
+      export_root: seed 0's learned models are exported under it (None: not).
+      label: log prefix.
+    Returns:
+      model -> summarize(...), plus "_comparisons" (compare) and "_queries".
+    """
     item_ids = list(catalogue.ids)
     item_index = {x: i for i, x in enumerate(item_ids)}
     train_matrix, user_index = interactions(train, config, item_index)
     hist = history_matrix(queries, item_index)
+    sentences = decoded_sessions(sessions) if "word2vec" in models else []
     n_cat = len(item_ids)
-    per_model: dict[str, list[dict[str, float]]] = {}
-    for seed in seeds:
-        for name in models:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name in models:
+        for seed in seeds_of(name, seeds):
             start = time.time()
-            scale = 0.5 if quick else 1.0
+            extra: dict[str, Any] = {}
             if name in LEARNED:
-                hp = dict(HPARAMS[name], **(overrides or {}).get(name, {}), seed=seed)
-                hp["epochs"] = max(1, int(round(hp["epochs"] * scale)))
-                if name == "item2vec":
-                    result = i2v_train.fit(config, sessions, vocabularies[
-                        config.item_id_feature.name], catalogue, Item2VecConfig(**hp))
-                elif name == "youtubenet":
-                    result = ytn_train.fit(config, train, catalogue, vocabularies,
-                                           YouTubeNetConfig(**hp))
-                else:
-                    result = tt_train.fit(config, train, catalogue, vocabularies,
-                                          TwoTowerConfig(**hp))
-                seconds = time.time() - start
-                users = result.user_vectors(queries.features)
-                out = protocols.evaluate_embeddings(queries, users, result.item_ids,
-                                                    result.item_vectors, catalogue_size=n_cat)
+                result = fit_learned(name, config, train, sessions, catalogue, vocabularies,
+                                     learned_config(name, seed, max_epochs))
+                trained = time.time()
+                out = protocols.evaluate_embeddings(
+                    queries, result.user_vectors(queries.features), result.item_ids,
+                    result.item_vectors, catalogue_size=n_cat)
+                extra = training_record(result.stats)
                 if export_root and seed == seeds[0]:
                     result.export(os.path.join(export_root, name))
             elif name == "word2vec":
-                ids, vectors = word2vec_vectors(sessions, seed, 3 if quick else 10)
-                seconds = time.time() - start
+                ids, vectors = word2vec_vectors(sentences, seed)
+                trained = time.time()
                 out = protocols.evaluate_embeddings(queries, mean_history(queries, ids, vectors),
                                                     ids, vectors, catalogue_size=n_cat)
             else:
-                scorer = {"most_popular": score_most_popular, "itemcf": score_itemcf,
-                          "als": score_als, "bpr": score_bpr}[name]
-                kwargs = {"user_index": user_index} if name in ("als", "bpr") else {}
-                score_fn = scorer(train_matrix, queries, hist, seed, **kwargs)
-                seconds = time.time() - start
+                score_fn = SCORERS[name](train_matrix, queries, hist, seed,
+                                         user_index=user_index)
+                trained = time.time()
                 out = protocols.evaluate_scores(queries, score_fn, item_ids, catalogue_size=n_cat)
-            out["train_seconds"] = seconds
-            per_model.setdefault(name, []).append(out)
-            print(f"  seed {seed} {name:13s} hr@50 {out.get('hr@50', float('nan')):.4f} "
-                  f"recall@50 {out.get('recall@50', float('nan')):.4f} "
-                  f"({seconds:.1f}s)", flush=True)
-    summary = {}
-    for name, runs in per_model.items():
-        keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
-        mean = {k: float(np.nanmean([r[k] for r in runs])) if not all(
-            np.isnan(r[k]) for r in runs) else None for k in keys}
-        summary[name] = {**{k: mean.get(k) for k in REPORTED},
-                         "std": {k: float(np.nanstd([r[k] for r in runs])) for k in
-                                 ("hr@50", "recall@50", "ndcg@50")},
-                         "details": mean, "seeds": len(runs)}
+            record = {"seed": seed, **out, "train_seconds": trained - start,
+                      "eval_seconds": time.time() - trained, **extra}
+            runs.setdefault(name, []).append(record)
+            epochs = (f" best epoch {record['best_epoch']}/{record['epochs_run']}"
+                      if name in LEARNED else "")
+            print(f"[{label}] {name:13s} seed {seed} hr@50 {out.get('hr@50', float('nan')):.4f} "
+                  f"recall@50 {out.get('recall@50', float('nan')):.4f}{epochs} "
+                  f"({record['train_seconds']:.1f}s + {record['eval_seconds']:.1f}s eval)",
+                  flush=True)
+    summary: dict[str, Any] = {name: summarize(r) for name, r in runs.items()}
+    summary["_comparisons"] = compare(summary)
     summary["_queries"] = {"num_queries": len(queries),
                            "num_new_users": int(queries.is_new.sum()),
                            "num_train_examples": data.num_rows(train),
-                           "num_sessions": len(sessions)}
+                           "num_sessions": data.num_rows(sessions)}
     return summary
 
 
-def run_dataset(name: str, work_dir: str, num_events: int, seeds: Sequence[int], quick: bool,
-                models: Sequence[str]) -> dict[str, Any]:
-    config_path, out = sessionized(name, work_dir, num_events)
+# ---- summaries and comparisons -------------------------------------------------
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [float(v) for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One model's runs: means of REPORTED, per-seed values, stopping epochs.
+
+    Returns:
+      {<REPORTED metric>: mean over seeds, "seeds": [...], "values": {<PER_SEED
+       metric>: [one per seed]}, "std": {metric: sample std (ddof 1) or None
+       for one run}, "details": mean of every numeric metric, "runs": the
+       per-seed records}, plus "best_epochs", "epochs_run", "stopped_early"
+      (one per seed) for a learned model.
+    """
+    numeric = [k for k, v in runs[0].items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"]
+    details = {k: _mean([r.get(k) for r in runs]) for k in numeric}
+    values = {k: [r[k] for r in runs] for k in PER_SEED if k in runs[0]}
+    out: dict[str, Any] = {k: details.get(k) for k in REPORTED}
+    out.update({"seeds": [r["seed"] for r in runs], "values": values,
+                "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else None
+                        for k, v in values.items()},
+                "details": details})
+    if "best_epoch" in runs[0]:
+        out["best_epochs"] = [r["best_epoch"] for r in runs]
+        out["epochs_run"] = [r["epochs_run"] for r in runs]
+        out["stopped_early"] = [r["stopped_early"] for r in runs]
+    out["runs"] = list(runs)
+    return out
+
+
+def paired(summary: Mapping[str, Any], a: str, b: str, factor: float = 1.0,
+           metric: str = METRIC) -> dict[str, Any]:
+    """Paired difference of `metric`, a's seeds minus factor x b's, with its 95% CI.
+
+    Seeds pair by position. A model with one run (a deterministic peer) is
+    paired with every seed of the other: the interval is then the one-sample
+    interval of the seed values minus that constant.
+    """
+    va, vb = list(summary[a]["values"][metric]), list(summary[b]["values"][metric])
+    if len(vb) == 1:
+        vb = vb * len(va)
+    elif len(va) == 1:
+        va = va * len(vb)
+    n = min(len(va), len(vb))
+    label = b if factor == 1.0 else f"{factor:g} x {b}"
+    return {"a": a, "b": label, "metric": metric,
+            **stats.paired_difference(va[:n], [factor * v for v in vb[:n]])}
+
+
+def best_of(summary: Mapping[str, Any], names: Sequence[str], metric: str = METRIC
+            ) -> str | None:
+    """The model among `names` with the highest mean `metric` (None if none ran)."""
+    present = [n for n in names if n in summary]
+    return max(present, key=lambda n: summary[n][metric]) if present else None
+
+
+def compare(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparisons the targets name, as paired differences of HR@50.
+
+    Keys: best_learned_vs_best_classic (the learned and the classic model
+    with the best mean, classic = popularity / ItemCF / ALS / BPR),
+    two_tower_vs_item2vec, <learned>_vs_most_popular and
+    <learned>_vs_1.5x_most_popular (the MovieLens target's margin).
+    """
+    out: dict[str, Any] = {}
+    learned, classic = best_of(summary, LEARNED), best_of(summary, CLASSIC)
+    if learned and classic:
+        out["best_learned_vs_best_classic"] = paired(summary, learned, classic)
+    if "two_tower" in summary and "item2vec" in summary:
+        out["two_tower_vs_item2vec"] = paired(summary, "two_tower", "item2vec")
+    if "most_popular" in summary:
+        for name in LEARNED:
+            if name in summary:
+                out[f"{name}_vs_most_popular"] = paired(summary, name, "most_popular")
+                out[f"{name}_vs_{POPULARITY_FACTOR:g}x_most_popular"] = paired(
+                    summary, name, "most_popular", POPULARITY_FACTOR)
+    return out
+
+
+def _check(comparison: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A target's entry: met on the mean difference, with the interval's verdict."""
+    return {"a": comparison["a"], "b": comparison["b"], "met": comparison["mean"] >= 0.0,
+            "mean": comparison["mean"], "ci": [comparison["ci_low"], comparison["ci_high"]],
+            "verdict": comparison["verdict"], **extra}
+
+
+def check_targets(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's targets, from the comparisons (mean difference >= 0, with its verdict).
+
+    MovieLens: every learned model >= 1.5x popularity, best learned >= best
+    classic peer. Every dataset: two-tower >= Item2vec.
+    """
+    checks: dict[str, Any] = {}
+    for dataset, res in results.items():
+        if dataset.startswith("_"):
+            continue
+        for protocol in PROTOCOLS:
+            if protocol not in res:
+                continue
+            r, cmp = res[protocol], res[protocol]["_comparisons"]
+            prefix = f"{dataset}/{protocol}"
+            if dataset == datasets.MOVIELENS:
+                for name in LEARNED:
+                    key = f"{name}_vs_{POPULARITY_FACTOR:g}x_most_popular"
+                    if key in cmp:
+                        pop = r["most_popular"][METRIC]
+                        checks[f"{prefix}/{name}_hr50_ge_{POPULARITY_FACTOR:g}x_popular"] = \
+                            _check(cmp[key], ratio=r[name][METRIC] / pop if pop else None)
+                if "best_learned_vs_best_classic" in cmp:
+                    checks[f"{prefix}/best_learned_ge_best_classic"] = _check(
+                        cmp["best_learned_vs_best_classic"])
+            if "two_tower_vs_item2vec" in cmp:
+                checks[f"{prefix}/two_tower_ge_item2vec"] = _check(cmp["two_tower_vs_item2vec"])
+    return checks
+
+
+# ---- one dataset -------------------------------------------------------------
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both protocols of one dataset."""
+    config_path, out = sessionized(name, args.work_dir, args.num_events)
     config = fc.load(config_path)
     catalogue = data.load_catalogue(os.path.join(out, "items", "*.gz"), config)
     vocabularies = load_vocabularies(config, os.path.join(out, "vocab"))
     retrieval = os.path.join(out, fc.RETRIEVAL)
     train = data.load_examples(inputs.split_pattern(retrieval, fc.TRAIN), config, fc.RETRIEVAL)
     evals = data.load_examples(inputs.split_pattern(retrieval, fc.EVAL), config, fc.RETRIEVAL)
-    sessions = [[x.decode() for x in s] for s in data.load_examples(
-        inputs.split_pattern(os.path.join(out, fc.ITEM2VEC), fc.TRAIN), config,
-        fc.ITEM2VEC)[fc.SESSION_ITEMS_KEY]]
-    results = {"_data": {"sessionized": out, "catalogue": len(catalogue),
-                         "train_examples": data.num_rows(train),
-                         "eval_examples": data.num_rows(evals),
-                         "item2vec_train_sessions": len(sessions)}}
-    print(f"{name}: time split", flush=True)
+    sessions = data.load_examples(inputs.split_pattern(os.path.join(out, fc.ITEM2VEC), fc.TRAIN),
+                                  config, fc.ITEM2VEC)
+    results: dict[str, Any] = {"_data": {
+        "sessionized": out, "catalogue": len(catalogue), "train_examples": data.num_rows(train),
+        "eval_examples": data.num_rows(evals), "item2vec_train_sessions": data.num_rows(sessions)}}
     results[TIME_SPLIT] = run_protocol(
         config, train, sessions, protocols.time_split(evals, config), catalogue, vocabularies,
-        seeds, quick, models, os.path.join(work_dir, "exports", name),
-        DATASET_HPARAMS.get(name))
-    print(f"{name}: leave-last-out", flush=True)
+        args.seed_list, args.model_list, args.max_epochs,
+        # bench.faiss_bench reads work_dir/exports: a smoke run must not replace them.
+        os.path.join(args.work_dir, "exports-quick" if args.quick else "exports", name),
+        label=f"{name} {TIME_SPLIT}")
     llo_train, llo_queries = protocols.leave_last_out(concat(train, evals), config)
     results[LEAVE_LAST_OUT] = run_protocol(
         config, llo_train, sessions_from_examples(llo_train, config), llo_queries, catalogue,
-        vocabularies, seeds, quick, models, None, DATASET_HPARAMS.get(name))
+        vocabularies, args.seed_list, args.model_list, args.max_epochs, None,
+        label=f"{name} {LEAVE_LAST_OUT}")
     return results
 
 
-def check_targets(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's targets, evaluated on what was measured."""
-    checks: dict[str, Any] = {}
-    ml = results.get(datasets.MOVIELENS)
-    if ml:
-        for protocol in (TIME_SPLIT, LEAVE_LAST_OUT):
-            r = ml[protocol]
-            pop = r.get("most_popular", {}).get("hr@50")
-            for m in LEARNED:
-                if m in r and pop:
-                    checks[f"movielens/{protocol}/{m}_hr50_ge_1.5x_popular"] = {
-                        "value": r[m]["hr@50"] / pop, "pass": r[m]["hr@50"] >= 1.5 * pop}
-            learned = [r[m]["hr@50"] for m in LEARNED if m in r]
-            peers = [r[m]["hr@50"] for m in ("als", "bpr") if m in r]
-            if learned and peers:
-                checks[f"movielens/{protocol}/best_learned_ge_best_als_bpr"] = {
-                    "value": [max(learned), max(peers)], "pass": max(learned) >= max(peers)}
-    for dataset, res in results.items():
-        for protocol in (TIME_SPLIT, LEAVE_LAST_OUT):
-            r = res.get(protocol, {})
-            if "two_tower" in r and "item2vec" in r:
-                checks[f"{dataset}/{protocol}/two_tower_ge_item2vec"] = {
-                    "value": [r["two_tower"]["hr@50"], r["item2vec"]["hr@50"]],
-                    "pass": r["two_tower"]["hr@50"] >= r["item2vec"]["hr@50"]}
-    return checks
+def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
+    """How every figure was obtained (the JSON's `_protocol`)."""
+    schedules = {name: {k: getattr(learned_config(name, 0, args.max_epochs), k)
+                        for k in ("max_epochs", "patience", "min_delta", "validation_fraction")}
+                 for name in LEARNED}
+    return {
+        "validation": f"each learned model's trainer carves the last "
+                      f"{DEFAULT_VALIDATION_FRACTION:.0%} of its training time span "
+                      f"(models.recall.training.carve_validation) and monitors "
+                      f"{training.MONITOR} after every epoch; the eval queries are scored "
+                      f"once per trained model",
+        "training": "epoch by epoch until validation HR@50 has not improved by min_delta for "
+                    "patience epochs (max_epochs a cap), best epoch's weights kept; per-seed "
+                    "best_epochs / epochs_run in each learned model's entry",
+        "schedules": schedules,
+        "hparams": {"learned": "each config's defaults (nothing chosen on validation or eval)",
+                    "overrides": HPARAMS, "peers": PEER_SETTINGS,
+                    "peers_note": "fixed, untuned, the same on both datasets; peers train on "
+                                  "the whole training split (no validation carve)"},
+        "seeds": {"learned_and_seeded_peers": args.seed_list,
+                  "deterministic_peers": sorted(DETERMINISTIC)},
+        "comparisons": f"{METRIC}, paired by seed: mean difference with a 95% Student-t "
+                       f"interval (bench.stats.paired_difference); a deterministic peer's "
+                       f"single value is paired with every seed; an interval containing 0 "
+                       f"is a tie; 'best' = highest mean over seeds",
+        "timing": "train_seconds (fit, validation included) and eval_seconds per seed; "
+                  + (f"the datasets ran side by side in {len(args.dataset_list)} processes "
+                     f"(--jobs {args.jobs}), so timings share the cores"
+                     if args.jobs > 1 and len(args.dataset_list) > 1 else
+                     "the datasets ran one after the other"),
+        "quick": args.quick,
+    }
+
+
+# ---- command line ------------------------------------------------------------
+
+def _names(spec: str, known: Sequence[str], what: str,
+           parser: argparse.ArgumentParser) -> list[str]:
+    names = [n for n in spec.split(",") if n]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; known: {list(known)}")
+    if not names:
+        parser.error(f"no {what} given")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags, with --quick's defaults resolved (seed_list, model_list, dataset_list)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SEEDS} seeds, learned models capped at "
+                             f"{QUICK_MAX_EPOCHS} epochs (a smoke run, not a result)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds 0..N-1 (default {DEFAULT_SEEDS}; quick {QUICK_SEEDS})")
+    parser.add_argument("--max_epochs", type=int, default=None,
+                        help="cap on the learned models' epochs (default: their configs' "
+                             f"own; quick {QUICK_MAX_EPOCHS})")
+    parser.add_argument("--datasets", default=",".join(datasets.DATASETS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--work_dir", default=os.path.join("work", "bench_recall"))
+    parser.add_argument("--num_events", type=int, default=datasets.DEFAULT_NUM_EVENTS,
+                        help="synthetic events")
+    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="datasets benchmarked side by side in child processes (default "
+                             "2: the whole run fits ~30 min on 2 cores; 1: one after the "
+                             "other, per-model seconds without a neighbour)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra/inter-op threads (0: TensorFlow's default; "
+                             "children of --jobs get cores / datasets)")
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = QUICK_SEEDS if args.quick else DEFAULT_SEEDS
+    if args.max_epochs is None and args.quick:
+        args.max_epochs = QUICK_MAX_EPOCHS
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error(f"--max_epochs must be >= 1, got {args.max_epochs}")
+    if args.jobs < 1 or args.threads < 0:
+        parser.error(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} / {args.threads}")
+    args.seed_list = list(range(args.seeds))
+    args.model_list = _names(args.models, MODELS, "models", parser)
+    args.dataset_list = _names(args.datasets, datasets.DATASETS, "datasets", parser)
+    return args
+
+
+def child_command(args: argparse.Namespace, dataset: str, out: str, threads: int) -> list[str]:
+    """The command benchmarking one dataset in its own process, with this run's settings."""
+    cmd = [sys.executable, "-m", "bench.recall_bench", "--datasets", dataset,
+           "--seeds", str(args.seeds), "--models", ",".join(args.model_list),
+           "--work_dir", args.work_dir, "--num_events", str(args.num_events),
+           "--out", out, "--jobs", "1", "--threads", str(threads)]
+    if args.max_epochs is not None:
+        cmd += ["--max_epochs", str(args.max_epochs)]
+    return cmd + (["--quick"] if args.quick else [])
+
+
+def run_parallel(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """One child process per dataset, each with an even share of the cores."""
+    threads = max(1, (os.cpu_count() or 1) // len(args.dataset_list))
+    procs = {}
+    for dataset in args.dataset_list:
+        out = os.path.join(out_dir, f"{dataset}.json")
+        cmd = child_command(args, dataset, out, threads)
+        print(f"started {' '.join(cmd)}", flush=True)
+        procs[dataset] = (subprocess.Popen(cmd), out)
+    results = {}
+    for dataset, (proc, out) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"[{dataset}] benchmark process failed (exit {proc.returncode})")
+        with open(out, encoding="utf-8") as f:
+            results[dataset] = json.load(f)[dataset]
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="synthetic,movielens")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--models", default=",".join(LEARNED + PEERS))
-    parser.add_argument("--quick", action="store_true", help="one seed, half the epochs")
-    parser.add_argument("--work_dir", default=os.path.join("work", "bench_recall"))
-    parser.add_argument("--num_events", type=int, default=datasets.DEFAULT_NUM_EVENTS)
-    parser.add_argument("--out", default=RESULTS)
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if args.quick:
-        seeds = seeds[:1]
-    models = [m for m in args.models.split(",") if m]
-    unknown = set(models) - set(LEARNED + PEERS)
-    if unknown:
-        parser.error(f"unknown models {sorted(unknown)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        import tensorflow as tf  # already loaded by the models; no op has run yet
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    run_info = stats.provenance(["python", "-m", "bench.recall_bench", *argv])
     start = time.time()
-    results: dict[str, Any] = {}
-    for name in [d for d in args.datasets.split(",") if d]:
-        results[name] = run_dataset(name, args.work_dir, args.num_events, seeds, args.quick,
-                                    models)
+    if args.jobs > 1 and len(args.dataset_list) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run_parallel(args, tmp)
+    else:
+        results = {}
+        for name in args.dataset_list:
+            started = time.time()
+            results[name] = run_dataset(name, args)
+            results[name]["_data"]["seconds"] = time.time() - started
     results["_targets"] = check_targets(results)
-    results["_run"] = {"seeds": seeds, "quick": args.quick, "num_events": args.num_events,
-                       "total_seconds": time.time() - start, "hparams": HPARAMS,
-                       "dataset_hparams": DATASET_HPARAMS,
-                       "command": "python -m bench.recall_bench " + " ".join(argv or sys.argv[1:])}
+    results["_protocol"] = protocol_record(args)
+    results["_run"] = {**run_info, "seeds": args.seed_list, "quick": args.quick,
+                       "max_epochs": args.max_epochs, "num_events": args.num_events,
+                       "models": args.model_list, "jobs": args.jobs,
+                       "total_seconds": time.time() - start}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, default=str)
     os.replace(tmp, args.out)
     print(json.dumps(results["_targets"], indent=1))
+    print(f"wrote {args.out} ({results['_run']['total_seconds']:.0f}s)")
     return 0
 
 
