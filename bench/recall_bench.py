@@ -309,13 +309,14 @@ def fit_learned(name: str, config: fc.FeatureConfig, train: data.Arrays,
     return fit(config, train, catalogue, vocabularies, model_config)
 
 
-def training_record(stats_: Mapping[str, Any]) -> dict[str, Any]:
+def training_record(trainer_stats: Mapping[str, Any]) -> dict[str, Any]:
     """What a learned run's JSON keeps of its trainer's statistics."""
-    stopping = stats_["early_stopping"]
+    stopping = trainer_stats["early_stopping"]
     return {"best_epoch": stopping["best_epoch"], "epochs_run": stopping["epochs_run"],
             "stopped_early": stopping["stopped_early"],
-            "best_val_hr@50": stopping["best_value"],
-            "learning_curve": stats_["learning_curve"], "validation": stats_["validation"]}
+            f"best_{training.MONITOR}": stopping["best_value"],
+            "learning_curve": trainer_stats["learning_curve"],
+            "validation": trainer_stats["validation"]}
 
 
 def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Arrays,

@@ -260,3 +260,15 @@ def test_child_command_carries_the_resolved_settings():
     full = rb.child_command(rb.parse_args([]), "synthetic", "o.json", threads=2)
     assert "--max_epochs" not in full and "--quick" not in full
     assert full[full.index("--seeds") + 1] == "5"
+
+
+def test_training_record_keeps_the_stopping_epochs_and_curve():
+    curve = [{"epoch": 1, "train_loss": 2.0, "val_hr@50": 0.3},
+             {"epoch": 2, "train_loss": 1.5, "val_hr@50": 0.2}]
+    record = rb.training_record({
+        "learning_curve": curve, "validation": {"validation_queries": 7}, "pairs": 10,
+        "early_stopping": {"best_epoch": 1, "best_value": 0.3, "epochs_run": 3,
+                           "stopped_early": True, "monitor": "val_hr@50"}})
+    assert record == {"best_epoch": 1, "epochs_run": 3, "stopped_early": True,
+                      "best_val_hr@50": 0.3, "learning_curve": curve,
+                      "validation": {"validation_queries": 7}}
