@@ -55,7 +55,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from beam_jobs import feature_config as fc  # noqa: E402
-from bench import stats  # noqa: E402
+from bench import parallel, stats  # noqa: E402
 from models import inputs, validation  # noqa: E402
 from models.layers.feature_embedding import FeatureIds, load_vocabularies  # noqa: E402
 from models.layers.feature_embedding import ordered_feature_names  # noqa: E402
@@ -654,22 +654,14 @@ def child_args(argv: Sequence[str], drop: Sequence[str] = ("--datasets", "--out"
 def _run_parallel(datasets: Sequence[str], argv: Sequence[str], out_dir: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
     """One child process per dataset (each with an even share of the cores)."""
-    procs = {}
-    threads = max(1, (os.cpu_count() or 1) // len(datasets))
-    rest = child_args(argv)
+    threads = parallel.thread_share(len(datasets))
+    commands = {}
     for dataset in datasets:
         out = os.path.join(out_dir, f"{dataset}.json")
-        cmd = [sys.executable, "-m", "bench.ranking_bench", *rest, "--datasets", dataset,
-               "--out", out, "--jobs", "1", "--threads", str(threads)]
-        log(f"started {' '.join(cmd)}")
-        procs[dataset] = (subprocess.Popen(cmd), out)
-    report = {}
-    for dataset, (proc, out) in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"[{dataset}] benchmark process failed (exit {proc.returncode})")
-        with open(out, encoding="utf-8") as f:
-            report[dataset] = json.load(f)[dataset]
-    return report
+        commands[dataset] = ([sys.executable, "-m", "bench.ranking_bench", *child_args(argv),
+                              "--datasets", dataset, "--out", out, "--jobs", "1",
+                              "--threads", str(threads)], out)
+    return parallel.run_children(commands, log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

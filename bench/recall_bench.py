@@ -62,7 +62,7 @@ import scipy.sparse as sp  # noqa: E402
 
 from beam_jobs import datasets  # noqa: E402
 from beam_jobs import feature_config as fc  # noqa: E402
-from bench import stats  # noqa: E402
+from bench import parallel, stats  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec import train as i2v_train  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
@@ -641,20 +641,12 @@ def child_command(args: argparse.Namespace, dataset: str, out: str, threads: int
 
 def run_parallel(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     """One child process per dataset, each with an even share of the cores."""
-    threads = max(1, (os.cpu_count() or 1) // len(args.dataset_list))
-    procs = {}
+    threads = parallel.thread_share(len(args.dataset_list))
+    commands = {}
     for dataset in args.dataset_list:
         out = os.path.join(out_dir, f"{dataset}.json")
-        cmd = child_command(args, dataset, out, threads)
-        print(f"started {' '.join(cmd)}", flush=True)
-        procs[dataset] = (subprocess.Popen(cmd), out)
-    results = {}
-    for dataset, (proc, out) in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"[{dataset}] benchmark process failed (exit {proc.returncode})")
-        with open(out, encoding="utf-8") as f:
-            results[dataset] = json.load(f)[dataset]
-    return results
+        commands[dataset] = (child_command(args, dataset, out, threads), out)
+    return parallel.run_children(commands, lambda m: print(m, flush=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
