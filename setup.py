@@ -7,9 +7,9 @@ setup(
     description="Two-stage feed recommender (Item2vec/YouTubeNet/two-tower recall, "
                 "NFM/NFwFM ranking) as a TFX pipeline with TF-Serving-compatible serving.",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_jobs*", "models*", "components*", "pipelines*",
+    packages=find_packages(include=["feature_contract*", "beam_jobs*", "models*", "components*", "pipelines*",
                                     "serving*", "bench*"]),
-    package_data={"beam_jobs": ["configs/*.yaml"]},
+    package_data={"feature_contract": ["configs/*.yaml"]},
     # Pinned versions live in requirements.lock (installed by `make install`);
     # tfx, ml-pipelines-sdk and ml-metadata go in with --no-deps (see README).
     install_requires=[

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_jobs import feature_config, movielens, synthetic
+from beam_jobs import movielens, synthetic
+from feature_contract import feature_config
 
 SYNTHETIC, MOVIELENS = "synthetic", "movielens"
 DATASETS: tuple[str, ...] = (SYNTHETIC, MOVIELENS)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from beam_jobs import raw_io
 from beam_jobs.example_encoding import encode_value
 

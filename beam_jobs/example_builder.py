@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from beam_jobs.event_parsing import (
     _CLICK, _DERIVED_ON_EVENT, _EVENT_NAME, _FOLLOW, _IMPRESSION, SideRowInfo, _derive,
     _numeric_default, _vocab_values)

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 _VARINT_CACHE = []
 for _n in range(1 << 14):

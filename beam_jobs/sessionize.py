@@ -100,7 +100,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from beam_jobs import raw_io
 # The parsing, encoding and building pieces live in their own modules; their
 # public names are re-exported here, the job's historical import path.

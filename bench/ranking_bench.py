@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from bench import parallel, stats  # noqa: E402
 from models import inputs, validation  # noqa: E402
 from models.layers.feature_embedding import FeatureIds, load_vocabularies  # noqa: E402

@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from beam_jobs import datasets  # noqa: E402
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from bench import parallel, stats  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec import train as i2v_train  # noqa: E402

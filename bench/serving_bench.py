@@ -48,7 +48,7 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from serving import toy_models  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
 from serving.client import ModelServerClient, make_predict_request  # noqa: E402

@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 
 import psutil  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from beam_jobs import sessionize, synthetic  # noqa: E402
 
 # Measured at 1M events (CPU-seconds are load-independent, wall is not):

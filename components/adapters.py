@@ -42,7 +42,7 @@ def train_ranking(model_name: str, config_path: str, examples_dir: str, vocab_di
     """
     from models import inputs
     from models.ranking import train as ranking_train
-    from beam_jobs import feature_config as fc
+    from feature_contract import feature_config as fc
     return ranking_train.train(model_name, config_path,
                                inputs.split_pattern(examples_dir, fc.TRAIN),
                                inputs.split_pattern(examples_dir, fc.EVAL),
@@ -86,7 +86,7 @@ def user_tower_request(config_path: str, retrieval_examples_dir: str, split: str
                        num_examples: int) -> dict[str, Any]:
     """Raw user + context features of real retrieval examples, in the user
     towers' serving signature (name -> numpy array [N] / [N, L])."""
-    from beam_jobs import feature_config as fc
+    from feature_contract import feature_config as fc
     from models import inputs
     from models.recall import data
     config = fc.load(config_path)

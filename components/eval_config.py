@@ -42,7 +42,7 @@ from tensorflow_model_analysis.api import model_eval_lib
 from tensorflow_model_analysis.proto import config_pb2
 from tensorflow_model_analysis.writers import eval_config_writer
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 DEFAULT_AUC_TOLERANCE = 0.001

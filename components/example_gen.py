@@ -22,7 +22,7 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, 
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from components import adapters
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
 

@@ -31,7 +31,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from components import eval_config
 from components.artifacts import (PipelineReport, PushedIndex, SessionizeSummary,
                                   TrainingMetrics)

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 
 
 def features_for_kind(config: fc.FeatureConfig, kind: str) -> tuple[fc.FeatureSpec, ...]:

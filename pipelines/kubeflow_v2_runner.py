@@ -24,7 +24,8 @@ from collections.abc import Sequence  # noqa: E402
 from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (  # noqa: E402
     KubeflowV2DagRunner, KubeflowV2DagRunnerConfig)
 
-from beam_jobs import datasets, feature_config  # noqa: E402
+from beam_jobs import datasets  # noqa: E402
+from feature_contract import feature_config  # noqa: E402
 from pipelines import profiles  # noqa: E402
 from pipelines.pipeline import RECALL_MODELS, create_pipeline  # noqa: E402
 

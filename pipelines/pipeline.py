@@ -32,7 +32,7 @@ from tfx.components.pusher.component import Pusher
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from components import eval_config
 from components.blessing import RankingGate
 from components.example_gen import ClickLogExampleGen

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from serving.catalogue import ItemCatalogue, encode_column, raw_to_feature
 from serving.client import ModelServerClient, TensorInfo
 from serving.indexes import IndexSet

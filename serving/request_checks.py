@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 
 class BadRequest(ValueError):

@@ -57,7 +57,7 @@ import grpc
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from serving import model_server  # noqa: E402
 from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listener  # noqa: E402
 from serving.catalogue import (  # noqa: E402

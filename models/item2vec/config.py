@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.recall.schedule import check_schedule, reject_epochs
 from models.validation import DEFAULT_VALIDATION_FRACTION
 

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
 from models.item2vec.model import (MeanHistoryTower, NegativeSampler, SkipGram,  # noqa: E402

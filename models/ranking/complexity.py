@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.layers.feature_embedding import ordered_feature_names
 from models.ranking import config as rc
 from models.ranking.model import uses_linear

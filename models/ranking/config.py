@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.validation import DEFAULT_VALIDATION_FRACTION
 
 LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN = (

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 
 

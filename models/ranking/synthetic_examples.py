@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 
 def _value_pool(spec: fc.FeatureSpec, size: int) -> list[str]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.recall import data, metrics
 
 KS: tuple[int, ...] = (50, 500)

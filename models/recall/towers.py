@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from models.layers.feature_embedding import FeatureIds, FieldEmbedding  # noqa: E402
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
-from beam_jobs import feature_config as fc  # noqa: E402
+from feature_contract import feature_config as fc  # noqa: E402
 from models import inputs, validation  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.recall import artifacts, data, protocols  # noqa: E402

@@ -14,7 +14,7 @@ import math
 import pytest
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from beam_jobs.event_parsing import EventParser, SideRowInfo, sort_and_dedupe
 from beam_jobs.example_builder import (
     UserExampleBuilder, attribute_by_id, attribute_by_time)

@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from beam_jobs import datasets, feature_config, movielens
+from beam_jobs import datasets, movielens
+from feature_contract import feature_config
 
 INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

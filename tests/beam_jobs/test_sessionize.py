@@ -23,7 +23,7 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from beam_jobs import raw_io, sessionize
 
 T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC: hour 22

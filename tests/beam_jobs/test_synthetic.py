@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from beam_jobs import datasets, feature_config, synthetic
+from beam_jobs import datasets, synthetic
+from feature_contract import feature_config
 
 NUM_EVENTS = 100_000
 

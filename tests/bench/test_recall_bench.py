@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from bench import recall_bench as rb
 from bench import stats
 from models.item2vec.config import Item2VecConfig

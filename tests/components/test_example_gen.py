@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from tfx.types import artifact_utils, standard_artifacts
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
 from components.example_gen import CONFIG_FILE, distribute_outputs
 from tests.components.helpers import count_records, new_artifact, temp_dir

@@ -29,7 +29,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 NUM_ITEMS, NUM_USERS, NUM_CATEGORIES, NUM_CITIES = 200, 80, 10, 3
 CLICKS_PER_USER, EVAL_CLICKS, NEW_USERS = 12, 2, 4

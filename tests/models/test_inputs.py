@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models import inputs
 from models.layers.feature_embedding import FeatureIds, FieldEmbedding, ordered_feature_names
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.item2vec import train as i2v_train
 from models import inputs, validation
 from models.item2vec.config import Item2VecConfig, Item2VecConfigError

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from bench import ranking_bench as rb
 from bench import stats
 

@@ -2,7 +2,7 @@
 import pytest
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models import inputs
 from models.ranking import complexity
 from models.ranking import config as rc

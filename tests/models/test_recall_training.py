@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models import validation
 from models.item2vec.config import Item2VecConfig, Item2VecConfigError
 from models.recall import training

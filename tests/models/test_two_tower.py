@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models.layers.feature_embedding import load_vocabularies
 from models import validation
 from models.recall import artifacts, data, protocols, training

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from models import validation
 
 

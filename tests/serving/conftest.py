@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from serving import config_files, model_server, toy_models
 from serving.client import ModelServerClient
 from serving.local_redis import LocalRedis

@@ -3,7 +3,7 @@ import grpc
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 from serving.errors import ServingError
 from serving.limits import RequestLimits, check_shape, proto_shapes
 from serving.request_checks import (BadRequest, RequestRules, check_feature_value, check_id,

@@ -44,7 +44,7 @@ def test_read_recent_clicks_seeds_the_newest_clicks_in_time_order(tmp_path):
     import gzip
     import json
 
-    from beam_jobs import feature_config as fc
+    from feature_contract import feature_config as fc
     from serving.catalogue import read_recent_clicks
 
     rows = [

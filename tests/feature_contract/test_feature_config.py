@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from beam_jobs import feature_config as fc
+from feature_contract import feature_config as fc
 
 
 @pytest.mark.parametrize("name", ["synthetic", "movielens"])
