@@ -24,7 +24,10 @@ The config declares:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
+import re
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -61,6 +64,18 @@ IMPRESSION, CLICK, FOLLOW = "impression", "click", "follow"
 EVENT_TYPES: tuple[str, ...] = (IMPRESSION, CLICK, FOLLOW)
 
 TIMESTAMP_UNITS: tuple[str, ...] = ("s", "ms", "iso8601")
+
+# Train / eval split modes (the `split:` section).
+SPLIT_TIME_SPAN = "time_span"  # the last eval_fraction of the time span
+SPLIT_EVENT_FRACTION = "event_fraction"  # the last eval_fraction of events, by time
+SPLIT_TIMESTAMP = "timestamp"  # events at or after an explicit time
+SPLIT_RANDOM_USERS = "random_users"  # a seeded random eval_fraction of the users
+SPLIT_MODES: tuple[str, ...] = (
+    SPLIT_TIME_SPAN, SPLIT_EVENT_FRACTION, SPLIT_TIMESTAMP, SPLIT_RANDOM_USERS)
+
+# A feature name becomes a tf.Example key, a Keras layer name and a file name
+# (vocab/<name>.txt): no path separators, no dots, nothing a shell quotes.
+_FEATURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 # ---- Example keys shared by the data job and the models -------------------
 # Labels of ranking examples (int64 0/1).
@@ -112,6 +127,12 @@ class FeatureSpec:
       column: raw column in the source table (defaults to `name`).
       vocab_size: keep at most this many most frequent values (train split);
         other values map to one OOV bucket. Exclusive with hash_buckets.
+        Optional: without it (and without hash_buckets) the vocabulary keeps
+        every value seen at least `min_count` times, up to the config's
+        `vocab_max_size`.
+      min_count: keep only values seen at least this often in the train
+        split; default: the config's `vocab_min_count` when vocab_size is
+        not given, else 1 (vocab_size alone keeps the top N, as before).
       hash_buckets: hash the string into this many buckets instead of a
         vocabulary (for ids too many to enumerate).
       boundaries: bucket boundaries of a numeric feature (ascending).
@@ -131,6 +152,7 @@ class FeatureSpec:
     column: str | None = None
     vocab_size: int | None = None
     hash_buckets: int | None = None
+    min_count: int | None = None
     boundaries: tuple[float, ...] = ()
     max_len: int = 1
     separator: str = "|"
@@ -153,13 +175,46 @@ class FeatureSpec:
 
         Index 0 is reserved for OOV / missing / padding in every lookup, so a
         vocabulary of V values needs V + 1 rows and numeric features with B
-        boundaries need B + 2 (B + 1 buckets plus the reserved 0).
+        boundaries need B + 2 (B + 1 buckets plus the reserved 0). Without a
+        `vocab_size` the size is only known from the vocabulary file (models
+        size their tables from it); this returns 1 then.
         """
         if self.type == NUMERIC:
             return len(self.boundaries) + 2
         if self.hash_buckets:
             return self.hash_buckets + 1
         return int(self.vocab_size or 0) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """How events are split into train and eval (the `split:` section).
+
+    Attributes:
+      mode: time_span (default): eval is the last `eval_fraction` of the
+          accepted events' time span, split = min + (1 - f) * (max - min);
+        event_fraction: eval is the last `eval_fraction` of the accepted
+          events in time order (split = the time of the event at 0-based
+          position floor((1 - f) * N); ties at that second go to eval);
+        timestamp: eval is every event at or after `timestamp`;
+        random_users: a seeded random `eval_fraction` of the *users* is eval
+          with all their events (for logs whose time carries no meaning).
+          By user, not by event, so a user's sessions, history and click
+          labels stay whole in one split and no eval click is labelled from
+          a train impression; eval users are then all new users.
+      eval_fraction: share held out for eval, in (0, 1) (not timestamp mode).
+      timestamp: unix seconds (or a date / ISO time in YAML), timestamp mode.
+      seed: random_users only: the same seed and users give the same split.
+      validation_fraction: the share of the train time span the trainers
+        carve as validation (models.validation); only reported in
+        summary.json here, the carve itself happens in the trainer.
+    """
+
+    mode: str = SPLIT_TIME_SPAN
+    eval_fraction: float = 0.2
+    timestamp: float | None = None
+    seed: int = 0
+    validation_fraction: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +244,24 @@ class FeatureConfig:
     impression_id_column: str | None = None
     min_session_len: int = 5
     history_max_len: int = 50
-    eval_fraction: float = 0.2
+    split: SplitSpec = SplitSpec()
     # Accepted timestamp range (unix seconds, [min, max)); others dead-letter.
+    # YAML may give a date or ISO time (UTC if naive); stored as unix seconds.
     min_timestamp: int = 946684800  # 2000-01-01
     max_timestamp: int = 4102444800  # 2100-01-01
+    # The run fails when more than this share of the raw rows (events,
+    # users and items together) is dead-lettered.
+    max_dead_letter_fraction: float = 0.01
+    # Vocabularies of features without vocab_size keep values seen at least
+    # vocab_min_count times in the train split, at most vocab_max_size.
+    vocab_min_count: int = 2
+    vocab_max_size: int = 100_000
     roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def eval_fraction(self) -> float:
+        """The split's eval fraction (top-level `eval_fraction` in older YAMLs)."""
+        return self.split.eval_fraction
 
     # ---- lookups ---------------------------------------------------------
     @property
@@ -248,9 +316,30 @@ class FeatureConfig:
         return tuple(f for f in self.features
                      if f.type in (CATEGORICAL, TAGS) and not f.hash_buckets)
 
+    def vocab_rule(self, spec: FeatureSpec) -> tuple[int, int]:
+        """(min_count, max size) of a vocabulary feature's vocabulary."""
+        if spec.vocab_size:
+            return (spec.min_count or 1), spec.vocab_size
+        return (spec.min_count or self.vocab_min_count), self.vocab_max_size
+
+    def side_table_columns(self, source: str) -> tuple[str, ...]:
+        """Columns a users / items table must supply beyond its key.
+
+        Features of the table's source that read only the key column (the
+        id features) need no table: the job fills them from the event's id.
+        The items table also supplies `item_created_column`.
+        """
+        key = self.users_key if source == SOURCE_USERS else self.items_key
+        columns = [f.raw_column for f in self.by_source(source) if f.raw_column != key]
+        if source == SOURCE_ITEMS and self.item_created_column:
+            columns.append(self.item_created_column)
+        return tuple(dict.fromkeys(columns))
+
     # ---- (de)serialization ----------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["split"] = {k: v for k, v in dataclasses.asdict(self.split).items()
+                        if v is not None}
         out["event_values"] = dict(self.event_values)
         out["roles"] = dict(self.roles)
         out["features"] = [
@@ -266,6 +355,59 @@ class FeatureConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _type_error(where: str, value: Any, want: str) -> FeatureConfigError:
+    return FeatureConfigError(
+        f"{where} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Raises when `value` does not fit a field's type hint (int, float, str, X | None).
+
+    A YAML typo like `eval_fraction: "0.2"` otherwise surfaces far from the
+    file as a bare TypeError in arithmetic; here it names the key.
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return
+        hint = next(a for a in args if a is not type(None))
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _type_error(where, value, "an integer")
+    if hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise _type_error(where, value, "a number")
+    if hint is str and not isinstance(value, str):
+        raise _type_error(where, value, "a string")
+
+
+def _check_types(cls: type, raw: Mapping[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        if key in hints:
+            _check_type(f"{where}{key}", value, hints[key])
+
+
+def _timestamp_seconds(where: str, value: Any) -> Any:
+    """A date / datetime / ISO string / number -> unix seconds (UTC if naive).
+
+    YAML parses `2020-01-01` to a date and `2020-01-01T12:00:00` to a
+    datetime; both, and the same as quoted strings, are accepted.
+    """
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _type_error(where, value, "unix seconds or an ISO date / time") from None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        seconds = value.timestamp()
+        return int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, datetime.date):
+        return int(datetime.datetime(value.year, value.month, value.day,
+                                     tzinfo=datetime.timezone.utc).timestamp())
+    return value
+
+
 def _spec_from_dict(raw: Mapping[str, Any], index: int) -> FeatureSpec:
     if not isinstance(raw, Mapping):
         raise FeatureConfigError(f"features[{index}] must be a mapping, got {raw!r}")
@@ -278,9 +420,69 @@ def _spec_from_dict(raw: Mapping[str, Any], index: int) -> FeatureSpec:
         if key not in raw:
             raise FeatureConfigError(f"features[{index}] is missing {key!r}: {dict(raw)!r}")
     kwargs = dict(raw)
+    if isinstance(kwargs.get("default"), (int, float)) and not isinstance(
+            kwargs["default"], bool):
+        kwargs["default"] = str(kwargs["default"])  # `default: 0` of a numeric feature
+    _check_types(FeatureSpec, {k: v for k, v in kwargs.items() if k != "boundaries"},
+                 f"features[{index}] ({raw.get('name')!r}) ")
     if "boundaries" in kwargs:
-        kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
+        bounds = kwargs["boundaries"]
+        if not isinstance(bounds, (list, tuple)):
+            raise _type_error(f"features[{index}] ({raw.get('name')!r}) boundaries", bounds,
+                              "a list of numbers")
+        for b in bounds:
+            _check_type(f"features[{index}] ({raw.get('name')!r}) boundaries", b, float)
+        kwargs["boundaries"] = tuple(float(b) for b in bounds)
     return FeatureSpec(**kwargs)
+
+
+def _split_from_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The FeatureConfig kwargs of a raw config, with `split` a SplitSpec.
+
+    A top-level `eval_fraction` (the older spelling) is the time_span mode's
+    fraction; it may not be given next to a `split:` section.
+    """
+    kwargs = dict(raw)
+    split = kwargs.pop("split", None)
+    legacy = kwargs.pop("eval_fraction", None)
+    if split is None:
+        split = {} if legacy is None else {"eval_fraction": legacy}
+        where = "eval_fraction" if legacy is not None else "split."
+    else:
+        where = "split."
+        if legacy is not None:
+            raise FeatureConfigError(
+                "give eval_fraction inside the split: section, not also at the top level")
+    if not isinstance(split, Mapping):
+        raise _type_error("split", split, "a mapping")
+    known = {f.name for f in dataclasses.fields(SplitSpec)}
+    unknown = set(split) - known
+    if unknown:
+        raise FeatureConfigError(f"split has unknown keys {sorted(unknown)}")
+    split = dict(split)
+    if split.get("timestamp") is not None:
+        split["timestamp"] = _timestamp_seconds("split.timestamp", split["timestamp"])
+    if where == "eval_fraction":
+        _check_type("eval_fraction", split["eval_fraction"], float)
+    _check_types(SplitSpec, split, "split.")
+    kwargs["split"] = SplitSpec(**split)
+    return kwargs
+
+
+def _validate_split(split: SplitSpec) -> None:
+    if split.mode not in SPLIT_MODES:
+        raise FeatureConfigError(f"split.mode {split.mode!r} not in {SPLIT_MODES}")
+    if split.mode == SPLIT_TIMESTAMP:
+        if split.timestamp is None:
+            raise FeatureConfigError("split.mode timestamp needs split.timestamp")
+    elif not 0.0 < split.eval_fraction < 1.0:
+        raise FeatureConfigError(f"eval_fraction {split.eval_fraction} not in (0, 1)")
+    if split.mode != SPLIT_TIMESTAMP and split.timestamp is not None:
+        raise FeatureConfigError(
+            f"split.timestamp is only read by split.mode timestamp (mode is {split.mode!r})")
+    if not 0.0 < split.validation_fraction < 1.0:
+        raise FeatureConfigError(
+            f"split.validation_fraction {split.validation_fraction} not in (0, 1)")
 
 
 def validate(config: FeatureConfig) -> FeatureConfig:
@@ -297,14 +499,21 @@ def validate(config: FeatureConfig) -> FeatureConfig:
         raise FeatureConfigError(f"feature names {clash} are reserved example keys")
     for f in config.features:
         where = f"feature {f.name!r}"
+        if not _FEATURE_NAME.fullmatch(f.name):
+            raise FeatureConfigError(
+                f"{where}: a name is letters, digits, '_' and '-' (it names files and "
+                "example keys)")
+        for key in ("vocab_size", "hash_buckets", "min_count"):
+            value = getattr(f, key)
+            if value is not None and value < 1:
+                raise FeatureConfigError(
+                    f"{where}: {key} must be a positive integer, got {value!r}")
         if f.field not in FIELDS:
             raise FeatureConfigError(f"{where}: field {f.field!r} not in {FIELDS}")
         if f.type not in FEATURE_TYPES:
             raise FeatureConfigError(f"{where}: type {f.type!r} not in {FEATURE_TYPES}")
         if f.source not in SOURCES:
             raise FeatureConfigError(f"{where}: source {f.source!r} not in {SOURCES}")
-        if f.type in (CATEGORICAL, TAGS) and not (f.vocab_size or f.hash_buckets):
-            raise FeatureConfigError(f"{where}: needs vocab_size or hash_buckets")
         if f.vocab_size and f.hash_buckets:
             raise FeatureConfigError(f"{where}: give vocab_size or hash_buckets, not both")
         if f.type == NUMERIC:
@@ -342,8 +551,18 @@ def validate(config: FeatureConfig) -> FeatureConfig:
     if config.timestamp_unit not in TIMESTAMP_UNITS:
         raise FeatureConfigError(
             f"timestamp_unit {config.timestamp_unit!r} not in {TIMESTAMP_UNITS}")
-    if not 0.0 < config.eval_fraction < 1.0:
-        raise FeatureConfigError(f"eval_fraction {config.eval_fraction} not in (0, 1)")
+    _validate_split(config.split)
+    if not config.min_timestamp < config.max_timestamp:
+        raise FeatureConfigError(
+            f"min_timestamp {config.min_timestamp} is not before max_timestamp "
+            f"{config.max_timestamp}: no event could be accepted")
+    if not 0.0 <= config.max_dead_letter_fraction <= 1.0:
+        raise FeatureConfigError(
+            f"max_dead_letter_fraction {config.max_dead_letter_fraction} not in [0, 1]")
+    for key in ("vocab_min_count", "vocab_max_size"):
+        if getattr(config, key) < 1:
+            raise FeatureConfigError(
+                f"{key} must be a positive integer, got {getattr(config, key)!r}")
     if config.session_gap_seconds <= 0:
         raise FeatureConfigError(f"session_gap_seconds must be > 0")
     window = config.attribution_window_seconds
@@ -366,17 +585,40 @@ def validate(config: FeatureConfig) -> FeatureConfig:
     return config
 
 
+# Top-level keys read by other parts of the project from the same YAML:
+# `data:` names a dataset's raw tables (feature_contract.dataset).
+IGNORED_TOP_LEVEL_KEYS: tuple[str, ...] = ("data",)
+
+
 def from_dict(raw: Mapping[str, Any]) -> FeatureConfig:
-    """Builds and validates a FeatureConfig from a parsed YAML/JSON mapping."""
+    """Builds and validates a FeatureConfig from a parsed YAML/JSON mapping.
+
+    Raises:
+      FeatureConfigError: naming the bad key and value.
+    """
     if not isinstance(raw, Mapping):
         raise FeatureConfigError(f"feature config must be a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(FeatureConfig)}
+    raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL_KEYS}
+    known = {f.name for f in dataclasses.fields(FeatureConfig)} | {"eval_fraction"}
     unknown = set(raw) - known
     if unknown:
         raise FeatureConfigError(f"unknown top-level keys {sorted(unknown)}")
     if "features" not in raw or not raw["features"]:
         raise FeatureConfigError("feature config needs a non-empty 'features' list")
-    kwargs = dict(raw)
+    if not isinstance(raw["features"], (list, tuple)):
+        raise _type_error("features", raw["features"], "a list of feature mappings")
+    kwargs = _split_from_dict(raw)
+    for key in ("min_timestamp", "max_timestamp"):
+        if key in kwargs:
+            kwargs[key] = _timestamp_seconds(key, kwargs[key])
+    for key in ("event_values", "roles"):
+        if key in kwargs and not isinstance(kwargs[key], Mapping):
+            raise _type_error(key, kwargs[key], "a mapping")
+    # attribution_window_seconds and impression_id_column have their own
+    # checks in `validate` (it also sees configs built in code).
+    _check_types(FeatureConfig, {k: v for k, v in kwargs.items() if k not in (
+        "features", "split", "event_values", "roles", "attribution_window_seconds",
+        "impression_id_column")}, "")
     kwargs["features"] = tuple(_spec_from_dict(f, i) for i, f in enumerate(raw["features"]))
     if "event_values" in kwargs:
         kwargs["event_values"] = {str(k): str(v) for k, v in kwargs["event_values"].items()}

@@ -67,7 +67,39 @@ def test_attribution_window_defaults_to_the_session_gap_and_round_trips(tmp_path
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r["features"][0].update(field="person"), "field 'person'"),
     (lambda r: r["features"][0].update(type="blob"), "type 'blob'"),
-    (lambda r: r["features"][0].pop("vocab_size"), "needs vocab_size or hash_buckets"),
+    (lambda r: r["features"][0].update(vocab_size=0),
+     "feature 'user_id': vocab_size must be a positive integer, got 0"),
+    (lambda r: r["features"][0].update(vocab_size="10"),
+     "features[0] ('user_id') vocab_size must be an integer, got '10' (str)"),
+    (lambda r: r["features"][0].update(vocab_size=2.5),
+     "features[0] ('user_id') vocab_size must be an integer, got 2.5 (float)"),
+    (lambda r: r["features"][0].update(min_count=0),
+     "feature 'user_id': min_count must be a positive integer, got 0"),
+    (lambda r: r["features"][1].update(boundaries="1,2"),
+     "features[1] ('item_id') boundaries must be a list of numbers, got '1,2' (str)"),
+    (lambda r: r["features"][0].update(name="../../gender"),
+     "feature '../../gender': a name is letters, digits, '_' and '-'"),
+    (lambda r: r["features"][0].update(name="a.b"), "feature 'a.b': a name is"),
+    (lambda r: r.update(eval_fraction="0.2"), "eval_fraction must be a number, got '0.2' (str)"),
+    (lambda r: r.update(session_gap_seconds="30m"),
+     "session_gap_seconds must be an integer, got '30m' (str)"),
+    (lambda r: r.update(timestamp_unit=1), "timestamp_unit must be a string, got 1 (int)"),
+    (lambda r: r.update(min_timestamp="2030-01-01", max_timestamp="2020-01-01"),
+     "min_timestamp 1893456000 is not before max_timestamp 1577836800"),
+    (lambda r: r.update(min_timestamp="last year"),
+     "min_timestamp must be unix seconds or an ISO date / time, got 'last year' (str)"),
+    (lambda r: r.update(max_dead_letter_fraction=1.5), "max_dead_letter_fraction 1.5 not in [0, 1]"),
+    (lambda r: r.update(vocab_min_count=0), "vocab_min_count must be a positive integer, got 0"),
+    (lambda r: r.update(split={"mode": "shuffle"}), "split.mode 'shuffle' not in ("),
+    (lambda r: r.update(split={"mode": "timestamp"}), "split.mode timestamp needs split.timestamp"),
+    (lambda r: r.update(split={"eval_fraction": "0.2"}),
+     "split.eval_fraction must be a number, got '0.2' (str)"),
+    (lambda r: r.update(split={"eval_fraction": 0.0}), "eval_fraction 0.0 not in (0, 1)"),
+    (lambda r: r.update(split={"timestamp": 5}), "split.timestamp is only read by split.mode"),
+    (lambda r: r.update(split={"colour": 1}), "split has unknown keys ['colour']"),
+    (lambda r: r.update(split={"eval_fraction": 0.1}, eval_fraction=0.1),
+     "give eval_fraction inside the split: section, not also at the top level"),
+    (lambda r: r.update(split=0.2), "split must be a mapping, got 0.2 (float)"),
     (lambda r: r["features"][0].update(hash_buckets=5), "not both"),
     (lambda r: r["features"][2].update(derive="minute"), "derive 'minute'"),
     (lambda r: r["features"].append(dict(r["features"][0])), "duplicate feature names"),
@@ -116,6 +148,64 @@ def test_load_reports_path_and_yaml_errors(tmp_path):
     empty.write_text(yaml.safe_dump({"name": "x", "features": []}))
     with pytest.raises(fc.FeatureConfigError, match="empty.yaml: feature config needs"):
         fc.load(empty)
+
+
+def test_type_error_names_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_minimal(eval_fraction="0.2")))
+    with pytest.raises(fc.FeatureConfigError) as err:
+        fc.load(path)
+    assert str(err.value) == f"{path}: eval_fraction must be a number, got '0.2' (str)"
+
+
+def test_data_section_is_ignored_and_dates_are_accepted(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_minimal()) + (
+        "data: {events: events/*.csv}\n"
+        "min_timestamp: 2020-01-01\n"  # YAML: a date
+        "max_timestamp: '2020-01-02T12:00:00+01:00'\n"))
+    config = fc.load(path)
+    assert config.min_timestamp == 1577836800  # 2020-01-01T00:00:00Z
+    assert config.max_timestamp == 1577836800 + 86400 + 11 * 3600
+    assert "data" not in config.to_dict()
+
+
+def test_split_section_defaults_legacy_eval_fraction_and_round_trip(tmp_path):
+    assert fc.from_dict(_minimal()).split == fc.SplitSpec(
+        mode="time_span", eval_fraction=0.2, timestamp=None, seed=0, validation_fraction=0.1)
+    legacy = fc.from_dict(_minimal(eval_fraction=0.3))
+    assert legacy.split.mode == fc.SPLIT_TIME_SPAN and legacy.eval_fraction == 0.3
+    config = fc.from_dict(_minimal(split={"mode": "timestamp", "timestamp": "2020-06-01"}))
+    assert config.split.timestamp == 1590969600
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert fc.load(path) == config
+    random = fc.from_dict(_minimal(split={"mode": "random_users", "eval_fraction": 0.5,
+                                          "seed": 7}))
+    assert (random.split.seed, random.eval_fraction) == (7, 0.5)
+
+
+def test_vocab_size_is_optional_with_min_count_and_cap():
+    raw = _minimal(vocab_min_count=3, vocab_max_size=500)
+    raw["features"][0].pop("vocab_size")
+    raw["features"][1]["min_count"] = 4
+    config = fc.from_dict(raw)
+    assert config.vocab_rule(config.feature("user_id")) == (3, 500)  # config defaults
+    assert config.vocab_rule(config.feature("item_id")) == (4, 10)  # explicit size + min
+    assert config.vocab_rule(config.feature("hour")) == (1, 24)  # size alone: top N
+    assert fc.from_dict(_minimal()).vocab_min_count == 2
+    assert fc.from_dict(_minimal()).vocab_max_size == 100_000
+
+
+def test_side_table_columns_beyond_the_key():
+    config = fc.load(fc.builtin_config_path("movielens"))
+    assert config.side_table_columns(fc.SOURCE_USERS) == (
+        "age", "gender", "occupation", "zip_prefix")
+    config = fc.from_dict(_minimal())  # only the id features read the side tables
+    assert config.side_table_columns(fc.SOURCE_USERS) == ()
+    assert config.side_table_columns(fc.SOURCE_ITEMS) == ()
+    config = fc.from_dict(_minimal(item_created_column="created"))
+    assert config.side_table_columns(fc.SOURCE_ITEMS) == ("created",)
 
 
 def test_unknown_builtin_config():
