@@ -18,6 +18,10 @@ import tf_keras as keras  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from models import inputs  # noqa: E402
 
+# How a multi-valued feature (tags, click history) is pooled into one vector.
+MEAN, SUM, SQRTN = "mean", "sum", "sqrtn"
+POOLINGS: tuple[str, ...] = (MEAN, SUM, SQRTN)
+
 
 def load_vocabularies(config: fc.FeatureConfig, vocab_dir: str | None) -> dict[str, list[str]]:
     """Vocabulary lists of the config's vocab features (sequences use `of`'s)."""
@@ -107,8 +111,8 @@ class FeatureIds(keras.layers.Layer):
 class FieldEmbedding(keras.layers.Layer):
     """One vector per feature: ids -> [B, F, dim], plus first-order weights.
 
-    Multi-valued features (tags, the click history) are mean-pooled over their
-    non-zero ids. The history shares the embedding table of the feature named
+    Multi-valued features (tags, the click history) are pooled over their
+    non-zero ids: mean (default), sum, or sum / sqrt(count) ("sqrtn"). The history shares the embedding table of the feature named
     by its `of` (the candidate item id), as in Meitu's design.
 
     Args:
@@ -119,6 +123,7 @@ class FieldEmbedding(keras.layers.Layer):
         order grouped by field user, item, context).
       with_linear: also build 1-wide tables for the first-order term.
       l2: L2 penalty on the embedding tables.
+      pooling: one of POOLINGS, how a multi-valued feature's vectors are pooled.
     Call:
       ids: dict name -> int32 [B] or [B, L].
     Returns:
@@ -127,10 +132,13 @@ class FieldEmbedding(keras.layers.Layer):
 
     def __init__(self, feature_config: Mapping[str, Any], num_rows: Mapping[str, int], dim: int,
                  feature_names: Sequence[str] | None = None, with_linear: bool = False,
-                 l2: float = 0.0, **kwargs):
+                 l2: float = 0.0, pooling: str = MEAN, **kwargs):
         super().__init__(**kwargs)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} not in {POOLINGS}")
+        self.pooling = pooling
         self.feature_config = dict(feature_config)
         self.num_rows = dict(num_rows)
         self.dim = int(dim)
@@ -159,11 +167,19 @@ class FieldEmbedding(keras.layers.Layer):
                     name=f"{owner}_linear", shape=(self.num_rows[owner], 1), initializer="zeros")
         super().build(input_shape)
 
-    @staticmethod
-    def _pool(vectors: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
-        """Masked mean over axis 1: [B, L, d] -> [B, d]; all-padding rows give 0."""
+    def _pool(self, vectors: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+        """Masked pooling over axis 1: [B, L, d] -> [B, d]; all-padding rows give 0.
+
+        The mean keeps a long history's vector at the scale of one item's;
+        the sum lets the interaction terms grow with the number of tags or
+        past clicks; sqrtn sits between (TF's "sqrtn" combiner).
+        """
         mask = tf.cast(ids > 0, vectors.dtype)[..., None]
-        return tf.reduce_sum(vectors * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        total = tf.reduce_sum(vectors * mask, axis=1)
+        if self.pooling == SUM:
+            return total
+        count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return total / (tf.sqrt(count) if self.pooling == SQRTN else count)
 
     def _lookup(self, table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
         vectors = tf.gather(table, ids)
@@ -199,7 +215,7 @@ class FieldEmbedding(keras.layers.Layer):
         return {**super().get_config(), "feature_config": self.feature_config,
                 "num_rows": self.num_rows, "dim": self.dim,
                 "feature_names": self.feature_names, "with_linear": self.with_linear,
-                "l2": self.l2}
+                "l2": self.l2, "pooling": self.pooling}
 
 
 def ordered_feature_names(config: fc.FeatureConfig,

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from feature_contract import feature_config as fc
+from models.layers.feature_embedding import MEAN, POOLINGS
 from models.validation import DEFAULT_VALIDATION_FRACTION
 
 LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN = (
@@ -76,7 +77,18 @@ class RankingConfig:
       follow_weight: reweight mode: click loss weight 1 + follow_weight * follow.
       click_weight: multi-task: weight of the click task's loss term, every
         mode (see models.ranking.losses.MultiTaskLoss for why).
-      l2: L2 penalty on the embedding tables.
+      l2: L2 penalty on the embedding tables (a Keras regularizer on the
+        whole tables: its gradient is dense, every row every step).
+      lookup_l2: L2 penalty on the feature vectors a training batch looks up
+        (mean over the batch of sum_i ||v_i||^2; pooled vectors for
+        multi-valued features): only the rows in use are shrunk, in
+        proportion to how often they occur (the mini-batch-aware
+        regularizer of Zhou et al. 2018, "Deep Interest Network"), at the
+        cost of the lookup, not of the table.
+      pooling: how multi-valued features (tags, click history) are pooled
+        into one vector: "mean", "sum" or "sqrtn" (sum / sqrt(count)).
+      use_first_order: NFM, NFwFM family and DeepFM: include the first-order
+        term S = sum_i x_i (1-wide tables) in every logit.
       optimizer: lazy_adam (default: Adam whose embedding updates touch only
         the looked-up rows; Keras Adam decays its moments over whole tables
         every step, 2-3x slower with a 100k-row user table), adam or adagrad.
@@ -106,6 +118,9 @@ class RankingConfig:
     follow_weight: float = 4.0
     click_weight: float = 1.0
     l2: float = 0.0
+    lookup_l2: float = 0.0
+    pooling: str = MEAN
+    use_first_order: bool = True
     optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
     batch_size: int = 512
@@ -149,6 +164,14 @@ class RankingConfig:
         if self.click_weight != 1.0 and fc.CLICK_LABEL not in self.tasks:
             raise RankingConfigError(f"click_weight {self.click_weight} needs the click task, "
                                      f"tasks are {self.tasks!r}")
+        if not 0.0 <= self.lookup_l2 < float("inf"):
+            raise RankingConfigError(f"lookup_l2 must be finite and >= 0, got {self.lookup_l2!r}")
+        if self.pooling not in POOLINGS:
+            raise RankingConfigError(f"pooling {self.pooling!r} not in {POOLINGS}")
+        if not self.use_first_order and self.model not in (NFM, NFWFM, MULTITASK_NFWFM, DEEPFM):
+            raise RankingConfigError(f"use_first_order False needs a model with a first-order "
+                                     f"term (nfm, nfwfm, multitask_nfwfm, deepfm), got "
+                                     f"{self.model!r}")
         if self.optimizer not in OPTIMIZERS:
             raise RankingConfigError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.cross_layers < 1:

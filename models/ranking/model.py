@@ -49,8 +49,20 @@ _WITH_LINEAR = (rc.NFM, rc.NFWFM, rc.MULTITASK_NFWFM, rc.DEEPFM)
 _NFWFM_FAMILY = (rc.NFWFM, rc.MULTITASK_NFWFM)
 
 
-def uses_linear(model: str) -> bool:
-    return model in _WITH_LINEAR
+def uses_linear(model: str, use_first_order: bool = True) -> bool:
+    """Whether the model builds FieldEmbedding's 1-wide first-order tables."""
+    return model in _WITH_LINEAR and use_first_order
+
+
+def split_embedded(embedded) -> tuple[tf.Tensor, tf.Tensor]:
+    """FieldEmbedding output -> (embeddings [B, F, d], first-order logit S [B]).
+
+    S is 0 when the model has no first-order tables (use_first_order False).
+    """
+    if isinstance(embedded, tuple):
+        embeddings, linear = embedded
+        return embeddings, tf.reduce_sum(linear, axis=1)
+    return embedded, tf.zeros(tf.shape(embedded)[:1], embedded.dtype)
 
 
 def esmm_follow_logit(click_logit: tf.Tensor, follow_given_click_logit: tf.Tensor) -> tf.Tensor:
@@ -102,7 +114,8 @@ class RankingModel(keras.Model):
         self.num_rows = {n: self.feature_ids.num_rows(n) for n in self.feature_names}
         self.embedding = FieldEmbedding(
             self.feature_config, self.num_rows, cfg.embedding_dim, self.feature_names,
-            with_linear=uses_linear(cfg.model), l2=cfg.l2, name="field_embedding")
+            with_linear=uses_linear(cfg.model, cfg.use_first_order), l2=cfg.l2,
+            pooling=cfg.pooling, name="field_embedding")
         if cfg.task_towers:
             # One MLP per task on the shared interaction vector (applied in head_logits).
             self.mlp = []
@@ -186,15 +199,14 @@ class RankingModel(keras.Model):
             flat = tf.reshape(embedded, [-1, len(self.feature_names) * self.ranking_config.embedding_dim])
             return (tf.zeros_like(flat[:, 0]),
                     tf.concat([self.cross(flat), self._run_mlp(flat, training)], axis=1))
-        embeddings, linear = embedded
-        first_order = tf.reduce_sum(linear, axis=1)
+        embeddings, first_order = split_embedded(embedded)
         if model == rc.NFM:
             return first_order, self._interaction_to_rep(self.bi_interaction(embeddings), training)
         if model == rc.DEEPFM:
             fm = tf.reduce_sum(self.bi_interaction(embeddings), axis=1)
             flat = tf.reshape(embeddings, [-1, len(self.feature_names) * self.ranking_config.embedding_dim])
             return first_order + fm, self._run_mlp(flat, training)
-        first_order, interaction = self.field_wise(embeddings, linear, training=training)
+        _, interaction = self.field_wise(embeddings, training=training)
         return first_order, self._interaction_to_rep(interaction, training)
 
     def head_logits(self, first_order: tf.Tensor, rep: tf.Tensor | None,
@@ -254,9 +266,9 @@ class RankingModel(keras.Model):
         many = self.embedding.embed(ids, items)
         model = self.ranking_config.model
         if model in _NFWFM_FAMILY or model == rc.NFM:
-            (emb_one, lin_one), (emb_many, lin_many) = one, many
+            (emb_one, first_one), (emb_many, first_many) = map(split_embedded, (one, many))
             # [1] + [N] -> [N].
-            first_order = tf.reduce_sum(lin_one, axis=1) + tf.reduce_sum(lin_many, axis=1)
+            first_order = first_one + first_many
             if model == rc.NFM:
                 total = tf.reduce_sum(emb_one, axis=1) + tf.reduce_sum(emb_many, axis=1)
                 squares = (tf.reduce_sum(tf.square(emb_one), axis=1)
@@ -304,11 +316,14 @@ class RankingModel(keras.Model):
     def train_step(self, data):
         features, labels = data
         with tf.GradientTape() as tape:
-            if self.train_on_ids:
-                logits = self.logits_from_ids(features, training=True)
-            else:
-                logits = self.logits(features, training=True)
+            ids = features if self.train_on_ids else self.feature_ids(
+                {n: features[n] for n in self.feature_names})
+            embedded = self.embedding(ids)
+            first_order, rep = self.body_from_embedded(embedded, training=True)
+            logits = self.head_logits(first_order, rep, training=True)
             total, per_task = self.task_loss(labels, logits)
+            if self.ranking_config.lookup_l2:
+                total = total + self.lookup_penalty(embedded)
             if self.losses:
                 total = total + tf.add_n(self.losses)
         variables = self.trainable_variables
@@ -322,6 +337,17 @@ class RankingModel(keras.Model):
             for k, t in enumerate(self.tasks):
                 out[f"{t}_log_variance"] = self.task_loss.log_variances[k]
         return out
+
+    def lookup_penalty(self, embedded) -> tf.Tensor:
+        """lookup_l2 * mean over the batch of sum_i ||v_i||^2 (scalar).
+
+        Only the feature vectors the batch uses are penalized (the first-order
+        weights are not), so the cost is the lookup's, and a row is shrunk in
+        proportion to how often it occurs in training batches.
+        """
+        embeddings, _ = split_embedded(embedded)
+        return self.ranking_config.lookup_l2 * tf.reduce_mean(
+            tf.reduce_sum(tf.square(embeddings), axis=[1, 2]))
 
     def build_from_example(self, features: Mapping[str, tf.Tensor]) -> None:
         """Creates every weight (including the loss's) from one batch."""
