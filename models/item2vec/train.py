@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
-from models import inputs  # noqa: E402
+from models import cli, inputs  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
 from models.item2vec.model import (MeanHistoryTower, NegativeSampler, SkipGram,  # noqa: E402
                                    normalize_rows, skipgram_pairs)
@@ -269,3 +270,13 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
         out.update(eval_next_item(result, eval_arrays[fc.SESSION_ITEMS_KEY]))
     out.update(result.export(export_dir))
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of `train` (`python -m models.item2vec.train --help`)."""
+    return cli.recall_trainer_main(train, MODEL_NAME, __doc__, fc.ITEM2VEC, cli.ITEMS_OPTIONAL,
+                                   argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
-from models import inputs, validation  # noqa: E402
+from models import cli, inputs, validation  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.ranking import complexity, export, metrics  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
@@ -335,3 +336,24 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     result["config"] = config.to_dict()
     result["export_dir"] = export.export(model, export_dir) if export_dir else None
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of `train` (`python -m models.ranking.train --help`).
+
+    --examples is the ranking examples directory: Split-train trains (the
+    validation split carved from it), Split-eval is scored once, as
+    components.adapters.train_ranking passes them.
+    """
+    parser = cli.trainer_parser("python -m models.ranking.train",
+                                "Trains, evaluates and exports one ranking model "
+                                "(ranking examples of OUT/ranking).", fc.RANKING, items=None)
+    parser.add_argument("--model", required=True, choices=rc.MODEL_NAMES,
+                        help="which ranking model")
+    return cli.run(parser, argv, lambda a: train(
+        a.model, a.config, inputs.split_pattern(a.examples, fc.TRAIN),
+        inputs.split_pattern(a.examples, fc.EVAL), a.vocab, a.hparams, a.export_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
+from models import cli  # noqa: E402
 from models.recall import data, training  # noqa: E402
 from models.recall.negatives import GroupedSampler  # noqa: E402
 from models.recall.towers import FeatureTower  # noqa: E402
@@ -153,3 +155,13 @@ def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: st
     """
     return training.train_and_export(fit, TwoTowerConfig.from_hparams(hparams), config_path,
                                      examples_dir, vocab_dir, items_pattern, export_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of `train` (`python -m models.two_tower.train --help`)."""
+    return cli.recall_trainer_main(train, MODEL_NAME, __doc__, fc.RETRIEVAL, cli.ITEMS_REQUIRED,
+                                   argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
