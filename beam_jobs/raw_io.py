@@ -10,6 +10,13 @@ not match the header is yielded as a `MalformedRecord`. Blank lines are not
 records. Records travel in batches because per-element overhead dominates the
 Python runners: one element per few thousand rows keeps it negligible.
 
+What is an error and what is a bad row: a table whose glob matches no file,
+a file of unknown format and a corrupt or truncated gzip file fail the job
+(`RawTableError`, naming the glob or the file): reading on would silently
+drop part of the data. A bad row (a stray CSV quote, a wrong column count,
+bad JSON) is a `MalformedRecord` / bad line that the consumer dead-letters
+with its raw text, and reading goes on.
+
 Writing: `WriteTFRecordBatches(prefix)` writes a PCollection of *lists* of
 serialized records as gzip TFRecord files; one element per list keeps the
 runner's per-element cost off the hot path.
@@ -17,9 +24,9 @@ runner's per-element cost off the hot path.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import csv
-import io
 import struct
 import threading
 import zlib
@@ -29,6 +36,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.io import filebasedsink, fileio, iobase
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.fileio import EmptyMatchTreatment
 from apache_beam.io.filesystems import FileSystems
 
 try:  # google-crc32c ships with apache-beam[gcp]; crcmod is the slow fallback
@@ -42,6 +50,13 @@ JSONL, CSV = "jsonl", "csv"
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _READ_CHUNK_BYTES = 8 << 20
 DEFAULT_BATCH_SIZE = 4096
+# A quoted CSV field may span lines, but at most this many: past it an open
+# quote is taken for a stray one, so it cannot swallow the rest of the file.
+MAX_CSV_RECORD_LINES = 100
+
+
+class RawTableError(ValueError):
+    """A raw table cannot be read as a whole (no file, corrupt or truncated file)."""
 
 
 class MalformedRecord(NamedTuple):
@@ -98,27 +113,99 @@ def iter_records(handle: Any, fmt: str) -> Iterator[Any]:
             if line.strip():
                 yield line
         return
-    text_lines = (line.decode("utf-8", errors="replace") + "\n"
-                  for line in _iter_lines(handle))
-    reader = csv.reader(text_lines)
-    header = None
-    for row in reader:
+    yield from _iter_csv(handle)
+
+
+def _iter_csv(handle: Any) -> Iterator[dict[str, str] | MalformedRecord]:
+    """CSV rows (dicts keyed by the header) or MalformedRecords of a binary stream.
+
+    A record is one line, or several when a quoted field holds a newline (an
+    odd number of `"` so far means a quote is still open). A record still
+    open after MAX_CSV_RECORD_LINES lines or at the end of the file, or one
+    spanning lines that does not split into the header's column count, is
+    taken for a stray quote: its first line alone is a bad record and
+    reading resumes at the next line, so one stray quote costs one row.
+    (Python's csv reader would read on to the next quote, swallowing rows,
+    and fail the job once the field passes its size limit.)
+    """
+    lines = (line.decode("utf-8", errors="replace") for line in _iter_lines(handle))
+    pending: collections.deque[str] = collections.deque()
+    header: list[str] | None = None
+    while True:
+        line = pending.popleft() if pending else next(lines, None)
+        if line is None:
+            return
+        if '"' not in line:  # the common case: csv's own split, without csv
+            text, row = line, line.rstrip("\r").split(",")
+        else:
+            parts, quotes = [line], line.count('"')
+            while quotes % 2 and len(parts) < MAX_CSV_RECORD_LINES:
+                more = pending.popleft() if pending else next(lines, None)
+                if more is None:
+                    break
+                parts.append(more)
+                quotes += more.count('"')
+            text = "\n".join(parts)
+            reason = "unterminated quote" if quotes % 2 else ""
+            row = []
+            if not reason:
+                try:
+                    row = next(csv.reader([text + "\n"]), [])
+                except csv.Error as err:
+                    reason = f"bad CSV: {err}"
+            if len(parts) > 1 and (reason or (header is not None and len(row) != len(header))):
+                reason = "unterminated quote"  # the first line's quote was a stray one
+            if reason:
+                pending.extendleft(reversed(parts[1:]))
+                yield MalformedRecord(line, reason)
+                continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if header is None:
             header = [c.strip() for c in row]
-            continue
-        if len(row) != len(header):
-            yield MalformedRecord(_csv_line(row),
-                                  f"{len(row)} columns, header has {len(header)}")
-            continue
-        yield dict(zip(header, row))
+        elif len(row) != len(header):
+            yield MalformedRecord(text, f"{len(row)} columns, header has {len(header)}")
+        else:
+            yield dict(zip(header, row))
 
 
-def _csv_line(row: list[str]) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(row)
-    return out.getvalue().rstrip("\r\n")
+class _GzipReader:
+    """Decompressing reader over a raw gzip stream that notices truncation.
+
+    Python's gzip stream (and Beam's compressed file) stop quietly where a
+    cut-off file ends, so half a file reads as a smaller, valid table. This
+    reader raises instead when the input ends inside a gzip member.
+    Concatenated members (`cat a.gz b.gz`) are read as one stream, as gzip
+    does.
+    """
+
+    def __init__(self, raw: Any, path: str):
+        self._raw, self._path = raw, path
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._started = False
+
+    def read(self, size: int) -> bytes:
+        while True:
+            chunk = self._raw.read(size)
+            if not chunk:
+                if self._started and not self._inflate.eof:
+                    raise RawTableError(
+                        f"{self._path}: truncated gzip file (it ends inside the compressed "
+                        "stream); re-copy it or remove it from the table")
+                return b""
+            out = []
+            while chunk:
+                if self._inflate.eof:  # the next member of a concatenated gzip
+                    self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._started = True
+                try:
+                    out.append(self._inflate.decompress(chunk))
+                except zlib.error as err:
+                    raise RawTableError(f"{self._path}: not a valid gzip file ({err})") from None
+                chunk = self._inflate.unused_data if self._inflate.eof else b""
+            data = b"".join(out)
+            if data:
+                return data
 
 
 class _ReadFileBatches(beam.DoFn):
@@ -130,7 +217,10 @@ class _ReadFileBatches(beam.DoFn):
     def process(self, readable_file: fileio.ReadableFile) -> Iterator[list[Any]]:
         path = readable_file.metadata.path
         fmt = table_format(path)
-        with readable_file.open(mime_type="application/octet-stream") as handle:
+        gzipped = path.lower().endswith(".gz")
+        with readable_file.open(mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            handle = _GzipReader(raw, path) if gzipped else raw
             batch: list[Any] = []
             for record in iter_records(handle, fmt):
                 batch.append(record)
@@ -141,23 +231,43 @@ class _ReadFileBatches(beam.DoFn):
                 yield batch
 
 
+def check_table_matches(table: str, file_pattern: str) -> list[str]:
+    """The files a table's glob matches, checked when the pipeline is built.
+
+    Raises:
+      RawTableError: the glob matches no file, naming the table and glob.
+    """
+    try:
+        matched = FileSystems.match([file_pattern])[0].metadata_list
+    except (OSError, ValueError) as err:  # Beam raises BeamIOError (an IOError)
+        raise RawTableError(f"{table} table: cannot list {file_pattern!r}: {err}") from err
+    if not matched:
+        raise RawTableError(f"{table} table: no file matches {file_pattern!r}")
+    return sorted(m.path for m in matched)
+
+
 class ReadRawTable(beam.PTransform):
     """Reads every file matching a glob into batches of raw records.
 
     Output elements are lists of records (see `iter_records`); gzip is
-    detected from the `.gz` suffix. A pattern without a wildcard that matches
-    nothing, or a file of unknown format, fails the pipeline: a config error,
-    not a bad row.
+    detected from the `.gz` suffix. A glob that matches no file fails when
+    the pipeline is built (naming the table and the glob); a file of unknown
+    format or a corrupt or truncated gzip fails the run naming the file: a
+    config or copy error, not a bad row.
     """
 
-    def __init__(self, file_pattern: str, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, file_pattern: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                 table: str = "raw"):
         super().__init__()
         self._pattern = file_pattern
         self._batch_size = batch_size
+        self._table = table
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        check_table_matches(self._table, self._pattern)
         return (pbegin
-                | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+                | "MatchFiles" >> fileio.MatchFiles(self._pattern,
+                                                    EmptyMatchTreatment.DISALLOW)
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "ReadBatches" >> beam.ParDo(_ReadFileBatches(self._batch_size)))
 

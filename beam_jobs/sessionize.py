@@ -786,9 +786,9 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace,
     config = config or fc.load(args.config)
     batch = getattr(args, "batch_size", raw_io.DEFAULT_BATCH_SIZE)
     inputs = {
-        EVENTS: p | "ReadEvents" >> raw_io.ReadRawTable(args.events, batch),
-        USERS: p | "ReadUsers" >> raw_io.ReadRawTable(args.users, batch),
-        ITEMS: p | "ReadItems" >> raw_io.ReadRawTable(args.items, batch),
+        EVENTS: p | "ReadEvents" >> raw_io.ReadRawTable(args.events, batch, EVENTS),
+        USERS: p | "ReadUsers" >> raw_io.ReadRawTable(args.users, batch, USERS),
+        ITEMS: p | "ReadItems" >> raw_io.ReadRawTable(args.items, batch, ITEMS),
     }
     outputs = inputs | "Sessionize" >> Sessionize(
         config, parse_split_timestamp(getattr(args, "split_timestamp", None)))

@@ -274,29 +274,6 @@ def test_explicit_split_timestamp_overrides_the_fraction():
 
 
 # ---- raw reading -------------------------------------------------------------------
-def test_iter_records_csv_rows_blank_lines_and_bad_column_counts():
-    import io
-    data = b"a,b\n1,2\n\n3\n\"x,y\",4\n"
-    records = list(raw_io.iter_records(io.BytesIO(data), raw_io.CSV))
-    assert records[0] == {"a": "1", "b": "2"}
-    assert isinstance(records[1], raw_io.MalformedRecord) and records[1].text == "3"
-    assert records[2] == {"a": "x,y", "b": "4"}
-    assert len(records) == 3
-    jsonl = list(raw_io.iter_records(io.BytesIO(b'{"a":1}\n\n  \n{"a":2}'), raw_io.JSONL))
-    assert jsonl == [b'{"a":1}', b'{"a":2}']
-
-
-@pytest.mark.parametrize("name, fmt", [("e.csv", "csv"), ("e.CSV.gz", "csv"),
-                                       ("e.jsonl.gz", "jsonl"), ("e.json", "jsonl")])
-def test_table_format_from_file_name(name, fmt):
-    assert raw_io.table_format(name) == fmt
-
-
-def test_table_format_rejects_unknown_extension():
-    with pytest.raises(ValueError, match="e.parquet"):
-        raw_io.table_format("e.parquet")
-
-
 @pytest.mark.parametrize("value, unit, seconds", [
     (T0, "s", T0), ("1700000000", "s", T0), (T0 * 1000 + 500, "ms", T0 + 0.5),
     ("2023-11-14T22:13:20Z", "iso8601", T0), ("2023-11-14T22:13:20", "iso8601", T0),
