@@ -58,3 +58,18 @@ class PipelineReport(artifact.Artifact):
     the copy next to the pushed models."""
 
     TYPE_NAME = "feedrec.PipelineReport"
+
+
+class DataStatistics(artifact.Artifact):
+    """Per-feature statistics of an Examples artifact (components.statistics):
+    <uri>/Split-<split>/statistics.json (beam_jobs.statistics layout);
+    custom properties `split_names` (JSON list) and `num_examples_<split>`."""
+
+    TYPE_NAME = "feedrec.DataStatistics"
+
+
+class DataAnomalies(artifact.Artifact):
+    """Data checks of a DataStatistics (components.statistics): <uri>/anomalies.json;
+    `blessed` (1: pushes may go), `num_anomalies`, `num_blocking`, `reason`."""
+
+    TYPE_NAME = "feedrec.DataAnomalies"
