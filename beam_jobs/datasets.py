@@ -1,12 +1,22 @@
-"""Raw datasets on first use: the synthetic log or MovieLens-100k.
+"""Datasets by name or by file: the built-in ones on first use, any other as a YAML.
 
-`prepare(name, work_dir)` returns where a dataset's raw tables are, producing
-them once under `work_dir/raw/`: the synthetic log is generated into
+`resolve(data, work_dir)` is what every runner and bench calls: `data` is a
+built-in name (synthetic, movielens) or the path of a dataset YAML
+(feature_contract.dataset: the feature config plus a `data:` section naming
+the tables). Either way the result is a feature_contract.dataset.Dataset.
+
+`prepare(name, work_dir)` returns where a built-in dataset's raw tables are,
+producing them once under `work_dir/raw/`: the synthetic log is generated into
 `raw/synthetic-<num_events>-<seed>/`, MovieLens-100k fetched (pip, at build
 time) and converted into `raw/movielens/`. A `_SUCCESS` marker is written last,
 so an interrupted run is redone rather than half-used.
 
-CLI (`make data`): `python -m beam_jobs.datasets --data synthetic|movielens
+`fingerprint(tables)` describes what the tables' globs match right now (files,
+sizes, modification times, a content hash of small files), as TFX's own
+ExampleGen fingerprints its input: ClickLogExampleGen's cache key carries it,
+so new data at the same path is never served from the cache.
+
+CLI (`make data`): `python -m beam_jobs.datasets --data synthetic|movielens|FILE.yaml
 --work_dir work [--num_events N] [--seed S]`.
 """
 
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_jobs import movielens, synthetic
+from feature_contract import dataset as dataset_file
 from feature_contract import feature_config
 
 SYNTHETIC, MOVIELENS = "synthetic", "movielens"
@@ -99,19 +111,94 @@ def prepare(data: str, work_dir: str, num_events: int = DEFAULT_NUM_EVENTS,
     raise ValueError(f"unknown dataset {data!r}; want one of {DATASETS}")
 
 
+def resolve(data: str, work_dir: str, num_events: int = DEFAULT_NUM_EVENTS,
+            seed: int = 0) -> dataset_file.Dataset:
+    """The dataset `data` names: a built-in one (prepared under work_dir) or a YAML.
+
+    Args:
+      data: "synthetic", "movielens" or the path of a dataset YAML.
+      work_dir: where built-in datasets are generated / fetched (prepare()).
+      num_events, seed: synthetic generator settings (ignored otherwise).
+
+    Raises:
+      ValueError: neither a built-in name nor a dataset file; the file's
+        errors (feature_contract.dataset.DatasetError, FeatureConfigError)
+        name the file and the key.
+      movielens.MovieLensError: MovieLens could not be fetched or read.
+    """
+    if data in DATASETS:
+        raw = prepare(data, work_dir, num_events=num_events, seed=seed)
+        return dataset_file.builtin(raw.name, raw.events, raw.users, raw.items)
+    if dataset_file.is_dataset_file(data) or os.path.exists(data):
+        return dataset_file.load(data)
+    raise ValueError(f"unknown dataset {data!r}; want one of {DATASETS} or a dataset YAML "
+                     f"(a feature config with a 'data:' section)")
+
+
+# Files up to this size are hashed too: a rewrite within the filesystem's
+# mtime resolution that keeps the size would otherwise look unchanged.
+SMALL_FILE_BYTES = 1 << 20
+
+
+def _file_digest(path: str) -> str:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    digest = hashlib.sha256()
+    # The stored bytes, not the decompressed stream: cheaper, and as telling.
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(tables: dict[str, str | None]) -> str:
+    """What the tables' globs match now, as one line per table.
+
+    For each glob: the matched files in path order with size and
+    modification time, plus a content hash of files up to SMALL_FILE_BYTES
+    (TFX's ExampleGen uses the same file list, sizes and mtimes). A table
+    with no glob is "none"; a glob matching nothing is "0 files" (the
+    sessionize job, not this, reports it as an error).
+
+    Args:
+      tables: table name -> glob or None, e.g. Dataset.tables.
+    Returns:
+      e.g. "events: 2 files, 10412 bytes, sha256 3f2a...; users: none; ...",
+      the digest covering every path, size, mtime and small-file hash.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    parts = []
+    for table, glob in sorted(tables.items()):
+        if not glob:
+            parts.append(f"{table}: none")
+            continue
+        files = sorted(FileSystems.match([glob])[0].metadata_list, key=lambda m: m.path)
+        digest = hashlib.sha256(glob.encode())
+        for meta in files:
+            digest.update(f"\n{meta.path}\t{meta.size_in_bytes}\t"
+                          f"{meta.last_updated_in_seconds!r}".encode())
+            if meta.size_in_bytes <= SMALL_FILE_BYTES:
+                digest.update(_file_digest(meta.path).encode())
+        parts.append(f"{table}: {len(files)} files, {sum(m.size_in_bytes for m in files)} "
+                     f"bytes, sha256 {digest.hexdigest()}")
+    return "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=DATASETS, default=SYNTHETIC)
+    parser.add_argument("--data", default=SYNTHETIC,
+                        help=f"one of {', '.join(DATASETS)} or a dataset YAML")
     parser.add_argument("--work_dir", default="work")
     parser.add_argument("--num_events", type=int, default=DEFAULT_NUM_EVENTS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        dataset = prepare(args.data, args.work_dir, num_events=args.num_events, seed=args.seed)
-    except movielens.MovieLensError as err:
+        dataset = resolve(args.data, args.work_dir, num_events=args.num_events, seed=args.seed)
+    except (movielens.MovieLensError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    json.dump(dataclasses.asdict(dataset), sys.stdout, indent=1)
+    shown = {k: v for k, v in dataclasses.asdict(dataset).items() if k != "config_yaml"}
+    json.dump({**shown, "fingerprint": fingerprint(dataset.tables)}, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
 

@@ -10,6 +10,20 @@ artifact that owns it:
   vocabulary                       FeatureVocabulary: vocab/*.txt + feature_config.yaml
   catalogue                        ItemCatalogue: items/*.gz + item_frequencies.tsv
   summary                          SessionizeSummary: summary.json + dead_letter/
+                                   (custom property `input_fingerprint`)
+
+The feature config arrives as YAML text (`feature_config`), not as a path:
+the compiled pipeline (a Kubeflow spec, MLMD's exec properties) then carries
+the contract itself, with no path of the machine that built it, and the
+cache key changes when the config does. `config_path` stays for callers that
+have a file.
+
+The cache follows the data: InputFingerprintDriver runs before the cache
+lookup (as TFX's own ExampleGen driver does with span and fingerprint) and
+sets `input_fingerprint` to what the globs match now (files, sizes, mtimes,
+a hash of small files; beam_jobs.datasets.fingerprint). New raw data at the
+same path gives a new cache key, so ExampleGen and everything after it run
+again.
 """
 
 import json
@@ -17,11 +31,18 @@ import os
 
 import apache_beam as beam
 import tensorflow as tf
+import yaml
 from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, OutputArtifact,
                                                         Parameter)
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.components.base import base_driver
+from tfx.orchestration import data_types_utils
+from tfx.orchestration.portable import base_driver as ir_base_driver
+from tfx.orchestration.portable import data_types
+from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
+from beam_jobs import datasets
 from feature_contract import feature_config as fc
 from components import adapters
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
@@ -30,6 +51,7 @@ STAGING_DIR = "_staging"
 CONFIG_FILE = "feature_config.yaml"
 VOCAB_DIR, ITEMS_DIR = "vocab", "items"
 FREQUENCIES_FILE, SUMMARY_FILE, DEAD_LETTER_DIR = "item_frequencies.tsv", "summary.json", "dead_letter"
+FINGERPRINT_KEY = "input_fingerprint"
 
 
 def _move(src: str, dst: str) -> None:
@@ -84,6 +106,53 @@ def _flatten(tree, prefix: str = "") -> dict[str, int]:
     return out
 
 
+def fingerprint_tables(events: str, users: str | None, items: str | None) -> str:
+    """beam_jobs.datasets.fingerprint of the three table globs."""
+    return datasets.fingerprint({"events": events, "users": users or None,
+                                 "items": items or None})
+
+
+class InputFingerprintDriver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
+    """Sets ClickLogExampleGen's `input_fingerprint` before the cache lookup.
+
+    The launcher runs a component's custom driver after registering the
+    execution and before computing the cache key from the exec properties
+    (tfx.orchestration.portable.launcher), so the key covers the data the
+    globs match at run time, not at pipeline construction. TFX's
+    FileBasedDriver does the same for its ExampleGens.
+    """
+
+    def __init__(self, metadata_handle):
+        base_driver.BaseDriver.__init__(self, metadata_handle)
+        ir_base_driver.BaseDriver.__init__(self, metadata_handle)
+
+    def run(self, execution_info: data_types.ExecutionInfo) -> driver_output_pb2.DriverOutput:
+        props = execution_info.exec_properties
+        result = driver_output_pb2.DriverOutput()
+        data_types_utils.set_metadata_value(
+            result.exec_properties[FINGERPRINT_KEY],
+            fingerprint_tables(props["events"], props.get("users"), props.get("items")))
+        return result
+
+
+def config_text(feature_config: str | None, config_path: str | None) -> str:
+    """The feature config YAML text, from the text itself or a file; validated.
+
+    Raises:
+      ValueError: neither or both given.
+      feature_config.FeatureConfigError: the config is invalid.
+    """
+    if bool(feature_config) == bool(config_path):
+        raise ValueError("ClickLogExampleGen wants exactly one of feature_config (YAML text) "
+                         "and config_path")
+    if config_path:
+        fc.load(config_path)  # names the file in its errors
+        with tf.io.gfile.GFile(config_path) as f:
+            return f.read()
+    fc.from_dict(yaml.safe_load(feature_config))
+    return feature_config
+
+
 @component(use_beam=True)
 def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
         ranking_examples: OutputArtifact[standard_artifacts.Examples],
@@ -92,26 +161,43 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
         vocabulary: OutputArtifact[FeatureVocabulary],
         catalogue: OutputArtifact[ItemCatalogue],
         summary: OutputArtifact[SessionizeSummary],
-        config_path: Parameter[str],
         events: Parameter[str],
-        users: Parameter[str],
-        items: Parameter[str],
+        users: Parameter[str] = None,
+        items: Parameter[str] = None,
+        feature_config: Parameter[str] = None,
+        config_path: Parameter[str] = None,
+        input_fingerprint: Parameter[str] = None,
         beam_pipeline: BeamComponentParameter[beam.Pipeline] = None):
     """Sessionizes the raw click log (beam_jobs.sessionize) into example artifacts.
 
     Args:
       ranking_examples, retrieval_examples, item2vec_examples: Examples per kind.
-      vocabulary: vocabularies + a copy of the feature config.
+      vocabulary: vocabularies + the feature config they were built with.
       catalogue: item catalogue examples + item frequencies.
-      summary: the job's counts (custom properties too) and dead letters.
-      config_path: feature config YAML.
-      events, users, items: raw table globs.
+      summary: the job's counts (custom properties too), dead letters and
+        the input fingerprint.
+      events: events glob.
+      users, items: side-table globs; None when the dataset has none.
+      feature_config: the feature config, YAML text (or give config_path).
+      config_path: a feature config file (or give feature_config).
+      input_fingerprint: set by InputFingerprintDriver; computed here when
+        the orchestrator ran no driver (a direct call, Kubeflow).
       beam_pipeline: provided by TFX from beam_pipeline_args.
     """
-    fc.load(config_path)  # fail fast, naming the bad value, before any Beam work
+    text = config_text(feature_config, config_path)  # fail fast, before any Beam work
     staging = os.path.join(summary.uri, STAGING_DIR)
+    staged_config = os.path.join(staging, CONFIG_FILE)
+    tf.io.gfile.makedirs(staging)
+    with tf.io.gfile.GFile(staged_config, "w") as f:
+        f.write(text)
+    summary.set_string_custom_property(
+        FINGERPRINT_KEY, input_fingerprint or fingerprint_tables(events, users, items))
     with beam_pipeline as pipeline:
-        adapters.sessionize(pipeline, config_path, events, users, items, staging)
+        adapters.sessionize(pipeline, staged_config, events, users or None, items or None,
+                            staging)
     distribute_outputs(staging, {fc.RANKING: ranking_examples, fc.RETRIEVAL: retrieval_examples,
                                  fc.ITEM2VEC: item2vec_examples},
-                       vocabulary, catalogue, summary, config_path)
+                       vocabulary, catalogue, summary, staged_config)
+
+
+ClickLogExampleGen.DRIVER_CLASS = InputFingerprintDriver

@@ -68,18 +68,14 @@ def run_ids(connection_config, pipeline_name: str) -> list[str]:
     return [c.name for c in sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))]
 
 
-def load_run(connection_config, pipeline_name: str, run_id: str) -> RunSummary:
-    """Every execution of one run with its input and output artifacts."""
-    store = _store(connection_config)
-    run = store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
-    if run is None:
-        raise KeyError(f"no run {run_id!r} in MLMD")
-    executions = store.get_executions_by_context(run.id)
+def _execution_infos(store: metadata_store.MetadataStore, executions, pipeline_name: str
+                     ) -> list[ExecutionInfo]:
+    """Executions with their input and output artifacts, read from `store`."""
     types = {t.id: t.name for t in store.get_artifact_types()}
     events = store.get_events_by_execution_ids([e.id for e in executions])
     artifacts = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
-    out = {}
-    prefix = f"{pipeline_name}."
+    out = []
+    prefix = f"{pipeline_name}." if pipeline_name else ""
     for execution in executions:
         nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
                  if store.get_context_types_by_id([c.type_id])[0].name == NODE_CONTEXT]
@@ -97,10 +93,35 @@ def load_run(connection_config, pipeline_name: str, run_id: str) -> RunSummary:
                 else info.inputs
             side.setdefault(key, []).append(ArtifactInfo(artifact.id, types.get(artifact.type_id, "?"),
                                                         artifact.uri, _props(artifact)))
+        out.append(info)
+    return out
+
+
+def load_run(connection_config, pipeline_name: str, run_id: str) -> RunSummary:
+    """Every execution of one run with its input and output artifacts."""
+    store = _store(connection_config)
+    run = store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r} in MLMD")
+    out: dict[str, ExecutionInfo] = {}
+    for info in _execution_infos(store, store.get_executions_by_context(run.id), pipeline_name):
         # A retried node can appear twice; the latest execution wins.
-        if node_id not in out or out[node_id].id < execution.id:
-            out[node_id] = info
+        if info.node_id not in out or out[info.node_id].id < info.id:
+            out[info.node_id] = info
     return RunSummary(run_id, out)
+
+
+def load_execution(connection_config, execution_id: int) -> ExecutionInfo:
+    """One execution with its artifacts (node_id: the node context's full name).
+
+    Raises:
+      KeyError: no such execution.
+    """
+    store = _store(connection_config)
+    executions = store.get_executions_by_id([execution_id])
+    if not executions:
+        raise KeyError(f"no execution {execution_id} in MLMD")
+    return _execution_infos(store, executions, "")[0]
 
 
 def latest_run(connection_config, pipeline_name: str) -> RunSummary | None:
@@ -152,6 +173,13 @@ def _gate_lines(node_id: str, execution: ExecutionInfo) -> list[str]:
     return lines
 
 
+def headline_figures(properties: dict[str, Any]) -> dict[str, float]:
+    """A trainer's headline figures: AUCs and the @50 retrieval rates, by name."""
+    return {k: v for k, v in sorted(properties.items())
+            if isinstance(v, float) and (k.endswith("auc") or k.endswith("_at_50"))
+            and not k.startswith(("coverage", "ndcg"))}
+
+
 def format_summary(summary: RunSummary | None) -> str:
     """The text the runners print after a run."""
     if summary is None:
@@ -163,10 +191,7 @@ def format_summary(summary: RunSummary | None) -> str:
         metrics = execution.outputs.get("metrics")
         if metrics:
             properties = metrics[0].properties
-            # Headline figures only: AUCs and the @50 retrieval rates.
-            figures = {k: round(v, 4) for k, v in sorted(properties.items())
-                       if isinstance(v, float) and (k.endswith("auc") or k.endswith("_at_50"))
-                       and not k.startswith(("coverage", "ndcg"))}
+            figures = {k: round(v, 4) for k, v in headline_figures(properties).items()}
             extra = _not_evaluable_tasks(properties)
             if early_stopping_text(properties):
                 extra.append(early_stopping_text(properties))

@@ -33,6 +33,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2
 
 from feature_contract import feature_config as fc
+from feature_contract.dataset import Dataset
 from components import eval_config
 from components.blessing import RankingGate
 from components.example_gen import ClickLogExampleGen
@@ -106,8 +107,7 @@ def _push_to(serving_dir: str, served_name: str) -> pusher_pb2.PushDestination:
         base_directory=os.path.join(serving_dir, "models", served_name)))
 
 
-def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, events: str,
-                    users: str, items: str, serving_dir: str,
+def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, serving_dir: str,
                     ranking: RankingSettings = RankingSettings(),
                     recall: RecallSettings = RecallSettings(),
                     metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
@@ -119,8 +119,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, ev
     Args:
       pipeline_name: MLMD context name.
       pipeline_root: where artifacts are written.
-      config_path: the dataset's feature config (YAML).
-      events, users, items: raw table globs (README "Raw click-log format").
+      dataset: the feature config (as YAML text) and the raw table globs
+        (README "Raw click-log format"; beam_jobs.datasets.resolve makes one
+        from a built-in name or a dataset YAML).
       serving_dir: receives models/<name>/<version>/, indexes/<name>/<version>/
         and reports/<time>/.
       ranking: ranking stage settings.
@@ -141,8 +142,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, config_path: str, ev
         raise ValueError(f"unknown recall models {unknown}; want a subset of {RECALL_MODELS}")
     if ranking.candidate == ranking.baseline:
         raise ValueError(f"candidate and baseline are both {ranking.candidate!r}")
-    example_gen = ClickLogExampleGen(config_path=config_path, events=events, users=users,
-                                     items=items)
+    example_gen = ClickLogExampleGen(feature_config=dataset.config_yaml, events=dataset.events,
+                                     users=dataset.users, items=dataset.items)
     ranking_examples = example_gen.outputs["ranking_examples"]
     vocabulary = example_gen.outputs["vocabulary"]
     components: list = [example_gen]

@@ -6,6 +6,15 @@ Runners own every path: <work_dir>/raw (datasets), <work_dir>/tfx/<name>/
 
 Each flag's default can come from a FEEDREC_* environment variable, because
 the tfx CLI runs a runner file with no arguments.
+
+`--data` is a built-in dataset (synthetic, movielens: generated or fetched
+under <work_dir>/raw) or the path of a dataset YAML (feature_contract.dataset:
+the feature config plus a `data:` section naming the tables).
+
+Every run prints a line per component as it starts and ends
+(pipelines.progress), keeps Beam's and TensorFlow's INFO / WARNING logs off
+unless --verbose, and runs Beam on FnApiRunner unless told otherwise: the
+DirectRunner's default first tries to download the Prism runner binary.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +33,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from beam_jobs import datasets
-from pipelines import interruption, mlmd_summary, profiles
+from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
 DEFAULT_PIPELINE_NAME = "feedrec"
@@ -34,11 +44,15 @@ def _env(name: str, default: str | None) -> str | None:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", choices=datasets.DATASETS, default=_env("data", "synthetic"))
+    parser.add_argument("--data", default=_env("data", datasets.SYNTHETIC),
+                        help=f"{' or '.join(datasets.DATASETS)} (built in), or a dataset YAML: "
+                             "a feature config with a 'data:' section naming the events / "
+                             "users / items globs")
     parser.add_argument("--work_dir", default=_env("work_dir", "work"))
     parser.add_argument("--profile", choices=profiles.PROFILES, default=_env("profile", "default"))
     parser.add_argument("--num_events", type=int, default=_env("num_events", None),
-                        help="synthetic log size (default: the profile's)")
+                        help="synthetic log size (default: the profile's; other datasets: "
+                             "ignored)")
     parser.add_argument("--pipeline_name", default=_env("pipeline_name", DEFAULT_PIPELINE_NAME))
     parser.add_argument("--recall_models", default=_env("recall_models", ",".join(RECALL_MODELS)),
                         help="comma-separated subset of %s ('' for none)" % (RECALL_MODELS,))
@@ -68,6 +82,37 @@ class Built:
     serving_dir: str
 
 
+# FnApiRunner is what DirectRunner ends up using for a batch pipeline, after
+# first trying to download the Prism runner binary from GitHub (Beam >= 2.6x).
+LOCAL_BEAM_RUNNER = "FnApiRunner"
+
+
+def with_beam_runner(beam_args: Sequence[str]) -> list[str]:
+    """beam_args with an explicit --runner (LOCAL_BEAM_RUNNER unless one is given)."""
+    args = list(beam_args) or ["--direct_num_workers=1"]
+    if any(a == "--runner" or a.startswith("--runner=") for a in args):
+        return args
+    return [f"--runner={LOCAL_BEAM_RUNNER}", *args]
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Keeps library chatter out of the run's output unless verbose.
+
+    absl at ERROR: ml-metadata 1.17 under tfx 1.21 warns on every resolver
+    query ("property_predicate is not supported"), and TFX logs each step at
+    INFO. Beam and TensorFlow log through Python logging; TF's C++ side is
+    TF_CPP_MIN_LOG_LEVEL, set by every runner module before TF loads. Beam
+    pipelines the process builds without a runner (BeamDagRunner's own
+    orchestration job) get LOCAL_BEAM_RUNNER too, for the reason above.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+    StandardOptions.DEFAULT_RUNNER = LOCAL_BEAM_RUNNER
+    level = logging.INFO if verbose else logging.ERROR
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
+    for name in ("apache_beam", "tensorflow", "tensorflow_model_analysis", "tfx", "absl"):
+        logging.getLogger(name).setLevel(level)
+
+
 def parse_hparam_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
     """["nfwfm={...}", ...] -> {"nfwfm": {...}}.
 
@@ -95,7 +140,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     work_dir = os.path.abspath(args.work_dir)
     profile = profiles.get(args.profile, args.data)
     num_events = int(args.num_events or profile.num_events)
-    raw = datasets.prepare(args.data, work_dir, num_events=num_events)
+    dataset = datasets.resolve(args.data, work_dir, num_events=num_events)
     overrides = parse_hparam_overrides(args.hparams)
     gate = {}
     if args.auc_tolerance is not None:
@@ -114,10 +159,9 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     serving_dir = os.path.join(work_dir, "serving")
     pipeline = create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=os.path.join(root, "pipeline_root"),
-        config_path=raw.config_path, events=raw.events, users=raw.users, items=raw.items,
-        serving_dir=serving_dir, ranking=ranking, recall=recall,
+        dataset=dataset, serving_dir=serving_dir, ranking=ranking, recall=recall,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=beam_args or ["--direct_num_workers=1"],
+        beam_pipeline_args=with_beam_runner(beam_args),
         enable_cache=not args.no_cache)
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
@@ -162,9 +206,7 @@ def run_main(runner_factory: Callable[[], Any], description: str,
     parser = argparse.ArgumentParser(description=description)
     add_flags(parser)
     args, beam_args = parser.parse_known_args(argv)
-    # ERROR by default: ml-metadata 1.17 under tfx 1.21 warns on every resolver
-    # query ("property_predicate is not supported"), drowning the summary.
-    absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
+    quiet_logs(args.verbose)
     with interruption.stop_on_signals():
         built = build(args, beam_args)
     with interruption.stop_on_signals(
@@ -173,7 +215,8 @@ def run_main(runner_factory: Callable[[], Any], description: str,
         try:
             clean_interrupted_runs(built, lock is not None)
             before = run_count(built)
-            runner_factory().run(built.pipeline)
+            with progress.reporting(_connection(built)):
+                runner_factory().run(built.pipeline)
         finally:
             if lock is not None:
                 lock.close()

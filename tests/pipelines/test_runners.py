@@ -7,8 +7,13 @@ import os
 import pytest
 from absl.testing import parameterized
 
+from feature_contract import dataset as dataset_file
+from feature_contract import feature_config as fc
 from pipelines import kubeflow_v2_runner, runner_common
 from pipelines.pipeline import RankingSettings, RecallSettings, create_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_DATASET = dataset_file.builtin("synthetic", "e", "u", "i")
 
 
 class HparamOverridesTest(parameterized.TestCase):
@@ -57,6 +62,13 @@ def test_build_passes_beam_args_and_owns_paths(tmp_path):
          "--runner=DirectRunner", "--direct_num_workers=2"])
     built = runner_common.build(args, beam)
     assert built.pipeline.beam_pipeline_args == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    # The feature config travels as text; the globs are the prepared tables.
+    example_gen = next(c for c in built.pipeline.components if c.id == "ClickLogExampleGen")
+    with open(fc.builtin_config_path("synthetic"), encoding="utf-8") as f:
+        assert example_gen.exec_properties["feature_config"] == f.read()
+    assert example_gen.exec_properties["events"] == os.path.join(
+        str(tmp_path), "raw", "synthetic-500-0", "events.jsonl.gz")
+    assert "config_path" not in example_gen.exec_properties
     assert built.metadata_path == os.path.join(str(tmp_path), "tfx", "feedrec", "metadata.sqlite")
     ids = {c.id for c in built.pipeline.components}
     assert {"RecallTrainer.two_tower", "Evaluator.multitask_nfwfm.follow"} <= ids
@@ -89,7 +101,7 @@ def _change_threshold(evaluator) -> float:
 @pytest.mark.parametrize("profile, intervals", [("default", True), ("tiny", False)])
 def test_profiles_confidence_intervals(profile, intervals, tmp_path):
     from pipelines import profiles
-    built = create_pipeline("p", str(tmp_path), "c.yaml", "e", "u", "i", str(tmp_path),
+    built = create_pipeline("p", str(tmp_path), TINY_DATASET, str(tmp_path),
                             ranking=profiles.get(profile, "synthetic").ranking,
                             recall=RecallSettings(models=()))
     for component in built.components:
@@ -117,7 +129,7 @@ def test_build_gate_flags(tmp_path):
 ])
 def test_create_pipeline_rejects(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        create_pipeline("p", str(tmp_path), "c.yaml", "e", "u", "i", str(tmp_path), **kwargs)
+        create_pipeline("p", str(tmp_path), TINY_DATASET, str(tmp_path), **kwargs)
 
 
 def test_kubeflow_v2_compiles_to_a_valid_job_spec(tmp_path):
@@ -144,3 +156,53 @@ def test_kubeflow_v2_compiles_to_a_valid_job_spec(tmp_path):
     executors = spec["deploymentSpec"]["executors"]
     assert all(e["container"]["image"] == "gcr.io/project/feedrec:1" for e in executors.values())
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
+    # No step reuses a cached result by default (KFP cannot see new data).
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+
+
+def test_beam_runner_is_explicit():
+    assert runner_common.with_beam_runner([]) == ["--runner=FnApiRunner",
+                                                  "--direct_num_workers=1"]
+    assert runner_common.with_beam_runner(["--direct_num_workers=2"]) == [
+        "--runner=FnApiRunner", "--direct_num_workers=2"]
+    assert runner_common.with_beam_runner(["--runner", "DataflowRunner", "--project=p"]) == [
+        "--runner", "DataflowRunner", "--project=p"]
+
+
+def _write_dataset_yaml(folder, events: str = "logs/events-*.csv") -> str:
+    with open(fc.builtin_config_path("synthetic"), encoding="utf-8") as f:
+        text = f.read()
+    os.makedirs(str(folder), exist_ok=True)
+    path = os.path.join(str(folder), "mine.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + f"data:\n  events: {events}\n  users: users.jsonl\n"
+                       "  items: gs://other/items.jsonl\n")
+    return path
+
+
+def test_kubeflow_v2_spec_carries_no_path_of_the_compiling_machine(tmp_path):
+    yaml_path = _write_dataset_yaml(tmp_path / "datasets")
+    out = tmp_path / "build"
+    path = kubeflow_v2_runner.compile_pipeline(
+        str(out), "feedrec", "gs://bucket/root", yaml_path, "gs://bucket/raw",
+        "gs://bucket/serving", "gcr.io/project/feedrec:1", recall_models=["two_tower"])
+    with open(path) as f:
+        text = f.read()
+    for host_path in (REPO, str(tmp_path)):
+        assert host_path not in text, host_path
+    # Relative globs resolve against the data root; URLs stay as written.
+    assert "gs://bucket/raw/logs/events-*.csv" in text
+    assert "gs://bucket/raw/users.jsonl" in text and "gs://other/items.jsonl" in text
+    # The config itself is in the spec.
+    assert "interest_tags" in text
+
+
+def test_kubeflow_v2_builtin_tables_under_data_root(tmp_path):
+    path = kubeflow_v2_runner.compile_pipeline(
+        str(tmp_path), "feedrec", "gs://bucket/root", "movielens", "gs://bucket/ml/",
+        "gs://bucket/serving", "img", recall_models=[])
+    with open(path) as f:
+        text = f.read()
+    assert REPO not in text
+    for table in ("events", "users", "items"):
+        assert f"gs://bucket/ml/{table}.*" in text
