@@ -111,15 +111,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def emit(result: Mapping[str, Any], out: str | None) -> None:
-    """Prints result as JSON on stdout and, when out is set, writes it there too."""
+    """Writes result as JSON to `out` when set, then prints it on stdout.
+
+    The file comes first: a closed stdout (`... | head`) must not lose it.
+    """
     text = json.dumps(_jsonable(result), indent=2, sort_keys=True)
-    print(text)
     if out:
         directory = os.path.dirname(out)
         if directory:
             tf.io.gfile.makedirs(directory)
         with tf.io.gfile.GFile(out, "w") as f:
             f.write(text + "\n")
+    print(text)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

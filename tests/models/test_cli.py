@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from feature_contract import feature_config as fc
-from models import inputs
+from models import cli, inputs
 from models.item2vec import train as i2v_train
 from models.ranking import config as rc
 from models.ranking import train as ranking_train
@@ -143,6 +143,19 @@ def test_leave_last_out_scores_only_clicks_the_trainer_never_saw():
     assert queries.targets == [["i4"]] and queries.history == [["i1", "i2"]]
     assert queries.features[fc.USER_KEY].tolist() == [b"b"]
     assert sorted(queries.features) == sorted(evals)  # the marker column is gone
+
+
+def test_emit_writes_portable_json_to_the_file_before_stdout(tmp_path):
+    result = {"auc": np.float32(0.5), "curve": np.array([1, 2]), "avg_position": float("nan"),
+              "pair": (1, np.int64(2)), 3: "x"}
+    out = tmp_path / "new_dir" / "m.json"
+    closed = io.StringIO()
+    closed.close()
+    # A closed stdout (`| head`) fails the print: the file is written already.
+    with contextlib.redirect_stdout(closed), pytest.raises(ValueError):
+        cli.emit(result, str(out))
+    assert json.loads(out.read_text()) == {"auc": 0.5, "curve": [1, 2], "avg_position": None,
+                                           "pair": [1, 2], "3": "x"}
 
 
 @pytest.fixture(scope="module")
