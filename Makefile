@@ -10,9 +10,17 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# DATA: synthetic, movielens or a dataset YAML (feature config + data: globs).
 DATA ?= synthetic
 WORK ?= work
 SERVE_FLAGS ?=
+# Extra bench flags, e.g. BENCH_FLAGS="--quick --seeds 1".
+BENCH_FLAGS ?=
+# The benches run both built-in datasets unless DATA is given (command line or environment).
+COMMA := ,
+BENCH_DATASETS := $(if $(filter file,$(origin DATA)),synthetic$(COMMA)movielens,$(DATA))
+# `make query U=u1`: the user to recommend for (not USER, which is the login's name).
+U ?=
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 # The stale protobuf<5 pin of ml-metadata 1.17 is expected to fail `pip check`.
@@ -56,11 +64,12 @@ bench-sessionize: install
 	$(PYTHON) -m bench.sessionize_bench
 
 # One process per dataset (synthetic, MovieLens): the 2 cores run both at once.
+# With DATA=other.yaml the JSON goes under work/ (bench/results/ holds the built-in runs).
 bench-ranking: install-bench
-	$(PYTHON) -m bench.ranking_bench --jobs 2
+	$(PYTHON) -m bench.ranking_bench --jobs 2 --datasets $(BENCH_DATASETS) $(BENCH_FLAGS)
 
 bench-recall: install-bench
-	$(PYTHON) -m bench.recall_bench
+	$(PYTHON) -m bench.recall_bench --datasets $(BENCH_DATASETS) $(BENCH_FLAGS)
 
 bench-faiss: install
 	$(PYTHON) -m bench.faiss_bench
@@ -72,7 +81,8 @@ serve: install
 	$(PYTHON) -m serving.serve --work_dir $(WORK) $(SERVE_FLAGS)
 
 query: install
-	$(PYTHON) -m serving.query --user $(USER) --work_dir $(WORK)
+	@test -n "$(U)" || { echo "usage: make query U=<user id>" >&2; exit 2; }
+	$(PYTHON) -m serving.query --user $(U) --work_dir $(WORK)
 
 clean:
 	rm -rf $(WORK) .pytest_cache

@@ -1,12 +1,86 @@
-"""One child process per dataset: how both training benches use the 2 cores."""
+"""What both training benches share: their datasets, and one child process per dataset.
+
+A `--datasets` entry is a built-in name (synthetic, movielens) or the path of
+a dataset YAML (feature_contract.dataset); `sessionize_once` writes its
+examples once per distinct input, `default_out` keeps a run on other data out
+of bench/results/, and `run_children` runs one process per dataset so the
+2 cores work at once.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from beam_jobs import datasets
+from feature_contract import dataset as dataset_file
+
+CONFIG_FILE = "feature_config.yaml"
+
+
+def dataset_key(spec: str) -> str:
+    """A `--datasets` entry's key in the report: the built-in name, or the YAML's `name`."""
+    return spec if spec in datasets.DATASETS else dataset_file.load(spec).name
+
+
+def default_out(specs: Sequence[str], results_json: str, work_dir: str, bench: str) -> str:
+    """Where a bench writes its JSON when --out is not given.
+
+    The built-in datasets' runs are the recorded results (results_json, under
+    bench/results/); a run on any other data goes under work_dir, outside the
+    tracked files, named after its datasets.
+    """
+    if all(spec in datasets.DATASETS for spec in specs):
+        return results_json
+    return os.path.join(work_dir, f"{bench}-{'+'.join(dataset_key(s) for s in specs)}.json")
+
+
+def _examples_dir_name(data: dataset_file.Dataset) -> str:
+    """Built-in: the raw directory's name (synthetic-<events>-<seed>, movielens).
+    A dataset YAML: its name plus a digest of its config and of what its
+    globs match now, so new data (or a new config) is sessionized again."""
+    if data.source in datasets.DATASETS:
+        return os.path.basename(os.path.dirname(data.events))
+    digest = hashlib.sha256((data.config_yaml + datasets.fingerprint(data.tables)).encode())
+    return f"{data.name}-{digest.hexdigest()[:12]}"
+
+
+def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
+                    ) -> tuple[str, str, dict[str, Any]]:
+    """Runs `python -m beam_jobs.sessionize` on a dataset unless its output exists.
+
+    Args:
+      spec: built-in name or dataset YAML.
+      work_dir: where built-in datasets are prepared.
+      num_events: synthetic log size.
+      out_root: parent of the per-dataset examples directories.
+    Returns:
+      (feature config path, sessionize output dir, summary.json).
+    Raises:
+      subprocess.CalledProcessError: the job failed (its stderr is in the
+        error): a benchmark never falls back to other data.
+    """
+    data = datasets.resolve(spec, work_dir, num_events=num_events)
+    out_dir = os.path.join(out_root, _examples_dir_name(data))
+    config_path = os.path.join(out_dir, CONFIG_FILE)
+    summary = os.path.join(out_dir, "summary.json")
+    if not os.path.exists(summary):
+        os.makedirs(out_dir, exist_ok=True)
+        with open(config_path, "w", encoding="utf-8") as f:
+            f.write(data.config_yaml)
+        cmd = [sys.executable, "-m", "beam_jobs.sessionize", "--config", config_path,
+               "--events", data.events, "--output_dir", out_dir]
+        for table in ("users", "items"):
+            if data.tables[table]:
+                cmd += [f"--{table}", data.tables[table]]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    with open(summary, encoding="utf-8") as f:
+        return config_path, out_dir, json.load(f)
 
 
 def thread_share(num_children: int) -> int:

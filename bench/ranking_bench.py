@@ -3,10 +3,13 @@
     python -m bench.ranking_bench [--quick] [--seeds 5] [--datasets synthetic,movielens]
         [--models core|all|name,...] [--jobs 2] [--out bench/results/ranking.json]
 
-Data: the real pipeline. `beam_jobs.datasets.prepare` makes the raw tables
-(synthetic log or MovieLens-100k) and `python -m beam_jobs.sessionize` writes
-the ranking examples and vocabularies; every model, ours and DeepCTR's, sees
-the same examples.
+Data: the real pipeline. A `--datasets` entry is a built-in dataset
+(`beam_jobs.datasets.prepare` makes the synthetic log or MovieLens-100k) or a
+dataset YAML (feature config + `data:` globs); `python -m beam_jobs.sessionize`
+writes the ranking examples and vocabularies (bench.parallel.sessionize_once);
+every model, ours and DeepCTR's, sees the same examples. The JSON goes to
+bench/results/ranking.json for the built-in datasets and under --work_dir for
+any other, unless --out says where.
 
 Protocol (the JSON's `_protocol` records all of it):
   * Validation is carved from TRAIN with the trainers' own rule
@@ -40,7 +43,6 @@ import argparse
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -118,31 +120,20 @@ MULTITASK_CLICK_TOLERANCE = 0.002
 
 
 # ---- data ------------------------------------------------------------------
-def _sessionize(raw, out_dir: str) -> dict[str, Any]:
-    summary = os.path.join(out_dir, "summary.json")
-    if not os.path.exists(summary):
-        cmd = [sys.executable, "-m", "beam_jobs.sessionize", "--config", raw.config_path,
-               "--events", raw.events, "--users", raw.users, "--items", raw.items,
-               "--output_dir", out_dir]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-    with open(summary, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def prepare_data(dataset: str, work_dir: str, num_events: int) -> dict[str, Any]:
     """Train/eval patterns, vocab dir and config path of one dataset.
+
+    Args:
+      dataset: a built-in name or a dataset YAML.
 
     Raises:
       subprocess.CalledProcessError: the sessionize job failed (its stderr
         is in the error): a benchmark never falls back to other data.
     """
-    from beam_jobs import datasets
-    raw = datasets.prepare(dataset, work_dir, num_events=num_events)
-    # One examples directory per raw directory (synthetic-<events>-<seed>, movielens).
-    out_dir = os.path.join(work_dir, "examples", os.path.basename(os.path.dirname(raw.events)))
-    summary = _sessionize(raw, out_dir)
+    config_path, out_dir, summary = parallel.sessionize_once(
+        dataset, work_dir, num_events, os.path.join(work_dir, "examples"))
     ranking = os.path.join(out_dir, fc.RANKING)
-    return {"config_path": raw.config_path, "vocab_dir": os.path.join(out_dir, "vocab"),
+    return {"config_path": config_path, "vocab_dir": os.path.join(out_dir, "vocab"),
             "train_pattern": inputs.split_pattern(ranking, fc.TRAIN),
             "eval_pattern": inputs.split_pattern(ranking, fc.EVAL),
             "summary": summary, "examples_dir": out_dir}
@@ -657,10 +648,11 @@ def _run_parallel(datasets: Sequence[str], argv: Sequence[str], out_dir: str,
     threads = parallel.thread_share(len(datasets))
     commands = {}
     for dataset in datasets:
-        out = os.path.join(out_dir, f"{dataset}.json")
-        commands[dataset] = ([sys.executable, "-m", "bench.ranking_bench", *child_args(argv),
-                              "--datasets", dataset, "--out", out, "--jobs", "1",
-                              "--threads", str(threads)], out)
+        key = parallel.dataset_key(dataset)
+        out = os.path.join(out_dir, f"{key}.json")
+        commands[key] = ([sys.executable, "-m", "bench.ranking_bench", *child_args(argv),
+                          "--datasets", dataset, "--out", out, "--jobs", "1",
+                          "--threads", str(threads)], out)
     return parallel.run_children(commands, log)
 
 
@@ -676,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--quick: training examples kept per dataset")
     parser.add_argument("--max_epochs", type=int, default=None,
                         help="cap on epochs (default: the models' own; quick: 4)")
-    parser.add_argument("--datasets", default="synthetic,movielens")
+    parser.add_argument("--datasets", default="synthetic,movielens",
+                        help="comma-separated built-in names and/or dataset YAMLs")
     parser.add_argument("--models", default="core",
                         help=f"core ({','.join(CORE)}), all, or a comma-separated list")
     parser.add_argument("--jobs", type=int, default=1,
@@ -684,13 +677,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra/inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_ranking"))
-    parser.add_argument("--out", default=os.path.join("bench", "results", "ranking.json"))
+    parser.add_argument("--out", default=None,
+                        help="the JSON (default: bench/results/ranking.json for the built-in "
+                             "datasets, <work_dir>/ranking-<names>.json for any other)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.num_events = args.num_events or (60_000 if args.quick else 100_000)
     args.max_epochs = args.max_epochs or (4 if args.quick else None)
     names = _model_names(args.models)
     datasets = [d for d in args.datasets.split(",") if d]
+    args.out = args.out or parallel.default_out(
+        datasets, os.path.join("bench", "results", "ranking.json"), args.work_dir, "ranking")
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -705,9 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             report = _run_parallel(datasets, argv, tmp, log)
     else:
-        report = {d: DatasetBench(d, args, log).run(names) for d in datasets}
+        report = {parallel.dataset_key(d): DatasetBench(d, args, log).run(names)
+                  for d in datasets}
     for dataset in datasets:
-        log(f"[{dataset}] targets {json.dumps(report[dataset]['_targets'])}")
+        key = parallel.dataset_key(dataset)
+        log(f"[{key}] targets {json.dumps(report[key]['_targets'])}")
     report["_protocol"] = protocol(args)
     report["_run"] = {**run_info, "total_seconds": time.perf_counter() - started,
                       "models": names}

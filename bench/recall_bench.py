@@ -7,10 +7,14 @@
 result. `--jobs 2` (default) benchmarks the two datasets side by side in
 child processes: on 2 cores the whole run then takes ~30 min (README).
 
-Data: the real pipeline. `beam_jobs.datasets.prepare` makes the raw tables
-(synthetic log or MovieLens-100k) and `python -m beam_jobs.sessionize` writes
-the retrieval examples, item2vec sessions, vocabularies and item catalogue,
-once per dataset under --work_dir.
+Data: the real pipeline. A `--datasets` entry is a built-in dataset
+(`beam_jobs.datasets.prepare` makes the synthetic log or MovieLens-100k) or a
+dataset YAML (feature config + `data:` globs); `python -m beam_jobs.sessionize`
+writes the retrieval examples, item2vec sessions, vocabularies and item
+catalogue, once per distinct input under --work_dir
+(bench.parallel.sessionize_once). The JSON goes to bench/results/recall.json
+for the built-in datasets and under --work_dir for any other, unless --out
+says where.
 
 Protocols (models.recall.protocols; items of the query's history are
 excluded from the top-K):
@@ -46,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,15 +113,10 @@ PEER_SETTINGS: dict[str, dict[str, Any]] = {
 # ---- data ------------------------------------------------------------------
 
 def sessionized(name: str, work_dir: str, num_events: int) -> tuple[str, str]:
-    """(config path, sessionize output dir), producing them once."""
-    raw = datasets.prepare(name, work_dir, num_events=num_events)
-    suffix = f"-{num_events}" if name == datasets.SYNTHETIC else ""
-    out = os.path.join(work_dir, "sessionized", name + suffix)
-    if not os.path.exists(os.path.join(out, "summary.json")):
-        subprocess.run([sys.executable, "-m", "beam_jobs.sessionize", "--config", raw.config_path,
-                        "--events", raw.events, "--users", raw.users, "--items", raw.items,
-                        "--output_dir", out], check=True)
-    return raw.config_path, out
+    """(config path, sessionize output dir) of a built-in name or dataset YAML, made once."""
+    config_path, out, _ = parallel.sessionize_once(name, work_dir, num_events,
+                                                   os.path.join(work_dir, "sessionized"))
+    return config_path, out
 
 
 def sessions_from_examples(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig
@@ -598,12 +596,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_epochs", type=int, default=None,
                         help="cap on the learned models' epochs (default: their configs' "
                              f"own; quick {QUICK_MAX_EPOCHS})")
-    parser.add_argument("--datasets", default=",".join(datasets.DATASETS))
+    parser.add_argument("--datasets", default=",".join(datasets.DATASETS),
+                        help="comma-separated built-in names and/or dataset YAMLs")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_recall"))
     parser.add_argument("--num_events", type=int, default=datasets.DEFAULT_NUM_EVENTS,
                         help="synthetic events")
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--out", default=None,
+                        help=f"the JSON (default: {os.path.relpath(RESULTS)} for the built-in "
+                             "datasets, <work_dir>/recall-<names>.json for any other)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="datasets benchmarked side by side in child processes (default "
                              "2: the whole run fits ~30 min on 2 cores; 1: one after the "
@@ -624,7 +625,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} / {args.threads}")
     args.seed_list = list(range(args.seeds))
     args.model_list = _names(args.models, MODELS, "models", parser)
-    args.dataset_list = _names(args.datasets, datasets.DATASETS, "datasets", parser)
+    specs = [n for n in args.datasets.split(",") if n]
+    args.dataset_list = _names(args.datasets, datasets.DATASETS + tuple(
+        n for n in specs if os.path.isfile(n)), "datasets", parser)
+    args.out = args.out or parallel.default_out(args.dataset_list, RESULTS, args.work_dir,
+                                                "recall")
     return args
 
 
@@ -644,8 +649,9 @@ def run_parallel(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     threads = parallel.thread_share(len(args.dataset_list))
     commands = {}
     for dataset in args.dataset_list:
-        out = os.path.join(out_dir, f"{dataset}.json")
-        commands[dataset] = (child_command(args, dataset, out, threads), out)
+        key = parallel.dataset_key(dataset)
+        out = os.path.join(out_dir, f"{key}.json")
+        commands[key] = (child_command(args, dataset, out, threads), out)
     return parallel.run_children(commands, lambda m: print(m, flush=True))
 
 
@@ -665,8 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {}
         for name in args.dataset_list:
             started = time.time()
-            results[name] = run_dataset(name, args)
-            results[name]["_data"]["seconds"] = time.time() - started
+            key = parallel.dataset_key(name)
+            results[key] = run_dataset(name, args)
+            results[key]["_data"]["seconds"] = time.time() - started
     results["_targets"] = check_targets(results)
     results["_protocol"] = protocol_record(args)
     results["_run"] = {**run_info, "seeds": args.seed_list, "quick": args.quick,

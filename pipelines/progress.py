@@ -73,18 +73,20 @@ def _clock(seconds: float) -> str:
 
 @contextlib.contextmanager
 def reporting(connection_config: metadata_store_pb2.ConnectionConfig,
-              out: TextIO = sys.stdout) -> Iterator[None]:
+              out: TextIO | None = None) -> Iterator[None]:
     """Prints a line as each node starts and ends while the block runs.
 
     Args:
       connection_config: the pipeline's MLMD, read for each ended execution.
-      out: where the lines go.
+      out: where the lines go (default: sys.stdout at the time of each line,
+        so a redirected stdout gets them).
     """
     original = launcher.Launcher.launch
     run_started = time.monotonic()
 
     def say(text: str) -> None:
-        print(f"{_clock(time.monotonic() - run_started)} {text}", file=out, flush=True)
+        print(f"{_clock(time.monotonic() - run_started)} {text}", file=out or sys.stdout,
+              flush=True)
 
     def launch(self, *args, **kwargs):
         node = self._pipeline_node.node_info.id

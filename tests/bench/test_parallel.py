@@ -31,3 +31,42 @@ def test_a_failed_child_is_named_with_its_exit_code(tmp_path):
 def test_thread_share_splits_the_cores(monkeypatch):
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
     assert [parallel.thread_share(n) for n in (1, 2, 3)] == [2, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def my_clicks(tmp_path_factory) -> str:
+    from tests.pipelines import custom_dataset
+    return custom_dataset.write(str(tmp_path_factory.mktemp("my_clicks")), 1500)
+
+
+def test_dataset_key_and_default_out(my_clicks):
+    assert parallel.dataset_key("movielens") == "movielens"
+    assert parallel.dataset_key(my_clicks) == "my_clicks"
+    # Built-in datasets: the recorded results; anything else: under the work dir.
+    assert parallel.default_out(["synthetic", "movielens"], "bench/results/r.json", "work/b",
+                                "ranking") == "bench/results/r.json"
+    assert parallel.default_out(["synthetic", my_clicks], "bench/results/r.json", "work/b",
+                                "ranking") == "work/b/ranking-synthetic+my_clicks.json"
+
+
+def test_sessionize_once_on_a_dataset_yaml(my_clicks, tmp_path):
+    """Needs H1's optional side tables: my_clicks has no users table."""
+    import os
+
+    from feature_contract import feature_config as fc
+    from tests.pipelines import custom_dataset
+    config_path, out_dir, summary = parallel.sessionize_once(my_clicks, str(tmp_path), 0,
+                                                             str(tmp_path / "examples"))
+    assert os.path.basename(out_dir).startswith("my_clicks-")
+    assert fc.load(config_path).name == "my_clicks"
+    assert summary["events"]["read"] == 1500
+    # A second call reuses the output; new events at the same path make a new one.
+    assert parallel.sessionize_once(my_clicks, str(tmp_path), 0,
+                                    str(tmp_path / "examples"))[1] == out_dir
+    folder = os.path.dirname(my_clicks)
+    events = os.path.join(folder, custom_dataset.EVENTS_FILE)
+    with open(events, "a", encoding="utf-8") as f:
+        f.write("2026-01-02T00:00:00+00:00,someone,i0,view,wifi\n")
+    _, new_dir, new_summary = parallel.sessionize_once(my_clicks, str(tmp_path), 0,
+                                                       str(tmp_path / "examples"))
+    assert new_dir != out_dir and new_summary["events"]["read"] == 1501

@@ -232,6 +232,16 @@ def test_parse_args_defaults_and_quick():
     assert record["seeds"]["learned_and_seeded_peers"] == [0, 1, 2]
 
 
+def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_path):
+    yaml_path = tmp_path / "mine.yaml"
+    yaml_path.write_text("name: mine\n")  # parse_args only checks that the file exists
+    args = rb.parse_args(["--datasets", f"movielens,{yaml_path}", "--work_dir", "/w",
+                          "--out", "/o.json"])
+    assert args.dataset_list == ["movielens", str(yaml_path)] and args.out == "/o.json"
+    cmd = rb.child_command(args, str(yaml_path), "/tmp/x/mine.json", threads=1)
+    assert cmd[cmd.index("--datasets") + 1] == str(yaml_path)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--models", "two_tower,foo"], "unknown models ['foo']"),
     (["--models", ","], "no models given"),

@@ -72,3 +72,102 @@ class DistributeErrorsTest(parameterized.TestCase):
                                new_artifact(ItemCatalogue, root, "c"),
                                new_artifact(SessionizeSummary, root, "s"),
                                fc.builtin_config_path("synthetic"))
+
+
+def test_side_artifacts_record_the_input_fingerprint(sessionized, raw_dataset):
+    from beam_jobs import datasets
+    # Called directly (no orchestrator, so no driver): the executor computes it.
+    assert sessionized["summary"].get_string_custom_property("input_fingerprint") == \
+        datasets.fingerprint({"events": raw_dataset.events, "users": raw_dataset.users,
+                              "items": raw_dataset.items})
+
+
+def _write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class FingerprintTest(parameterized.TestCase):
+    """What beam_jobs.datasets.fingerprint sees, and what it makes of changes."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = temp_dir(self)
+        _write(os.path.join(self.root, "ev", "a.csv"), b"ts,u\n1,x\n")
+        _write(os.path.join(self.root, "ev", "b.csv"), b"ts,u\n2,y\n")
+        self.tables = {"events": os.path.join(self.root, "ev", "*.csv"), "users": None}
+
+    def _fingerprint(self) -> str:
+        from beam_jobs import datasets
+        return datasets.fingerprint(self.tables)
+
+    def test_describes_each_table(self):
+        text = self._fingerprint()
+        self.assertRegex(text, r"^events: 2 files, 18 bytes, sha256 [0-9a-f]{64}; users: none$")
+        self.assertEqual(text, self._fingerprint())  # stable while nothing changes
+
+    def test_a_glob_matching_nothing(self):
+        self.tables["events"] = os.path.join(self.root, "nothing", "*.csv")
+        self.assertRegex(self._fingerprint(), r"^events: 0 files, 0 bytes, sha256 ")
+
+    def test_same_size_same_mtime_new_content_changes_it(self):
+        path = os.path.join(self.root, "ev", "a.csv")
+        before, stat = self._fingerprint(), os.stat(path)
+        _write(path, b"ts,u\n9,z\n")
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime as it was
+        self.assertNotEqual(self._fingerprint(), before)
+
+    def test_touch_changes_it(self):
+        before = self._fingerprint()
+        path = os.path.join(self.root, "ev", "a.csv")
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        self.assertNotEqual(self._fingerprint(), before)
+
+    def test_a_new_file_changes_it(self):
+        before = self._fingerprint()
+        _write(os.path.join(self.root, "ev", "c.csv"), b"ts,u\n")
+        self.assertRegex(self._fingerprint(), r"^events: 3 files, 23 bytes")
+        self.assertNotEqual(self._fingerprint(), before)
+
+
+def test_driver_sets_the_fingerprint_exec_property(tmp_path):
+    from tfx.orchestration.portable import data_types
+
+    from beam_jobs import datasets
+    from components.example_gen import InputFingerprintDriver
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"x": 1}\n')
+    info = data_types.ExecutionInfo(exec_properties={"events": str(events), "users": None,
+                                                     "feature_config": "name: x"})
+    output = InputFingerprintDriver(None).run(info)
+    assert dict(output.exec_properties).keys() == {"input_fingerprint"}
+    assert output.exec_properties["input_fingerprint"].string_value == datasets.fingerprint(
+        {"events": str(events), "users": None, "items": None})
+
+
+def test_example_gen_declares_the_driver():
+    from components.example_gen import ClickLogExampleGen, InputFingerprintDriver
+    gen = ClickLogExampleGen(feature_config="name: x", events="e")
+    assert gen.driver_class is InputFingerprintDriver
+
+
+class ConfigTextTest(parameterized.TestCase):
+
+    @parameterized.named_parameters(("neither", None, None), ("both", "name: x", "c.yaml"))
+    def test_exactly_one(self, text, path):
+        from components.example_gen import config_text
+        with self.assertRaisesRegex(ValueError, "exactly one of feature_config"):
+            config_text(text, path)
+
+    def test_text_is_validated(self):
+        from components.example_gen import config_text
+        with self.assertRaisesRegex(fc.FeatureConfigError, "features"):
+            config_text("name: x\n", None)
+
+    def test_file_text_is_returned_verbatim(self):
+        from components.example_gen import config_text
+        path = fc.builtin_config_path("movielens")
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(config_text(None, path), f.read())
