@@ -76,6 +76,9 @@ class UserExampleBuilder:
                              if spec.type == fc.NUMERIC else None)
                             for spec in self._age_specs]
         self._tags = {(k, s): _example_tag(k, s) for k in fc.EXAMPLE_KINDS for s in fc.SPLITS}
+        # int64 timestamps of the train item2vec examples written (session
+        # starts), for the job's validation sizes; the caller empties it.
+        self.train_session_starts: list[int] = []
         self._timestamp_entry = int64_entry_maker(fc.TIMESTAMP_KEY.encode())
         only_age = self._age_makers[0] if len(self._age_makers) == 1 else (None, None)
         self._age_fast = ((only_age[1], _numeric_default(only_age[0]))
@@ -334,10 +337,13 @@ class UserExampleBuilder:
         counts[f"sessions.{split}"] += 1
         if len(session_items) < self._config.min_session_len:
             return
+        start_ts = int(math.floor(start))
         outputs[_example_tag(fc.ITEM2VEC, split)].append(example_bytes([
             bytes_entry(self._session_key, [i.encode() for i in session_items]),
-            int64_entry(self._ts_key, [int(math.floor(start))]),
+            int64_entry(self._ts_key, [start_ts]),
             per_user]))
+        if not is_eval:
+            self.train_session_starts.append(start_ts)
         counts[f"examples.{fc.ITEM2VEC}.{split}"] += 1
 
 

@@ -1,7 +1,7 @@
 """Sessionize job: raw click logs -> validated, sessionized tf.Example TFRecords.
 
-    python -m beam_jobs.sessionize --config CONFIG --events GLOB --users GLOB \
-        --items GLOB --output_dir OUT [--split_timestamp TS] [Beam flags...]
+    python -m beam_jobs.sessionize --config CONFIG --events GLOB [--users GLOB] \
+        [--items GLOB] --output_dir OUT [--split_timestamp TS] [Beam flags...]
 
 Unknown flags go to Beam (`--runner`, `--direct_num_workers`, Dataflow, Flink
 or Spark options). The output layout and the tf.Example encoding are the
@@ -17,17 +17,26 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
   ParseEvents  raw records -> typed events grouped per user within a batch,
       shuffled as one marshal blob per (user, batch); malformed, missing_id,
       unknown_event, bad_timestamp and out_of_range rows dead-lettered.
-  TimeSpan / SplitTime  split_ts = min + (1 - eval_fraction) * (max - min)
-      over accepted events (events of known users with known items; exact
-      duplicates never move the span), a singleton side input, unless a split
-      timestamp is given.
+  TimeSpan / SplitTime  the config's split mode (beam_jobs.splits): time_span
+      split_ts = min + (1 - eval_fraction) * (max - min) over accepted events
+      (events of known users with known items; exact duplicates never move
+      the span); event_fraction the time of the event at floor((1 - f) * N)
+      of those events in time order; timestamp the given time (also the
+      --split_timestamp flag); random_users none (BuildExamples puts a
+      seeded-random share of the users wholly in eval). A singleton side
+      input.
+  No users / items table  (allowed when only id features read it) every
+      user / item of the events is known, its row filled from the id
+      (DistinctItems / ItemIdRows for items, inline for users).
   GroupByUser + BuildExamples  one pass per user (CoGroupByKey of events and
       the user's row): exact duplicates (user, item, event, timestamp, and
       impression id when the config names an id column) filtered, events of users or items without a row dead-lettered
       (unknown_user, unknown_item), then sessions, history, labels and every
       example kind, plus the train-split statistics.
   MergeStats, Vocabularies, ItemFrequencies, ItemCatalogue, SumCounts,
-      Summary  from in-pipeline combines (not from metrics).
+      ValidationCutoff / CountValidation, Summary  from in-pipeline combines
+      (not from metrics); WriteOutputs ends with the stop rules
+      (beam_jobs.run_report: empty table, too many dead letters).
 
 Semantics decided here (README leaves them open):
   * Sessions are cut by *any* accepted event: a new session starts when the
@@ -50,7 +59,8 @@ Semantics decided here (README leaves them open):
     timestamp, the most recent last, at most min(max_len, history_max_len).
   * Vocabularies count train-split accepted events: each event adds its
     user's, its item's and its own (context, derived) values; tags count per
-    tag; the empty string (missing) is never a vocabulary entry.
+    tag; the empty string (missing) is never a vocabulary entry; values seen
+    fewer than min_count times are dropped (FeatureConfig.vocab_rule).
   * A missing numeric value is `float(spec.default)` or 0.0; a missing tags
     value is an empty list; a missing or unparseable item creation time gives
     item_age_hours = 0.
@@ -85,11 +95,14 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import marshal
+import math
 import pickle
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -97,18 +110,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 from feature_contract import feature_config as fc
-from beam_jobs import raw_io
+from beam_jobs import raw_io, run_report, splits
 # The parsing, encoding and building pieces live in their own modules; their
 # public names are re-exported here, the job's historical import path.
 from beam_jobs.event_parsing import (
     BAD_TIMESTAMP, DUPLICATE, DUPLICATE_KEY, EVENT_DEAD_LETTER_REASONS, EVENTS, ITEMS,
     MALFORMED, MISSING_ID, MISSING_KEY, OUT_OF_RANGE, SIDE_DEAD_LETTER_REASONS, UNKNOWN_EVENT,
-    UNKNOWN_ITEM, UNKNOWN_USER, USERS, EventParser, Reject, SideRowInfo, SideTableParser,
-    _as_record, normalize_value, normalizer, parse_timestamp, sort_and_dedupe)
+    UNKNOWN_ITEM, UNKNOWN_USER, USERS, _CLICK, _IMPRESSION, EventParser, Reject, SideRowInfo,
+    SideTableParser, _as_record, normalize_value, normalizer, parse_timestamp, sort_and_dedupe)
 from beam_jobs.example_builder import UserExampleBuilder, _example_tag
 from beam_jobs.example_encoding import (
     bytes_entry, encode_value, example_bytes, float_entry, float_entry_maker, int64_entry,
@@ -116,7 +129,8 @@ from beam_jobs.example_encoding import (
 
 __all__ = [
     # this module
-    "Sessionize", "SessionizeOutputs", "ParseSideTable", "WriteOutputs", "build_pipeline",
+    "Sessionize", "SessionizeError", "SessionizeOutputs", "ParseSideTable", "WriteOutputs",
+    "build_pipeline", "check_side_tables",
     "parse_args", "parse_split_timestamp", "run", "main", "split_time", "summarize",
     "vocabularies",
     # re-exported from event_parsing / example_builder / example_encoding
@@ -132,6 +146,11 @@ _METRICS_NAMESPACE = "feedrec.sessionize"
 # none, and impressions labelled 1 (see example_builder.attribute_by_time).
 _LABEL_COUNTS = ("attributed", "without_impression", "impressions_labelled")
 COUNTS_TAG, DEAD_LETTER_TAG, STATS_TAG, SPAN_TAG = "counts", "dead_letter", "stats", "span"
+TIMES_TAG, ITEM_IDS_TAG = "train_times", "item_ids"
+
+
+class SessionizeError(ValueError):
+    """The job cannot run, or its output is not fit to use (message says why)."""
 
 
 def _dead_letter(reason: str, source: str, record: Any) -> dict[str, Any]:
@@ -202,8 +221,12 @@ class _ParseEventsFn(_CountingDoFn):
     for the per-user pass.
     """
 
-    def __init__(self, config: fc.FeatureConfig):
+    def __init__(self, config: fc.FeatureConfig, emit_item_ids: bool = False):
         self._config = config
+        # event_fraction needs every accepted time, not only the span.
+        self._keep_times = config.split.mode == fc.SPLIT_EVENT_FRACTION
+        # Without an items table the items are the events' item ids (ITEM_IDS_TAG).
+        self._emit_item_ids = emit_item_ids
 
     def setup(self) -> None:
         self._parser = EventParser(self._config)
@@ -212,9 +235,12 @@ class _ParseEventsFn(_CountingDoFn):
     def start_bundle(self) -> None:
         super().start_bundle()
         self._spans: dict[str, list[float]] = {}
+        self._times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+        self._item_ids: set[str] = set()
 
-    def process(self, element: Any, items_blob: bytes) -> Iterator[Any]:
-        items = self._items.get(items_blob)
+    def process(self, element: Any, items_blob: bytes | None = None) -> Iterator[Any]:
+        # Without an items table (items_blob None) every item is known.
+        items = self._items.get(items_blob) if items_blob is not None else None
         records = _records(element)
         with _gc_paused():
             parsed, rejected = self._parser.parse_batch(records)
@@ -225,14 +251,19 @@ class _ParseEventsFn(_CountingDoFn):
         self._counts["events.read"] += len(records)
         yield from by_user.items()
 
-    def _group_by_user(self, parsed: list[tuple], items: Mapping[str, Any]) -> dict[str, bytes]:
+    def _group_by_user(self, parsed: list[tuple],
+                       items: Mapping[str, Any] | None) -> dict[str, bytes]:
         """user -> encoded events of the batch; updates the bundle's spans."""
         by_user: collections.defaultdict[str, list] = collections.defaultdict(list)
         for user, event in parsed:
             by_user[user].append(event)
+        if self._emit_item_ids:
+            self._item_ids.update(event[2] for _, event in parsed)
         spans = self._spans
         for user, events in by_user.items():
-            known = [event[0] for event in events if event[2] in items]
+            known = [event[0] for event in events if items is None or event[2] in items]
+            if known and self._keep_times:
+                self._times[user] += known
             if known:
                 lo, hi = min(known), max(known)
                 span = spans.get(user)
@@ -247,9 +278,14 @@ class _ParseEventsFn(_CountingDoFn):
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from super().finish_bundle()
-        for user, span in self._spans.items():
-            yield TaggedOutput(SPAN_TAG, _global((user, tuple(span))))
+        for user, (lo, hi) in self._spans.items():
+            times = splits.pack_times(self._times[user]) if self._keep_times else b""
+            yield TaggedOutput(SPAN_TAG, _global((user, (lo, hi, times))))
         self._spans = {}
+        self._times = collections.defaultdict(list)
+        for item in sorted(self._item_ids):
+            yield TaggedOutput(ITEM_IDS_TAG, _global(item))
+        self._item_ids = set()
 
 
 class _ItemTable:
@@ -345,18 +381,27 @@ class _PickItemFn(_CountingDoFn):
 class _JoinDedupeFn(_CountingDoFn):
     """Base of the per-user pass: join with the user row, drop duplicates."""
 
-    def __init__(self, config: fc.FeatureConfig):
+    def __init__(self, config: fc.FeatureConfig, users_table: bool = True):
         self._config = config
+        self._users_table = users_table
 
     def setup(self) -> None:
         self._parser = EventParser(self._config)
         self._items = _ItemTable()
         self._with_ids = self._config.impression_id_column is not None
+        self._id_rows = None if self._users_table else SideTableParser(self._config, USERS)
 
     def join_and_dedupe(self, user: str, grouped: Mapping[str, Iterable],
                         items: Mapping[str, Any]) -> tuple[SideRowInfo | None, list, list]:
-        """Returns (user row, sorted accepted events, dead-letter records)."""
-        info, dead = _pick_row(USERS, user, grouped[USERS], self._counts)
+        """Returns (user row, sorted accepted events, dead-letter records).
+
+        Without a users table every user is known: the row holds only the
+        id features, filled from the event's user id.
+        """
+        if self._id_rows is not None:
+            info, dead = self._id_rows.parse({self._config.users_key: user})[1], []
+        else:
+            info, dead = _pick_row(USERS, user, grouped[USERS], self._counts)
         events = [e for blob in grouped[EVENTS] for e in marshal.loads(blob)]
         if not events:
             return info, [], dead
@@ -376,12 +421,7 @@ class _JoinDedupeFn(_CountingDoFn):
         return info, accepted, dead
 
 
-def split_time(span: tuple[float, float] | None, eval_fraction: float) -> float | None:
-    """min + (1 - eval_fraction) * (max - min); None when nothing was accepted."""
-    if span is None:
-        return None
-    lo, hi = span
-    return lo + (1.0 - eval_fraction) * (hi - lo)
+split_time = splits.split_time  # re-exported: the job's historical name
 
 
 class _SpanFn(beam.CombineFn):
@@ -460,7 +500,8 @@ class _BuildExamplesFn(_JoinDedupeFn):
     """(user, {events, users}) -> example batches per kind and split.
 
     Joins, deduplicates and builds in one pass so the events are decoded
-    once after the GroupByKey; bundle-level train statistics go to STATS_TAG.
+    once after the GroupByKey; bundle-level train statistics go to STATS_TAG
+    and the train examples' timestamps per kind (packed int64) to TIMES_TAG.
     """
 
     def setup(self) -> None:
@@ -471,43 +512,70 @@ class _BuildExamplesFn(_JoinDedupeFn):
         super().start_bundle()
         self._vocab = collections.defaultdict(collections.Counter)
         self._item_stats: dict[str, list[int]] = {}
+        self._train_times: dict[str, list[int]] = {k: [] for k in fc.EXAMPLE_KINDS}
 
     def process(self, element: tuple[str, Mapping[str, Iterable]], split_ts: float | None,
                 items_blob: bytes) -> Iterator[Any]:
         user, grouped = element
         items = self._items.get(items_blob)
         outputs: dict[str, list] = collections.defaultdict(list)
+        split_at = splits.user_split_time(self._config.split, user, split_ts)
         with _gc_paused():
             info, events, dead = self.join_and_dedupe(user, grouped, items)
             if events:
-                self._builder.build(user, info, events, split_ts, items, outputs, self._counts,
+                self._builder.build(user, info, events, split_at, items, outputs, self._counts,
                                     self._vocab, self._item_stats)
+                self._add_train_times(events, split_at)
         for record in dead:
             yield TaggedOutput(DEAD_LETTER_TAG, record)
         for tag, batch in outputs.items():
             if batch:
                 yield TaggedOutput(tag, batch)
 
+    def _add_train_times(self, events: Sequence[tuple], split_at: float | None) -> None:
+        """Timestamps of the user's train examples: impressions, clicks, sessions."""
+        limit = math.inf if split_at is None else split_at
+        times = self._train_times
+        times[fc.RANKING] += [int(e[0]) for e in events if e[1] == _IMPRESSION and e[0] < limit]
+        times[fc.RETRIEVAL] += [int(e[0]) for e in events if e[1] == _CLICK and e[0] < limit]
+        times[fc.ITEM2VEC] += self._builder.train_session_starts
+        self._builder.train_session_starts.clear()
+
     def finish_bundle(self) -> Iterator[Any]:
         yield from super().finish_bundle()
         if self._item_stats:
             yield TaggedOutput(STATS_TAG, _global({"vocab": dict(self._vocab),
                                                    "items": self._item_stats}))
+        for kind, times in self._train_times.items():
+            if times:
+                yield TaggedOutput(TIMES_TAG, _global((kind, splits.pack_int_times(times))))
         self._vocab = collections.defaultdict(collections.Counter)
         self._item_stats = {}
+        self._train_times = {k: [] for k in fc.EXAMPLE_KINDS}
 
 
-def _user_span(element: tuple[str, Mapping[str, Iterable]]) -> Iterator[tuple[float, float]]:
-    """Span of a user's events with a known item, if the user has a row."""
+def _user_span(element: tuple[str, Mapping[str, Iterable]],
+               users_table: bool = True) -> Iterator[tuple[float, float, bytes]]:
+    """(min, max, packed times) of a user's events with a known item.
+
+    Only for a user with a row (any user, without a users table); the packed
+    times are empty unless the split mode needs them (event_fraction).
+    """
     _, grouped = element
     spans = list(grouped[SPAN_TAG])
-    if spans and any(True for _ in grouped[USERS]):
-        yield (min(s[0] for s in spans), max(s[1] for s in spans))
+    if spans and (not users_table or any(True for _ in grouped[USERS])):
+        yield (min(s[0] for s in spans), max(s[1] for s in spans),
+               b"".join(s[2] for s in spans))
 
 
 def vocabularies(config: fc.FeatureConfig, stats: Mapping[str, Any],
                  items: Mapping[str, SideRowInfo]) -> dict[str, list[str]]:
-    """Feature -> vocabulary (most frequent first, ties by value, capped)."""
+    """Feature -> vocabulary (most frequent first, ties by value, capped).
+
+    A value is kept when seen at least min_count times, at most max size
+    values (`FeatureConfig.vocab_rule`: vocab_size, or vocab_min_count and
+    vocab_max_size when the feature gives no vocab_size).
+    """
     counters = collections.defaultdict(collections.Counter)
     for name, counter in stats["vocab"].items():
         counters[name].update(counter)
@@ -521,9 +589,10 @@ def vocabularies(config: fc.FeatureConfig, stats: Mapping[str, Any],
     out = {}
     for spec in config.vocab_features:
         counter = counters.get(spec.name, {})
-        ranked = sorted(((v, n) for v, n in counter.items() if v != ""),
+        min_count, max_size = config.vocab_rule(spec)
+        ranked = sorted(((v, n) for v, n in counter.items() if v != "" and n >= min_count),
                         key=lambda vn: (-vn[1], vn[0]))
-        out[spec.name] = [v for v, _ in ranked[:spec.vocab_size]]
+        out[spec.name] = [v for v, _ in ranked[:max_size]]
     return out
 
 
@@ -539,8 +608,25 @@ def _item_example(key_info: tuple[str, SideRowInfo], stats: Mapping[str, Any]) -
 
 def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
               span: tuple[float, float] | None, split_ts: float | None,
-              num_items_written: int | None = None) -> dict[str, Any]:
-    """The summary.json content from the pipeline's combined counts."""
+              num_items_written: int | None = None, *,
+              validation: Mapping[str, int] | None = None,
+              cutoffs: Mapping[str, float | None] | None = None,
+              vocab_sizes: Mapping[str, int] | None = None,
+              tables: Sequence[str] = (USERS, ITEMS)) -> dict[str, Any]:
+    """The summary.json content from the pipeline's combined counts.
+
+    Args:
+      config: the feature config.
+      counts: the summed counts of every step.
+      span: (min, max) accepted event time, or None.
+      split_ts: the split time (None for random_users or without events).
+      num_items_written: unused (kept for callers of the old signature).
+      validation: kind -> train examples the trainers will carve as
+        validation (see `splits`); cutoffs: kind -> that carve's cutoff.
+      vocab_sizes: feature -> entries written to its vocabulary file.
+      tables: the side tables that were read (users / items); a side table
+        not read was filled from the events' ids.
+    """
 
     def block(source: str, reasons: Sequence[str]) -> dict[str, Any]:
         return {"read": counts.get(f"{source}.read", 0),
@@ -591,8 +677,17 @@ def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
             labels[s][fc.FOLLOW]["impressions_labelled"] <= labels[s][fc.FOLLOW]["attributed"]
             for s in fc.SPLITS),
     }
+    vocab_sizes = vocab_sizes or {}
+    vocab_rules = {}
+    for spec in config.vocab_features:
+        min_count, max_size = config.vocab_rule(spec)
+        vocab_rules[spec.name] = {"size": vocab_sizes.get(spec.name, 0), "min_count": min_count,
+                                  "max_size": max_size, "vocab_size_given": bool(spec.vocab_size)}
     return {
         "config": config.name,
+        "split": splits.split_sizes(config.split, examples, validation or {}, cutoffs or {}),
+        "vocabularies": vocab_rules,
+        "max_dead_letter_fraction": config.max_dead_letter_fraction,
         "session_gap_seconds": config.session_gap_seconds,
         "attribution_window_seconds": config.attribution_window,
         "impression_id_column": config.impression_id_column,
@@ -602,8 +697,8 @@ def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
         "split_timestamp": split_ts,
         "events": events,
         "users": dict(users, with_events=counts.get("users.with_events", 0),
-                      new_in_eval=counts.get("users.new_in_eval", 0)),
-        "items": items,
+                      new_in_eval=counts.get("users.new_in_eval", 0), table=USERS in tables),
+        "items": dict(items, table=ITEMS in tables),
         "sessions": sessions,
         "labels": labels,
         "examples": examples,
@@ -655,72 +750,173 @@ class Sessionize(beam.PTransform):
     """
 
     def __init__(self, config: fc.FeatureConfig, split_timestamp: float | None = None):
+        """Args: config; split_timestamp: overrides the config's split (timestamp mode)."""
         super().__init__()
+        if split_timestamp is not None:
+            config = dataclasses.replace(config, split=dataclasses.replace(
+                config.split, mode=fc.SPLIT_TIMESTAMP, timestamp=float(split_timestamp)))
         self._config = config
-        self._split_timestamp = split_timestamp
 
     def expand(self, inputs: Mapping[str, beam.PCollection]) -> SessionizeOutputs:
         config = self._config
-        users = inputs[USERS] | "ParseUsers" >> ParseSideTable(config, USERS)
-        items_raw = inputs[ITEMS] | "ParseItems" >> ParseSideTable(config, ITEMS)
-        items = (items_raw.rows
-                 | "GroupItemsByKey" >> beam.GroupByKey()
-                 | "PickItemRow" >> beam.ParDo(_PickItemFn()).with_outputs(
-                     DEAD_LETTER_TAG, COUNTS_TAG, main="items"))
-        items_blob = AsSingleton(items.items | "ItemTable" >> beam.CombineGlobally(
-            _ItemTableFn()))
-        events = inputs[EVENTS] | "ParseEvents" >> beam.ParDo(
-            _ParseEventsFn(config), items_blob=items_blob).with_outputs(
-                DEAD_LETTER_TAG, COUNTS_TAG, SPAN_TAG, main="events")
+        tables = check_side_tables(config, [t for t in (USERS, ITEMS)
+                                            if inputs.get(t) is not None])
+        pipeline = inputs[EVENTS].pipeline
+        counts, dead = [], []
 
-        user_keys = users.rows | "UserKeys" >> beam.Map(lambda kv: (kv[0], None))
-        span = ({SPAN_TAG: events[SPAN_TAG], USERS: user_keys}
-                | "GroupSpansByUser" >> beam.CoGroupByKey()
-                | "AcceptedUserSpans" >> beam.FlatMap(_user_span)
-                | "TimeSpan" >> beam.CombineGlobally(_SpanFn()))
-        if self._split_timestamp is None:
-            split_ts = span | "SplitTime" >> beam.Map(split_time, config.eval_fraction)
+        if ITEMS in tables:
+            items_raw = inputs[ITEMS] | "ParseItems" >> ParseSideTable(config, ITEMS)
+            items = (items_raw.rows
+                     | "GroupItemsByKey" >> beam.GroupByKey()
+                     | "PickItemRow" >> beam.ParDo(_PickItemFn()).with_outputs(
+                         DEAD_LETTER_TAG, COUNTS_TAG, main="items"))
+            counts += [items_raw[COUNTS_TAG], items[COUNTS_TAG]]
+            dead += [items_raw[DEAD_LETTER_TAG], items[DEAD_LETTER_TAG]]
+            item_rows = items.items
+            items_blob = AsSingleton(item_rows | "ItemTable" >> beam.CombineGlobally(
+                _ItemTableFn()))
+            events = inputs[EVENTS] | "ParseEvents" >> beam.ParDo(
+                _ParseEventsFn(config), items_blob=items_blob).with_outputs(
+                    DEAD_LETTER_TAG, COUNTS_TAG, SPAN_TAG, main="events")
         else:
-            split_ts = (inputs[EVENTS].pipeline | "SplitTime" >> beam.Create(
-                [float(self._split_timestamp)]))
+            events = inputs[EVENTS] | "ParseEvents" >> beam.ParDo(
+                _ParseEventsFn(config, emit_item_ids=True)).with_outputs(
+                    DEAD_LETTER_TAG, COUNTS_TAG, SPAN_TAG, ITEM_IDS_TAG, main="events")
+            item_rows = (events[ITEM_IDS_TAG]
+                         | "DistinctItems" >> beam.Distinct()
+                         | "ItemIdRows" >> beam.ParDo(_IdRowFn(config, ITEMS)))
+            items_blob = AsSingleton(item_rows | "ItemTable" >> beam.CombineGlobally(
+                _ItemTableFn()))
+        counts.append(events[COUNTS_TAG])
+        dead.append(events[DEAD_LETTER_TAG])
+
+        if USERS in tables:
+            users = inputs[USERS] | "ParseUsers" >> ParseSideTable(config, USERS)
+            user_rows = users.rows
+            counts.append(users[COUNTS_TAG])
+            dead.append(users[DEAD_LETTER_TAG])
+        else:
+            user_rows = pipeline | "NoUsersTable" >> beam.Create([])
+        user_keys = user_rows | "UserKeys" >> beam.Map(lambda kv: (kv[0], None))
+        user_spans = ({SPAN_TAG: events[SPAN_TAG], USERS: user_keys}
+                      | "GroupSpansByUser" >> beam.CoGroupByKey()
+                      | "AcceptedUserSpans" >> beam.FlatMap(_user_span, USERS in tables))
+        span = (user_spans
+                | "SpanOnly" >> beam.Map(lambda s: s[:2])
+                | "TimeSpan" >> beam.CombineGlobally(_SpanFn()))
+        split_ts = self._split_time(pipeline, span, user_spans)
 
         tags = [_example_tag(k, s) for k in fc.EXAMPLE_KINDS for s in fc.SPLITS]
-        built = ({EVENTS: events.events, USERS: users.rows}
+        built = ({EVENTS: events.events, USERS: user_rows}
                  | "GroupByUser" >> beam.CoGroupByKey()
                  | "BuildExamples" >> beam.ParDo(
-                     _BuildExamplesFn(config), split_ts=AsSingleton(split_ts),
+                     _BuildExamplesFn(config, USERS in tables), split_ts=AsSingleton(split_ts),
                      items_blob=items_blob).with_outputs(
-                         DEAD_LETTER_TAG, COUNTS_TAG, STATS_TAG, *tags))
+                         DEAD_LETTER_TAG, COUNTS_TAG, STATS_TAG, TIMES_TAG, *tags))
+        counts.append(built[COUNTS_TAG])
+        dead.append(built[DEAD_LETTER_TAG])
         stats = built[STATS_TAG] | "MergeStats" >> beam.CombineGlobally(_MergeStatsFn())
         stats_view = AsSingleton(stats)
 
-        item_examples = items.items | "ItemCatalogue" >> beam.FlatMap(
+        item_examples = item_rows | "ItemCatalogue" >> beam.FlatMap(
             _item_example, stats=stats_view)
-        item_counts = (item_examples
-                       | "CountItemExamples" >> beam.combiners.Count.Globally()
-                       | "ItemCountDict" >> beam.Map(lambda n: {"examples.items": n}))
+        counts.append(item_examples
+                      | "CountItemExamples" >> beam.combiners.Count.Globally()
+                      | "ItemCountDict" >> beam.Map(lambda n: {"examples.items": n}))
         vocab = (stats | "Vocabularies" >> beam.FlatMap(
             lambda s, blob: vocabularies(config, s, pickle.loads(blob)).items(),
             blob=items_blob))
         frequencies = stats | "ItemFrequencies" >> beam.Map(
             lambda s: sorted((item, c[0], c[1]) for item, c in s["items"].items() if c[2]))
+        cutoffs, validation = _validation_sizes(built[TIMES_TAG], config.split)
 
-        counts = ((events[COUNTS_TAG], users[COUNTS_TAG], items_raw[COUNTS_TAG],
-                   items[COUNTS_TAG], built[COUNTS_TAG], item_counts)
+        summed = (tuple(counts)
                   | "FlattenCounts" >> beam.Flatten()
                   | "SumCounts" >> beam.CombineGlobally(_SumCountsFn()))
-        summary = counts | "Summary" >> beam.Map(
-            lambda c, sp, ts: summarize(config, c, sp, ts),
-            sp=AsSingleton(span), ts=AsSingleton(split_ts))
-        dead_letter = ((events[DEAD_LETTER_TAG], users[DEAD_LETTER_TAG],
-                        items_raw[DEAD_LETTER_TAG], items[DEAD_LETTER_TAG],
-                        built[DEAD_LETTER_TAG])
-                       | "FlattenDeadLetter" >> beam.Flatten())
+        summary = summed | "Summary" >> beam.Map(
+            lambda c, sp, ts, val, cut, voc: summarize(
+                config, c, sp, ts, validation=val, cutoffs=cut,
+                vocab_sizes={name: len(values) for name, values in voc}, tables=tables),
+            sp=AsSingleton(span), ts=AsSingleton(split_ts), val=AsDict(validation),
+            cut=AsDict(cutoffs), voc=AsList(vocab))
+        dead_letter = tuple(dead) | "FlattenDeadLetter" >> beam.Flatten()
         return SessionizeOutputs(
             examples={(k, s): built[_example_tag(k, s)]
                       for k in fc.EXAMPLE_KINDS for s in fc.SPLITS},
             items=item_examples, vocab=vocab, item_frequencies=frequencies,
             dead_letter=dead_letter, summary=summary)
+
+    def _split_time(self, pipeline: beam.Pipeline, span: beam.PCollection,
+                    user_spans: beam.PCollection) -> beam.PCollection:
+        """The singleton split time of the config's split mode (see `splits`)."""
+        split = self._config.split
+        if split.mode == fc.SPLIT_TIMESTAMP:
+            return pipeline | "SplitTime" >> beam.Create([float(split.timestamp)])
+        if split.mode == fc.SPLIT_EVENT_FRACTION:
+            return (user_spans
+                    | "EventTimes" >> beam.Map(lambda s: s[2])
+                    | "SplitTime" >> beam.CombineGlobally(
+                        splits.EventTimesFn(split.eval_fraction)))
+        if split.mode == fc.SPLIT_RANDOM_USERS:  # per user, in BuildExamples
+            return pipeline | "SplitTime" >> beam.Create([None])
+        return span | "SplitTime" >> beam.Map(split_time, split.eval_fraction)
+
+
+class _IdRowFn(beam.DoFn):
+    """id -> (id, SideRowInfo) holding only the id features, for a table not given."""
+
+    def __init__(self, config: fc.FeatureConfig, source: str):
+        self._config, self._source = config, source
+
+    def setup(self) -> None:
+        self._parser = SideTableParser(self._config, self._source)
+        self._key = self._config.items_key if self._source == ITEMS else self._config.users_key
+
+    def process(self, key: str) -> Iterator[tuple[str, SideRowInfo]]:
+        yield self._parser.parse({self._key: key})
+
+
+def _validation_sizes(times: beam.PCollection, split: fc.SplitSpec
+                      ) -> tuple[beam.PCollection, beam.PCollection]:
+    """(kind -> validation cutoff, kind -> train examples at or after it).
+
+    `times` holds (kind, packed int64 train timestamps) per bundle; the
+    cutoff is models.validation's rule over each kind's train timestamps.
+    """
+    cutoffs = (times
+               | "GroupTrainTimes" >> beam.GroupByKey()
+               | "ValidationCutoff" >> beam.MapTuple(lambda kind, blobs: (
+                   kind, _cutoff(splits.int_times_span(blobs), split.validation_fraction))))
+    validation = (times
+                  | "CountValidation" >> beam.Map(
+                      lambda kind_blob, cut: (kind_blob[0], splits.count_at_or_after(
+                          kind_blob[1], cut[kind_blob[0]])),
+                      cut=AsDict(cutoffs))
+                  | "SumValidation" >> beam.CombinePerKey(sum))
+    return cutoffs, validation
+
+
+def _cutoff(span: tuple[int, int] | None, fraction: float) -> float | None:
+    return None if span is None else splits.validation_cutoff(span[0], span[1], fraction)
+
+
+def check_side_tables(config: fc.FeatureConfig, given: Sequence[str]) -> tuple[str, ...]:
+    """The side tables to read; raises when the config needs one not given.
+
+    A users / items table is optional when no feature reads a column of it
+    beyond its key (`FeatureConfig.side_table_columns`): its rows are then
+    filled from the events' ids, and every user / item in the events is known.
+
+    Raises:
+      SessionizeError: a feature reads a column of a table not given.
+    """
+    for table, source in ((USERS, fc.SOURCE_USERS), (ITEMS, fc.SOURCE_ITEMS)):
+        columns = config.side_table_columns(source)
+        if table not in given and columns:
+            raise SessionizeError(
+                f"config {config.name!r} reads {table} columns {list(columns)}: give the "
+                f"{table} table (--{table}), or drop those features")
+    return tuple(t for t in (USERS, ITEMS) if t in given)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -732,12 +928,33 @@ def _dead_letter_json(record: Mapping[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
 
 
-class WriteOutputs(beam.PTransform):
-    """Writes `SessionizeOutputs` under output_dir (README layout)."""
+def _write_summary_and_check(summary: Mapping[str, Any], path: str,
+                             tables: Mapping[str, str | None], dead_letter_dir: str,
+                             dead_letter_files: Sequence[str]) -> None:
+    """Writes summary.json, then applies the stop rules (run_report.check_summary).
 
-    def __init__(self, output_dir: str):
+    Runs after the dead letters are written (their file names are a side
+    input), so a stopped run leaves the summary and the dead-letter records
+    to look at.
+    """
+    del dead_letter_files  # only waited for
+    _write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    run_report.check_summary(summary, tables, dead_letter_dir)
+
+
+class WriteOutputs(beam.PTransform):
+    """Writes `SessionizeOutputs` under output_dir (README layout).
+
+    The last step applies the stop rules (`run_report.check_summary`): an
+    empty table or too many dead letters fails the run after summary.json
+    and the dead letters are written.
+    """
+
+    def __init__(self, output_dir: str, tables: Mapping[str, str | None] | None = None):
+        """Args: output_dir; tables: table -> glob read (named in the errors)."""
         super().__init__()
         self._out = output_dir.rstrip("/")
+        self._tables = dict(tables or {})
 
     def expand(self, outputs: SessionizeOutputs) -> None:
         out = self._out
@@ -747,10 +964,11 @@ class WriteOutputs(beam.PTransform):
             pcoll | label >> raw_io.WriteTFRecordBatches(
                 join(out, kind, f"Split-{split}", "data"))
         outputs.items | "WriteItems" >> raw_io.WriteTFRecordBatches(join(out, ITEMS, "data"))
-        (outputs.dead_letter
-         | "DeadLetterJson" >> beam.Map(_dead_letter_json)
-         | "WriteDeadLetter" >> beam.io.WriteToText(
-             join(out, "dead_letter", "dead_letter"), file_name_suffix=".jsonl"))
+        dead_letter_files = (outputs.dead_letter
+                             | "DeadLetterJson" >> beam.Map(_dead_letter_json)
+                             | "WriteDeadLetter" >> beam.io.WriteToText(
+                                 join(out, "dead_letter", "dead_letter"),
+                                 file_name_suffix=".jsonl"))
         outputs.vocab | "WriteVocabularies" >> beam.Map(
             lambda fv: _write_text(join(out, "vocab", f"{fv[0]}.txt"),
                                    "".join(f"{v}\n" for v in fv[1])))
@@ -759,8 +977,8 @@ class WriteOutputs(beam.PTransform):
                                      "item_id\timpressions\tclicks\n"
                                      + "".join(f"{i}\t{n}\t{c}\n" for i, n, c in rows)))
         outputs.summary | "WriteSummary" >> beam.Map(
-            lambda s: _write_text(join(out, "summary.json"),
-                                  json.dumps(s, indent=2, sort_keys=True) + "\n"))
+            _write_summary_and_check, join(out, "summary.json"), self._tables,
+            join(out, "dead_letter", ""), AsList(dead_letter_files))
 
 
 def parse_split_timestamp(value: str | None) -> float | None:
@@ -779,20 +997,26 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace,
 
     Args:
       p: the pipeline to add to.
-      args: namespace with config, events, users, items, output_dir and
-        optionally split_timestamp, batch_size.
+      args: namespace with config, events, output_dir and optionally users,
+        items (a table not given, None or "", is filled from the events'
+        ids; only allowed when no feature reads its other columns),
+        split_timestamp, batch_size.
       config: an already loaded config (else read from args.config).
+
+    Raises:
+      SessionizeError: the config needs a side table that is not given.
+      raw_io.RawTableError: a table's glob matches no file.
     """
     config = config or fc.load(args.config)
     batch = getattr(args, "batch_size", raw_io.DEFAULT_BATCH_SIZE)
-    inputs = {
-        EVENTS: p | "ReadEvents" >> raw_io.ReadRawTable(args.events, batch, EVENTS),
-        USERS: p | "ReadUsers" >> raw_io.ReadRawTable(args.users, batch, USERS),
-        ITEMS: p | "ReadItems" >> raw_io.ReadRawTable(args.items, batch, ITEMS),
-    }
+    tables = {EVENTS: args.events, USERS: getattr(args, USERS, None) or None,
+              ITEMS: getattr(args, ITEMS, None) or None}
+    check_side_tables(config, [t for t in (USERS, ITEMS) if tables[t]])
+    inputs = {table: p | f"Read{table.capitalize()}" >> raw_io.ReadRawTable(
+        pattern, batch, table) for table, pattern in tables.items() if pattern}
     outputs = inputs | "Sessionize" >> Sessionize(
         config, parse_split_timestamp(getattr(args, "split_timestamp", None)))
-    outputs | "WriteOutputs" >> WriteOutputs(args.output_dir)
+    outputs | "WriteOutputs" >> WriteOutputs(args.output_dir, tables)
     return outputs
 
 
@@ -800,12 +1024,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="feature config YAML")
     parser.add_argument("--events", required=True, help="events file glob")
-    parser.add_argument("--users", required=True, help="users side table glob")
-    parser.add_argument("--items", required=True, help="items side table glob")
+    parser.add_argument("--users", default=None,
+                        help="users side table glob (optional when only the user id "
+                             "features read it)")
+    parser.add_argument("--items", default=None,
+                        help="items side table glob (optional when only the item id "
+                             "features read it)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--split_timestamp", default=None,
-                        help="train/eval split time (unix seconds or ISO-8601); "
-                             "default: from eval_fraction over accepted events")
+                        help="train/eval split time (unix seconds or ISO-8601); overrides "
+                             "the config's split: section (mode timestamp)")
     parser.add_argument("--batch_size", type=int, default=raw_io.DEFAULT_BATCH_SIZE,
                         help="raw records per element when reading")
     return parser.parse_known_args(argv)
@@ -816,6 +1044,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     args, beam_args = parse_args(argv)
     config = fc.load(args.config)
     options = PipelineOptions(beam_args)
+    started = time.time()
     # Beam's modules and the pipeline graph live for the whole run; frozen,
     # they are skipped by every garbage collection the run triggers (on the
     # in-process runners these full-heap walks cost seconds per 1M events).
@@ -826,6 +1055,22 @@ def run(argv: Sequence[str] | None = None) -> None:
             build_pipeline(p, args, config)
     finally:
         gc.unfreeze()
+        _print_summary(args.output_dir, started)
+
+
+def _print_summary(output_dir: str, started: float) -> None:
+    """Prints the run's key counts (also after a stop rule failed the run).
+
+    Only a summary.json written since `started`: an older one in a reused
+    output dir describes another run.
+    """
+    path = FileSystems.join(output_dir.rstrip("/"), "summary.json")
+    matched = FileSystems.match([path])[0].metadata_list
+    if not matched or matched[0].last_updated_in_seconds < started - 1:
+        return
+    with FileSystems.open(path, mime_type="text/plain") as handle:
+        summary = json.loads(handle.read().decode("utf-8"))
+    print(f"sessionize: {path}\n{run_report.format_summary(summary)}", flush=True)
 
 
 def main() -> None:

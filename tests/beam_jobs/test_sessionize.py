@@ -12,6 +12,7 @@ Three kinds of tests:
 """
 
 import collections
+import dataclasses
 import gzip
 import json
 import os
@@ -338,7 +339,8 @@ def job(tmp_path_factory):
                   + ["{oops", json.dumps({"city": "x"}),
                      json.dumps({"item_id": "i4", "city": "oslo"})]) + "\n")
     config_path = root / "tiny.yaml"
-    config_path.write_text(CONFIG.to_yaml())
+    # The fixture is mostly bad rows on purpose: no dead-letter stop rule.
+    config_path.write_text(dataclasses.replace(CONFIG, max_dead_letter_fraction=1.0).to_yaml())
     out = root / "out"
     args = types.SimpleNamespace(
         config=str(config_path), events=str(raw / "events-*"), users=str(raw / "users.csv"),
@@ -637,12 +639,16 @@ def naive_outputs(raw, config, split_ts):
     return {key: sorted(rows) for key, rows in out.items()}
 
 
-def test_synthetic_labels_sessions_and_histories_match_a_naive_derivation(tmp_path):
+def test_synthetic_labels_sessions_and_histories_match_a_naive_derivation(tmp_path, capsys):
     from beam_jobs import synthetic
 
     raw = tmp_path / "raw"
     synthetic.generate(str(raw), 3000, seed=7, bad_fraction=0.02)
-    sessionize.run(["--config", fc.builtin_config_path("synthetic"),
+    # 2% bad rows on purpose: above the default 1% stop rule.
+    config_path = tmp_path / "synthetic.yaml"
+    config_path.write_text(dataclasses.replace(
+        fc.load(fc.builtin_config_path("synthetic")), max_dead_letter_fraction=0.05).to_yaml())
+    sessionize.run(["--config", str(config_path),
                     "--events", str(raw / "events.jsonl.gz"),
                     "--users", str(raw / "users.jsonl.gz"),
                     "--items", str(raw / "items.jsonl.gz"),
@@ -650,6 +656,15 @@ def test_synthetic_labels_sessions_and_histories_match_a_naive_derivation(tmp_pa
     with open(tmp_path / "out" / "summary.json") as f:
         summary = json.load(f)
     assert summary["events"]["read"] > 3000 and all(summary["checks"].values())
+    # The CLI ends by printing the key counts of summary.json.
+    printed = capsys.readouterr().out
+    events = summary["events"]
+    assert (f"events: read {events['read']}, accepted {events['accepted']}, dead-lettered "
+            f"{sum(events['dead_letter'].values())} (") in printed
+    sizes = summary["split"]["sizes"]["ranking"]
+    assert (f"  ranking: train {sizes['train']}, validation {sizes['validation']}, "
+            f"eval {sizes['eval']}") in printed
+    assert printed.rstrip().endswith("checks: all pass")
     config = fc.load(fc.builtin_config_path("synthetic"))
     want = naive_outputs(raw, config, summary["split_timestamp"])
     got = {}
