@@ -33,7 +33,8 @@ from tfx.utils import path_utils
 
 from feature_contract import feature_config as fc
 from components import eval_config
-from components.artifacts import (PipelineReport, PushedIndex, SessionizeSummary,
+from components import statistics
+from components.artifacts import (DataAnomalies, PipelineReport, PushedIndex, SessionizeSummary,
                                   TrainingMetrics)
 from components.example_gen import SUMMARY_FILE
 from components.serving_validator import read_serialized_examples
@@ -323,6 +324,7 @@ def render(sections: Mapping[str, Any]) -> str:
         lines += ["## Data", "", "| count | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in sections["data"].items()]
         lines.append("")
+    lines += sections.get("data_checks", [])
     if sections.get("ranking"):
         lines += ["## Ranking models (trainer eval split)", "",
                   "| model | role | click AUC | click gAUC | click logloss | follow AUC |",
@@ -456,6 +458,7 @@ def PipelineReporter(  # noqa: N802
         item2vec_index: InputArtifact[PushedIndex] = None,
         youtubenet_index: InputArtifact[PushedIndex] = None,
         two_tower_index: InputArtifact[PushedIndex] = None,
+        data_anomalies: InputArtifact[DataAnomalies] = None,
         max_roc_examples: Parameter[int] = 20000):
     """Writes report.md + PNGs to the artifact and to <publish_dir>/<unix time>/.
 
@@ -466,6 +469,9 @@ def PipelineReporter(  # noqa: N802
         with tf.io.gfile.GFile(os.path.join(summary.uri, SUMMARY_FILE)) as f:
             counts = json.load(f)
         sections["data"] = data_rows(counts)
+    if data_anomalies is not None:
+        sections["data_checks"] = statistics.markdown_section(
+            statistics.read_anomalies(data_anomalies.uri))
     ranking = {}
     for role, metrics in zip(RANKING_ROLES, (baseline_metrics, candidate_metrics, multitask_metrics)):
         if metrics is not None:

@@ -56,6 +56,7 @@ from models.inputs import read_vocab
 STATISTICS_FILE, ANOMALIES_FILE = "statistics.json", "anomalies.json"
 BLESSED_KEY, REASON_KEY = "blessed", "reason"
 COMPONENT_ID, STATISTICS_KEY = "DataValidator", "statistics"
+DATASET_KEY = "dataset"  # DataStatistics property: the feature config's name
 
 SPLIT_EMPTY, FEATURE_MISSING, MISSING_FRACTION = "split_empty", "feature_missing", "missing_fraction"
 OOV_RATE, LABEL_RATE, SKEW, DRIFT = "oov_rate", "label_rate", "skew", "drift"
@@ -334,9 +335,14 @@ def find_anomalies(current: Mapping[str, Mapping[str, Any]],
 
 def skipped_checks(current: Mapping[str, Mapping[str, Any]],
                    previous: Mapping[str, Mapping[str, Any]] | None,
-                   config: ValidationConfig) -> list[str]:
-    """Why a skew or drift check did not run (shown with the anomalies)."""
-    out = [] if previous is not None else ["drift: no previous statistics (first run)"]
+                   config: ValidationConfig,
+                   no_previous: str = "no previous statistics (first run)") -> list[str]:
+    """Why a skew or drift check did not run (shown with the anomalies).
+
+    Args:
+      no_previous: why `previous` is None.
+    """
+    out = [] if previous is not None else [f"drift: {no_previous}"]
     for kind, where, a, b in comparisons(current, previous):
         if _too_small(a, b, config):
             out.append(f"{kind} {where}: not checked, "
@@ -374,10 +380,53 @@ def read_anomalies(uri: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def baseline_of(baseline_statistics, dataset: str
+                ) -> tuple[dict[str, dict[str, Any]] | None, str]:
+    """(the previous run's statistics or None, why None).
+
+    Statistics of another dataset (another feature config name, e.g. the same
+    pipeline name run on synthetic, then movielens) are not a baseline: every
+    feature would "drift".
+    """
+    if baseline_statistics is None:
+        return None, "no previous statistics (first run)"
+    previous_dataset = baseline_statistics.get_string_custom_property(DATASET_KEY)
+    if previous_dataset != dataset:
+        return None, (f"the previous statistics ({baseline_statistics.uri}) are of dataset "
+                      f"{previous_dataset!r}, not {dataset!r}")
+    return read_statistics(baseline_statistics.uri), ""
+
+
 def pushes_allowed(anomalies) -> tuple[bool, str]:
     """(the data checks let the pushes go, why not) of a DataAnomalies artifact."""
     ok = anomalies.get_int_custom_property(BLESSED_KEY) == 1
     return ok, "" if ok else anomalies.get_string_custom_property(REASON_KEY)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown_section(anomalies: Mapping[str, Any]) -> list[str]:
+    """The report's "Data checks" section (lines) from an anomalies.json dict."""
+    found = anomalies["anomalies"]
+    blocking = sum(a["blocking"] for a in found)
+    verdict = f"**blocked** by {blocking} anomalies" if blocking else "allowed"
+    lines = ["## Data checks", "",
+             f"Pushes: {verdict} ({len(found)} anomalies found). Previous run's statistics: "
+             f"{anomalies.get('baseline_statistics') or 'none'}.", ""]
+    if found:
+        lines += ["| check | where | feature | value | threshold | blocks |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {a['kind']} | {a['split']} | {_cell(a['feature'])} | {_cell(a['value'])} | "
+                  f"{_cell(a['threshold'])} | {'yes' if a['blocking'] else 'no (allowed)'} |"
+                  for a in found]
+        lines.append("")
+    if anomalies.get("notes"):
+        lines += [f"- {note}" for note in anomalies["notes"]] + [""]
+    return lines
 
 
 def compute_statistics(pipeline: beam.Pipeline, examples_uri: str, splits: Sequence[str],
@@ -433,11 +482,11 @@ def DataValidator(  # noqa: N802 - TFX component names are CamelCase
       examples: ExampleGen's examples (ranking: every feature and the labels).
       vocabulary: ExampleGen's vocabularies and feature config.
       statistics: <uri>/Split-<split>/statistics.json; `split_names`,
-        `num_examples_<split>`.
+        `num_examples_<split>`, `dataset` (the feature config's name).
       anomalies: anomalies.json; `blessed` (1: pushes may go), `num_anomalies`,
         `num_blocking`, `reason` (the blocking anomalies), `baseline_statistics`.
       baseline_statistics: the previous run's statistics (latest_statistics_resolver);
-        None: no drift check.
+        None, or statistics of another dataset: no drift check.
       validation_config: ValidationConfig.to_json() ("{}": the defaults).
       beam_pipeline: provided by TFX from beam_pipeline_args.
     """
@@ -451,10 +500,11 @@ def DataValidator(  # noqa: N802 - TFX component names are CamelCase
     statistics.set_string_custom_property("split_names", json.dumps(list(splits)))
     for split, stats in current.items():
         statistics.set_int_custom_property(f"num_examples_{split}", stats["num_examples"])
-    previous = read_statistics(baseline_statistics.uri) if baseline_statistics else None
+    statistics.set_string_custom_property(DATASET_KEY, feature_config.name)
+    previous, why_not = baseline_of(baseline_statistics, feature_config.name)
     record_verdict(anomalies, find_anomalies(current, previous, config),
-                   skipped_checks(current, previous, config),
-                   baseline_statistics.uri if baseline_statistics else None, config)
+                   skipped_checks(current, previous, config, why_not),
+                   baseline_statistics.uri if previous is not None else None, config)
 
 
 def latest_statistics_resolver(component_id: str = COMPONENT_ID):

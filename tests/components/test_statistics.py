@@ -230,6 +230,29 @@ def test_injected_drift_is_flagged_and_blocks_the_pushes(root, first_run):
                                 ("drift", "eval", "network", 0.5, 0.1, True)]
 
 
+def test_the_report_section_of_a_drifted_run(root, first_run):
+    from components import report
+    _, anomalies = _run(root, "drifted_report", _examples(network_wifi=8), baseline=first_run[0])
+    section = cs.markdown_section(cs.read_anomalies(anomalies.uri))
+    assert section == [
+        "## Data checks", "",
+        f"Pushes: **blocked** by 2 anomalies (2 anomalies found). Previous run's statistics: "
+        f"{first_run[0].uri}.", "",
+        "| check | where | feature | value | threshold | blocks |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| drift | train | network | 0.5 | 0.1 | yes |",
+        "| drift | eval | network | 0.5 | 0.1 | yes |", ""]
+    text = report.render({"generated": "now", "data_checks": section})
+    assert "\n".join(section) in text
+
+
+def test_the_report_section_of_a_first_run(first_run):
+    assert cs.markdown_section(cs.read_anomalies(first_run[1].uri)) == [
+        "## Data checks", "",
+        "Pushes: allowed (0 anomalies found). Previous run's statistics: none.", "",
+        "- drift: no previous statistics (first run)", ""]
+
+
 def test_same_data_again_is_no_drift(root, first_run):
     _, anomalies = _run(root, "same", _examples(network_wifi=4), baseline=first_run[0])
     assert cs.pushes_allowed(anomalies) == (True, "")
@@ -243,6 +266,16 @@ def test_allowed_drift_is_reported_but_does_not_block(root, first_run):
     assert cs.pushes_allowed(anomalies) == (True, "")
     assert anomalies.get_int_custom_property("num_anomalies") == 2
     assert [a["blocking"] for a in cs.read_anomalies(anomalies.uri)["anomalies"]] == [False] * 2
+
+
+def test_statistics_of_another_dataset_are_no_baseline(root, first_run):
+    other = new_artifact(DataStatistics, root, "other_dataset")
+    other.set_string_custom_property(cs.DATASET_KEY, "movielens")
+    _, anomalies = _run(root, "other_baseline", _examples(network_wifi=8), baseline=other)
+    assert cs.pushes_allowed(anomalies) == (True, "")
+    assert cs.read_anomalies(anomalies.uri)["notes"] == [
+        f"drift: the previous statistics ({other.uri}) are of dataset 'movielens', not 'tiny'"]
+    assert first_run[0].get_string_custom_property(cs.DATASET_KEY) == "tiny"
 
 
 def test_a_wrong_vocabulary_is_out_of_vocabulary_and_blocks(root):
