@@ -102,6 +102,7 @@ import logging
 import marshal
 import math
 import pickle
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -1043,6 +1044,9 @@ def run(argv: Sequence[str] | None = None) -> None:
     """Runs the job; flags this job does not know go to Beam."""
     args, beam_args = parse_args(argv)
     config = fc.load(args.config)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        # Explicit, so Beam never picks a runner that downloads a binary.
+        beam_args = ["--runner=DirectRunner", *beam_args]
     options = PipelineOptions(beam_args)
     started = time.time()
     # Beam's modules and the pipeline graph live for the whole run; frozen,
@@ -1074,8 +1078,16 @@ def _print_summary(output_dir: str, started: float) -> None:
 
 
 def main() -> None:
-    logging.getLogger().setLevel(logging.INFO)
-    run()
+    # Beam's INFO lines (stage plans, worker start-up) bury the summary the
+    # job prints at the end; warnings and errors still show.
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run()
+    except (fc.FeatureConfigError, raw_io.RawTableError, SessionizeError,
+            run_report.DataQualityError) as err:
+        # The message is the whole story (it names the file, glob or
+        # reasons); exit 1 with it as the last line instead of a traceback.
+        sys.exit(f"sessionize: {err}")
 
 
 if __name__ == "__main__":

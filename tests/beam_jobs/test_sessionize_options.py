@@ -252,3 +252,14 @@ def test_a_side_table_matching_nothing_is_an_error_naming_it(tmp_path):
         with test_pipeline.TestPipeline() as p:
             sessionize.build_pipeline(p, args)
     assert str(err.value) == f"items table: no file matches {args.items!r}"
+
+
+def test_cli_exits_1_with_the_message_as_its_last_line(tmp_path, monkeypatch):
+    args = _files_job(tmp_path, "timestamp,user_id,item_id,event,network\n", config())
+    missing = str(tmp_path / "nope" / "*.csv")
+    monkeypatch.setattr("sys.argv", ["sessionize", "--config", args.config, "--events", missing,
+                                     "--users", args.users, "--items", args.items,
+                                     "--output_dir", args.output_dir])
+    with pytest.raises(SystemExit) as exit_:
+        sessionize.main()
+    assert exit_.value.code == f"sessionize: events table: no file matches {missing!r}"
