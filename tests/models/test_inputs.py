@@ -111,6 +111,36 @@ def test_field_embedding_pools_and_shares_item_table():
     assert layer.field_of()[h] == fc.USER and layer.field_of()[names.index("hour")] == fc.CONTEXT
 
 
+@pytest.mark.parametrize("pooling,history,genres", [
+    # history ids 1, 2 (2 items); genres ids 1, 2 of example 0; both empty in example 1.
+    ("mean", lambda t: (t[1] + t[2]) / 2, lambda g: (g[1] + g[2]) / 2),
+    ("sum", lambda t: t[1] + t[2], lambda g: g[1] + g[2]),
+    ("sqrtn", lambda t: (t[1] + t[2]) / np.sqrt(2), lambda g: (g[1] + g[2]) / np.sqrt(2)),
+])
+def test_field_embedding_pooling_modes(pooling, history, genres):
+    lookup = FeatureIds(CONFIG.to_dict(), VOCABS)
+    ids = lookup(_raw_batch())
+    layer = FieldEmbedding(CONFIG.to_dict(), {n: lookup.num_rows(n) for n in lookup.feature_names},
+                           dim=3, with_linear=True, pooling=pooling)
+    layer(ids)
+    # First-order tables start at zero: give them values so their pooling shows.
+    layer.linear_tables["item_id"].assign(tf.random.normal(
+        layer.linear_tables["item_id"].shape, seed=3))
+    emb, linear = layer(ids)
+    names = layer.feature_names
+    h, g = names.index("clicked_item_list"), names.index("genres")
+    items, genre_table = layer.tables["item_id"].numpy(), layer.tables["genres"].numpy()
+    np.testing.assert_allclose(emb[0, h].numpy(), history(items), rtol=1e-6)
+    np.testing.assert_allclose(emb[0, g].numpy(), genres(genre_table), rtol=1e-6)
+    # The first-order weights pool the same way.
+    np.testing.assert_allclose(linear[0, h].numpy(), history(layer.linear_tables["item_id"]
+                                                               .numpy())[0], rtol=1e-6)
+    np.testing.assert_allclose(emb[1, h].numpy(), np.zeros(3), atol=0)  # empty history
+    assert FieldEmbedding.from_config(layer.get_config()).pooling == pooling
+    with pytest.raises(ValueError, match="pooling 'max' not in"):
+        FieldEmbedding(CONFIG.to_dict(), {}, 3, pooling="max")
+
+
 def test_layers_serialize_round_trip():
     lookup = FeatureIds(CONFIG.to_dict(), VOCABS)
     clone = FeatureIds.from_config(lookup.get_config())

@@ -88,6 +88,10 @@ def test_public_train_entry_trains_evaluates_and_exports(data, tmp_path):
     ("multitask_nfwfm", {**SMALL, "follow_mode": "esmm", "task_towers": True}),
     ("deepfm", SMALL),
     ("dcn", SMALL),
+    # Ablation options: no first-order tables (both scoring paths), sqrtn / sum pooling.
+    ("nfwfm", {**SMALL, "use_first_order": False, "pooling": "sqrtn"}),
+    ("nfm", {**SMALL, "use_first_order": False, "pooling": "sum"}),
+    ("deepfm", {**SMALL, "use_first_order": False}),
 ])
 def test_export_round_trip_and_signatures_agree(data, tmp_path, name, hparams):
     model, _ = _built_model(data, name, hparams)
@@ -220,3 +224,36 @@ def test_interaction_batch_norm_learns_moving_statistics_in_training(data):
     # towards the interaction's (tiny at init) variance and inference uses them.
     assert np.all(bn.moving_variance.numpy() < before)
     assert not np.allclose(bn.moving_mean.numpy(), 0.0)
+
+
+def test_without_first_order_the_model_has_no_linear_tables(data):
+    with_first, _ = _built_model(data, "nfwfm", SMALL)
+    without, _ = _built_model(data, "nfwfm", {**SMALL, "use_first_order": False})
+    assert with_first.embedding.linear_tables and not without.embedding.linear_tables
+    # Each shared table drops exactly its rows x 1 first-order weights.
+    rows = sum(t.shape[0] for t in with_first.embedding.tables.values())
+    assert with_first.count_params() - without.count_params() == rows
+    with pytest.raises(rc.RankingConfigError,
+                       match="use_first_order False needs a model with a first-order term"):
+        rc.make_config(rc.DCN, {"use_first_order": False})
+
+
+def test_lookup_penalty_by_hand_and_in_the_training_loss(data):
+    # No interaction dropout, so the training forward pass equals inference's.
+    model, parsed = _built_model(data, "nfwfm", {**SMALL, "lookup_l2": 0.5,
+                                                 "use_interaction_dropout": False}, n=8)
+    # Two examples, two features of width 2: mean over the batch of sum ||v||^2
+    # = ((1 + 4 + 1) + 9) / 2 = 7.5, times lookup_l2 0.5.
+    embeddings = tf.constant([[[1.0, 2.0], [0.0, 1.0]], [[3.0, 0.0], [0.0, 0.0]]])
+    assert float(model.lookup_penalty((embeddings, tf.zeros([2, 2])))) == pytest.approx(3.75)
+    assert float(model.lookup_penalty(embeddings)) == pytest.approx(3.75)
+    # train_step's loss is the task loss plus the penalty of the batch's own vectors.
+    labels = {k: parsed[k] for k in fc.LABEL_KEYS}
+    ids = model.feature_ids({n: parsed[n] for n in model.feature_names})
+    penalty = float(model.lookup_penalty(model.embedding(ids)))
+    task = float(model.task_loss(labels, model.logits(parsed, training=False))[0])
+    assert penalty > 0.01
+    assert float(model.train_step((parsed, labels))["loss"]) == pytest.approx(
+        task + penalty, rel=1e-5)
+    with pytest.raises(rc.RankingConfigError, match="lookup_l2 must be finite and >= 0"):
+        rc.make_config(rc.NFWFM, {"lookup_l2": -1.0})
