@@ -73,8 +73,10 @@ def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
         os.makedirs(out_dir, exist_ok=True)
         with open(config_path, "w", encoding="utf-8") as f:
             f.write(data.config_yaml)
+        # An explicit runner: Beam's default DirectRunner first tries to
+        # download the Prism runner binary.
         cmd = [sys.executable, "-m", "beam_jobs.sessionize", "--config", config_path,
-               "--events", data.events, "--output_dir", out_dir]
+               "--events", data.events, "--output_dir", out_dir, "--runner=FnApiRunner"]
         for table in ("users", "items"):
             if data.tables[table]:
                 cmd += [f"--{table}", data.tables[table]]

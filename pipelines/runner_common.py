@@ -200,15 +200,22 @@ def run_main(runner_factory: Callable[[], Any], description: str,
       description: --help text.
       argv: command-line flags; unknown ones are the pipeline's Beam args.
     Returns:
-      the process exit code from print_summary; a SIGTERM / SIGINT ends the
-      process with 143 / 130 instead (pipelines.interruption).
+      the process exit code from print_summary, 2 when the flags or the
+      dataset are invalid; a SIGTERM / SIGINT ends the process with 143 /
+      130 instead (pipelines.interruption).
     """
     parser = argparse.ArgumentParser(description=description)
     add_flags(parser)
     args, beam_args = parser.parse_known_args(argv)
     quiet_logs(args.verbose)
     with interruption.stop_on_signals():
-        built = build(args, beam_args)
+        try:
+            built = build(args, beam_args)
+        except ValueError as err:
+            # A bad --data, dataset YAML or flag value: the message names it
+            # (file and key); a traceback would only bury it.
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     with interruption.stop_on_signals(
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)

@@ -206,3 +206,34 @@ def test_kubeflow_v2_builtin_tables_under_data_root(tmp_path):
     assert REPO not in text
     for table in ("events", "users", "items"):
         assert f"gs://bucket/ml/{table}.*" in text
+
+
+@pytest.mark.parametrize("data, message", [
+    ("mine", "error: unknown dataset 'mine'; want one of ('synthetic', 'movielens') or a "
+             "dataset YAML (a feature config with a 'data:' section)"),
+    ("/nowhere/mine.yaml", "error: /nowhere/mine.yaml: no such dataset file"),
+])
+def test_runner_names_a_bad_dataset(data, message, tmp_path, capsys):
+    class NeverRun:
+        def run(self, pipeline):
+            raise AssertionError("must not run")
+
+    code = runner_common.run_main(NeverRun, "test", ["--data", data, "--work_dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_build_from_a_dataset_yaml(tmp_path):
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    parser = argparse.ArgumentParser()
+    runner_common.add_flags(parser)
+    args, beam = parser.parse_known_args(["--data", yaml_path, "--work_dir", str(tmp_path / "w"),
+                                          "--profile", "tiny", "--recall_models", ""])
+    built = runner_common.build(args, beam)
+    gen = next(c for c in built.pipeline.components if c.id == "ClickLogExampleGen")
+    assert gen.exec_properties["events"] == str(tmp_path / "ds" / "logs" / "events-*.csv")
+    assert gen.exec_properties["users"] == str(tmp_path / "ds" / "users.jsonl")
+    assert gen.exec_properties["items"] == "gs://other/items.jsonl"
+    assert "data:" not in gen.exec_properties["feature_config"]
+    # Nothing was generated for a dataset given by file.
+    assert not os.path.exists(tmp_path / "w" / "raw")
