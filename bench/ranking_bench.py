@@ -404,7 +404,8 @@ class DatasetBench:
     """Tunes, trains and evaluates every requested model on one dataset."""
 
     def __init__(self, dataset: str, args: argparse.Namespace, log: Callable[[str], None]):
-        self.dataset, self.args, self.log = dataset, args, log
+        # The report's key (a dataset YAML's `name`), also in the log lines.
+        self.dataset, self.args, self.log = parallel.dataset_key(dataset), args, log
         data = prepare_data(dataset, args.work_dir, args.num_events)
         self.features = fc.load(data["config_path"])
         self.vocabs = load_vocabularies(self.features, data["vocab_dir"])

@@ -510,9 +510,10 @@ def check_targets(results: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- one dataset -------------------------------------------------------------
 
-def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Both protocols of one dataset."""
-    config_path, out = sessionized(name, args.work_dir, args.num_events)
+def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both protocols of one dataset (a built-in name or a dataset YAML)."""
+    name = parallel.dataset_key(spec)
+    config_path, out = sessionized(spec, args.work_dir, args.num_events)
     config = fc.load(config_path)
     catalogue = data.load_catalogue(os.path.join(out, "items", "*.gz"), config)
     vocabularies = load_vocabularies(config, os.path.join(out, "vocab"))

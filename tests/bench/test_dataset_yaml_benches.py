@@ -1,0 +1,67 @@
+"""bench-ranking and bench-recall on a user's dataset YAML, at a tiny size.
+
+The same YAML as the pipeline's acceptance test (renamed columns, ISO times,
+no users table, no vocab_size); each bench writes its JSON under its
+--work_dir (not bench/results/), keyed by the dataset's name, and reports
+exactly the examples the sessionize job wrote.
+"""
+
+import json
+import os
+
+import pytest
+
+from bench import ranking_bench, recall_bench
+from tests.pipelines import custom_dataset
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "bench", "results")
+
+
+@pytest.fixture(scope="module")
+def my_clicks(tmp_path_factory) -> str:
+    return custom_dataset.write(str(tmp_path_factory.mktemp("my_clicks")), 3000)
+
+
+def _results_mtimes() -> dict[str, float]:
+    return {n: os.path.getmtime(os.path.join(RESULTS, n)) for n in os.listdir(RESULTS)}
+
+
+def _summary(examples_dir: str) -> dict:
+    with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
+    before = _results_mtimes()
+    work = str(tmp_path / "work")
+    assert ranking_bench.main(["--datasets", my_clicks, "--models", "nfwfm", "--quick",
+                               "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
+                               "--work_dir", work]) == 0
+    with open(os.path.join(work, "ranking-my_clicks.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    meta = report["my_clicks"]["_meta"]
+    written = _summary(meta["examples_dir"])["examples"]["ranking"]
+    assert meta["fit_examples"] + meta["validation_examples"] == written["train"]
+    assert meta["eval_examples"] == written["eval"]
+    nfwfm = report["my_clicks"]["nfwfm"]
+    assert nfwfm["seeds"] == 1 and 0.0 <= nfwfm["click_auc_mean"] <= 1.0
+    assert _results_mtimes() == before  # bench/results/ untouched
+
+
+def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
+    before = _results_mtimes()
+    work = str(tmp_path / "work")
+    assert recall_bench.main(["--datasets", my_clicks, "--models", "most_popular,two_tower",
+                              "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
+                              "--work_dir", work]) == 0
+    with open(os.path.join(work, "recall-my_clicks.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    data = report["my_clicks"]["_data"]
+    written = _summary(data["sessionized"])["examples"]["retrieval"]
+    assert (data["train_examples"], data["eval_examples"]) == (written["train"], written["eval"])
+    assert report["my_clicks"]["time_split"]["_queries"]["num_queries"] == written["eval"]
+    for model in ("most_popular", "two_tower"):
+        assert 0.0 <= report["my_clicks"]["time_split"][model]["hr@50"] <= 1.0
+    assert os.path.basename(os.path.dirname(os.path.dirname(data["sessionized"]))) == "work"
+    assert _results_mtimes() == before
