@@ -32,31 +32,30 @@ def _summary(examples_dir: str) -> dict:
         return json.load(f)
 
 
-def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
+def _run(main, bench: str, work: str, *argv: str) -> dict:
+    """Runs a bench's main at one seed and epoch; returns the JSON it wrote under work."""
     before = _results_mtimes()
-    work = str(tmp_path / "work")
-    assert ranking_bench.main(["--datasets", my_clicks, "--models", "nfwfm", "--quick",
-                               "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
-                               "--work_dir", work]) == 0
-    with open(os.path.join(work, "ranking-my_clicks.json"), encoding="utf-8") as f:
-        report = json.load(f)
+    assert main([*argv, "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
+                 "--work_dir", work]) == 0
+    assert _results_mtimes() == before  # bench/results/ untouched
+    with open(os.path.join(work, f"{bench}-my_clicks.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
+    report = _run(ranking_bench.main, "ranking", str(tmp_path / "work"),
+                  "--datasets", my_clicks, "--models", "nfwfm", "--quick")
     meta = report["my_clicks"]["_meta"]
     written = _summary(meta["examples_dir"])["examples"]["ranking"]
     assert meta["fit_examples"] + meta["validation_examples"] == written["train"]
     assert meta["eval_examples"] == written["eval"]
     nfwfm = report["my_clicks"]["nfwfm"]
     assert nfwfm["seeds"] == 1 and 0.0 <= nfwfm["click_auc_mean"] <= 1.0
-    assert _results_mtimes() == before  # bench/results/ untouched
 
 
 def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
-    before = _results_mtimes()
-    work = str(tmp_path / "work")
-    assert recall_bench.main(["--datasets", my_clicks, "--models", "most_popular,two_tower",
-                              "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
-                              "--work_dir", work]) == 0
-    with open(os.path.join(work, "recall-my_clicks.json"), encoding="utf-8") as f:
-        report = json.load(f)
+    report = _run(recall_bench.main, "recall", str(tmp_path / "work"),
+                  "--datasets", my_clicks, "--models", "most_popular,two_tower")
     data = report["my_clicks"]["_data"]
     written = _summary(data["sessionized"])["examples"]["retrieval"]
     assert (data["train_examples"], data["eval_examples"]) == (written["train"], written["eval"])
@@ -64,4 +63,3 @@ def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
     for model in ("most_popular", "two_tower"):
         assert 0.0 <= report["my_clicks"]["time_split"][model]["hr@50"] <= 1.0
     assert os.path.basename(os.path.dirname(os.path.dirname(data["sessionized"]))) == "work"
-    assert _results_mtimes() == before
