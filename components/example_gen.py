@@ -28,6 +28,7 @@ again.
 
 import json
 import os
+import tempfile
 
 import apache_beam as beam
 import tensorflow as tf
@@ -186,18 +187,21 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
     """
     text = config_text(feature_config, config_path)  # fail fast, before any Beam work
     staging = os.path.join(summary.uri, STAGING_DIR)
-    staged_config = os.path.join(staging, CONFIG_FILE)
-    tf.io.gfile.makedirs(staging)
-    with tf.io.gfile.GFile(staged_config, "w") as f:
-        f.write(text)
     summary.set_string_custom_property(
         FINGERPRINT_KEY, input_fingerprint or fingerprint_tables(events, users, items))
-    with beam_pipeline as pipeline:
-        adapters.sessionize(pipeline, staged_config, events, users or None, items or None,
-                            staging)
-    distribute_outputs(staging, {fc.RANKING: ranking_examples, fc.RETRIEVAL: retrieval_examples,
-                                 fc.ITEM2VEC: item2vec_examples},
-                       vocabulary, catalogue, summary, staged_config)
+    # A local file: only this process reads it (the job parses it while
+    # building the graph), and the pipeline root may be a bucket.
+    with tempfile.TemporaryDirectory(prefix="feedrec-config-") as local:
+        local_config = os.path.join(local, CONFIG_FILE)
+        with open(local_config, "w", encoding="utf-8") as f:
+            f.write(text)
+        with beam_pipeline as pipeline:
+            adapters.sessionize(pipeline, local_config, events, users or None, items or None,
+                                staging)
+        distribute_outputs(staging, {fc.RANKING: ranking_examples,
+                                     fc.RETRIEVAL: retrieval_examples,
+                                     fc.ITEM2VEC: item2vec_examples},
+                           vocabulary, catalogue, summary, local_config)
 
 
 ClickLogExampleGen.DRIVER_CLASS = InputFingerprintDriver

@@ -44,9 +44,11 @@ def test_flags_default_from_environment(monkeypatch):
     monkeypatch.setenv("FEEDREC_HPARAMS", 'nfwfm={"max_epochs": 3};nfm={"max_epochs": 2}')
     monkeypatch.setenv("FEEDREC_AUC_TOLERANCE", "0.005")
     monkeypatch.setenv("FEEDREC_ALLOW_UNEVALUABLE_HEADS", "1")
+    monkeypatch.setenv("FEEDREC_DATA", "/data/mine.yaml")
     parser = argparse.ArgumentParser()
     runner_common.add_flags(parser)
     args, beam = parser.parse_known_args(["--direct_num_workers=2"])
+    assert args.data == "/data/mine.yaml"
     assert (args.work_dir, args.profile, args.no_multitask) == ("/somewhere", "tiny", True)
     assert args.hparams == ['nfwfm={"max_epochs": 3}', 'nfm={"max_epochs": 2}']
     assert (args.auc_tolerance, args.allow_unevaluable_heads) == (0.005, True)
