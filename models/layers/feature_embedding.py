@@ -182,8 +182,11 @@ class FieldEmbedding(keras.layers.Layer):
         return total / (tf.sqrt(count) if self.pooling == SQRTN else count)
 
     def _lookup(self, table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
-        vectors = tf.gather(table, ids)
+        # Gathered with 1-D ids: a table sharded over parameter servers (a
+        # ShardedVariable, models.distributed) only takes 1-D indices.
+        vectors = tf.gather(table, tf.reshape(ids, [-1]))
         if ids.shape.rank == 2:
+            vectors = tf.reshape(vectors, tf.concat([tf.shape(ids), [table.shape[1]]], 0))
             return self._pool(vectors, ids)
         # Id 0 (OOV / missing) of a single-valued feature keeps its own learned
         # row: "unknown" is information for a categorical feature.

@@ -1,0 +1,6 @@
+"""Multi-worker training: ParameterServerStrategy with embedding tables sharded over PS tasks.
+
+cluster.py starts worker / PS server processes (locally, or reads TF_CONFIG on
+a real cluster); train.py trains a ranking model on such a cluster and exports
+the single-process SavedModel signatures.
+"""
