@@ -22,8 +22,9 @@ NFwFM on that dataset (on validation), read from --lr_from; a candidate does
 not get its own learning-rate search.
 
 Datasets run in parallel child processes (`--jobs 2`); each child rewrites its
-partial JSON under --work_dir after every run, and `--merge_only` builds the
-output from whatever partials exist (for a run cut short).
+partial JSON under --work_dir after every run, `--resume` keeps the runs a
+partial already holds (adding candidates or seeds later), and `--merge_only`
+builds the output from whatever partials exist (for a run cut short).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # Batch norm on the interaction vector before the MLP (the NFM paper's).
     "interaction_batch_norm": {"interaction_batch_norm": True},
     "pooling_sum": {"pooling": "sum"},
+    # Halve the learning rate after every epoch (start fast, then settle).
+    "lr_decay_0.5": {"learning_rate_decay": 0.5},
 }
 COST_BUDGET = 1.0 / 6.0
 HELPS, HURTS, NEUTRAL = "helps", "hurts", "no measurable effect"
@@ -168,6 +171,7 @@ class DatasetAblation:
 
     def __init__(self, dataset: str, args: argparse.Namespace, log: Callable[[str], None]):
         self.dataset, self.args, self.log = dataset, args, log
+        self.commit = stats.git_commit()  # per run: --resume may mix runs of two commits
         data = rb.prepare_data(dataset, args.data_dir, args.num_events)
         self.features = fc.load(data["config_path"])
         self.vocabs = load_vocabularies(self.features, data["vocab_dir"])
@@ -181,12 +185,15 @@ class DatasetAblation:
 
     def run(self, names: Sequence[str], learning_rate: float | None, partial: str
             ) -> dict[str, Any]:
-        runs: dict[str, list[dict[str, Any]]] = {}
-        costs: dict[str, Any] = {}
+        runs, costs = (previous_runs(partial, self.dataset, learning_rate) if self.args.resume
+                       else ({}, {}))
         for name in names:
             hparams = candidate_hparams(name, learning_rate)
-            runs[name] = []
+            runs.setdefault(name, [])
+            done = {r["seed"] for r in runs[name]}
             for seed in range(self.args.seeds):
+                if seed in done:
+                    continue
                 t0 = time.perf_counter()
                 model, record = rb.train_ours("nfwfm", self.features, self.vocabs,
                                               self.fit_data, self.val_data, seed, hparams,
@@ -195,7 +202,7 @@ class DatasetAblation:
                     costs[name] = cost_ratios(model.ranking_config, self.features,
                                               model.num_rows)
                 run = {"seed": seed, **best_epoch_metrics(record),
-                       "seconds": time.perf_counter() - t0}
+                       "seconds": time.perf_counter() - t0, "commit": self.commit}
                 runs[name].append(run)
                 self.log(f"[{self.dataset}] {name} seed {seed}: val auc {run['val_auc']:.4f} "
                          f"best epoch {run['best_epoch']}/{run['epochs_run']} "
@@ -206,8 +213,8 @@ class DatasetAblation:
     def _report(self, names, learning_rate, runs, costs) -> dict[str, Any]:
         summary = summarize(runs)
         return {"learning_rate": learning_rate, "meta": self.meta,
-                "requested": list(names), "completed": [n for n in names if n in runs and len(
-                    runs[n]) == self.args.seeds],
+                "requested": list(names), "completed": [n for n in runs if len(
+                    runs[n]) >= self.args.seeds],
                 "candidates": {n: {"hparams": CANDIDATES[n], **costs.get(n, {}),
                                    **summary[n], "runs": runs[n]} for n in runs}}
 
@@ -215,6 +222,27 @@ class DatasetAblation:
         with open(path, "w", encoding="utf-8") as f:
             json.dump({self.dataset: self._report(names, learning_rate, runs, costs)}, f,
                       indent=1)
+
+
+def previous_runs(path: str, dataset: str, learning_rate: float | None
+                  ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """(runs, costs) of a partial JSON from an earlier run of the same dataset, to resume.
+
+    Raises:
+      ValueError: the earlier run used another learning rate (not comparable).
+    """
+    if not os.path.exists(path):
+        return {}, {}
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)[dataset]
+    if old["learning_rate"] != learning_rate:
+        raise ValueError(f"{path} used learning rate {old['learning_rate']}, not "
+                         f"{learning_rate}: start without --resume")
+    cost_keys = ("params", "flops_per_example", "params_ratio_to_nfm", "flops_ratio_to_nfm",
+                 "within_budget")
+    runs = {n: list(c["runs"]) for n, c in old["candidates"].items()}
+    costs = {n: {k: c[k] for k in cost_keys if k in c} for n, c in old["candidates"].items()}
+    return runs, costs
 
 
 def conclusions(report: Mapping[str, Any], datasets: Sequence[str]) -> dict[str, Any]:
@@ -263,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data_dir", default=os.path.join("work", "bench_ranking"))
     parser.add_argument("--work_dir", default=os.path.join("work", "nfwfm_ablation"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the (candidate, seed) runs already in --work_dir's partials")
     parser.add_argument("--merge_only", action="store_true",
                         help="write --out from the partial JSONs in --work_dir")
     parser.add_argument("--out", default=os.path.join("bench", "results", "nfwfm_ablation.json"))

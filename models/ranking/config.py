@@ -93,6 +93,9 @@ class RankingConfig:
         the looked-up rows; Keras Adam decays its moments over whole tables
         every step, 2-3x slower with a 100k-row user table), adam or adagrad.
       learning_rate: optimizer learning rate.
+      learning_rate_decay: the learning rate is multiplied by this after
+        every training epoch (epoch k, 0-based, trains at learning_rate *
+        decay^k); 1.0 keeps it constant.
       batch_size: training batch size.
       max_epochs: cap on passes over the fit split (training stops earlier
         when the validation metric stops improving).
@@ -123,6 +126,7 @@ class RankingConfig:
     use_first_order: bool = True
     optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
+    learning_rate_decay: float = 1.0
     batch_size: int = 512
     follow_mode: str = FOLLOW_INDEPENDENT
     max_epochs: int = 20
@@ -172,6 +176,9 @@ class RankingConfig:
             raise RankingConfigError(f"use_first_order False needs a model with a first-order "
                                      f"term (nfm, nfwfm, multitask_nfwfm, deepfm), got "
                                      f"{self.model!r}")
+        if not 0.0 < self.learning_rate_decay <= 1.0:
+            raise RankingConfigError(f"learning_rate_decay must be in (0, 1], got "
+                                     f"{self.learning_rate_decay!r}")
         if self.optimizer not in OPTIMIZERS:
             raise RankingConfigError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.cross_layers < 1:

@@ -84,6 +84,25 @@ def esmm_follow_logit(click_logit: tf.Tensor, follow_given_click_logit: tf.Tenso
     return -tf.reduce_logsumexp(tf.stack([-x, -y, -x - y]), axis=0)
 
 
+class EpochDecay(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate to base * decay^k before the model's epoch k.
+
+    k counts every epoch the model has trained (model.epochs_trained), across
+    fit calls, so training one epoch per fit call (train.fit_with_early_stopping)
+    decays exactly as one fit over many epochs.
+    """
+
+    def __init__(self, base: float, decay: float):
+        super().__init__()
+        self.base, self.decay = float(base), float(decay)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = self.base * self.decay ** self.model.epochs_trained
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.epochs_trained += 1
+
+
 @keras.utils.register_keras_serializable(package="feedrec")
 class RankingModel(keras.Model):
     """One ranking model; which one is `ranking_config["model"]`.
@@ -148,6 +167,8 @@ class RankingModel(keras.Model):
         # Offline training on ids precomputed with self.feature_ids (same
         # mapping, done once instead of every step); serving always maps raw.
         self.train_on_ids = False
+        # Epochs trained so far (EpochDecay's k), across fit calls.
+        self.epochs_trained = 0
         self.task_loss = MultiTaskLoss(cfg.tasks, cfg.loss_mode, cfg.follow_weight,
                                        cfg.click_weight, name="task_loss")
         self._make_epoch_means(["loss"] + [f"{t}_loss" for t in cfg.tasks])
@@ -313,6 +334,14 @@ class RankingModel(keras.Model):
         return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
 
     # ---- training -----------------------------------------------------------
+    def fit(self, *args, **kwargs):
+        """keras.Model.fit, plus EpochDecay when learning_rate_decay < 1."""
+        cfg = self.ranking_config
+        if cfg.learning_rate_decay != 1.0:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
+                                   EpochDecay(cfg.learning_rate, cfg.learning_rate_decay)]
+        return super().fit(*args, **kwargs)
+
     def train_step(self, data):
         features, labels = data
         with tf.GradientTape() as tape:

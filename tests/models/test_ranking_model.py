@@ -257,3 +257,25 @@ def test_lookup_penalty_by_hand_and_in_the_training_loss(data):
         task + penalty, rel=1e-5)
     with pytest.raises(rc.RankingConfigError, match="lookup_l2 must be finite and >= 0"):
         rc.make_config(rc.NFWFM, {"lookup_l2": -1.0})
+
+
+def test_learning_rate_decays_per_epoch_across_fit_calls(data):
+    model, parsed = _built_model(data, "nfwfm", {**SMALL, "learning_rate": 0.01,
+                                                 "learning_rate_decay": 0.5}, n=16)
+    labels = {k: parsed[k] for k in fc.LABEL_KEYS}
+    ds = tf.data.Dataset.from_tensors((parsed, labels))
+    # Epoch k trains at 0.01 * 0.5^k, whether epochs come one per fit call ...
+    seen = []
+    for _ in range(3):
+        model.fit(ds, epochs=1, verbose=0)
+        seen.append(float(model.optimizer.learning_rate))
+    assert seen == pytest.approx([0.01, 0.005, 0.0025])
+    # ... or several in one call (continuing the count: epochs 3 and 4).
+    model.fit(ds, epochs=2, verbose=0)
+    assert model.epochs_trained == 5
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01 * 0.5 ** 4)
+    constant, _ = _built_model(data, "nfwfm", {**SMALL, "learning_rate": 0.01}, n=16)
+    constant.fit(ds, epochs=2, verbose=0)
+    assert float(constant.optimizer.learning_rate) == pytest.approx(0.01)
+    with pytest.raises(rc.RankingConfigError, match=r"learning_rate_decay must be in \(0, 1\]"):
+        rc.make_config(rc.NFWFM, {"learning_rate_decay": 0.0})
