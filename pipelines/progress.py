@@ -101,7 +101,11 @@ def reporting(connection_config: metadata_store_pb2.ConnectionConfig,
         if info is None or not info.execution_id:
             say(f"{node} skipped ({took:.1f} s)")
             return info
-        execution = mlmd_summary.load_execution(connection_config, info.execution_id)
+        try:
+            execution = mlmd_summary.load_execution(connection_config, info.execution_id)
+        except KeyError:  # not recorded (a system node's handler): say so, never fail the run
+            say(f"{node} done in {took:.1f} s")
+            return info
         verb = "cached" if execution.state == "CACHED" else f"done in {took:.1f} s"
         figure = key_figure(execution.outputs)
         say(f"{node} {verb}" + (f": {figure}" if figure else ""))

@@ -75,3 +75,22 @@ def test_reporting_names_a_failed_step(monkeypatch):
     with progress.reporting(None, out), pytest.raises(RuntimeError, match="no"):
         launcher.Launcher.launch(type("L", (), {"_pipeline_node": Node})())
     assert re.search(r"\] Broken FAILED after \d+\.\d s$", out.getvalue(), re.M)
+
+
+def test_reporting_a_step_missing_from_mlmd(monkeypatch):
+    from tfx.orchestration.portable import launcher
+
+    class Node:
+        class node_info:  # noqa: N801
+            id = "Resolver"
+
+    def missing(config, execution_id):
+        raise KeyError(execution_id)
+
+    monkeypatch.setattr(progress.mlmd_summary, "load_execution", missing)
+    monkeypatch.setattr(launcher.Launcher, "launch",
+                        lambda self: type("I", (), {"execution_id": 3})())
+    out = io.StringIO()
+    with progress.reporting(None, out):
+        launcher.Launcher.launch(type("L", (), {"_pipeline_node": Node})())
+    assert re.search(r"\] Resolver done in \d+\.\d s$", out.getvalue(), re.M)
