@@ -57,6 +57,10 @@ def key_figure(outputs: dict[str, list[mlmd_summary.ArtifactInfo]]) -> str:
         elif key == "metrics":
             figures.append(", ".join(f"{k} {v:.4f}" for k, v in
                                      mlmd_summary.headline_figures(props).items()))
+        elif key == "anomalies" and "num_anomalies" in props:
+            figures.append(f"{props['num_anomalies']} data anomalies, "
+                           f"{props.get('num_blocking', 0)} blocking"
+                           + (f" ({props['reason']})" if props.get("reason") else ""))
         elif key == "blessing":
             figures.append("BLESSED" if props.get("blessed") == 1 else "NOT BLESSED")
         elif key in ("pushed_model", "pushed_index"):

@@ -28,6 +28,10 @@ def _art(**props) -> list[ArtifactInfo]:
     ({"pushed_model": _art(pushed=0)}, "NOT pushed"),
     ({"pushed_index": _art(pushed=0, reason="no blessing")}, "NOT pushed: no blessing"),
     ({"report": _art(published_path="/s/reports/1/report.md")}, "report /s/reports/1/report.md"),
+    ({"anomalies": _art(num_anomalies=2, num_blocking=1, reason="click rate 0.9 > 0.5")},
+     "2 data anomalies, 1 blocking (click rate 0.9 > 0.5)"),
+    ({"anomalies": _art(num_anomalies=0, num_blocking=0, reason="")},
+     "0 data anomalies, 0 blocking"),
     ({"model": _art()}, ""),
 ])
 def test_key_figure(outputs, expected):
