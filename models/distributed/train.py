@@ -30,7 +30,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,16 +117,23 @@ def fit_on_cluster(model: RankingModel, creator: keras.utils.experimental.Datase
         object.__delattr__(model, "fit")
 
 
-def variable_placement(model: RankingModel) -> dict[str, list[str]]:
-    """Variable name -> device of each of its shards (one entry if unsharded).
+def _base_name(var: tf.Variable) -> str:
+    """The variable's name without ":0" and, for a shard, without "/part_<k>"."""
+    name = var.name.split(":")[0]
+    return name.rsplit("/part_", 1)[0] if "/part_" in name else name
 
-    Names are the variables' names without the ":0" and "/part_<k>" suffixes.
-    """
+
+def _part_index(var: tf.Variable) -> int:
+    """k of a shard named ".../part_<k>:0"; 0 for an unsharded variable."""
+    name = var.name.split(":")[0]
+    return int(name.rsplit("/part_", 1)[1]) if "/part_" in name else 0
+
+
+def variable_placement(model: RankingModel) -> dict[str, list[str]]:
+    """Variable name (_base_name) -> device of each of its shards, in row order."""
     out: dict[str, list[str]] = {}
     for var in model.variables:
-        name = var.name.split(":")[0]
-        base = name.rsplit("/part_", 1)[0] if "/part_" in name else name
-        out.setdefault(base, []).append(var.device)
+        out.setdefault(_base_name(var), []).append(var.device)
     return out
 
 
@@ -141,17 +147,34 @@ def params_per_ps(model: RankingModel) -> dict[str, int]:
 
 def single_process_copy(model: RankingModel, example_batch: Mapping[str, tf.Tensor]
                         ) -> RankingModel:
-    """A model outside any strategy with `model`'s trained weights, via a checkpoint.
+    """A model outside any strategy holding `model`'s trained weights.
 
-    A checkpoint saves a sharded variable as one whole tensor, so it restores
-    into the unsharded variables of a model built without the strategy.
+    Each variable gets its value by name; a sharded one gets its shards'
+    rows concatenated in shard order (the partitioner splits axis 0 into
+    consecutive row ranges, the first shards one row longer when the rows do
+    not divide evenly).
+
+    Raises:
+      ValueError: a variable of the copy that the model lacks, or whose rows
+        do not add up (a different model).
     """
     copy = RankingModel(model.ranking_config.to_dict(), model.feature_config,
                         model.vocabularies, name=model.name)
     copy.build_from_example(example_batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tf.train.Checkpoint(model=model).write(os.path.join(tmp, "ckpt"))
-        tf.train.Checkpoint(model=copy).read(path).assert_existing_objects_matched()
+    shards: dict[str, list[tf.Variable]] = {}
+    for var in model.variables:
+        shards.setdefault(_base_name(var), []).append(var)
+    for var in copy.variables:
+        parts = shards.get(_base_name(var))
+        if not parts:
+            raise ValueError(f"the trained model has no variable {_base_name(var)!r}")
+        parts = sorted(parts, key=_part_index)
+        value = tf.concat([p.read_value() for p in parts], axis=0) if len(parts) > 1 else (
+            parts[0].read_value())
+        if value.shape != var.shape:
+            raise ValueError(f"variable {_base_name(var)!r}: trained shape {value.shape}, "
+                             f"copy's {var.shape}")
+        var.assign(value)
     return copy
 
 

@@ -182,11 +182,14 @@ class FieldEmbedding(keras.layers.Layer):
         return total / (tf.sqrt(count) if self.pooling == SQRTN else count)
 
     def _lookup(self, table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
-        # Gathered with 1-D ids: a table sharded over parameter servers (a
-        # ShardedVariable, models.distributed) only takes 1-D indices.
-        vectors = tf.gather(table, tf.reshape(ids, [-1]))
+        # embedding_lookup, not tf.gather: on a table sharded over parameter
+        # servers (a ShardedVariable, models.distributed) it reads each shard
+        # and puts the rows back in id order, while tf.gather goes through
+        # ShardedVariable.sparse_read, which (TF 2.21) returns the rows grouped
+        # by shard, out of id order, and takes only 1-D ids. On a plain
+        # variable both are the same gather.
+        vectors = tf.nn.embedding_lookup(table, ids)
         if ids.shape.rank == 2:
-            vectors = tf.reshape(vectors, tf.concat([tf.shape(ids), [table.shape[1]]], 0))
             return self._pool(vectors, ids)
         # Id 0 (OOV / missing) of a single-valued feature keeps its own learned
         # row: "unknown" is information for a categorical feature.
