@@ -77,14 +77,21 @@ def fit_dataset_creator(train_pattern: str | Sequence[str], features: fc.Feature
                         ) -> keras.utils.experimental.DatasetCreator:
     """Every worker's endless, shuffled stream of the fit split's (features, labels) batches.
 
-    The shuffle is unseeded on purpose: the dataset function is traced once
-    and run on every worker, so a seed would give all workers the same order
-    and they would train on the same batches.
+    The shuffle is unseeded, each worker drawing its own order at run time:
+    the dataset function is traced once and run on every worker, and Keras
+    builds it anew for each epoch's fit call, so a seed fixed at trace time
+    (an explicit one, or one derived from the global seed build_model sets)
+    would give every worker, and every epoch, the same order: the workers
+    would train on the same batches and the rest of the fit split would
+    never be read.
     """
     is_validation = validation.is_validation_record(cutoff)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         del input_context  # PS training gives one pipeline per worker, no sharding id
+        # Traced in a graph, this clears that graph's seed only (the global
+        # seed stays), so shuffle(seed=None) draws its seed when it runs.
+        tf.random.set_seed(None)
         return inputs.make_dataset(
             train_pattern, features, fc.RANKING, config.batch_size, shuffle=True, seed=None,
             num_epochs=None, label_keys=fc.LABEL_KEYS,
