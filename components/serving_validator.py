@@ -7,6 +7,11 @@ example, is finite, and ranking probabilities are in [0, 1]). The result is a
 standard InfraBlessing (custom property blessed = 1/0 and a `reason`), which
 the Pusher requires; a model that cannot load or answer is never pushed, and
 the failure is recorded instead of crashing the run.
+
+It is also where the data checks stop the pushes: every Pusher and the FAISS
+index builder require this blessing, so with DataValidator's `anomalies`
+given and blocking (components.statistics.pushes_allowed) the model is
+refused before any request, with the anomalies as the reason.
 """
 
 import os
@@ -23,8 +28,9 @@ from tfx.utils import path_utils
 
 from feature_contract import feature_config as fc
 from components import adapters
-from components.artifacts import FeatureVocabulary
+from components.artifacts import DataAnomalies, FeatureVocabulary
 from components.example_gen import CONFIG_FILE
+from components.statistics import pushes_allowed
 
 RANKING, USER_TOWER = "ranking", "user_tower"
 MODEL_KINDS = (RANKING, USER_TOWER)
@@ -101,7 +107,8 @@ def ServingValidator(  # noqa: N802
         blessing: OutputArtifact[standard_artifacts.InfraBlessing],
         model_name: Parameter[str],
         model_kind: Parameter[str] = RANKING,
-        num_examples: Parameter[int] = 64):
+        num_examples: Parameter[int] = 64,
+        data_anomalies: InputArtifact[DataAnomalies] = None):
     """Loads the model into the model server and sends a real Predict request.
 
     Args:
@@ -114,12 +121,17 @@ def ServingValidator(  # noqa: N802
       model_kind: "ranking" (serialized tf.Example input) or "user_tower"
         (raw user + context features).
       num_examples: request batch size.
+      data_anomalies: DataValidator's verdict; blocking anomalies refuse the model.
     """
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"model_kind {model_kind!r} not in {MODEL_KINDS}")
-    ok, reason, stats = validate(path_utils.serving_model_dir(model.uri), model_name, model_kind,
-                                 examples.uri, os.path.join(vocabulary.uri, CONFIG_FILE),
-                                 num_examples)
+    data_ok, data_why = pushes_allowed(data_anomalies) if data_anomalies is not None else (True, "")
+    if not data_ok:
+        ok, reason, stats = False, f"data checks block the push: {data_why}", {}
+    else:
+        ok, reason, stats = validate(path_utils.serving_model_dir(model.uri), model_name, model_kind,
+                                     examples.uri, os.path.join(vocabulary.uri, CONFIG_FILE),
+                                     num_examples)
     blessing.set_int_custom_property(BLESSED_KEY, int(ok))
     blessing.set_string_custom_property(REASON_KEY, reason)
     blessing.set_int_custom_property("request_examples", int(stats.get("examples", 0)))

@@ -22,11 +22,12 @@ string features (categorical, tags, sequence), Jensen-Shannon divergence
 (log base 2, so within [0, 1]) of the histograms over the config's bucket
 boundaries for numeric ones. A threshold of 1.0 never fires.
 
-The previous run's statistics come from a Resolver with TFX's
-LatestArtifactStrategy over this component's `statistics` output
-(`latest_statistics_resolver`): it resolves before this component runs, so
-it yields the latest statistics of an earlier run, or nothing on the first
-run (then drift is not checked).
+The baseline is the statistics of the previous DATA: a Resolver
+(`previous_statistics_resolver`, PreviousDataStatisticsStrategy) picks the
+latest statistics this component computed from other examples than the
+current ones, or nothing on the first run (then drift is not checked). A
+re-run on unchanged data so resolves the same baseline and is served from
+the cache, gates and pushers included.
 
 Anomalies block the pushes unless their kind is in `allowed_anomalies`: the
 `anomalies` output carries `blessed` (1 / 0) like a blessing, for the gates
@@ -45,6 +46,7 @@ import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact,
                                                         OutputArtifact, Parameter)
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.components.common import resolver as resolver_lib
 from tfx.types import artifact_utils, standard_artifacts
 
 from beam_jobs import statistics as stats_job
@@ -57,6 +59,8 @@ STATISTICS_FILE, ANOMALIES_FILE = "statistics.json", "anomalies.json"
 BLESSED_KEY, REASON_KEY = "blessed", "reason"
 COMPONENT_ID, STATISTICS_KEY = "DataValidator", "statistics"
 DATASET_KEY = "dataset"  # DataStatistics property: the feature config's name
+EXAMPLES_URI_KEY = "examples_uri"  # DataStatistics property: the examples it describes
+EXAMPLES_KEY = "examples"  # the resolver's channel of ExampleGen's examples
 
 SPLIT_EMPTY, FEATURE_MISSING, MISSING_FRACTION = "split_empty", "feature_missing", "missing_fraction"
 OOV_RATE, LABEL_RATE, SKEW, DRIFT = "oov_rate", "label_rate", "skew", "drift"
@@ -485,7 +489,7 @@ def DataValidator(  # noqa: N802 - TFX component names are CamelCase
         `num_examples_<split>`, `dataset` (the feature config's name).
       anomalies: anomalies.json; `blessed` (1: pushes may go), `num_anomalies`,
         `num_blocking`, `reason` (the blocking anomalies), `baseline_statistics`.
-      baseline_statistics: the previous run's statistics (latest_statistics_resolver);
+      baseline_statistics: the previous data's statistics (previous_statistics_resolver);
         None, or statistics of another dataset: no drift check.
       validation_config: ValidationConfig.to_json() ("{}": the defaults).
       beam_pipeline: provided by TFX from beam_pipeline_args.
@@ -501,25 +505,65 @@ def DataValidator(  # noqa: N802 - TFX component names are CamelCase
     for split, stats in current.items():
         statistics.set_int_custom_property(f"num_examples_{split}", stats["num_examples"])
     statistics.set_string_custom_property(DATASET_KEY, feature_config.name)
+    statistics.set_string_custom_property(EXAMPLES_URI_KEY, examples.uri)
     previous, why_not = baseline_of(baseline_statistics, feature_config.name)
     record_verdict(anomalies, find_anomalies(current, previous, config),
                    skipped_checks(current, previous, config, why_not),
                    baseline_statistics.uri if previous is not None else None, config)
 
 
-def latest_statistics_resolver(component_id: str = COMPONENT_ID):
-    """The Resolver node giving DataValidator the previous run's statistics.
+class PreviousDataStatisticsStrategy(resolver_lib.ResolverStrategy):
+    """The latest statistics computed from other examples than the current ones.
+
+    "Previous run" means the previous DATA, not the previous execution: with
+    the plain latest statistics, a re-run on unchanged (cached) examples would
+    get its own last statistics as a new baseline every time, so DataValidator
+    and everything behind it (gates, pushers) would re-run and push an
+    unchanged model again. Keyed on the examples instead, the baseline stays
+    the same while the data does, and the whole re-run is served from the cache.
+
+    The current examples are the newest artifact of ExampleGen's channel. Data
+    switched back to an earlier, still-cached version (A, B, A) is compared
+    with the statistics of B's predecessor rather than of B: a rare case
+    that costs a drift check against older data, never a wrong push.
+    """
+
+    def resolve_artifacts(self, store, input_dict):  # noqa: ARG002 - the ResolverStrategy API
+        examples = input_dict.get(EXAMPLES_KEY) or []
+        current = max(examples, key=lambda a: a.id).uri if examples else None
+        others = [s for s in input_dict.get(STATISTICS_KEY) or []
+                  if s.get_string_custom_property(EXAMPLES_URI_KEY) != current]
+        # No baseline (the first run, or the data never changed): an empty
+        # channel, not None, which the orchestrator treats as a failed resolution.
+        return {STATISTICS_KEY: [max(others, key=lambda a: a.id)] if others else [],
+                EXAMPLES_KEY: [max(examples, key=lambda a: a.id)] if examples else []}
+
+
+def previous_statistics_resolver(examples=None, component_id: str = COMPONENT_ID):
+    """The Resolver node giving DataValidator its drift baseline.
 
     Use `resolver.outputs[STATISTICS_KEY]` as `baseline_statistics`. The channel
     names the producer, so a second DataValidator (another example kind) does
     not feed this one.
+
+    Args:
+      examples: the channel DataValidator reads (ExampleGen's output): the
+        baseline is then the previous DATA's statistics
+        (PreviousDataStatisticsStrategy). None: the previous RUN's statistics
+        (TFX's LatestArtifactStrategy), the form the Kubeflow V2 compiler
+        accepts (it compiles only the Latest* strategies); there a re-run on
+        unchanged data re-validates it.
+      component_id: the DataValidator's node id.
     """
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import (
         LatestArtifactStrategy)
     from tfx.types.channel import Channel
-    return Resolver(strategy_class=LatestArtifactStrategy,
-                    **{STATISTICS_KEY: Channel(type=DataStatistics,
-                                               producer_component_id=component_id,
-                                               output_key=STATISTICS_KEY)}
-                    ).with_id(f"{component_id}.latest_statistics")
+    channels = {STATISTICS_KEY: Channel(type=DataStatistics, producer_component_id=component_id,
+                                        output_key=STATISTICS_KEY)}
+    if examples is None:
+        return Resolver(strategy_class=LatestArtifactStrategy, **channels
+                        ).with_id(f"{component_id}.previous_statistics")
+    return Resolver(strategy_class=PreviousDataStatisticsStrategy,
+                    **channels, **{EXAMPLES_KEY: examples}
+                    ).with_id(f"{component_id}.previous_statistics")

@@ -39,7 +39,7 @@ from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (  # noqa: E402
 from beam_jobs import datasets  # noqa: E402
 from feature_contract import dataset as dataset_file  # noqa: E402
 from pipelines import profiles, runner_common  # noqa: E402
-from pipelines.pipeline import RECALL_MODELS, create_pipeline  # noqa: E402
+from pipelines.pipeline import PREVIOUS_RUN, RECALL_MODELS, create_pipeline  # noqa: E402
 
 
 def cluster_dataset(data: str, data_root: str) -> dataset_file.Dataset:
@@ -76,7 +76,9 @@ def compile_pipeline(output_dir: str, pipeline_name: str, pipeline_root: str, da
         serving_dir=serving_dir, ranking=settings.ranking,
         recall=dataclasses.replace(settings.recall, models=tuple(recall_models)),
         beam_pipeline_args=runner_common.with_beam_runner(beam_pipeline_args),
-        enable_cache=enable_cache)
+        enable_cache=enable_cache,
+        # The V2 compiler takes only TFX's Latest* resolver strategies.
+        drift_baseline=PREVIOUS_RUN)
     filename = f"{pipeline_name}.json"
     runner = KubeflowV2DagRunner(config=KubeflowV2DagRunnerConfig(default_image=image),
                                  output_dir=output_dir, output_filename=filename)

@@ -1,6 +1,8 @@
 """create_pipeline: the feedrec TFX pipeline as a pure factory.
 
     ClickLogExampleGen (Beam sessionize job)
+      -> DataValidator (per-split statistics; anomalies incl. drift vs the
+           previous data's statistics) -> blocks every ServingValidator below
       -> ranking: RankingTrainer(nfm baseline), RankingTrainer(nfwfm candidate)
            -> Evaluator (TFMA gate: AUC floor + within auc_tolerance of the
               baseline, 95% jackknife intervals, sliced overall and by is_new_user)
@@ -40,6 +42,8 @@ from components.example_gen import ClickLogExampleGen
 from components.faiss_builder import FaissIndexBuilder
 from components.report import PipelineReporter
 from components.serving_validator import RANKING, USER_TOWER, ServingValidator
+from components.statistics import (COMPONENT_ID as DATA_VALIDATOR_ID, STATISTICS_KEY,
+                                   DataValidator, ValidationConfig, previous_statistics_resolver)
 from components.trainer import RankingTrainer, RecallTrainer
 
 RECALL_MODELS: tuple[str, ...] = ("item2vec", "youtubenet", "two_tower")
@@ -47,6 +51,9 @@ RECALL_MODELS: tuple[str, ...] = ("item2vec", "youtubenet", "two_tower")
 RANKING_SERVED_NAME = "ranking"
 MULTITASK_SERVED_NAME = "ranking_multitask"
 USER_TOWER_PREFIX = "user_tower_"
+# What DataValidator's drift check compares with (create_pipeline's drift_baseline).
+PREVIOUS_DATA, PREVIOUS_RUN = "previous_data", "previous_run"
+DRIFT_BASELINES: tuple[str, ...] = (PREVIOUS_DATA, PREVIOUS_RUN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +120,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
                     beam_pipeline_args: Sequence[str] = (),
                     enable_cache: bool = True,
-                    validation_examples: int = 64) -> tfx_pipeline.Pipeline:
+                    validation_examples: int = 64,
+                    data_checks: ValidationConfig | None = ValidationConfig(),
+                    drift_baseline: str = PREVIOUS_DATA) -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -130,6 +139,12 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
       beam_pipeline_args: for ExampleGen's sessionize job and the Evaluator.
       enable_cache: reuse the outputs of unchanged executions.
       validation_examples: Predict batch of each serving check.
+      data_checks: thresholds of DataValidator, whose blocking anomalies make
+        every ServingValidator refuse (so nothing is pushed); None: no data checks.
+      drift_baseline: what drift is measured against: PREVIOUS_DATA (the
+        statistics of the last other examples; an unchanged re-run stays
+        cached) or PREVIOUS_RUN (the last run's statistics: the only form the
+        Kubeflow V2 compiler takes).
 
     Returns:
       The tfx Pipeline.
@@ -149,6 +164,20 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
     components: list = [example_gen]
     report_inputs: dict[str, Any] = {"summary": example_gen.outputs["summary"],
                                      "ranking_examples": ranking_examples}
+    data_verdict: dict[str, Any] = {}
+    if data_checks is not None:
+        # On the ranking examples: the only kind carrying every feature and the labels.
+        if drift_baseline not in DRIFT_BASELINES:
+            raise ValueError(f"drift_baseline {drift_baseline!r} not in {DRIFT_BASELINES}")
+        previous = previous_statistics_resolver(
+            ranking_examples if drift_baseline == PREVIOUS_DATA else None)
+        data_validator = DataValidator(
+            examples=ranking_examples, vocabulary=vocabulary,
+            baseline_statistics=previous.outputs[STATISTICS_KEY],
+            validation_config=data_checks.to_json()).with_id(DATA_VALIDATOR_ID)
+        components.extend([previous, data_validator])
+        data_verdict["data_anomalies"] = data_validator.outputs["anomalies"]
+        report_inputs.update(data_verdict)
 
     def ranking_trainer(model: str) -> RankingTrainer:
         return RankingTrainer(examples=ranking_examples, vocabulary=vocabulary, model_name=model,
@@ -178,8 +207,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         model_blessing = joined.outputs["blessing"]
         validator = ServingValidator(model=trainer.outputs["model"], examples=ranking_examples,
                                      vocabulary=vocabulary, model_name=served_name,
-                                     model_kind=RANKING, num_examples=validation_examples
-                                     ).with_id(f"ServingValidator.{model}")
+                                     model_kind=RANKING, num_examples=validation_examples,
+                                     **data_verdict).with_id(f"ServingValidator.{model}")
         pusher = Pusher(model=trainer.outputs["model"], model_blessing=model_blessing,
                         infra_blessing=validator.outputs["blessing"],
                         push_destination=_push_to(serving_dir, served_name)).with_id(f"Pusher.{model}")
@@ -223,8 +252,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         validator = ServingValidator(model=trainer.outputs["model"],
                                      examples=example_gen.outputs["retrieval_examples"],
                                      vocabulary=vocabulary, model_name=served_name,
-                                     model_kind=USER_TOWER, num_examples=validation_examples
-                                     ).with_id(f"ServingValidator.{model}")
+                                     model_kind=USER_TOWER, num_examples=validation_examples,
+                                     **data_verdict).with_id(f"ServingValidator.{model}")
         pusher = Pusher(model=trainer.outputs["model"], infra_blessing=validator.outputs["blessing"],
                         push_destination=_push_to(serving_dir, served_name)).with_id(f"Pusher.{model}")
         index = FaissIndexBuilder(item_embeddings=trainer.outputs["item_embeddings"],

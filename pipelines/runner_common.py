@@ -33,6 +33,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from beam_jobs import datasets
+from components.statistics import ValidationConfig
 from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
@@ -71,6 +72,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         default=_env("allow_unevaluable_heads", "") == "1",
                         help="bless although a gated head's eval split has no positives "
                              "(or no negatives); by default such a head refuses the model")
+    parser.add_argument("--allow_data_anomalies", default=_env("allow_data_anomalies", ""),
+                        help="comma-separated anomaly kinds the data checks report without "
+                             "blocking the pushes (components.statistics.ANOMALY_KINDS)")
+    parser.add_argument("--no_data_checks", action="store_true",
+                        default=_env("no_data_checks", "") == "1",
+                        help="no DataValidator: statistics and anomalies are not computed")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -135,6 +142,18 @@ def _merge(base: dict, overrides: dict) -> dict:
     return {k: {**base.get(k, {}), **overrides.get(k, {})} for k in set(base) | set(overrides)}
 
 
+def data_checks(args: argparse.Namespace) -> ValidationConfig | None:
+    """The DataValidator thresholds from the flags (None: no data checks).
+
+    Raises:
+      ValidationConfigError: --allow_data_anomalies names an unknown kind.
+    """
+    if args.no_data_checks:
+        return None
+    allowed = tuple(k for k in (args.allow_data_anomalies or "").split(",") if k)
+    return ValidationConfig.from_dict({"allowed_anomalies": list(allowed)})
+
+
 def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     """Prepares the data and builds the pipeline from parsed flags."""
     work_dir = os.path.abspath(args.work_dir)
@@ -162,7 +181,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         dataset=dataset, serving_dir=serving_dir, ranking=ranking, recall=recall,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=with_beam_runner(beam_args),
-        enable_cache=not args.no_cache)
+        enable_cache=not args.no_cache, data_checks=data_checks(args))
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from absl.testing import parameterized
 from tfx.types import standard_artifacts
 
+from components.artifacts import DataAnomalies
 from components.serving_validator import (RANKING, USER_TOWER, ServingValidator, check_outputs,
                                           read_serialized_examples)
 from tests.components.helpers import executor_fn, new_artifact
@@ -28,12 +29,34 @@ class CheckOutputsTest(parameterized.TestCase):
         self.assertEqual(check_outputs(outputs, rows, kind), expected)
 
 
-def _run(model, examples, vocabulary, root, name, kind):
+def _run(model, examples, vocabulary, root, name, kind, data_anomalies=None):
     blessing = new_artifact(standard_artifacts.InfraBlessing, root, f"blessing_{name}")
     executor_fn(ServingValidator)(model=model, examples=examples, vocabulary=vocabulary,
                                   blessing=blessing, model_name=name, model_kind=kind,
-                                  num_examples=8)
+                                  num_examples=8, data_anomalies=data_anomalies)
     return blessing
+
+
+def _anomalies(root, blessed, reason=""):
+    anomalies = new_artifact(DataAnomalies, root, f"anomalies_{blessed}")
+    anomalies.set_int_custom_property("blessed", blessed)
+    anomalies.set_string_custom_property("reason", reason)
+    return anomalies
+
+
+def test_blocking_data_anomalies_refuse_the_model(ranking_model, sessionized, tmp_path):
+    blocked = _anomalies(str(tmp_path), 0, "train.network: drift l-infinity 0.500 > 0.1")
+    blessing = _run(ranking_model[0], sessionized["ranking_examples"], sessionized["vocabulary"],
+                    str(tmp_path), "ranking", RANKING, data_anomalies=blocked)
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert blessing.get_string_custom_property("reason") == (
+        "data checks block the push: train.network: drift l-infinity 0.500 > 0.1")
+    assert blessing.get_int_custom_property("request_examples") == 0
+    allowed = _run(ranking_model[0], sessionized["ranking_examples"], sessionized["vocabulary"],
+                   str(tmp_path), "ranking_ok", RANKING,
+                   data_anomalies=_anomalies(str(tmp_path), 1))
+    assert allowed.get_int_custom_property("blessed") == 1
+    assert allowed.get_int_custom_property("request_examples") == 8
 
 
 def test_ranking_model_is_blessed(ranking_model, sessionized, tmp_path):

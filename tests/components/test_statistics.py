@@ -10,7 +10,7 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 import yaml
-from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
+from tfx.types.channel import Channel
 from tfx.types import artifact_utils, standard_artifacts
 
 from components import statistics as cs
@@ -287,10 +287,34 @@ def test_a_wrong_vocabulary_is_out_of_vocabulary_and_blocks(root):
                       "train.item_id: OOV rate 1.000 > 0.25")
 
 
-def test_latest_statistics_resolver_reads_this_components_statistics():
-    resolver = cs.latest_statistics_resolver()
-    assert resolver.id == "DataValidator.latest_statistics"
-    assert resolver.exec_properties["resolver_class"] is LatestArtifactStrategy
+class _Stub:
+    def __init__(self, id_, uri, examples_uri=""):
+        self.id, self.uri, self._examples_uri = id_, uri, examples_uri
+
+    def get_string_custom_property(self, key):
+        assert key == cs.EXAMPLES_URI_KEY
+        return self._examples_uri
+
+
+def test_the_baseline_is_the_latest_statistics_of_other_examples():
+    strategy = cs.PreviousDataStatisticsStrategy()
+    a, b = _Stub(1, "ex/a"), _Stub(5, "ex/b")
+    stats = [_Stub(2, "st/1", "ex/a"), _Stub(3, "st/2", "ex/a"), _Stub(6, "st/3", "ex/b")]
+    # Current data b: the latest statistics of a (id 3), not b's own (id 6).
+    out = strategy.resolve_artifacts(None, {"examples": [a, b], "statistics": stats})
+    assert [s.uri for s in out["statistics"]] == ["st/2"]
+    assert [e.uri for e in out["examples"]] == ["ex/b"]
+    # Only statistics of the current data, or none at all: no baseline.
+    for only_current in (stats[:2], []):
+        out = strategy.resolve_artifacts(None, {"examples": [a], "statistics": only_current})
+        assert out["statistics"] == []
+
+
+def test_previous_statistics_resolver_reads_this_components_statistics():
+    examples = Channel(type=standard_artifacts.Examples)
+    resolver = cs.previous_statistics_resolver(examples)
+    assert resolver.id == "DataValidator.previous_statistics"
+    assert resolver.exec_properties["resolver_class"] is cs.PreviousDataStatisticsStrategy
     assert resolver.outputs[cs.STATISTICS_KEY].type is DataStatistics
 
 
@@ -304,7 +328,7 @@ def _pipeline(root: str, examples_uri: str, vocabulary_uri: str):
         reimport=True).with_id("examples")
     vocabulary = importer.Importer(source_uri=vocabulary_uri, artifact_type=FeatureVocabulary,
                                    reimport=True).with_id("vocabulary")
-    resolver = cs.latest_statistics_resolver()
+    resolver = cs.previous_statistics_resolver(examples.outputs["result"])
     validator = cs.DataValidator(examples=examples.outputs["result"],
                                  vocabulary=vocabulary.outputs["result"],
                                  baseline_statistics=resolver.outputs[cs.STATISTICS_KEY],
@@ -316,25 +340,27 @@ def _pipeline(root: str, examples_uri: str, vocabulary_uri: str):
             os.path.join(root, "metadata.sqlite")))
 
 
-def test_the_resolver_feeds_the_previous_runs_statistics_and_drift_blocks(root):
-    """Two LocalDagRunner runs: the second sees the first's statistics as its
-    baseline (through latest_statistics_resolver) and flags the injected drift."""
+def test_the_resolver_feeds_the_previous_datas_statistics_and_drift_blocks(root):
+    """Four LocalDagRunner runs over base, base, drifted, drifted data: the
+    baseline is the latest statistics of OTHER data than the current, so the
+    repeated base run has none, the drifted runs both get the base statistics
+    (a re-run on unchanged data resolves the same input: the cache holds),
+    and the injected drift is flagged."""
     from ml_metadata.metadata_store import metadata_store
     from tfx.orchestration import metadata
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     base = _examples_artifact(root, "pipeline_in/base", _examples(network_wifi=4)).uri
     drifted = _examples_artifact(root, "pipeline_in/drifted", _examples(network_wifi=8)).uri
     vocabulary = _vocabulary_artifact(root, "pipeline_in/vocabulary", VOCABULARIES).uri
-    for examples_uri in (base, drifted):
+    for examples_uri in (base, base, drifted, drifted):
         LocalDagRunner().run(_pipeline(root, examples_uri, vocabulary))
     store = metadata_store.MetadataStore(
         metadata.sqlite_metadata_connection_config(os.path.join(root, "metadata.sqlite")))
     statistics = sorted(store.get_artifacts_by_type(DataStatistics.TYPE_NAME), key=lambda a: a.id)
     anomalies = sorted(store.get_artifacts_by_type(DataAnomalies.TYPE_NAME), key=lambda a: a.id)
-    assert len(statistics) == len(anomalies) == 2
-    first, second = (a.custom_properties for a in anomalies)
-    assert (first["blessed"].int_value, first["baseline_statistics"].string_value) == (1, "")
-    assert second["blessed"].int_value == 0
-    assert second["baseline_statistics"].string_value == statistics[0].uri
-    assert second["reason"].string_value == ("train.network: drift l-infinity 0.500 > 0.1; "
-                                             "eval.network: drift l-infinity 0.500 > 0.1")
+    assert len(statistics) == len(anomalies) == 4
+    runs = [a.custom_properties for a in anomalies]
+    assert [(r["blessed"].int_value, r["baseline_statistics"].string_value) for r in runs] == [
+        (1, ""), (1, ""), (0, statistics[1].uri), (0, statistics[1].uri)]
+    assert runs[2]["reason"].string_value == ("train.network: drift l-infinity 0.500 > 0.1; "
+                                              "eval.network: drift l-infinity 0.500 > 0.1")

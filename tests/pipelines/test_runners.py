@@ -156,7 +156,11 @@ def test_kubeflow_v2_compiles_to_a_valid_job_spec(tmp_path):
     for task in tasks.values():
         assert task["componentRef"]["name"] in spec["components"]
     executors = spec["deploymentSpec"]["executors"]
-    assert all(e["container"]["image"] == "gcr.io/project/feedrec:1" for e in executors.values())
+    # Every step runs in the image, but the drift-baseline resolver, which KFP runs itself.
+    resolvers = {k for k, e in executors.items() if "resolver" in e}
+    assert len(resolvers) == 1 and "DataValidator" in tasks
+    assert all(e["container"]["image"] == "gcr.io/project/feedrec:1"
+               for k, e in executors.items() if k not in resolvers)
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
     # No step reuses a cached result by default (KFP cannot see new data).
     assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
