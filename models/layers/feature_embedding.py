@@ -12,6 +12,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
@@ -23,13 +24,74 @@ MEAN, SUM, SQRTN = "mean", "sum", "sqrtn"
 POOLINGS: tuple[str, ...] = (MEAN, SUM, SQRTN)
 
 
+class VocabularyError(ValueError):
+    """The vocabularies do not belong to the data (a wrong vocab_dir)."""
+
+
 def load_vocabularies(config: fc.FeatureConfig, vocab_dir: str | None) -> dict[str, list[str]]:
-    """Vocabulary lists of the config's vocab features (sequences use `of`'s)."""
+    """Vocabulary lists of the config's vocab features (sequences use `of`'s).
+
+    Raises:
+      VocabularyError: vocab_dir is given but holds no vocabulary of any of
+        the config's features: every id would be OOV and the model would
+        train to AUC 0.5 without a word, so a wrong path fails here.
+    """
     vocabs = {}
     for f in config.vocab_features:
         words = inputs.read_vocab(vocab_dir, f.name) if vocab_dir else []
         vocabs[f.name] = words[: f.vocab_size]
+    if vocab_dir and config.vocab_features and not any(vocabs.values()):
+        raise VocabularyError(
+            f"vocab_dir {vocab_dir!r} holds no vocabulary of "
+            f"{sorted(f.name for f in config.vocab_features)} (<feature>.txt): a wrong path?")
     return vocabs
+
+
+def oov_rates(vocabularies: Mapping[str, Sequence[str]], batch: Mapping[str, Any]
+              ) -> dict[str, float]:
+    """Share of a batch's non-empty string values outside each feature's vocabulary.
+
+    Args:
+      vocabularies: feature -> vocabulary (load_vocabularies).
+      batch: feature -> raw values ([B] or [B, L] strings or bytes; "" = padding).
+    Returns:
+      feature -> OOV share, for the features in both with any value.
+    """
+    rates = {}
+    for name, words in vocabularies.items():
+        if name not in batch:
+            continue
+        values = [v.decode() if isinstance(v, bytes) else str(v)
+                  for v in np.asarray(batch[name]).ravel()]
+        values = [v for v in values if v]
+        if values:
+            known = set(words)
+            rates[name] = sum(v not in known for v in values) / len(values)
+    return rates
+
+
+def check_vocabulary_coverage(vocabularies: Mapping[str, Sequence[str]],
+                              batch: Mapping[str, Any], vocab_dir: str,
+                              max_oov: float = 0.99) -> dict[str, float]:
+    """Fails when EVERY vocab feature of a training batch is (almost) all OOV.
+
+    The vocabularies are built from the training split, so on the right ones
+    the train OOV share is small (the vocab_size cap, min_count); all features
+    at >= max_oov means vocabularies of other data (e.g. another dataset's
+    vocab_dir). One feature alone may be all OOV (a cold id), so only all of
+    them together fail.
+
+    Returns:
+      the OOV rates (oov_rates).
+    Raises:
+      VocabularyError: naming vocab_dir and every feature's OOV rate.
+    """
+    rates = oov_rates(vocabularies, batch)
+    if rates and min(rates.values()) >= max_oov:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(rates.items()))
+        raise VocabularyError(f"every feature of the training data is out of the vocabularies "
+                              f"in {vocab_dir!r} (OOV rate {shown}): vocabularies of other data?")
+    return rates
 
 
 @keras.utils.register_keras_serializable(package="feedrec")

@@ -32,7 +32,8 @@ import tf_keras as keras  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
 from models import cli, inputs, validation  # noqa: E402
-from models.layers.feature_embedding import load_vocabularies  # noqa: E402
+from models.layers.feature_embedding import (  # noqa: E402
+    check_vocabulary_coverage, load_vocabularies)
 from models.ranking import complexity, export, metrics  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 from models.ranking.model import RankingModel  # noqa: E402
@@ -313,6 +314,8 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     Raises:
       RankingConfigError: bad model name or hparams.
       FileNotFoundError: no files match a pattern.
+      VocabularyError: vocab_dir holds no vocabulary of the config, or one
+        that every training feature is out of (a wrong vocab_dir).
       models.validation.ValidationError: training examples that cannot be
         split by time.
     """
@@ -324,6 +327,8 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     # Made now so a bad eval pattern fails before training; read only after it.
     eval_ds = inputs.make_dataset(eval_pattern, features, fc.RANKING, 1024)
     first, _ = next(iter(fit_ds))
+    if vocab_dir:
+        check_vocabulary_coverage(vocabularies, first, vocab_dir)
     model = build_model(config, features, vocabularies, example_batch=first)
     fitted = fit_with_early_stopping(model, fit_ds, val_ds, early_stopping(config),
                                      default_monitor(config.tasks), carve["fit_examples"])
