@@ -29,6 +29,7 @@ import yaml
 from feature_contract import feature_config as fc
 
 DATA_KEY = "data"
+VALIDATION_KEY = "validation"  # optional: the data checks' thresholds
 EVENTS, USERS, ITEMS = "events", "users", "items"
 TABLES: tuple[str, ...] = (EVENTS, USERS, ITEMS)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -51,6 +52,9 @@ class Dataset:
       items: items glob, or None when the dataset has no items table.
       source: where the dataset was described (the YAML's path, or the
         built-in name); for messages only.
+      validation: the YAML's optional `validation:` section, the data checks'
+        thresholds (components.statistics.ValidationConfig.from_dict reads it;
+        the contract only carries it, so it imports nothing above itself).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Dataset:
     users: str | None = None
     items: str | None = None
     source: str = ""
+    validation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def config(self) -> fc.FeatureConfig:
@@ -132,13 +137,17 @@ def from_dict(raw: Any, where: str, base_dir: str) -> Dataset:
         raise DatasetError(f"{where}: no '{DATA_KEY}:' section; a dataset YAML names its raw "
                            f"tables there ({EVENTS}: required, {USERS} / {ITEMS}: optional)")
     tables = _tables(raw[DATA_KEY], where, base_dir)
-    config_part = {k: v for k, v in raw.items() if k != DATA_KEY}
+    validation = raw.get(VALIDATION_KEY) or {}
+    if not isinstance(validation, Mapping):
+        raise DatasetError(f"{where}: '{VALIDATION_KEY}:' must be a mapping of data-check "
+                           f"thresholds, got {type(validation).__name__}")
+    config_part = {k: v for k, v in raw.items() if k not in (DATA_KEY, VALIDATION_KEY)}
     try:
         config = fc.from_dict(config_part)
     except fc.FeatureConfigError as err:
         raise fc.FeatureConfigError(f"{where}: {err}") from err
     return Dataset(name=config.name, config_yaml=yaml.safe_dump(config_part, sort_keys=False),
-                   source=where, **tables)
+                   source=where, validation=dict(validation), **tables)
 
 
 def load(path: str | os.PathLike[str], base_dir: str | None = None) -> Dataset:

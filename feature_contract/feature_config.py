@@ -586,8 +586,9 @@ def validate(config: FeatureConfig) -> FeatureConfig:
 
 
 # Top-level keys read by other parts of the project from the same YAML:
-# `data:` names a dataset's raw tables (feature_contract.dataset).
-IGNORED_TOP_LEVEL_KEYS: tuple[str, ...] = ("data",)
+# `data:` names a dataset's raw tables, `validation:` the data checks' thresholds
+# (feature_contract.dataset).
+IGNORED_TOP_LEVEL_KEYS: tuple[str, ...] = ("data", "validation")
 
 
 def from_dict(raw: Mapping[str, Any]) -> FeatureConfig:

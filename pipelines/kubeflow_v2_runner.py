@@ -39,6 +39,7 @@ from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (  # noqa: E402
 from beam_jobs import datasets  # noqa: E402
 from feature_contract import dataset as dataset_file  # noqa: E402
 from pipelines import profiles, runner_common  # noqa: E402
+from components.statistics import ValidationConfig  # noqa: E402
 from pipelines.pipeline import PREVIOUS_RUN, RECALL_MODELS, create_pipeline  # noqa: E402
 
 
@@ -77,6 +78,7 @@ def compile_pipeline(output_dir: str, pipeline_name: str, pipeline_root: str, da
         recall=dataclasses.replace(settings.recall, models=tuple(recall_models)),
         beam_pipeline_args=runner_common.with_beam_runner(beam_pipeline_args),
         enable_cache=enable_cache,
+        data_checks=ValidationConfig.from_dict(dataset.validation),
         # The V2 compiler takes only TFX's Latest* resolver strategies.
         drift_baseline=PREVIOUS_RUN)
     filename = f"{pipeline_name}.json"

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import logging as absl_logging
@@ -33,7 +33,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from beam_jobs import datasets
-from components.statistics import ValidationConfig
+from components.statistics import ValidationConfig, ValidationConfigError
 from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
@@ -142,16 +142,26 @@ def _merge(base: dict, overrides: dict) -> dict:
     return {k: {**base.get(k, {}), **overrides.get(k, {})} for k in set(base) | set(overrides)}
 
 
-def data_checks(args: argparse.Namespace) -> ValidationConfig | None:
-    """The DataValidator thresholds from the flags (None: no data checks).
+def data_checks(args: argparse.Namespace, validation: Mapping[str, Any] | None = None,
+                source: str = "") -> ValidationConfig | None:
+    """The DataValidator thresholds (None: no data checks).
 
+    Args:
+      args: --no_data_checks, --allow_data_anomalies (added to the YAML's).
+      validation: the dataset YAML's `validation:` section.
+      source: the dataset YAML, named in errors.
     Raises:
-      ValidationConfigError: --allow_data_anomalies names an unknown kind.
+      ValidationConfigError: an unknown key or kind, or a bad threshold.
     """
     if args.no_data_checks:
         return None
-    allowed = tuple(k for k in (args.allow_data_anomalies or "").split(",") if k)
-    return ValidationConfig.from_dict({"allowed_anomalies": list(allowed)})
+    raw = dict(validation or {})
+    flagged = [k for k in (args.allow_data_anomalies or "").split(",") if k]
+    raw["allowed_anomalies"] = list(dict.fromkeys([*raw.get("allowed_anomalies", []), *flagged]))
+    try:
+        return ValidationConfig.from_dict(raw)
+    except ValidationConfigError as err:
+        raise ValidationConfigError(f"{source}: validation: {err}" if source else str(err)) from err
 
 
 def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
@@ -181,7 +191,8 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         dataset=dataset, serving_dir=serving_dir, ranking=ranking, recall=recall,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=with_beam_runner(beam_args),
-        enable_cache=not args.no_cache, data_checks=data_checks(args))
+        enable_cache=not args.no_cache,
+        data_checks=data_checks(args, dataset.validation, dataset.source))
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
 

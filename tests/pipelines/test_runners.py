@@ -175,14 +175,14 @@ def test_beam_runner_is_explicit():
         "--runner", "DataflowRunner", "--project=p"]
 
 
-def _write_dataset_yaml(folder, events: str = "logs/events-*.csv") -> str:
+def _write_dataset_yaml(folder, events: str = "logs/events-*.csv", extra: str = "") -> str:
     with open(fc.builtin_config_path("synthetic"), encoding="utf-8") as f:
         text = f.read()
     os.makedirs(str(folder), exist_ok=True)
     path = os.path.join(str(folder), "mine.yaml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text + f"data:\n  events: {events}\n  users: users.jsonl\n"
-                       "  items: gs://other/items.jsonl\n")
+                       "  items: gs://other/items.jsonl\n" + extra)
     return path
 
 
@@ -243,3 +243,33 @@ def test_build_from_a_dataset_yaml(tmp_path):
     assert "data:" not in gen.exec_properties["feature_config"]
     # Nothing was generated for a dataset given by file.
     assert not os.path.exists(tmp_path / "w" / "raw")
+
+
+def _build(yaml_path, work_dir, *flags):
+    parser = argparse.ArgumentParser()
+    runner_common.add_flags(parser)
+    args, beam = parser.parse_known_args(["--data", yaml_path, "--work_dir", str(work_dir),
+                                          "--profile", "tiny", "--recall_models", "", *flags])
+    return {c.id: c for c in runner_common.build(args, beam).pipeline.components}
+
+
+def test_the_dataset_yamls_validation_section_and_the_flags_set_the_data_checks(tmp_path):
+    yaml_path = _write_dataset_yaml(tmp_path / "ds", extra=(
+        "validation:\n  max_oov_rate: 0.5\n  allowed_anomalies: [drift]\n"))
+    components = _build(yaml_path, tmp_path / "w", "--allow_data_anomalies", "skew,drift")
+    config = json.loads(components["DataValidator"].exec_properties["validation_config"])
+    assert (config["max_oov_rate"], config["allowed_anomalies"]) == (0.5, ["drift", "skew"])
+    # Every serving check (hence every push) waits on the data checks.
+    validator = components["ServingValidator.nfwfm"]
+    assert "data_anomalies" in validator.inputs
+    assert "DataValidator" not in _build(yaml_path, tmp_path / "w2", "--no_data_checks")
+
+
+def test_a_bad_validation_section_is_one_error_line(tmp_path, capsys):
+    yaml_path = _write_dataset_yaml(tmp_path / "ds", extra="validation:\n  max_oov: 0.5\n")
+    code = runner_common.run_main(None, "test", ["--data", yaml_path, "--work_dir",
+                                                 str(tmp_path / "w")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {yaml_path}: validation: unknown validation keys ['max_oov']; "
+                          "want [")
