@@ -33,8 +33,14 @@ def sessionize(pipeline: beam.Pipeline, config_path: str, events: str, users: st
 
 
 def train_ranking(model_name: str, config_path: str, examples_dir: str, vocab_dir: str,
-                  hparams: Mapping[str, Any], export_dir: str) -> dict[str, Any]:
+                  hparams: Mapping[str, Any], export_dir: str,
+                  training_cluster: str = "") -> dict[str, Any]:
     """Trains models.ranking `model_name` on Split-train, evaluates on Split-eval.
+
+    Args:
+      training_cluster: "" trains in this process; "local:workers=<n>,ps=<m>"
+        or "tf_config" trains under ParameterServerStrategy with the embedding
+        tables sharded over the PS tasks (models.distributed.train).
 
     Returns:
       models.ranking.train.train's metrics dict (per task auc/logloss/gauc,
@@ -43,10 +49,15 @@ def train_ranking(model_name: str, config_path: str, examples_dir: str, vocab_di
     from models import inputs
     from models.ranking import train as ranking_train
     from feature_contract import feature_config as fc
-    return ranking_train.train(model_name, config_path,
-                               inputs.split_pattern(examples_dir, fc.TRAIN),
-                               inputs.split_pattern(examples_dir, fc.EVAL),
-                               vocab_dir, dict(hparams), export_dir)
+    patterns = (inputs.split_pattern(examples_dir, fc.TRAIN),
+                inputs.split_pattern(examples_dir, fc.EVAL))
+    if training_cluster:
+        from models.distributed import train as distributed_train
+        return distributed_train.train(model_name, config_path, *patterns, vocab_dir,
+                                       dict(hparams), export_dir,
+                                       training_cluster=training_cluster)
+    return ranking_train.train(model_name, config_path, *patterns, vocab_dir, dict(hparams),
+                               export_dir)
 
 
 def train_recall(model_name: str, config_path: str, examples_dir: str, vocab_dir: str,

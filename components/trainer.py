@@ -106,7 +106,8 @@ def RankingTrainer(  # noqa: N802
         model: OutputArtifact[standard_artifacts.Model],
         metrics: OutputArtifact[TrainingMetrics],
         model_name: Parameter[str],
-        hparams: Parameter[str] = "{}"):
+        hparams: Parameter[str] = "{}",
+        training_cluster: Parameter[str] = ""):
     """Trains one models.ranking model (nfm, nfwfm, multitask_nfwfm, ...).
 
     Args:
@@ -116,11 +117,13 @@ def RankingTrainer(  # noqa: N802
       metrics: the trainer's eval metrics (auc, gauc, logloss per task, sigmas).
       model_name: models.ranking model name.
       hparams: JSON object of RankingConfig overrides.
+      training_cluster: "" (this process), "local:workers=<n>,ps=<m>" or
+        "tf_config": ParameterServerStrategy (adapters.train_ranking).
     """
     result = adapters.train_ranking(
         model_name, os.path.join(vocabulary.uri, CONFIG_FILE), examples.uri,
         os.path.join(vocabulary.uri, VOCAB_DIR), parse_hparams(hparams),
-        path_utils.serving_model_dir(model.uri))
+        path_utils.serving_model_dir(model.uri), training_cluster=training_cluster)
     write_metrics(metrics, model_name, result)
     model.set_string_custom_property("model_name", model_name)
     for task, values in result.items():

@@ -75,6 +75,10 @@ class RankingSettings:
         a head refuses the model.
       confidence_intervals: the Evaluators compute 95% jackknife intervals
         (reported, not gated on).
+      training_cluster: "" trains each ranking model in its component's
+        process; "local:workers=<n>,ps=<m>" (processes on this machine) or
+        "tf_config" (the cluster in TF_CONFIG) trains it under
+        ParameterServerStrategy with sharded embedding tables.
     """
 
     baseline: str = "nfm"
@@ -87,6 +91,7 @@ class RankingSettings:
     auc_tolerance: float = eval_config.DEFAULT_AUC_TOLERANCE
     allow_unevaluable_heads: bool = False
     confidence_intervals: bool = True
+    training_cluster: str = ""
 
     def hparams_json(self, model: str) -> str:
         # Sorted keys: the same settings give the same string, so caching holds.
@@ -181,7 +186,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
 
     def ranking_trainer(model: str) -> RankingTrainer:
         return RankingTrainer(examples=ranking_examples, vocabulary=vocabulary, model_name=model,
-                              hparams=ranking.hparams_json(model)).with_id(f"RankingTrainer.{model}")
+                              hparams=ranking.hparams_json(model),
+                              training_cluster=ranking.training_cluster
+                              ).with_id(f"RankingTrainer.{model}")
 
     def gate(role: str, model: str, trainer, configs: Mapping[str, tuple], served_name: str
              ) -> None:

@@ -78,6 +78,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_data_checks", action="store_true",
                         default=_env("no_data_checks", "") == "1",
                         help="no DataValidator: statistics and anomalies are not computed")
+    parser.add_argument("--training_cluster", default=_env("training_cluster", ""),
+                        help="train the ranking models under ParameterServerStrategy: "
+                             "'local:workers=2,ps=2' starts the servers on this machine, "
+                             "'tf_config' joins the cluster in TF_CONFIG (default: in process)")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -142,6 +146,22 @@ def _merge(base: dict, overrides: dict) -> dict:
     return {k: {**base.get(k, {}), **overrides.get(k, {})} for k in set(base) | set(overrides)}
 
 
+def checked_training_cluster(flag: str) -> str:
+    """--training_cluster, checked before anything runs.
+
+    Raises:
+      ValueError: neither 'tf_config' nor local:workers=<n>,ps=<m>.
+    """
+    from models.distributed import cluster, train as distributed_train
+    if flag != distributed_train.FROM_TF_CONFIG:
+        try:
+            cluster.parse_cluster_flag(flag)
+        except cluster.ClusterError as err:
+            raise ValueError(f"--training_cluster: {err}, or "
+                             f"'{distributed_train.FROM_TF_CONFIG}'") from err
+    return flag
+
+
 def data_checks(args: argparse.Namespace, validation: Mapping[str, Any] | None = None,
                 source: str = "") -> ValidationConfig | None:
     """The DataValidator thresholds (None: no data checks).
@@ -176,6 +196,8 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         gate["auc_tolerance"] = float(args.auc_tolerance)
     if args.allow_unevaluable_heads:
         gate["allow_unevaluable_heads"] = True
+    if args.training_cluster:
+        gate["training_cluster"] = checked_training_cluster(args.training_cluster)
     ranking = dataclasses.replace(profile.ranking,
                                   hparams=_merge(dict(profile.ranking.hparams), overrides),
                                   multitask=None if args.no_multitask else profile.ranking.multitask,

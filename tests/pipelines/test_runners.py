@@ -273,3 +273,24 @@ def test_a_bad_validation_section_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {yaml_path}: validation: unknown validation keys ['max_oov']; "
                           "want [")
+
+
+def test_the_training_cluster_flag_reaches_every_ranking_trainer(tmp_path):
+    components = _build(_write_dataset_yaml(tmp_path / "ds"), tmp_path / "w",
+                        "--training_cluster", "local:workers=2,ps=1")
+    trainers = {k: c.exec_properties["training_cluster"] for k, c in components.items()
+                if k.startswith("RankingTrainer.")}
+    assert trainers == {"RankingTrainer.nfm": "local:workers=2,ps=1",
+                        "RankingTrainer.nfwfm": "local:workers=2,ps=1",
+                        "RankingTrainer.multitask_nfwfm": "local:workers=2,ps=1"}
+    default = _build(_write_dataset_yaml(tmp_path / "ds"), tmp_path / "w2")
+    assert default["RankingTrainer.nfwfm"].exec_properties["training_cluster"] == ""
+
+
+def test_a_bad_training_cluster_is_one_error_line(tmp_path, capsys):
+    code = runner_common.run_main(None, "test", ["--training_cluster", "local:2",
+                                                 "--work_dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --training_cluster: training cluster 'local:2' is not of the form "
+        "'local:workers=<n>,ps=<m>', or 'tf_config'")
