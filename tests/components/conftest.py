@@ -36,7 +36,9 @@ def sessionized(raw_dataset, tmp_path_factory) -> dict:
     }
     executor_fn(ClickLogExampleGen)(
         **outputs, config_path=raw_dataset.config_path, events=raw_dataset.events,
-        users=raw_dataset.users, items=raw_dataset.items, beam_pipeline=beam.Pipeline())
+        users=raw_dataset.users, items=raw_dataset.items,
+        # Named: DirectRunner would first try to download the Prism runner binary.
+        beam_pipeline=beam.Pipeline(runner="FnApiRunner"))
     return outputs
 
 
