@@ -25,10 +25,13 @@ class TwoTowerConfig:
       attention_units: hidden width of the attention pooling of the history
         and the interest tags.
       temperature: cosine similarities are divided by it before the softmax.
-      extra_negatives: negatives appended to each batch's in-batch candidates.
-      hard_negative_ratio: share of the extra negatives that are hard (same
-        city as the positive, other category; other category when the
-        config has no item_city role); the rest are drawn by click frequency.
+      extra_negatives: negatives drawn uniformly over the catalogue and
+        appended to each batch's in-batch candidates (shared by all queries;
+        logQ 1/N), as in mixed negative sampling.
+      hard_negatives: per-query hard negatives, uniform over the query
+        positive's same-city, other-category items (other category when the
+        config has no item_city role; none without an item_category role);
+        each is scored against its own query only (logQ 1/pool size).
       use_user_id: feed the user-id feature to the user tower (off: new users
         would hit an untrained row).
       batch_size, learning_rate, seed: training loop.
@@ -46,7 +49,7 @@ class TwoTowerConfig:
     attention_units: int = 32
     temperature: float = 0.05
     extra_negatives: int = 128
-    hard_negative_ratio: float = 0.5
+    hard_negatives: int = 4
     use_user_id: bool = False
     batch_size: int = 512
     learning_rate: float = 0.003
@@ -67,12 +70,9 @@ class TwoTowerConfig:
                 f"attention_units must be >= 0, got {self.attention_units!r}")
         if self.temperature <= 0:
             raise TwoTowerConfigError(f"temperature must be > 0, got {self.temperature!r}")
-        if not 0.0 <= self.hard_negative_ratio <= 1.0:
-            raise TwoTowerConfigError(
-                f"hard_negative_ratio {self.hard_negative_ratio!r} not in [0, 1]")
-        if self.extra_negatives < 0:
-            raise TwoTowerConfigError(
-                f"extra_negatives must be >= 0, got {self.extra_negatives!r}")
+        for name in ("extra_negatives", "hard_negatives"):
+            if getattr(self, name) < 0:
+                raise TwoTowerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise TwoTowerConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         check_schedule(self, TwoTowerConfigError)

@@ -18,7 +18,6 @@ import tf_keras as keras  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from models import cli  # noqa: E402
 from models.recall import data, training  # noqa: E402
-from models.recall.negatives import GroupedSampler  # noqa: E402
 from models.recall.towers import FeatureTower  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
 from models.two_tower.model import HardNegativeSampler, TwoTowerModel  # noqa: E402
@@ -50,10 +49,37 @@ def _hard_sampler(feature_config: fc.FeatureConfig, catalogue: data.Catalogue
                   ) -> HardNegativeSampler | None:
     category = feature_config.role(fc.ROLE_ITEM_CATEGORY)
     if category is None:
-        return None  # "other category" is undefined: extra negatives stay random
+        return None  # "other category" is undefined: no hard negatives
     city = feature_config.role(fc.ROLE_ITEM_CITY)
-    return HardNegativeSampler(catalogue.clicks, catalogue.attribute_codes(category.name),
+    return HardNegativeSampler(catalogue.attribute_codes(category.name),
                                None if city is None else catalogue.attribute_codes(city.name))
+
+
+def batch_candidates(rng: np.random.Generator, positives: np.ndarray, click_probability: np.ndarray,
+                     num_uniform: int, hard: HardNegativeSampler | None, num_hard: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One batch's candidates and the per-draw probability each was drawn with (logQ).
+
+    Args:
+      positives: [B] catalogue rows of the batch's clicked items.
+      click_probability: [N] click-frequency probability: the in-batch
+        positives' sampling distribution.
+      num_uniform: shared negatives drawn uniformly over the N items (Q = 1/N).
+      hard: per-query hard negative sampler (None: no hard negatives).
+      num_hard: hard negatives per query.
+    Returns:
+      shared rows [B + num_uniform] (the positives first), their Q; hard rows
+      [B, num_hard], their Q ([B, 0] each without hard negatives).
+    """
+    n = len(click_probability)
+    uniform = rng.integers(0, n, num_uniform)
+    shared = np.concatenate([positives, uniform])
+    shared_q = np.concatenate([click_probability[positives], np.full(num_uniform, 1.0 / n)])
+    if hard is None or num_hard == 0:
+        return shared, shared_q, np.zeros((len(positives), 0), np.int64), np.zeros(
+            (len(positives), 0))
+    hard_rows, hard_q = hard.sample(rng, positives, num_hard)
+    return shared, shared_q, hard_rows, hard_q
 
 
 def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
@@ -86,16 +112,15 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     fit_arrays, rows = data.take(carve.fit, keep), rows[keep]
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
-    n_hard = int(round(config.extra_negatives * config.hard_negative_ratio)) if hard else 0
-    n_random = config.extra_negatives - n_hard
-    random_sampler = training_sampler(catalogue)
     optimizer = keras.optimizers.Adam(config.learning_rate)
 
     @tf.function(reduce_retracing=True)
-    def step(user_features, candidate_features, candidate_ids, candidate_probability):
+    def step(user_features, shared_features, shared_ids, shared_probability, hard_features,
+             hard_ids, hard_probability):
         with tf.GradientTape() as tape:
-            loss = model.compute_loss(user_features, candidate_features, candidate_ids,
-                                      candidate_probability)
+            loss = model.compute_loss(user_features, shared_features, shared_ids,
+                                      shared_probability, hard_features, hard_ids,
+                                      hard_probability)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
@@ -103,15 +128,15 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     def train_epoch() -> float:
         total, batches = 0.0, 0
         for batch in training.minibatches(len(rows), config.batch_size, rng):
-            positives = rows[batch]
-            extra = [random_sampler.sample(rng, n_random)]
-            if n_hard:
-                extra.append(hard.sample(rng, rng.choice(positives, n_hard)))
-            candidates = np.concatenate([positives] + extra)
+            shared, shared_q, hard_rows, hard_q = batch_candidates(
+                rng, rows[batch], probability, config.extra_negatives, hard,
+                config.hard_negatives)
             total += float(step(
                 training.tensors(fit_arrays, user_names, batch),
-                training.tensors(catalogue.features, item_names, candidates),
-                tf.constant(candidates), tf.constant(probability[candidates])))
+                training.tensors(catalogue.features, item_names, shared),
+                tf.constant(shared), tf.constant(shared_q, tf.float32),
+                training.tensors(catalogue.features, item_names, hard_rows.reshape(-1)),
+                tf.constant(hard_rows), tf.constant(hard_q, tf.float32)))
             batches += 1
         return total / max(batches, 1)
 
@@ -130,11 +155,6 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
              "train_seconds": time.time() - start}
     return TwoTowerResult(feature_config, config, model, user_names, list(catalogue.ids),
                           item_vectors(), stats)
-
-
-def training_sampler(catalogue: data.Catalogue) -> GroupedSampler:
-    """Random extra negatives by click frequency: the same Q as in-batch positives."""
-    return GroupedSampler(catalogue.clicks, alpha=1.0)
 
 
 def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str,
