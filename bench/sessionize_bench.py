@@ -34,6 +34,7 @@ import psutil  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
 from beam_jobs import sessionize, synthetic  # noqa: E402
+from bench import stats  # noqa: E402
 
 # Measured at 1M events (CPU-seconds are load-independent, wall is not):
 # one in-process worker (the default) 21.6 CPU-s; --direct_num_workers=2
@@ -99,6 +100,8 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
             "--users", os.path.join(data_dir, "users.jsonl.gz"),
             "--items", os.path.join(data_dir, "items.jsonl.gz"),
             "--output_dir", out_dir] + beam_args
+    # Before the run: the code measured (with "-dirty" if tracked files differ).
+    commit = stats.git_commit()
     load_before = os.getloadavg()
     cpu_before = os.times()
     start = time.perf_counter()
@@ -117,6 +120,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
                     for d, _, names in os.walk(out_dir) for n in names)
     return {
         "benchmark": "sessionize",
+        "commit": commit,
         "command": "python -m bench.sessionize_bench " + " ".join(beam_args),
         "runner": "DirectRunner",
         "beam_args": beam_args,
