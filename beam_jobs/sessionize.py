@@ -88,6 +88,10 @@ outputs identical), and multi_threading (Beam 2.77) corrupts the in-memory
 data channel at this size: the pre-speed-up job failed with "Unknown type
 tag" decoding GroupByUser's input, this one silently lost 0.9% of the events
 (summary check events_reconcile false). Do not use multi_threading.
+Issue #15: BuildExamples emits a bundle's examples as one list per kind and
+split per EXAMPLE_FLUSH_SIZE events (was one per user and kind), and run()
+memoizes Beam's get_dofn_specs (_memoized_dofn_specs): 200k events, same
+conditions, 11.7-13.9 -> 9.5-9.7 CPU-s, outputs byte-identical (test).
 """
 
 from __future__ import annotations
