@@ -13,7 +13,9 @@ import gzip
 import json
 import os
 
+import apache_beam as beam
 import pytest
+from apache_beam.transforms import userstate
 
 from feature_contract import feature_config as fc
 from beam_jobs import sessionize, synthetic
@@ -74,3 +76,37 @@ def test_batched_outputs_equal_the_per_user_path_byte_for_byte(raw_log, tmp_path
                 # The records first: a clearer message than two gzip blobs.
                 assert gzip.decompress(got[path]) == gzip.decompress(data), (name, path)
             assert got[path] == data, (name, path)
+
+
+class _Stateful(beam.DoFn):
+    COUNT = userstate.ReadModifyWriteStateSpec("count", beam.coders.VarIntCoder())
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT)):
+        yield element
+
+
+class _WithInstanceMethod:
+    STATE = userstate.ReadModifyWriteStateSpec("seen", beam.coders.VarIntCoder())
+
+    def keep(self, element, seen=beam.DoFn.StateParam(STATE)):
+        yield element
+
+
+def test_memoized_dofn_specs_answers_like_beam_per_class_and_restores_it():
+    original = userstate.get_dofn_specs
+    plain = beam.Map(len).dofn
+    # A CallableWrapperDoFn holding a bound method with a state parameter:
+    # its answer must not be the cached one of another Map's wrapper.
+    bound = beam.ParDo(_WithInstanceMethod().keep).fn
+    with sessionize._memoized_dofn_specs():
+        assert userstate.get_dofn_specs is not original
+        for _ in range(2):  # the second round is served from the cache
+            assert userstate.get_dofn_specs(_Stateful()) == ({_Stateful.COUNT}, set())
+            assert userstate.get_dofn_specs(plain) == (set(), set())
+            assert userstate.get_dofn_specs(bound) == ({_WithInstanceMethod.STATE}, set())
+        assert userstate.is_stateful_dofn(_Stateful())
+        assert not userstate.is_stateful_dofn(beam.Map(str).dofn)
+        # Callers get copies: changing one never changes the next answer.
+        userstate.get_dofn_specs(_Stateful())[0].clear()
+        assert userstate.get_dofn_specs(_Stateful()) == ({_Stateful.COUNT}, set())
+    assert userstate.get_dofn_specs is original
