@@ -49,7 +49,7 @@ class TwoTowerConfig:
     attention_units: int = 32
     temperature: float = 0.05
     extra_negatives: int = 128
-    hard_negatives: int = 4
+    hard_negatives: int = 1
     use_user_id: bool = False
     batch_size: int = 512
     learning_rate: float = 0.003
