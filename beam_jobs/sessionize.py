@@ -1118,7 +1118,9 @@ def run(argv: Sequence[str] | None = None) -> None:
     config = fc.load(args.config)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         # Explicit, so Beam never picks a runner that downloads a binary.
-        beam_args = ["--runner=DirectRunner", *beam_args]
+        # FnApiRunner, not DirectRunner: Beam >= 2.6x's DirectRunner first tries
+        # to download the Prism runner binary, then falls back to FnApiRunner.
+        beam_args = ["--runner=FnApiRunner", *beam_args]
     options = PipelineOptions(beam_args)
     started = time.time()
     # Beam's modules and the pipeline graph live for the whole run; frozen,
