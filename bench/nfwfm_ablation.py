@@ -348,9 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["_run"] = {**run_info, "total_seconds": time.perf_counter() - started,
                       "datasets_completed": done}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    stats.write_report(args.out, report)
     log(f"wrote {args.out}")
     return 0
 

@@ -10,11 +10,12 @@ mean difference of 0.001 says nothing.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,10 @@ def provenance(command: Sequence[str]) -> dict[str, Any]:
             "command": " ".join(command), "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def write_report(path: str, report: Mapping[str, Any]) -> None:
+    """Writes a bench's results JSON, creating its folder."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)

@@ -34,7 +34,8 @@ def test_all_features_out_of_vocabulary_fail_and_one_does_not():
 def test_a_vocab_dir_without_vocabularies_fails(tmp_path):
     with pytest.raises(VocabularyError, match=r"holds no vocabulary of .*: a wrong path\?"):
         load_vocabularies(FEATURES, str(tmp_path / "nowhere"))
-    assert load_vocabularies(FEATURES, None)  # no vocab_dir: all-OOV on purpose (tests)
+    # No vocab_dir at all: every feature empty (all-OOV on purpose, as some tests want).
+    assert load_vocabularies(FEATURES, None) == {f.name: [] for f in FEATURES.vocab_features}
 
 
 def test_training_with_another_datas_vocabularies_fails(tmp_path):
