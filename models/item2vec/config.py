@@ -11,6 +11,10 @@ from models.recall.schedule import check_schedule, reject_epochs
 from models.validation import DEFAULT_VALIDATION_FRACTION
 
 
+# The item roles an item attribute can come from (negatives, imputation).
+ITEM_ROLES: tuple[str, ...] = (fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY)
+
+
 class Item2VecConfigError(ValueError):
     """Bad Item2vec settings; the message names the bad value."""
 
@@ -40,6 +44,14 @@ class Item2VecConfig:
         subset of this many pairs (long sessions with window 64 give
         O(64 x clicks) pairs; the subset bounds the epoch cost).
       recent_clicks: the user vector averages this many most recent clicks.
+      impute_untrained: give every catalogue item without a trained vector
+        (never in a fit session of >= min_session_len clicks, or seen only
+        after the fit period) an imputed one, so the exported candidates
+        cover the whole catalogue (models.item2vec.train.impute_vectors).
+      impute_roles: item roles tried in order for the imputation: the mean
+        vector of the trained items sharing the item's value; roles the
+        feature config does not set are skipped; the global mean of the
+        trained vectors is the last resort.
       seed: pair shuffling and negative sampling.
     """
 
@@ -54,6 +66,8 @@ class Item2VecConfig:
     learning_rate: float = 0.005
     max_pairs_per_epoch: int | None = None
     recent_clicks: int = 20
+    impute_untrained: bool = True
+    impute_roles: tuple[str, ...] = (fc.ROLE_ITEM_CATEGORY, fc.ROLE_ITEM_CITY)
     max_epochs: int = 20
     patience: int = 2
     min_delta: float = 1e-4
@@ -66,9 +80,14 @@ class Item2VecConfig:
                 raise Item2VecConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise Item2VecConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.attribute_role not in (None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY):
+        if self.attribute_role not in (None, *ITEM_ROLES):
             raise Item2VecConfigError(f"attribute_role {self.attribute_role!r} not in "
-                                      f"{(None, fc.ROLE_ITEM_CITY, fc.ROLE_ITEM_CATEGORY)}")
+                                      f"{(None, *ITEM_ROLES)}")
+        # hparams arrive as JSON lists; a tuple keeps the frozen config hashable.
+        object.__setattr__(self, "impute_roles", tuple(self.impute_roles))
+        unknown_roles = [r for r in self.impute_roles if r not in ITEM_ROLES]
+        if unknown_roles:
+            raise Item2VecConfigError(f"impute_roles {unknown_roles!r} not in {ITEM_ROLES}")
         if self.max_pairs_per_epoch is not None and self.max_pairs_per_epoch < 1:
             raise Item2VecConfigError(
                 f"max_pairs_per_epoch must be >= 1, got {self.max_pairs_per_epoch!r}")

@@ -28,13 +28,17 @@ MODEL_NAME = "item2vec"
 
 @dataclasses.dataclass
 class Item2VecResult:
-    """A trained Item2vec: normalized vectors of the trained catalogue items."""
+    """A trained Item2vec: vectors of the trained catalogue items, then of the imputed ones.
+
+    Rows [0, stats["trained_items"]) of item_vectors are trained (L2-normalized);
+    the remaining stats["imputed_items"] rows are imputed (impute_vectors).
+    """
 
     feature_config: fc.FeatureConfig
     config: Item2VecConfig
     vocabulary: list[str]
     item_ids: list[str]
-    item_vectors: np.ndarray  # [N, dim], L2-normalized
+    item_vectors: np.ndarray  # [N, dim]: trained rows L2-normalized, then imputed means
     tower: MeanHistoryTower
     stats: dict[str, Any]
 
@@ -60,9 +64,15 @@ class Item2VecResult:
         item_dir = os.path.join(export_dir, artifacts.ITEM_EMBEDDINGS_DIR)
         artifacts.export_user_tower(self.tower, self.tower,
                                     data.serving_signature(self.feature_config), user_dir)
-        artifacts.write_item_embeddings(item_dir, self.item_ids, self.item_vectors, MODEL_NAME,
-                                        normalized=True, model_version=model_version,
-                                        extra={"recent_clicks": self.config.recent_clicks})
+        imputed = self.stats["imputed_items"]
+        # The first trained_items rows are trained; the rest are imputed means
+        # (shorter than 1), so the artifact is normalized only without them.
+        artifacts.write_item_embeddings(
+            item_dir, self.item_ids, self.item_vectors, MODEL_NAME, normalized=imputed == 0,
+            model_version=model_version,
+            extra={"recent_clicks": self.config.recent_clicks,
+                   "trained_items": self.stats["trained_items"], "imputed_items": imputed,
+                   "imputed_by": self.stats["imputed_by"]})
         return {"user_tower": user_dir, "item_embeddings": item_dir}
 
 
@@ -90,8 +100,8 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
         timestamp (the session start).
       vocabulary: item-id vocabulary (model id = line + 1).
       catalogue: item catalogue (click counts for the unigram table, the
-        attribute of attribute-aware negatives, the exported candidates); None
-        uses session counts and exports every trained vocabulary item.
+        attribute of attribute-aware negatives and of imputation, the exported
+        candidates); None uses session counts and exports the vocabulary.
       config: hyperparameters.
     Raises:
       models.validation.ValidationError: too few sessions to carve a
@@ -163,29 +173,127 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
         return next_item_hit_rate(queries, vectors, training.VALIDATION_K)
 
     history = training.fit_epochs(model, train_epoch, validate, config)
+    trained = normalize_rows(model.center.embeddings.numpy()[export_rows])
+    missing = untrained_items(item_ids, vocabulary, catalogue) if config.impute_untrained else []
+    imputed, source, roles = _impute(feature_config, config, catalogue, item_ids, trained, missing)
+    # Vocabulary rows without a vector stay zero: an item that never was a
+    # center keeps its random init, which must not look like a click in a
+    # user's mean. Imputed items do count: their vector is an estimate.
     vectors = np.zeros((num_rows, config.dim), np.float32)
-    # Only candidates get vectors: an item that never was a center keeps its
-    # random init, which must not look like a click in a user's mean.
-    vectors[export_rows] = normalize_rows(model.center.embeddings.numpy()[export_rows])
+    vectors[export_rows] = trained
+    index = data.item_vocab_index(vocabulary)
+    in_vocab = [(index[x], i) for i, x in enumerate(missing) if x in index]
+    if in_vocab:
+        model_ids, rows = map(list, zip(*in_vocab))
+        vectors[model_ids] = imputed[rows]
     tower = MeanHistoryTower(vocabulary, vectors, feature_config.history_feature.name,
                              config.recent_clicks)
-    stats.update({**history, "num_items": int(len(export_rows)),
+    by = {name: int((source == j).sum()) for j, name in enumerate([*roles, GLOBAL_MEAN])}
+    stats.update({**history, "num_items": int(len(export_rows) + len(missing)),
+                  "trained_items": int(len(export_rows)), "imputed_items": len(missing),
+                  "imputed_by": by,
                   "untrained_vocab_items": int(num_rows - 1 - len(export_rows)),
                   "validation": {**carve.summary(), "validation_queries": len(queries)},
                   "train_seconds": time.time() - start})
-    return Item2VecResult(feature_config, config, vocabulary, item_ids, vectors[export_rows],
-                          tower, stats)
+    return Item2VecResult(feature_config, config, vocabulary, item_ids + missing,
+                          np.concatenate([trained, imputed]), tower, stats)
 
 
 def _candidate_rows(centers: np.ndarray, vocabulary: Sequence[str],
                     catalogue: data.Catalogue | None) -> np.ndarray:
-    """Model ids that get a vector: trained as a center (and in the catalogue, if given)."""
+    """Model ids that get a trained vector: trained as a center (and in the catalogue, if given)."""
     trained = np.zeros(len(vocabulary) + 1, bool)
     trained[np.unique(centers)] = True
     trained[0] = False
     if catalogue is not None:
         trained[1:] &= catalogue.rows_of(vocabulary) >= 0
     return np.flatnonzero(trained)
+
+
+GLOBAL_MEAN = "global_mean"  # imputed_by key of items no role's group could serve
+
+
+def untrained_items(trained_ids: Sequence[str], vocabulary: Sequence[str],
+                    catalogue: data.Catalogue | None) -> list[str]:
+    """Items that must be reachable but got no trained vector, in catalogue order.
+
+    The catalogue's items (the vocabulary's without a catalogue) minus the
+    trained ones: items never in a fit session of >= min_session_len clicks,
+    new items, and items clicked only in the validation period.
+    """
+    trained = set(trained_ids)
+    return [x for x in (catalogue.ids if catalogue is not None else vocabulary)
+            if x not in trained]
+
+
+def impute_vectors(trained_vectors: np.ndarray, trained_groups: np.ndarray,
+                   missing_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of untrained items: the mean vector of the trained items sharing an attribute.
+
+    Each untrained item takes the first attribute, in order, whose value it
+    has (code > 0) and at least one trained item shares; the mean of all
+    trained vectors serves the items no attribute can. The mean is not
+    re-normalized on purpose: it is shorter the more its group's vectors
+    disagree, so in inner-product retrieval an imputed item ranks below a
+    trained item pointing the same way; its place is a guess.
+
+    Args:
+      trained_vectors: [M, d] trained item vectors, M >= 1.
+      trained_groups: int [A, M]: per attribute, the trained items' codes
+        (0 = missing; one attribute's codes share one numbering).
+      missing_groups: int [A, U]: the same attributes' codes of the
+        untrained items.
+    Returns:
+      vectors [U, d] float32, and source [U] int64: the index of the
+      attribute used, A for the global mean.
+    Raises:
+      ValueError: no trained vector, or the group shapes disagree.
+    """
+    trained_vectors = np.asarray(trained_vectors, np.float64)
+    if len(trained_vectors) == 0:
+        raise ValueError("no trained vector to impute from")
+    trained_groups = np.asarray(trained_groups, np.int64)
+    missing_groups = np.asarray(missing_groups, np.int64)
+    if (trained_groups.ndim != 2 or missing_groups.ndim != 2
+            or trained_groups.shape[1] != len(trained_vectors)
+            or len(missing_groups) != len(trained_groups)):
+        raise ValueError(f"groups of shapes {trained_groups.shape} (trained) and "
+                         f"{missing_groups.shape} (missing) for {len(trained_vectors)} "
+                         f"trained vectors: want [A, M] and [A, U]")
+    num_attributes, dim = len(trained_groups), trained_vectors.shape[1]
+    source = np.full(missing_groups.shape[1], num_attributes, np.int64)
+    out = np.repeat(trained_vectors.mean(axis=0, keepdims=True), len(source), axis=0)
+    for j, (codes, wanted) in enumerate(zip(trained_groups, missing_groups)):
+        size = int(max(codes.max(initial=0), wanted.max(initial=0))) + 1
+        counts = np.bincount(codes, minlength=size)
+        sums = np.zeros((size, dim), np.float64)
+        np.add.at(sums, codes, trained_vectors)
+        use = (source == num_attributes) & (wanted > 0) & (counts[wanted] > 0)
+        out[use] = sums[wanted[use]] / counts[wanted[use], None]
+        source[use] = j
+    return out.astype(np.float32), source
+
+
+def _impute(feature_config: fc.FeatureConfig, config: Item2VecConfig,
+            catalogue: data.Catalogue | None, trained_ids: Sequence[str],
+            trained_vectors: np.ndarray, missing: Sequence[str]
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """impute_vectors over the config's impute_roles that the feature config sets.
+
+    Returns:
+      (vectors [U, d], source [U], the roles used, in order).
+    """
+    roles = [r for r in config.impute_roles
+             if catalogue is not None and feature_config.role(r) is not None]
+    trained_groups = np.zeros((len(roles), len(trained_ids)), np.int64)
+    missing_groups = np.zeros((len(roles), len(missing)), np.int64)
+    if roles:
+        trained_rows, missing_rows = catalogue.rows_of(trained_ids), catalogue.rows_of(missing)
+        for j, role in enumerate(roles):
+            codes = catalogue.attribute_codes(feature_config.role(role).name)
+            trained_groups[j], missing_groups[j] = codes[trained_rows], codes[missing_rows]
+    vectors, source = impute_vectors(trained_vectors, trained_groups, missing_groups)
+    return vectors, source, roles
 
 
 @dataclasses.dataclass
@@ -220,10 +328,15 @@ def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
     return NextItemQueries(history, targets)
 
 
+def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int) -> np.ndarray:
+    """Top-k rows of item_vectors per query (user vector = mean of its history rows), [Q, k]."""
+    users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
+    return metrics.top_k(users, item_vectors, k, queries.history)
+
+
 def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int) -> float:
     """HR@k of the queries (user vector = mean of the history rows of item_vectors)."""
-    users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
-    top = metrics.top_k(users, item_vectors, k, queries.history)
+    top = next_item_top_k(queries, item_vectors, k)
     return metrics.evaluate(top, queries.targets, len(item_vectors), ks=(k,))[f"hr@{k}"]
 
 

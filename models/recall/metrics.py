@@ -75,6 +75,28 @@ def hit_matrix(topk: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
     return np.isin(keys, target_keys) & (topk >= 0)
 
 
+def catalogue_coverage(topk: np.ndarray, catalogue_size: int, k: int | None = None) -> float:
+    """Share of the catalogue that appears in at least one query's top-K.
+
+    A channel that can only return a part of the catalogue (Item2vec without
+    vectors for items outside its sessions) shows it here however good its
+    hit rate is.
+
+    Args:
+      topk: int [U, K] item rows best first (-1 = empty slot), rows into a
+        catalogue of `catalogue_size` items.
+      catalogue_size: the denominator: every item a channel should reach.
+      k: count only the first k columns (None: all K).
+    Returns:
+      distinct item rows >= 0 in topk[:, :k] / catalogue_size (0.0 for an
+      empty catalogue).
+    """
+    if catalogue_size <= 0:
+        return 0.0
+    recommended = np.asarray(topk)[:, :k]
+    return float(len(np.unique(recommended[recommended >= 0])) / catalogue_size)
+
+
 def evaluate(topk: np.ndarray, targets: Sequence[np.ndarray], num_items: int,
              ks: Sequence[int] = (50, 500), is_new: np.ndarray | None = None,
              slice_k: int = 50) -> dict[str, float]:
@@ -119,8 +141,7 @@ def evaluate(topk: np.ndarray, targets: Sequence[np.ndarray], num_items: int,
         out[f"recall@{k}"] = float(np.mean(found / sizes))
         ideal = cum_discounts[np.minimum(sizes, k).astype(np.int64)]
         out[f"ndcg@{k}"] = float(np.mean((h * discounts[:k]).sum(axis=1) / ideal))
-        recommended = topk[:, :k]
-        out[f"coverage@{k}"] = float(len(np.unique(recommended[recommended >= 0])) / num_items)
+        out[f"coverage@{k}"] = catalogue_coverage(topk, num_items, k)
     any_hit = hits.any(axis=1)
     first = np.argmax(hits, axis=1) + 1
     out["avg_position"] = float(first[any_hit].mean()) if any_hit.any() else float("nan")

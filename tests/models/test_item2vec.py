@@ -98,21 +98,35 @@ def test_train_learns_categories_and_exports(trained):
     best = metrics["early_stopping"]["best_epoch"]
     assert curve[best - 1]["train_loss"] < curve[0]["train_loss"] - 0.5
     emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
-    assert emb.metadata["model"] == "item2vec" and emb.metadata["normalized"]
-    assert emb.metadata["dim"] == 16 and emb.metadata["metric"] == "ip"
-    np.testing.assert_allclose(np.linalg.norm(emb.embeddings, axis=1), 1.0, atol=1e-5)
+    assert emb.metadata["model"] == "item2vec" and emb.metadata["dim"] == 16
+    assert emb.metadata["metric"] == "ip"
+    # Trained items first, then every other catalogue item with an imputed
+    # vector (all 10 categories have trained items: none needs the city or
+    # the global mean); the imputed means make the artifact not normalized.
     candidates = recall_fixtures.item2vec_candidates()
-    assert sorted(emb.ids) == sorted(candidates) and metrics["num_items"] == len(candidates)
-    cat = np.array([int(i[1:]) % recall_fixtures.NUM_CATEGORIES for i in emb.ids])
-    sims = emb.embeddings @ emb.embeddings.T
+    trained = len(candidates)
+    missing = recall_fixtures.NUM_ITEMS - trained
+    assert sorted(emb.ids[:trained]) == sorted(candidates)
+    assert sorted(emb.ids) == sorted(f"i{k}" for k in range(recall_fixtures.NUM_ITEMS))
+    assert (metrics["num_items"], metrics["trained_items"], metrics["imputed_items"]) == (
+        recall_fixtures.NUM_ITEMS, trained, missing) and missing > 0
+    by = {"item_category": missing, "item_city": 0, "global_mean": 0}
+    assert metrics["imputed_by"] == by and emb.metadata["imputed_by"] == by
+    assert (emb.metadata["trained_items"], emb.metadata["imputed_items"]) == (trained, missing)
+    assert not emb.metadata["normalized"]
+    norms = np.linalg.norm(emb.embeddings, axis=1)
+    np.testing.assert_allclose(norms[:trained], 1.0, atol=1e-5)
+    assert (norms[trained:] < 1.0 - 1e-3).all()
+    cat = np.array([int(i[1:]) % recall_fixtures.NUM_CATEGORIES for i in emb.ids[:trained]])
+    sims = emb.embeddings[:trained] @ emb.embeddings[:trained].T
     same = cat[:, None] == cat[None, :]
     np.fill_diagonal(same, False)
     different = cat[:, None] != cat[None, :]
     assert sims[same].mean() > sims[different].mean() + 0.3
-    # eval: one query per eval session whose last click and an earlier one are
-    # candidates; random HR@50 ~ 50 / 187
+    # eval: one query per eval session whose last click and an earlier one
+    # have a vector (every catalogue item now); random HR@50 ~ 50 / 200
     assert metrics["eval_sessions"] == recall_fixtures.next_item_query_count(
-        recall_fixtures.item2vec_eval_sessions(), candidates)
+        recall_fixtures.item2vec_eval_sessions(), set(emb.ids))
     assert metrics["eval_next_item_hr@50"] > 0.6
 
 
@@ -137,12 +151,15 @@ def test_early_stopping_keeps_the_best_epoch(trained):
     assert stopping["epochs_run"] == len(curve) == best + 2 < 30  # patience 2
     assert stopping["best_value"] == values[best - 1] == max(values)
     assert values[-1] < values[best - 1]  # the last epoch is worse: restoring matters
-    # The exported vectors are the best epoch's: their validation HR@50 is that epoch's.
+    # The exported trained vectors (the first trained_items rows) are the best
+    # epoch's: their validation HR@50 is that epoch's.
     emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
+    trained = emb.metadata["trained_items"]
     carve = training.carve_validation(_sessions(paths, fc.TRAIN), 0.1, "item2vec")
-    queries = i2v_train.next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY], emb.ids, 20)
+    queries = i2v_train.next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY],
+                                          emb.ids[:trained], 20)
     assert len(queries) == metrics["validation"]["validation_queries"]
-    again = i2v_train.next_item_hit_rate(queries, emb.embeddings, 50)
+    again = i2v_train.next_item_hit_rate(queries, emb.embeddings[:trained], 50)
     assert again == pytest.approx(values[best - 1], abs=1e-12)
 
 
