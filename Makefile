@@ -27,7 +27,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 TFX_NO_DEPS := tfx==1.21.0 ml-pipelines-sdk==1.21.0 ml-metadata==1.17.1
 
 .PHONY: install install-bench system-deps run test data bench-sessionize bench-ranking \
-        bench-recall bench-faiss bench-serving serve query clean
+        bench-recall bench-funnel bench-faiss bench-serving serve query clean
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-ranking: install-bench
 
 bench-recall: install-bench
 	$(PYTHON) -m bench.recall_bench --datasets $(BENCH_DATASETS) $(BENCH_FLAGS)
+
+# The whole funnel offline: trains every served model per dataset, pushes them into a private
+# serving layout and replays the eval requests through the Recommender (one process per dataset).
+bench-funnel: install-bench
+	$(PYTHON) -m bench.funnel_bench --datasets $(BENCH_DATASETS) $(BENCH_FLAGS)
 
 bench-faiss: install
 	$(PYTHON) -m bench.faiss_bench

@@ -10,8 +10,11 @@ per model and slice and, when a gate failed, why; the serving checks; where
 models and indexes were pushed. Plots (matplotlib, Agg backend): AUC per
 model, ROC curves of the ranking models on the eval split, recall@K per
 recall model, learned task uncertainties of the multi-task model, per-head
-calibration, and one learning curve per trained model (train loss and the
-monitored validation metric per epoch, best epoch marked). Trainer metrics
+calibration, one learning curve per trained model (train loss and the
+monitored validation metric per epoch, best epoch marked), and, when a
+funnel replay's JSON is given (`funnel_results`, bench.funnel_bench's
+bench/results/funnel.json), HR@10 of the final list next to each channel's
+own list and the popularity / ALS references, per dataset. Trainer metrics
 written before early stopping existed simply leave those parts out. The
 report is written to the artifact and copied to <publish_dir>/<unix time>/
 (next to the pushed models).
@@ -180,6 +183,50 @@ def calibration_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+FUNNEL_METRICS = ("hr@10", "ndcg@10", "hr@50")
+
+
+def funnel_rows(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A funnel replay's JSON as table rows: dataset -> one row per list.
+
+    Lists, in this order: the final list, the merged candidates before
+    ranking, each channel's own list, the references (popularity, ALS). A row
+    holds FUNNEL_METRICS over all requests and, for a channel, its share of
+    the final top 10.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dataset, figures in results.items():
+        if dataset.startswith("_") or not isinstance(figures, Mapping):
+            continue
+        lists = [("final", "final", figures.get("final")),
+                 ("merged candidates", "merged", figures.get("merged_candidates"))]
+        lists += [(name, "channel", f) for name, f in (figures.get("channels") or {}).items()]
+        lists += [(name, "reference", f) for name, f in (figures.get("references") or {}).items()]
+        rows = []
+        for name, kind, f in lists:
+            if not isinstance(f, Mapping):
+                continue
+            row = {"list": name, "kind": kind,
+                   **{m: (f.get("all") or {}).get(m) for m in FUNNEL_METRICS}}
+            row["share"] = f.get("share_of_final@10")
+            rows.append(row)
+        out[dataset] = rows
+    return out
+
+
+def funnel_targets(results: Mapping[str, Any]) -> list[str]:
+    """One line per target a funnel replay checked, met or not, with its figures."""
+    lines = []
+    for dataset, figures in results.items():
+        if dataset.startswith("_") or not isinstance(figures, Mapping):
+            continue
+        for name, t in (figures.get("_targets") or {}).items():
+            lines.append(f"{dataset} {name}: {'met' if t['met'] else 'NOT met'} (final "
+                         f"{_fmt(t.get('final_hr@10'))} vs {t['b']} {_fmt(t.get('b_hr@10'))}, "
+                         f"paired over requests: {t.get('verdict', '-')})")
+    return lines
+
+
 def _plot_learning_curve(ax, curve: LearningCurve) -> None:
     ax.plot(curve.epochs, [np.nan if v is None else v for v in curve.train_loss], marker="o",
             color="tab:blue", label="train loss")
@@ -201,7 +248,8 @@ def _plot_learning_curve(ax, curve: LearningCurve) -> None:
 
 
 def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple],
-           recall: Mapping[str, dict], sigmas: Mapping[str, float]) -> list[tuple[str, str]]:
+           recall: Mapping[str, dict], sigmas: Mapping[str, float],
+           funnel: Mapping[str, list[dict[str, Any]]] | None = None) -> list[tuple[str, str]]:
     """Writes the PNGs; returns (title, file name) pairs."""
     import matplotlib
     matplotlib.use("Agg")  # no display in pipelines
@@ -267,6 +315,21 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
         ax.set_xlabel("rate (trainer eval split, log scale)")
         ax.legend(fontsize=7, loc="best")
         save(fig, "calibration.png", "Calibration per head: mean prediction vs label rate")
+    funnel = {d: [r for r in rows if r["hr@10"] is not None] for d, rows in (funnel or {}).items()}
+    funnel = {d: rows for d, rows in funnel.items() if rows}
+    if funnel:
+        colors = {"final": "tab:red", "merged": "tab:gray", "channel": "tab:blue",
+                  "reference": "tab:green"}
+        fig, axes = plt.subplots(1, len(funnel), figsize=(4.5 * len(funnel), 3.5), squeeze=False)
+        for ax, (dataset, rows) in zip(axes[0], funnel.items()):
+            where = np.arange(len(rows))
+            ax.barh(where, [r["hr@10"] for r in rows], color=[colors[r["kind"]] for r in rows])
+            ax.set_yticks(where, [r["list"] for r in rows], fontsize=7)
+            ax.invert_yaxis()  # the final list on top
+            ax.set_xlabel("HR@10 (time-split eval requests)")
+            ax.set_title(dataset, fontsize=9)
+        save(fig, "funnel_hr_at_10.png",
+             "Funnel replay: HR@10 of the final list, each channel's own list and references")
     for name, values in {**ranking, **recall}.items():
         curve = learning_curve(values)
         if curve is None:
@@ -377,6 +440,16 @@ def render(sections: Mapping[str, Any]) -> str:
         lines += [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
                   for name, m in sections["recall"].items() if any(k in m for k in keys)]
         lines.append("")
+    if sections.get("funnel"):
+        lines += ["## Funnel replay (eval requests through the Recommender)", "",
+                  "| dataset | list | " + " | ".join(FUNNEL_METRICS) + " | share of final top 10 |",
+                  "| --- | --- |" + " --- |" * (len(FUNNEL_METRICS) + 1)]
+        lines += [f"| {dataset} | {r['list']} | " + " | ".join(_fmt(r[m]) for m in FUNNEL_METRICS)
+                  + f" | {_fmt(r['share'])} |"
+                  for dataset, rows in sections["funnel"].items() for r in rows]
+        lines.append("")
+        lines += [f"- {text}" for text in sections.get("funnel_targets", [])]
+        lines.append("")
     if sections.get("serving"):
         lines += ["## Serving checks (model server, real Predict)", "",
                   "| model | blessed | detail |", "| --- | --- | --- |"]
@@ -459,10 +532,13 @@ def PipelineReporter(  # noqa: N802
         youtubenet_index: InputArtifact[PushedIndex] = None,
         two_tower_index: InputArtifact[PushedIndex] = None,
         data_anomalies: InputArtifact[DataAnomalies] = None,
-        max_roc_examples: Parameter[int] = 20000):
+        max_roc_examples: Parameter[int] = 20000,
+        funnel_results: Parameter[str] = ""):
     """Writes report.md + PNGs to the artifact and to <publish_dir>/<unix time>/.
 
     Every input is optional: the report covers the steps the pipeline enabled.
+    `funnel_results` is a funnel replay's JSON (bench.funnel_bench); a path
+    that does not exist leaves the funnel section out.
     """
     sections: dict[str, Any] = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if summary is not None and tf.io.gfile.exists(os.path.join(summary.uri, SUMMARY_FILE)):
@@ -531,8 +607,14 @@ def PipelineReporter(  # noqa: N802
     if multitask_metrics is not None:
         sigmas = {k: float(v) for k, v in (ranking["multitask"][1].get("sigma") or {}).items()
                   if isinstance(v, (int, float))}
+    funnel: dict[str, list[dict[str, Any]]] = {}
+    if funnel_results and tf.io.gfile.exists(funnel_results):
+        with tf.io.gfile.GFile(funnel_results) as f:
+            replay = json.load(f)
+        funnel = funnel_rows(replay)
+        sections["funnel"], sections["funnel_targets"] = funnel, funnel_targets(replay)
     sections["plots"] = _plots(report.uri, {n: m for n, m in ranking.values()}, rocs, recall,
-                               sigmas)
+                               sigmas, funnel)
     with tf.io.gfile.GFile(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(render(sections))
     destination = os.path.join(publish_dir, str(int(time.time())))

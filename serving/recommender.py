@@ -416,6 +416,17 @@ class Recommender:
     def _recall(self, row: Mapping[str, Any], history: Sequence[str],
                 profile: Mapping[str, Any], protos: RowProtos | None = None) -> MergedRows:
         """Merged candidates as catalogue rows, seen items removed."""
+        lists, seen_rows = self._channel_lists(row, history, profile, protos)
+        return merge_rows(lists, seen_rows, self.settings.num_candidates)
+
+    def _channel_lists(self, row: Mapping[str, Any], history: Sequence[str],
+                       profile: Mapping[str, Any], protos: RowProtos | None = None
+                       ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+        """Each channel's ranked catalogue rows (cold-start channels included) and the seen rows.
+
+        Separate from the merge so the offline funnel replay (bench.funnel_bench)
+        can read each channel's own list of the very request it replays.
+        """
         seen_rows = np.array(sorted({self.catalogue.row[i] for i in history
                                      if i in self.catalogue.row}), dtype=np.int64)
         depth = self.settings.per_channel + len(set(history))
@@ -451,7 +462,7 @@ class Recommender:
                     lists.append((POPULAR_CITY, self.catalogue.popular_rows(
                         self._city[1], city, limit, seen_rows)))
             lists.append((POPULAR, self.catalogue.popular_rows(None, None, limit, seen_rows)))
-        return merge_rows(lists, seen_rows, self.settings.num_candidates)
+        return lists, seen_rows
 
     def candidates(self, user_id: str, row: Mapping[str, Any], history: Sequence[str],
                    profile: Mapping[str, Any]) -> dict[str, list[str]]:
