@@ -40,14 +40,35 @@ def default_out(specs: Sequence[str], results_json: str, work_dir: str, bench: s
     return os.path.join(work_dir, f"{bench}-{'+'.join(dataset_key(s) for s in specs)}.json")
 
 
+def job_digest() -> str:
+    """A digest of the code that writes examples (beam_jobs, feature_contract).
+
+    Part of every examples directory's name: examples written by an older
+    version of the job (other labels, another layout) are never reused.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for package in ("beam_jobs", "feature_contract"):
+        for folder, dirs, files in os.walk(os.path.join(root, package)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith((".py", ".yaml"))):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
 def _examples_dir_name(data: dataset_file.Dataset) -> str:
-    """Built-in: the raw directory's name (synthetic-<events>-<seed>, movielens).
-    A dataset YAML: its name plus a digest of its config and of what its
-    globs match now, so new data (or a new config) is sessionized again."""
+    """Built-in: the raw directory's name (synthetic-<events>-<seed>, movielens);
+    a dataset YAML: its name. Either way plus a digest of the config, of what
+    the globs match now and of the job's code, so new data, a new config or a
+    new version of the job is sessionized again."""
+    digest = hashlib.sha256((data.config_yaml + datasets.fingerprint(data.tables)
+                             + job_digest()).encode()).hexdigest()[:12]
     if data.source in datasets.DATASETS:
-        return os.path.basename(os.path.dirname(data.events))
-    digest = hashlib.sha256((data.config_yaml + datasets.fingerprint(data.tables)).encode())
-    return f"{data.name}-{digest.hexdigest()[:12]}"
+        return f"{os.path.basename(os.path.dirname(data.events))}-{digest}"
+    return f"{data.name}-{digest}"
 
 
 def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str

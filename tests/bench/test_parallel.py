@@ -70,3 +70,19 @@ def test_sessionize_once_on_a_dataset_yaml(my_clicks, tmp_path):
     _, new_dir, new_summary = parallel.sessionize_once(my_clicks, str(tmp_path), 0,
                                                        str(tmp_path / "examples"))
     assert new_dir != out_dir and new_summary["events"]["read"] == 1501
+
+
+def test_sessionize_once_reruns_after_the_job_code_changes(monkeypatch, tmp_path):
+    """Examples written by an older job version (other labels) are not reused."""
+    import os
+    real = parallel.job_digest()
+    assert real == parallel.job_digest() and len(real) == 64
+    raw = tmp_path / "raw"
+    names = {}
+    for code in ("v1", "v2"):
+        monkeypatch.setattr(parallel, "job_digest", lambda code=code: code)
+        data = parallel.datasets.resolve("synthetic", str(raw), num_events=500)
+        names[code] = parallel._examples_dir_name(data)
+    assert names["v1"] != names["v2"]
+    assert all(n.startswith("synthetic-500-0-") for n in names.values())
+    assert os.path.basename(os.path.dirname(data.events)) == "synthetic-500-0"
