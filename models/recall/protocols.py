@@ -1,16 +1,25 @@
-"""The two offline recall protocols, on in-memory retrieval examples.
+"""The offline recall protocols, on in-memory retrieval examples.
 
-* Time split: every retrieval eval example is a query (user, context and
-  the clicks before it -> the clicked item); a user new in the eval period
-  starts with an empty history. Optionally (per_user=True) one query per user,
-  the first eval example, with every item the user clicked in the eval period
-  as targets (HR then saturates with active users, Recall does not).
-* Leave-last-out on clicks: each user's latest retrieval example is the query
-  (target = the last click, history = the earlier clicks); every other example
-  trains. Users with fewer than 3 clicks are not targets (their examples all
-  train).
+* Time split, per click: every retrieval eval example is a query (user,
+  context and the clicks before it -> the clicked item); a user new in the
+  eval period starts with an empty history.
+* Time split, per user (per_user=True): one query per user, the first eval
+  example, with every item the user clicked in the eval period as targets
+  (HR then saturates with active users, Recall does not).
+* Leave-last-out at a cut-off (leave_last_out_at_cutoff, what the recall
+  bench trains on): a global cut-off time T is the timestamp of the click at
+  position floor((1 - holdout_fraction) * N) of all N clicks sorted by time.
+  Queries: the last click of every user with >= min_clicks clicks whose last
+  click is at or after T. Training: every click (of any user) strictly before
+  T, so no training click is at or after any held-out click. A query user's
+  clicks in [T, held-out) neither train nor are targets; they are only the
+  query's history, which holds clicks strictly before the held-out one, as
+  it would at serving time. A query user without a click before T is new.
+* leave_last_out (no cut-off): every click but the held-out ones trains,
+  including clicks after them; only for scoring a model trained elsewhere
+  (models.recall.evaluate), never to train one.
 
-In both, items already in the query's history are excluded from the top-K,
+In all, items already in the query's history are excluded from the top-K,
 and targets inside the history are dropped (they can never be returned).
 """
 
@@ -88,19 +97,108 @@ def time_split(eval_arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
     return _queries(eval_arrays, order[starts], targets, config)
 
 
+def _last_click_rows(arrays: Mapping[str, np.ndarray], min_clicks: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each user's last click, that user's click count), users in id order.
+
+    The last click is the latest timestamp; among equal timestamps the later
+    input row.
+    """
+    order, users = _order_by_user_time(arrays)
+    if not len(order):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ends = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
+    counts = np.diff(np.r_[-1, ends])
+    return order[ends], counts
+
+
 def leave_last_out(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
                    min_clicks: int = 3) -> tuple[data.Arrays, Queries]:
-    """Splits all retrieval examples into (train examples, last-click queries)."""
-    order, users = _order_by_user_time(arrays)
-    ends = np.flatnonzero(np.r_[users[1:] != users[:-1], True]) if len(order) else np.zeros(0, int)
-    starts = np.r_[0, ends[:-1] + 1] if len(order) else np.zeros(0, int)
-    counts = ends - starts + 1
-    last = order[ends[counts >= min_clicks]]
-    train_mask = np.ones(len(order), bool)
+    """Splits all retrieval examples into (every other example, last-click queries).
+
+    The first part holds clicks after the held-out ones: a model trained on
+    it sees the future (use leave_last_out_at_cutoff to train).
+    """
+    last, counts = _last_click_rows(arrays, min_clicks)
+    last = last[counts >= min_clicks]
+    train_mask = np.ones(data.num_rows(arrays), bool)
     train_mask[last] = False
     item_name = config.item_id_feature.name
     targets = [[_text(arrays[item_name][r])] for r in last]
     return data.take(arrays, np.flatnonzero(train_mask)), _queries(arrays, last, targets, config)
+
+
+@dataclasses.dataclass
+class CutoffSplit:
+    """Leave-last-out at a global cut-off (leave_last_out_at_cutoff).
+
+    Attributes:
+      train: the training examples, every click strictly before `cutoff`.
+      queries: one per query user, the last click; is_new = no training click.
+      cutoff: the cut-off time T (timestamp units of the examples).
+    """
+
+    train: data.Arrays
+    queries: Queries
+    cutoff: int
+
+
+def cutoff_time(timestamps: np.ndarray, holdout_fraction: float) -> int:
+    """T: the timestamp at position floor((1 - holdout_fraction) * N) of the sorted times.
+
+    At least holdout_fraction of the clicks are at or after T, and every
+    click strictly before T trains.
+
+    Raises:
+      ValueError: no timestamp, or holdout_fraction outside (0, 1).
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if len(timestamps) == 0:
+        raise ValueError("no retrieval examples to cut")
+    ordered = np.sort(np.asarray(timestamps, np.int64))
+    return int(ordered[int(np.floor((1.0 - holdout_fraction) * len(ordered)))])
+
+
+def leave_last_out_at_cutoff(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
+                             holdout_fraction: float = 0.2, min_clicks: int = 3
+                             ) -> CutoffSplit:
+    """Leak-free leave-last-out (the rule is in the module docstring).
+
+    Args:
+      arrays: every retrieval example (train + eval splits).
+      config: the dataset's feature config.
+      holdout_fraction: share of the clicks at or after the cut-off.
+      min_clicks: a user needs this many clicks (all periods) to be a query.
+    Returns:
+      CutoffSplit(train, queries, cutoff); the queries' is_new (and their
+      is_new_user feature) say whether the user has no click before T.
+    Raises:
+      ValueError: as cutoff_time.
+    """
+    ts = np.asarray(arrays[fc.TIMESTAMP_KEY], np.int64)
+    cutoff = cutoff_time(ts, holdout_fraction)
+    last, counts = _last_click_rows(arrays, min_clicks)
+    last = last[(counts >= min_clicks) & (ts[last] >= cutoff)]
+    train = data.take(arrays, np.flatnonzero(ts < cutoff))
+    item_name = config.item_id_feature.name
+    queries = _queries(arrays, last, [[_text(arrays[item_name][r])] for r in last], config)
+    trained_users = {_text(u) for u in train[fc.USER_KEY]}
+    queries.is_new = np.array([_text(u) not in trained_users
+                               for u in queries.features[fc.USER_KEY]], bool)
+    queries.features[fc.NEW_USER_KEY] = queries.is_new.astype(np.int64)
+    return CutoffSplit(train, queries, cutoff)
+
+
+def unreachable_share(queries: Queries, vocabulary: Sequence[str]) -> float | None:
+    """Share of the queries' (query, target) pairs whose item is outside `vocabulary`.
+
+    Such a target has no trained id embedding: a model that knows items by
+    id alone can never return it. None when there is no target.
+    """
+    known = set(vocabulary)
+    targets = [t for ts in queries.targets for t in ts]
+    return sum(t not in known for t in targets) / len(targets) if targets else None
 
 
 def _rows(ids: Sequence[str], index: Mapping[str, int], unknown_base: int) -> np.ndarray:
