@@ -17,14 +17,25 @@ for the built-in datasets and under --work_dir for any other, unless --out
 says where.
 
 Protocols (models.recall.protocols; items of the query's history are
-excluded from the top-K):
+excluded from the top-K; the JSON's `_protocol.protocols` states each rule):
   * time split: the models train on Split-train (Item2vec and the gensim
-    peer on the item2vec Split-train sessions); every Split-eval retrieval
-    example is a query.
-  * leave-last-out: each user's last click (users with >= 3 clicks) is the
-    query; every other click of train + eval trains. Item2vec's sessions are
-    rebuilt from those training clicks (`sessions_from_examples`), so the
-    held-out click is never a skip-gram context.
+    peer on the item2vec Split-train sessions) with the sessionize job's
+    vocabularies (Split-train events); trained once per seed, each model is
+    scored on two query sets: `time_split` (per click: every Split-eval
+    retrieval example is a query) and `time_split_per_user` (one query per
+    user at their first eval click, every eval-period click a target).
+  * leave-last-out at a cut-off (`leave_last_out`): over train + eval, the
+    cut-off T is the time of the click at position
+    floor((1 - LLO_HOLDOUT_FRACTION) * N) of the N clicks sorted by time;
+    each user with >= LLO_MIN_CLICKS clicks whose last click is at or after T
+    gives one query (that last click); every click strictly before T trains,
+    so no model sees a click at or after any held-out click. The protocol's
+    vocabularies (`vocabularies_from_examples`), catalogue click counts and
+    Item2vec sessions (`sessions_from_examples`) come from those training
+    clicks alone.
+  Each protocol's `_queries` reports the new-user share (user without a
+  training click) and `unreachable_targets` (targets outside the protocol's
+  item vocabulary); every model's entry has HR@50 of new and returning users.
 
 Training (the JSON's `_protocol` records all of it):
   * Learned models (Item2vec, YouTubeNet, two-tower) run their own trainers
@@ -38,7 +49,11 @@ Training (the JSON's `_protocol` records all of it):
   * Classic peers train on the whole training split (they choose nothing on
     validation) with the fixed settings of PEER_SETTINGS, the same on both
     datasets and not tuned. Popularity and ItemCF are deterministic and run
-    once; ALS, BPR and gensim Word2Vec run one seed per seed.
+    once; ALS, BPR and gensim Word2Vec run one seed per seed. ALS and BPR
+    fold every query in from its history alike (a query user's trained
+    factor is never used): ALS by its exact solve (recalculate_user), BPR,
+    which implicit cannot fold in, by SGD on the BPR loss of the user factor
+    alone with the item factors frozen (`bpr_fold_in`).
   * Comparisons (per dataset and protocol, on HR@50): paired by seed, mean
     difference with a 95% Student-t interval (bench.stats.paired_difference);
     against a deterministic peer every seed is paired with its single value.
@@ -48,6 +63,7 @@ Training (the JSON's `_protocol` records all of it):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -63,7 +79,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit asks for this
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from beam_jobs import datasets  # noqa: E402
+from beam_jobs import datasets, sessionize  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from bench import parallel, stats  # noqa: E402
 from models import inputs  # noqa: E402
@@ -79,7 +95,11 @@ from models.youtubenet.config import YouTubeNetConfig  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recall.json")
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
-PROTOCOLS = (TIME_SPLIT, LEAVE_LAST_OUT)
+TIME_SPLIT_PER_USER = "time_split_per_user"  # the time split's models, one query per user
+PROTOCOLS = (TIME_SPLIT, TIME_SPLIT_PER_USER, LEAVE_LAST_OUT)
+# Leave-last-out's cut-off: the last 20% of the clicks (the share of the time
+# span the built-in datasets' time split evaluates on) lie at or after it.
+LLO_HOLDOUT_FRACTION, LLO_MIN_CLICKS = 0.2, 3
 LEARNED = ("item2vec", "youtubenet", "two_tower")
 CLASSIC = ("most_popular", "itemcf", "als", "bpr")
 PEERS = CLASSIC + ("word2vec",)
@@ -87,7 +107,7 @@ MODELS = LEARNED + PEERS
 # Scored from the training clicks alone: every seed would give the same figure.
 DETERMINISTIC = frozenset({"most_popular", "itemcf"})
 REPORTED = ("hr@50", "recall@50", "ndcg@50", "hr@500", "coverage@50", "avg_position",
-            "new_user_hr@50", "train_seconds", "eval_seconds")
+            "new_user_hr@50", "returning_user_hr@50", "train_seconds", "eval_seconds")
 PER_SEED = ("hr@50", "recall@50", "ndcg@50")
 METRIC = "hr@50"  # what the comparisons and targets are on
 POPULARITY_FACTOR = 1.5  # target: every learned model >= 1.5x popularity (MovieLens)
@@ -108,6 +128,12 @@ PEER_SETTINGS: dict[str, dict[str, Any]] = {
     "word2vec": {"vector_size": 64, "window": 64, "sg": 1, "negative": 5, "epochs": 10,
                  "min_count": 1},
 }
+
+# BPR's fold-in (bpr_fold_in): epochs of |history| SGD steps per query with
+# BPR's learning rate and regularization; 20 epochs give a 2-click history 40
+# steps (bounded numpy time on 10k queries; the training's 100 epochs would
+# be 5x that).
+BPR_FOLD_IN_EPOCHS = 20
 
 
 # ---- data ------------------------------------------------------------------
@@ -168,6 +194,45 @@ def concat(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> data.Arr
     return {k: np.concatenate([a[k], b[k]]) for k in a if k in b}
 
 
+def vocabularies_from_examples(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig
+                               ) -> dict[str, list[str]]:
+    """A protocol's own vocabularies: sessionize's rule over its training clicks.
+
+    Each retrieval example (one click) counts its user, item and context
+    values, tags one count per tag, as sessionize counts a Split-train event;
+    then beam_jobs.sessionize.vocabularies keeps the values seen at least
+    min_count times, most frequent first, ties by value, capped
+    (FeatureConfig.vocab_rule). The examples hold no impressions, so only
+    clicks count. A vocab feature absent from the examples gets an empty
+    vocabulary.
+
+    Args:
+      arrays: the protocol's training retrieval examples.
+      config: the dataset's feature config.
+    Returns:
+      feature -> vocabulary, for every config.vocab_features entry.
+    """
+    counters = {spec.name: collections.Counter(_text(v) for v in
+                                               np.asarray(arrays[spec.name]).ravel())
+                for spec in config.vocab_features if spec.name in arrays}
+    return sessionize.vocabularies(config, {"vocab": counters, "items": {}}, {})
+
+
+def catalogue_from_examples(catalogue: data.Catalogue, arrays: Mapping[str, np.ndarray],
+                            config: fc.FeatureConfig) -> data.Catalogue:
+    """The catalogue with click counts of the protocol's training clicks.
+
+    Item2vec's negatives and the two-tower logQ read catalogue.clicks, which
+    sessionize counts over Split-train; leave-last-out trains on other clicks.
+    Impressions are unknown from clicks alone and set to 0 (nothing reads
+    them).
+    """
+    rows = catalogue.rows_of(arrays[config.item_id_feature.name])
+    clicks = np.bincount(rows[rows >= 0], minlength=len(catalogue)).astype(np.int64)
+    return data.Catalogue(list(catalogue.ids), dict(catalogue.features), clicks,
+                          np.zeros(len(catalogue), np.int64))
+
+
 # ---- peers -----------------------------------------------------------------
 
 def interactions(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
@@ -202,12 +267,18 @@ def popularity(train: sp.csr_matrix) -> np.ndarray:
     return pop / max(pop.max(), 1.0)
 
 
-def score_most_popular(train, queries, hist, seed, user_index=None) -> Callable:
+# A fitted peer: the queries' [Q, N] history matrix -> score_fn(start, stop) -> [b, N].
+Scorer = Callable[[sp.csr_matrix], Callable[[int, int], np.ndarray]]
+
+
+def fit_most_popular(train: sp.csr_matrix, seed: int) -> Scorer:
+    """Training clicks per item: the same list for every query."""
     pop = popularity(train)
-    return lambda a, b: np.broadcast_to(pop, (b - a, len(pop)))
+    return lambda hist: lambda a, b: np.broadcast_to(pop, (b - a, len(pop)))
 
 
-def score_itemcf(train, queries, hist, seed, user_index=None) -> Callable:
+def fit_itemcf(train: sp.csr_matrix, seed: int) -> Scorer:
+    """Cosine item-item co-clicks summed over the query's history."""
     counts = np.asarray(train.sum(axis=0)).ravel()
     co = (train.T @ train).tocsr().astype(np.float32)
     co.setdiag(0)
@@ -216,43 +287,89 @@ def score_itemcf(train, queries, hist, seed, user_index=None) -> Callable:
     sim = sp.diags(norm) @ co @ sp.diags(norm)
     # Popularity breaks ties and serves users without history.
     pop = 1e-6 * popularity(train)
-    return lambda a, b: np.asarray((hist[a:b] @ sim).todense()) + pop
+    return lambda hist: lambda a, b: np.asarray((hist[a:b] @ sim).todense()) + pop
 
 
-def _implicit_scores(model, train, queries, hist, user_index, recalculate: bool) -> Callable:
-    items = np.asarray(model.item_factors)
+def bpr_fold_in(item_factors: np.ndarray, hist: sp.csr_matrix, seed: int, epochs: int,
+                learning_rate: float, regularization: float) -> np.ndarray:
+    """User factors of the queries fitted to their histories under BPR, items frozen.
+
+    implicit's BPR has no recalculate_user, so each query's factor is fitted
+    the way BPR trains one: SGD on -ln sigmoid(u . (v_pos - v_neg)) +
+    regularization/2 |u|^2, every epoch |history| steps per query, each with
+    a positive drawn from the history and a negative drawn uniformly from the
+    items outside it (a drawn history item is skipped, as implicit verifies
+    negatives). The factor starts at 0; its last entry stays 1 because
+    implicit's last item column is the item bias. A query without history
+    keeps u = (0, ..., 0, 1): item bias only.
+
+    Args:
+      item_factors: [N, F + 1] BPR item factors, the last column the bias.
+      hist: [Q, N] binary history matrix of the queries.
+      seed: seed of the samples.
+      epochs, learning_rate, regularization: the SGD schedule.
+    Returns:
+      [Q, F + 1] float32 user factors.
+    """
+    items = np.asarray(item_factors, np.float32)
+    hist = sp.csr_matrix(hist)
+    num_queries, num_items = hist.shape
+    users = np.zeros((num_queries, items.shape[1]), np.float32)
+    users[:, -1] = 1.0
+    lengths = np.diff(hist.indptr)
+    seen = hist.toarray() > 0
+    # Longest histories first: step s updates the queries with > s clicks.
+    order = np.argsort(-lengths, kind="stable")
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for step in range(int(lengths.max(initial=0))):
+            q = order[:np.searchsorted(-lengths[order], -step, side="left")]
+            pos = hist.indices[hist.indptr[q] + rng.integers(0, lengths[q])]
+            neg = rng.integers(0, num_items, len(q))
+            keep = ~seen[q, neg]
+            q, pos, neg = q[keep], pos[keep], neg[keep]
+            diff = items[pos] - items[neg]
+            u = users[q]
+            weight = 1.0 / (1.0 + np.exp(np.einsum("qf,qf->q", u, diff)))  # sigmoid(-x)
+            u[:, :-1] += learning_rate * (weight[:, None] * diff[:, :-1]
+                                          - regularization * u[:, :-1])
+            users[q] = u
+    return users
+
+
+def _fold_in_scores(items: np.ndarray, users: np.ndarray, train: sp.csr_matrix,
+                    hist: sp.csr_matrix) -> Callable[[int, int], np.ndarray]:
+    """score_fn of folded-in factors; a query without history gets popularity only."""
     pop = 1e-6 * popularity(train)
-    if recalculate:
-        users = np.asarray(model.recalculate_user(np.arange(hist.shape[0]), hist))
-        users = users.reshape(hist.shape[0], -1)
-    else:
-        ids = [user_index.get(u.decode(), -1) for u in queries.features[fc.USER_KEY]]
-        factors = np.asarray(model.user_factors)
-        users = np.stack([factors[i] if i >= 0 else np.zeros(factors.shape[1], np.float32)
-                          for i in ids])
-    has = np.asarray(hist.sum(axis=1)).ravel() > 0
-    users[~has] = 0.0  # no history: popularity only
+    users = np.array(users, np.float32).reshape(hist.shape[0], -1)
+    users[np.asarray(hist.sum(axis=1)).ravel() == 0] = 0.0
     return lambda a, b: users[a:b] @ items.T + pop
 
 
-def score_als(train, queries, hist, seed, user_index=None) -> Callable:
+def fit_als(train: sp.csr_matrix, seed: int) -> Scorer:
+    """implicit ALS; every query is folded in from its history by ALS's exact solve."""
     from implicit.als import AlternatingLeastSquares
     model = AlternatingLeastSquares(**PEER_SETTINGS["als"], random_state=seed, num_threads=1)
     model.fit(train, show_progress=False)
-    # Fold each query's history in (ALS supports it): serves every query alike.
-    return _implicit_scores(model, train, queries, hist, user_index, recalculate=True)
+    items = np.asarray(model.item_factors)
+    return lambda hist: _fold_in_scores(
+        items, np.asarray(model.recalculate_user(np.arange(hist.shape[0]), hist)), train, hist)
 
 
-def score_bpr(train, queries, hist, seed, user_index=None) -> Callable:
+def fit_bpr(train: sp.csr_matrix, seed: int) -> Scorer:
+    """implicit BPR; every query is folded in from its history by bpr_fold_in."""
     from implicit.bpr import BayesianPersonalizedRanking
-    model = BayesianPersonalizedRanking(**PEER_SETTINGS["bpr"], random_state=seed,
-                                        num_threads=1)
+    settings = PEER_SETTINGS["bpr"]
+    model = BayesianPersonalizedRanking(**settings, random_state=seed, num_threads=1)
     model.fit(train, show_progress=False)
-    return _implicit_scores(model, train, queries, hist, user_index, recalculate=False)
+    items = np.asarray(model.item_factors)
+    return lambda hist: _fold_in_scores(
+        items, bpr_fold_in(items, hist, seed, BPR_FOLD_IN_EPOCHS, settings["learning_rate"],
+                           settings["regularization"]), train, hist)
 
 
-SCORERS = {"most_popular": score_most_popular, "itemcf": score_itemcf, "als": score_als,
-           "bpr": score_bpr}
+PEER_FITS: dict[str, Callable[[sp.csr_matrix, int], Scorer]] = {
+    "most_popular": fit_most_popular, "itemcf": fit_itemcf, "als": fit_als, "bpr": fit_bpr}
 
 
 def word2vec_vectors(sessions: Sequence[Sequence[str]], seed: int
@@ -317,35 +434,53 @@ def training_record(trainer_stats: Mapping[str, Any]) -> dict[str, Any]:
             "validation": trainer_stats["validation"]}
 
 
+def query_record(queries: protocols.Queries, item_vocabulary: Sequence[str]
+                 ) -> dict[str, Any]:
+    """A query set's counts: queries, new users and their share, unreachable targets.
+
+    num_queries_with_target: queries left with a target once the targets
+    inside the history are dropped (the metrics score only these).
+    """
+    num_new = int(queries.is_new.sum())
+    return {"num_queries": len(queries), "num_new_users": num_new,
+            "new_user_share": num_new / len(queries) if len(queries) else None,
+            "num_queries_with_target": sum(1 for t in queries.targets if t),
+            "num_targets": sum(len(t) for t in queries.targets),
+            "unreachable_targets": protocols.unreachable_share(queries, item_vocabulary)}
+
+
 def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Arrays,
-                 queries: protocols.Queries, catalogue: data.Catalogue,
+                 views: Mapping[str, protocols.Queries], catalogue: data.Catalogue,
                  vocabularies: Mapping[str, list[str]], seeds: Sequence[int],
                  models: Sequence[str], max_epochs: int | None,
-                 export_root: str | None, label: str = "") -> dict[str, Any]:
-    """Every model, every seed, on one protocol; per-model summaries and comparisons.
+                 export_root: str | None, label: str = "") -> dict[str, dict[str, Any]]:
+    """Every model, every seed, trained once on one protocol's data and scored on each view.
 
     Args:
-      config, catalogue, vocabularies: the dataset's.
+      config: the dataset's feature config.
       train: retrieval examples the models train on (learned models carve
         their validation from them; peers use all of them).
       sessions: item2vec session arrays (session_items, timestamp) of the
-        same period, for Item2vec and the gensim peer.
-      queries: the protocol's eval queries.
+        same clicks, for Item2vec and the gensim peer.
+      views: name -> eval queries; every trained model is scored on each.
+      catalogue, vocabularies: the protocol's (click counts and vocabularies
+        of its training data; the catalogue's ids are every candidate).
       seeds: seeds of learned and seeded models (deterministic peers: the first).
       models: names from MODELS.
       max_epochs: cap on the learned models' epochs (None: their defaults).
       export_root: seed 0's learned models are exported under it (None: not).
       label: log prefix.
     Returns:
-      model -> summarize(...), plus "_comparisons" (compare) and "_queries".
+      view -> {model -> summarize(...), "_comparisons": compare(...),
+      "_queries": query_record(...) + training-data counts}.
     """
     item_ids = list(catalogue.ids)
     item_index = {x: i for i, x in enumerate(item_ids)}
-    train_matrix, user_index = interactions(train, config, item_index)
-    hist = history_matrix(queries, item_index)
+    train_matrix, _ = interactions(train, config, item_index)
+    hists = {view: history_matrix(q, item_index) for view, q in views.items()}
     sentences = decoded_sessions(sessions) if "word2vec" in models else []
     n_cat = len(item_ids)
-    runs: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {view: {} for view in views}
     for name in models:
         for seed in seeds_of(name, seeds):
             start = time.time()
@@ -353,39 +488,49 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
             if name in LEARNED:
                 result = fit_learned(name, config, train, sessions, catalogue, vocabularies,
                                      learned_config(name, seed, max_epochs))
-                trained = time.time()
-                out = protocols.evaluate_embeddings(
-                    queries, result.user_vectors(queries.features), result.item_ids,
-                    result.item_vectors, catalogue_size=n_cat)
+            elif name == "word2vec":
+                ids, vectors = word2vec_vectors(sentences, seed)
+            else:
+                scorer = PEER_FITS[name](train_matrix, seed)
+            trained = time.time()
+            if name in LEARNED:
                 extra = training_record(result.stats)
                 if export_root and seed == seeds[0]:
                     result.export(os.path.join(export_root, name))
-            elif name == "word2vec":
-                ids, vectors = word2vec_vectors(sentences, seed)
-                trained = time.time()
-                out = protocols.evaluate_embeddings(queries, mean_history(queries, ids, vectors),
-                                                    ids, vectors, catalogue_size=n_cat)
-            else:
-                score_fn = SCORERS[name](train_matrix, queries, hist, seed,
-                                         user_index=user_index)
-                trained = time.time()
-                out = protocols.evaluate_scores(queries, score_fn, item_ids, catalogue_size=n_cat)
-            record = {"seed": seed, **out, "train_seconds": trained - start,
-                      "eval_seconds": time.time() - trained, **extra}
-            runs.setdefault(name, []).append(record)
-            epochs = (f" best epoch {record['best_epoch']}/{record['epochs_run']}"
-                      if name in LEARNED else "")
-            print(f"[{label}] {name:13s} seed {seed} hr@50 {out.get('hr@50', float('nan')):.4f} "
-                  f"recall@50 {out.get('recall@50', float('nan')):.4f}{epochs} "
-                  f"({record['train_seconds']:.1f}s + {record['eval_seconds']:.1f}s eval)",
-                  flush=True)
-    summary: dict[str, Any] = {name: summarize(r) for name, r in runs.items()}
-    summary["_comparisons"] = compare(summary)
-    summary["_queries"] = {"num_queries": len(queries),
-                           "num_new_users": int(queries.is_new.sum()),
-                           "num_train_examples": data.num_rows(train),
-                           "num_sessions": data.num_rows(sessions)}
-    return summary
+            for view, queries in views.items():
+                begin = time.time()
+                if name in LEARNED:
+                    out = protocols.evaluate_embeddings(
+                        queries, result.user_vectors(queries.features), result.item_ids,
+                        result.item_vectors, catalogue_size=n_cat)
+                elif name == "word2vec":
+                    out = protocols.evaluate_embeddings(
+                        queries, mean_history(queries, ids, vectors), ids, vectors,
+                        catalogue_size=n_cat)
+                else:  # ALS / BPR fold the queries in here: in eval_seconds
+                    out = protocols.evaluate_scores(queries, scorer(hists[view]), item_ids,
+                                                    catalogue_size=n_cat)
+                record = {"seed": seed, **out, "train_seconds": trained - start,
+                          "eval_seconds": time.time() - begin, **extra}
+                runs[view].setdefault(name, []).append(record)
+                epochs = (f" best epoch {record['best_epoch']}/{record['epochs_run']}"
+                          if name in LEARNED else "")
+                print(f"[{label} {view}] {name:13s} seed {seed} "
+                      f"hr@50 {out.get('hr@50', float('nan')):.4f} "
+                      f"recall@50 {out.get('recall@50', float('nan')):.4f}{epochs} "
+                      f"({record['train_seconds']:.1f}s + {record['eval_seconds']:.1f}s eval)",
+                      flush=True)
+    item_vocabulary = vocabularies.get(config.item_id_feature.name, [])
+    results = {}
+    for view, queries in views.items():
+        summary: dict[str, Any] = {name: summarize(r) for name, r in runs[view].items()}
+        summary["_comparisons"] = compare(summary)
+        summary["_queries"] = {**query_record(queries, item_vocabulary),
+                               "num_train_examples": data.num_rows(train),
+                               "num_sessions": data.num_rows(sessions),
+                               "item_vocabulary_size": len(item_vocabulary)}
+        results[view] = summary
+    return results
 
 
 # ---- summaries and comparisons -------------------------------------------------
@@ -525,18 +670,48 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"_data": {
         "sessionized": out, "catalogue": len(catalogue), "train_examples": data.num_rows(train),
         "eval_examples": data.num_rows(evals), "item2vec_train_sessions": data.num_rows(sessions)}}
-    results[TIME_SPLIT] = run_protocol(
-        config, train, sessions, protocols.time_split(evals, config), catalogue, vocabularies,
-        args.seed_list, args.model_list, args.max_epochs,
+    results.update(run_protocol(
+        config, train, sessions,
+        {TIME_SPLIT: protocols.time_split(evals, config),
+         TIME_SPLIT_PER_USER: protocols.time_split(evals, config, per_user=True)},
+        catalogue, vocabularies, args.seed_list, args.model_list, args.max_epochs,
         # bench.faiss_bench reads work_dir/exports: a smoke run must not replace them.
         os.path.join(args.work_dir, "exports-quick" if args.quick else "exports", name),
-        label=f"{name} {TIME_SPLIT}")
-    llo_train, llo_queries = protocols.leave_last_out(concat(train, evals), config)
-    results[LEAVE_LAST_OUT] = run_protocol(
-        config, llo_train, sessions_from_examples(llo_train, config), llo_queries, catalogue,
-        vocabularies, args.seed_list, args.model_list, args.max_epochs, None,
-        label=f"{name} {LEAVE_LAST_OUT}")
+        label=name))
+    llo = protocols.leave_last_out_at_cutoff(concat(train, evals), config,
+                                             LLO_HOLDOUT_FRACTION, LLO_MIN_CLICKS)
+    results.update(run_protocol(
+        config, llo.train, sessions_from_examples(llo.train, config),
+        {LEAVE_LAST_OUT: llo.queries}, catalogue_from_examples(catalogue, llo.train, config),
+        vocabularies_from_examples(llo.train, config), args.seed_list, args.model_list,
+        args.max_epochs, None, label=name))
+    results[LEAVE_LAST_OUT]["_queries"]["cutoff"] = llo.cutoff
     return results
+
+
+def protocol_rules() -> dict[str, str]:
+    """The exact rule of each protocol (the JSON's `_protocol.protocols`)."""
+    return {
+        TIME_SPLIT: "train: Split-train retrieval examples (clicks before the sessionize "
+                    "split time), item2vec Split-train sessions, sessionize vocabularies "
+                    "(Split-train events); queries: every Split-eval click, history = the "
+                    "user's clicks strictly before it; is_new = no event before the split",
+        TIME_SPLIT_PER_USER: f"the models trained for {TIME_SPLIT}; queries: one per user "
+                             "at the user's first Split-eval click, targets = every item "
+                             "the user clicked in Split-eval (history items dropped)",
+        LEAVE_LAST_OUT: f"over Split-train + Split-eval clicks: cut-off T = timestamp of "
+                        f"the click at position floor((1 - {LLO_HOLDOUT_FRACTION}) * N) of "
+                        f"the N clicks sorted by time (`_queries.cutoff`); queries: the "
+                        f"last click of each user with >= {LLO_MIN_CLICKS} clicks whose "
+                        f"last click is at or after T, history = the user's clicks "
+                        f"strictly before it; train: every click strictly before T (no "
+                        f"training click at or after any held-out click); vocabularies, "
+                        f"catalogue click counts and Item2vec sessions from those training "
+                        f"clicks; is_new = no click before T",
+        "unreachable_targets": "share of (query, target) pairs whose item is outside the "
+                               "protocol's item-id vocabulary (candidates are the whole "
+                               "catalogue; such a target has no trained id embedding)",
+    }
 
 
 def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
@@ -545,6 +720,7 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
                         for k in ("max_epochs", "patience", "min_delta", "validation_fraction")}
                  for name in LEARNED}
     return {
+        "protocols": protocol_rules(),
         "validation": f"each learned model's trainer carves the last "
                       f"{DEFAULT_VALIDATION_FRACTION:.0%} of its training time span "
                       f"(models.recall.training.carve_validation) and monitors "
@@ -557,14 +733,23 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
         "hparams": {"learned": "each config's defaults (nothing chosen on validation or eval)",
                     "overrides": HPARAMS, "peers": PEER_SETTINGS,
                     "peers_note": "fixed, untuned, the same on both datasets; peers train on "
-                                  "the whole training split (no validation carve)"},
+                                  "the whole training split (no validation carve)",
+                    "bpr_fold_in_epochs": BPR_FOLD_IN_EPOCHS},
+        "fold_in": "ALS and BPR score every query from a user factor fitted to its history "
+                   "with the item factors frozen (a training user's own factor is never "
+                   "used): ALS by implicit's recalculate_user (exact least squares); BPR "
+                   "by SGD on the BPR loss from u = 0 (bench.recall_bench.bpr_fold_in: "
+                   "each epoch |history| steps, positive from the history, negative "
+                   "uniform outside it, BPR's learning rate and regularization, the bias "
+                   "entry fixed at 1); a query without history: popularity",
         "seeds": {"learned_and_seeded_peers": args.seed_list,
                   "deterministic_peers": sorted(DETERMINISTIC)},
         "comparisons": f"{METRIC}, paired by seed: mean difference with a 95% Student-t "
                        f"interval (bench.stats.paired_difference); a deterministic peer's "
                        f"single value is paired with every seed; an interval containing 0 "
                        f"is a tie; 'best' = highest mean over seeds",
-        "timing": "train_seconds (fit, validation included) and eval_seconds per seed; "
+        "timing": "train_seconds (fit, validation included) and eval_seconds (per query "
+                  "view; ALS / BPR fold-in included) per seed; "
                   + (f"the datasets ran side by side in {len(args.dataset_list)} processes "
                      f"(--jobs {args.jobs}), so timings share the cores"
                      if args.jobs > 1 and len(args.dataset_list) > 1 else
