@@ -92,7 +92,8 @@ def sample_queries(vectors: np.ndarray, num: int, seed: int) -> np.ndarray:
     return (0.7 * picks + 0.3 * noise).astype(np.float32)
 
 
-def _choose_type(options: BuildOptions, n: int) -> str:
+def choose_type(options: BuildOptions, n: int) -> str:
+    """The index type built for n vectors: options.index_type, or auto's pick by size."""
     if options.index_type != AUTO:
         return options.index_type
     return FLAT if n < options.flat_threshold else options.large_index_type
@@ -175,7 +176,7 @@ def build_from_vectors(ids: Sequence[str], vectors: np.ndarray, base_dir: str, n
     if not np.all(np.isfinite(vectors)):
         raise ValueError("item vectors contain NaN or inf")
     start = time.time()
-    index_type = _choose_type(options, len(vectors))
+    index_type = choose_type(options, len(vectors))
     index, build_params = create_index(vectors, index_type, options)
     build_seconds = time.time() - start
     k = min(options.k, len(vectors))

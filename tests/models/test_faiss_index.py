@@ -113,3 +113,12 @@ def test_cli_build_info_similar(tmp_path, capsys):
     exact = [ids[j] for j in np.argsort(-(vectors @ vectors[0]))[1:4]]
     assert [line.split("\t")[0] for line in lines][:3] == exact
     assert cli_main(["info", "--base", str(tmp_path / "nothing")]) == 1
+
+
+def test_choose_type_follows_the_catalogue_size_unless_a_type_is_given():
+    defaults = builder.BuildOptions()
+    assert builder.choose_type(defaults, 49_999) == "flat"
+    assert builder.choose_type(defaults, 50_000) == "ivf"
+    assert builder.choose_type(defaults, 1_000_000) == "ivf"
+    assert builder.choose_type(builder.BuildOptions(large_index_type="hnsw"), 1_000_000) == "hnsw"
+    assert builder.choose_type(builder.BuildOptions(index_type="hnsw"), 10) == "hnsw"
