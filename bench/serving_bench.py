@@ -48,6 +48,7 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
+from bench import stats  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from serving import toy_models  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
@@ -453,7 +454,7 @@ def run_abuse_only(args: argparse.Namespace) -> None:
                      else fc.builtin_config_path(args.data))
     scratch = tempfile.mkdtemp(prefix="serving_bench_")
     redis_server = None
-    run = {"command": "python -m bench.serving_bench --only_abuse",
+    run = {**run_record(["--only_abuse"]),
            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
            "speed_probe_s_at_start": speed_probe()}
     try:
@@ -486,6 +487,11 @@ def run_abuse_only(args: argparse.Namespace) -> None:
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=False)
     print(f"abuse {results['abuse']}\nwrote {args.output}")
+
+
+def run_record(argv: Sequence[str]) -> dict:
+    """The JSON's `_run`: commit (with -dirty), date, command and machine (bench.stats)."""
+    return stats.provenance(["python", "-m", "bench.serving_bench", *argv])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -521,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = fc.load(config_path if os.path.exists(config_path)
                      else fc.builtin_config_path(args.data))
     scratch = tempfile.mkdtemp(prefix="serving_bench_")
-    results: dict = {"command": "make bench-serving (python -m bench.serving_bench)",
+    results: dict = {"_run": run_record(sys.argv[1:] if argv is None else argv),
+                     "command": "make bench-serving (python -m bench.serving_bench)",
                      "cpus": os.cpu_count(), "loopback": True,
                      "duration_s_per_point": args.duration_s,
                      "max_requests_per_point": args.max_requests,
