@@ -41,6 +41,7 @@ bench/results/faiss.json with the commit and date (bench.stats.provenance).
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import time
@@ -440,10 +441,15 @@ def user_vector_sets(model: Any, validation: Any, evals: Any, max_queries: int, 
     return vectors["tuning"], vectors["eval"], counts
 
 
+def modified_at(path: str) -> str:
+    """A file's modification time, UTC ISO 8601 to the second."""
+    return datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc
+                                           ).isoformat(timespec="seconds")
+
+
 def bench_export(model_dir: str, config: Any, validation: Any, evals: Any,
                  args: argparse.Namespace, types: Sequence[str]) -> dict[str, Any]:
     """bench_vectors on one export: its item vectors, its validation / eval user vectors."""
-    import datetime
     from models.recall import evaluate
     model = evaluate.load_exported(model_dir, config)
     tuning, eval_vectors, counts = user_vector_sets(model, validation, evals,
@@ -453,9 +459,7 @@ def bench_export(model_dir: str, config: Any, validation: Any, evals: Any,
           f"{len(eval_vectors)} user vectors", flush=True)
     export = {"dir": model_dir, "model": items.metadata.get("model"),
               "model_version": items.metadata.get("model_version"),
-              "exported_at": datetime.datetime.fromtimestamp(
-                  os.path.getmtime(os.path.join(model_dir, "item_embeddings")),
-                  datetime.timezone.utc).isoformat(timespec="seconds")}
+              "exported_at": modified_at(os.path.join(model_dir, "item_embeddings"))}
     if len(tuning) == 0 or len(eval_vectors) == 0:
         msg = f"{model_dir}: no non-zero user vector in a query set ({counts})"
         print(msg, flush=True)
@@ -465,7 +469,9 @@ def bench_export(model_dir: str, config: Any, validation: Any, evals: Any,
                                    k=k, target_recall=args.target_recall)
     out = bench_vectors(items.embeddings, tuning, eval_vectors, k, args.target_recall, types,
                         options)
-    out.update({"export": export, "query_sets": counts})
+    # What the pipeline would build for this catalogue (exact Flat below the threshold).
+    out.update({"export": export, "query_sets": counts,
+                "builder_choice": builder_choice(out, k, args.target_recall)})
     return out
 
 
@@ -473,7 +479,8 @@ def bench_exports(args: argparse.Namespace, types: Sequence[str]) -> dict[str, A
     """bench_export for every export of every dataset; a dataset without one is skipped.
 
     Returns:
-      "<dataset>/<model>" -> bench_export(...) + {"examples"}, or "<dataset>"
+      "<dataset>/<model>" -> bench_export(...) + {"examples", "examples_written_at",
+      "export_older_than_examples"}, or "<dataset>"
       -> {"skipped": reason} when <exports>/<dataset> holds no export.
     """
     from bench import parallel
@@ -490,10 +497,15 @@ def bench_exports(args: argparse.Namespace, types: Sequence[str]) -> dict[str, A
             continue
         config, validation, evals, examples = dataset_query_sets(spec, args.work_dir,
                                                                  args.num_events)
+        written = modified_at(os.path.join(examples, "summary.json"))
         for model_dir in dirs:
-            out[f"{key}/{os.path.basename(model_dir)}"] = {
-                **bench_export(model_dir, config, validation, evals, args, types),
-                "examples": examples}
+            entry = {**bench_export(model_dir, config, validation, evals, args, types),
+                     "examples": examples, "examples_written_at": written}
+            # The queries come from the examples the current sessionize code
+            # writes; an export older than them was trained on an earlier
+            # examples directory (its user tower still reads the raw features).
+            entry["export_older_than_examples"] = entry["export"]["exported_at"] < written
+            out[f"{key}/{os.path.basename(model_dir)}"] = entry
     return out
 
 

@@ -195,3 +195,52 @@ def test_main_writes_provenance_and_both_query_set_sizes(tmp_path):
     assert set(part["targets"]) == {"ivf_recall@50_ge_0.95", "ivf_p99_le_2ms",
                                     "ivf_ge_20x_exact_single_query"}
     assert report["exported"] == {}
+
+
+class _FakeModel:
+    def __init__(self, items):
+        self.items = items
+
+    def user_vectors(self, features):
+        return np.asarray(features["v"], np.float32)
+
+
+def test_exports_are_tuned_on_validation_user_vectors_and_scored_on_eval_ones(tmp_path,
+                                                                              monkeypatch):
+    from models.recall import artifacts, evaluate
+    rng = np.random.default_rng(5)
+    items = artifacts.ItemEmbeddings([f"i{j}" for j in range(600)],
+                                     _unit(rng.standard_normal((600, 8))),
+                                     {"model": "two_tower", "model_version": 7})
+    validation = _queries(_unit(rng.standard_normal((40, 8))))
+    evals = _queries(np.r_[_unit(rng.standard_normal((70, 8))), np.zeros((3, 8))])
+    export = tmp_path / "exports" / "synthetic" / "two_tower"
+    for part in (artifacts.USER_TOWER_DIR, artifacts.ITEM_EMBEDDINGS_DIR):
+        (export / part).mkdir(parents=True)
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "summary.json").write_text("{}")
+    os.utime(export / artifacts.ITEM_EMBEDDINGS_DIR, (1e9, 1e9))  # exported before the examples
+    monkeypatch.setattr(faiss_bench, "dataset_query_sets",
+                        lambda spec, work_dir, num_events: ("cfg", validation, evals,
+                                                            str(examples)))
+    monkeypatch.setattr(evaluate, "load_exported",
+                        lambda model_dir, config: _FakeModel(items))
+    args = argparse.Namespace(dataset_list=["synthetic"], exports=str(tmp_path / "exports"),
+                              work_dir="unused", num_events=0, max_export_queries=1000, k=50,
+                              target_recall=0.9, hnsw_m=8, ef_construction=16)
+    out = faiss_bench.bench_exports(args, ("flat", "ivf"))["synthetic/two_tower"]
+    assert (out["tuning_queries"], out["eval_queries"], out["num_vectors"]) == (40, 70, 600)
+    assert out["query_sets"]["eval"]["zero_vectors_dropped"] == 3
+    assert out["export"]["model"] == "two_tower" and out["export"]["model_version"] == 7
+    assert out["export"]["exported_at"] == "2001-09-09T01:46:40+00:00"
+    assert out["export_older_than_examples"] is True and out["examples"] == str(examples)
+    assert out["builder_choice"]["index_type"] == "flat"  # 600 items < flat_threshold
+    ivf = out["indexes"]["ivf"]
+    # Re-score the eval user vectors at the chosen nprobe by hand.
+    index, _ = builder.create_index(items.embeddings, builder.IVF, builder.BuildOptions(k=50))
+    faiss.extract_index_ivf(index).nprobe = ivf["params"]["nprobe"]
+    _, rows = index.search(evals.features["v"][:70], 50)
+    exact = faiss_bench.exact_top_k(items.embeddings, evals.features["v"][:70], 50)
+    assert ivf["recall@50"] == pytest.approx(builder.recall_at_k(rows, exact), abs=1e-12)
+    assert ivf["tuning"]["num_queries"] == 40
