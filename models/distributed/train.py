@@ -10,15 +10,19 @@ carve, early stopping on validation AUC, eval metrics and SavedModel
 signatures. The coordinator scores validation and eval itself, reading the
 variables from the PS tasks.
 
-Export: the trained variables are written to a checkpoint (a sharded table is
-saved whole) and restored into a single-process copy of the model, which
-models.ranking.export writes: the SavedModel is the one single-process
+Export: the trained variables are copied by name, a sharded table's shards
+joined back whole (assign_trained), into a single-process copy of the model,
+which models.ranking.export writes: the SavedModel is the one single-process
 training exports, loadable and servable without any cluster.
 
 Why ParameterServerStrategy and not MultiWorkerMirroredStrategy: mirroring
 keeps a full copy of every variable on every worker, so the largest table must
 fit one machine; PS training holds each table once, split over the PS tasks,
 and a worker reads only what its steps need.
+
+The two-tower recall model's cluster trainer is models.distributed.two_tower;
+it shares this module's strategy, cluster and export helpers and its
+command line, `--model two_tower`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -136,15 +140,15 @@ def _part_index(var: tf.Variable) -> int:
     return int(name.rsplit("/part_", 1)[1]) if "/part_" in name else 0
 
 
-def variable_placement(model: RankingModel) -> dict[str, list[str]]:
+def variable_placement(model: keras.Model) -> dict[str, list[str]]:
     """Variable name (_base_name) -> device of each of its shards, in row order."""
     out: dict[str, list[str]] = {}
-    for var in model.variables:
+    for var in sorted(model.variables, key=_part_index):
         out.setdefault(_base_name(var), []).append(var.device)
     return out
 
 
-def params_per_ps(model: RankingModel) -> dict[str, int]:
+def params_per_ps(model: keras.Model) -> dict[str, int]:
     """PS device ("/job:ps/replica:0/task:<k>/device:CPU:0") -> scalars it holds."""
     out: dict[str, int] = {}
     for var in model.variables:
@@ -152,26 +156,21 @@ def params_per_ps(model: RankingModel) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def single_process_copy(model: RankingModel, example_batch: Mapping[str, tf.Tensor]
-                        ) -> RankingModel:
-    """A model outside any strategy holding `model`'s trained weights.
+def assign_trained(copy: Sequence[tf.Variable], trained: Sequence[tf.Variable]) -> None:
+    """Gives every variable of `copy` (outside any strategy) its `trained` value, by name.
 
-    Each variable gets its value by name; a sharded one gets its shards'
-    rows concatenated in shard order (the partitioner splits axis 0 into
-    consecutive row ranges, the first shards one row longer when the rows do
-    not divide evenly).
+    A sharded trained variable gives its shards' rows concatenated in shard
+    order (the partitioner splits axis 0 into consecutive row ranges, the
+    first shards one row longer when the rows do not divide evenly).
 
     Raises:
-      ValueError: a variable of the copy that the model lacks, or whose rows
+      ValueError: a variable of the copy that `trained` lacks, or whose rows
         do not add up (a different model).
     """
-    copy = RankingModel(model.ranking_config.to_dict(), model.feature_config,
-                        model.vocabularies, name=model.name)
-    copy.build_from_example(example_batch)
     shards: dict[str, list[tf.Variable]] = {}
-    for var in model.variables:
+    for var in trained:
         shards.setdefault(_base_name(var), []).append(var)
-    for var in copy.variables:
+    for var in copy:
         parts = shards.get(_base_name(var))
         if not parts:
             raise ValueError(f"the trained model has no variable {_base_name(var)!r}")
@@ -182,7 +181,44 @@ def single_process_copy(model: RankingModel, example_batch: Mapping[str, tf.Tens
             raise ValueError(f"variable {_base_name(var)!r}: trained shape {value.shape}, "
                              f"copy's {var.shape}")
         var.assign(value)
+
+
+def single_process_copy(model: RankingModel, example_batch: Mapping[str, tf.Tensor]
+                        ) -> RankingModel:
+    """A model outside any strategy holding `model`'s trained weights (assign_trained)."""
+    copy = RankingModel(model.ranking_config.to_dict(), model.feature_config,
+                        model.vocabularies, name=model.name)
+    copy.build_from_example(example_batch)
+    assign_trained(copy.variables, model.variables)
     return copy
+
+
+@contextlib.contextmanager
+def cluster_strategy(training_cluster: str, min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+                     ) -> Iterator[tuple[tf.distribute.ParameterServerStrategy, dict[str, Any]]]:
+    """The strategy of a training cluster, and the result's "cluster" entry.
+
+    Args:
+      training_cluster: "local:workers=<n>,ps=<m>" starts n worker and m PS
+        processes on this machine for the block and stops them after;
+        "tf_config" (FROM_TF_CONFIG) joins the cluster TF_CONFIG describes,
+        this process being its coordinator (task type "chief").
+      min_shard_bytes: see make_strategy.
+    Yields:
+      (strategy, {"source": training_cluster, "workers": n, "ps": m}).
+    Raises:
+      models.distributed.cluster.ClusterError: a bad training_cluster, a
+        TF_CONFIG without worker and ps jobs, or servers that do not start.
+    """
+    local = None
+    if training_cluster != FROM_TF_CONFIG:
+        local = cl.LocalCluster(cl.parse_cluster_flag(training_cluster))
+    with local if local is not None else contextlib.nullcontext():
+        resolver = cl.cluster_resolver(local)
+        jobs = resolver.cluster_spec().as_dict()
+        yield (make_strategy(resolver, len(jobs[cl.PS]), min_shard_bytes),
+               {"source": training_cluster, "workers": len(jobs[cl.WORKER]),
+                "ps": len(jobs[cl.PS])})
 
 
 def train_with_strategy(strategy: tf.distribute.ParameterServerStrategy, model_name: str,
@@ -240,11 +276,7 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     """models.ranking.train.train under ParameterServerStrategy (same arguments first).
 
     Args:
-      training_cluster: "local:workers=<n>,ps=<m>" starts n worker and m PS
-        processes on this machine for the run and stops them after;
-        "tf_config" (FROM_TF_CONFIG) joins the cluster TF_CONFIG describes,
-        this process being its coordinator (task type "chief").
-      min_shard_bytes: see make_strategy.
+      training_cluster, min_shard_bytes: see cluster_strategy.
       steps_per_execution: see train_with_strategy.
     Returns:
       train_with_strategy's dict, plus "cluster": {"source" (the
@@ -253,45 +285,52 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
       models.distributed.cluster.ClusterError: a bad training_cluster, a
         TF_CONFIG without worker and ps jobs, or servers that do not start.
     """
-    local = None
-    if training_cluster != FROM_TF_CONFIG:
-        local = cl.LocalCluster(cl.parse_cluster_flag(training_cluster))
-    with local if local is not None else contextlib.nullcontext():
-        resolver = cl.cluster_resolver(local)
-        jobs = resolver.cluster_spec().as_dict()
-        strategy = make_strategy(resolver, len(jobs[cl.PS]), min_shard_bytes)
+    with cluster_strategy(training_cluster, min_shard_bytes) as (strategy, cluster):
         result = train_with_strategy(strategy, model_name, config_path, train_pattern,
                                      eval_pattern, vocab_dir, hparams, export_dir,
                                      steps_per_execution)
-    result["cluster"] = {"source": training_cluster, "workers": len(jobs[cl.WORKER]),
-                         "ps": len(jobs[cl.PS])}
+    result["cluster"] = cluster
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m models.distributed.train`: the coordinator's command line.
 
-    --examples is the ranking examples directory (Split-train, Split-eval),
-    as for `python -m models.ranking.train`; prints the metrics as JSON.
+    --examples is the model's examples directory (Split-train, Split-eval):
+    ranking examples for a ranking model, as for `python -m
+    models.ranking.train`; retrieval examples for two_tower (with --items),
+    as for `python -m models.two_tower.train`. Prints the metrics as JSON.
     """
+    # Imported here: models.distributed.two_tower imports this module.
+    from models.distributed import two_tower  # noqa: PLC0415
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=rc.MODEL_NAMES)
+    parser.add_argument("--model", required=True, choices=(*rc.MODEL_NAMES, two_tower.MODEL_NAME))
     parser.add_argument("--config", required=True, help="feature config YAML")
-    parser.add_argument("--examples", required=True, help="ranking examples directory")
+    parser.add_argument("--examples", required=True,
+                        help="ranking (two_tower: retrieval) examples directory")
     parser.add_argument("--vocab", required=True, help="vocabulary directory")
-    parser.add_argument("--hparams", type=json.loads, default={}, help="JSON RankingConfig overrides")
+    parser.add_argument("--items", default=None,
+                        help="item catalogue TFRecords glob (two_tower only, required there)")
+    parser.add_argument("--hparams", type=json.loads, default={},
+                        help="JSON RankingConfig (two_tower: TwoTowerConfig) overrides")
     parser.add_argument("--export_dir", default=None)
     parser.add_argument("--training_cluster", default=FROM_TF_CONFIG,
                         help="'local:workers=<n>,ps=<m>', or 'tf_config' (default) to join "
                              "the cluster of this process's TF_CONFIG as its chief")
     parser.add_argument("--min_shard_bytes", type=int, default=DEFAULT_MIN_SHARD_BYTES)
     args = parser.parse_args(argv)
-    result = train(args.model, args.config, inputs.split_pattern(args.examples, fc.TRAIN),
-                   inputs.split_pattern(args.examples, fc.EVAL), args.vocab, args.hparams,
-                   args.export_dir, args.training_cluster, args.min_shard_bytes)
+    if args.model == two_tower.MODEL_NAME:
+        if not args.items or not args.export_dir:
+            parser.error("--model two_tower needs --items and --export_dir")
+        result = two_tower.train(args.config, args.examples, args.vocab, args.items,
+                                 args.hparams, args.export_dir, args.training_cluster,
+                                 args.min_shard_bytes)
+    else:
+        result = train(args.model, args.config, inputs.split_pattern(args.examples, fc.TRAIN),
+                       inputs.split_pattern(args.examples, fc.EVAL), args.vocab, args.hparams,
+                       args.export_dir, args.training_cluster, args.min_shard_bytes)
     print(json.dumps(result, indent=2, default=str))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -55,6 +56,37 @@ def _hard_sampler(feature_config: fc.FeatureConfig, catalogue: data.Catalogue
                                None if city is None else catalogue.attribute_codes(city.name))
 
 
+class InProcessSteps:
+    """How `fit` runs its training steps: in this process, one after another.
+
+    The hook a cluster trainer replaces (models.distributed.two_tower's
+    CoordinatedSteps dispatches the same step function to the workers of a
+    ParameterServerStrategy cluster), so the loop, the sampling and the loss
+    stay one piece of code.
+    """
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where the model and optimizer are created (their variables' placement)."""
+        return contextlib.nullcontext()
+
+    def build(self, model: TwoTowerModel, optimizer: keras.optimizers.Optimizer,
+              user_features: Mapping[str, tf.Tensor], item_features: Mapping[str, tf.Tensor]
+              ) -> None:
+        """Creates the variables before the first step (here: the first step does)."""
+
+    def function(self, step_fn):
+        """`step_fn(*batch) -> loss` as the function `dispatch` runs."""
+        return tf.function(step_fn, reduce_retracing=True)
+
+    def dispatch(self, step, args: tuple) -> Any:
+        """Runs one step on `args`; returns its loss (or a handle to it)."""
+        return step(*args)
+
+    def losses(self, pending: list[Any]) -> list[float]:
+        """The losses of the dispatched steps, once they are done."""
+        return [float(loss) for loss in pending]
+
+
 def batch_candidates(rng: np.random.Generator, positives: np.ndarray, click_probability: np.ndarray,
                      num_uniform: int, hard: HardNegativeSampler | None, num_hard: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -84,7 +116,7 @@ def batch_candidates(rng: np.random.Generator, positives: np.ndarray, click_prob
 
 def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         catalogue: data.Catalogue, vocabularies: Mapping[str, list[str]],
-        config: TwoTowerConfig) -> TwoTowerResult:
+        config: TwoTowerConfig, steps: InProcessSteps | None = None) -> TwoTowerResult:
     """Trains the towers on retrieval examples (history -> clicked item).
 
     The latest `validation_fraction` of the examples' time span is held out
@@ -92,19 +124,25 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     their HR@50 stops improving and keeps the best epoch
     (models.recall.training.fit_epochs).
 
+    Args:
+      steps: where the model lives and the steps run (default: this process,
+        InProcessSteps).
     Raises:
       models.validation.ValidationError: too few examples to carve a
         validation split, or no validation query with a target.
       ValueError: no fit example's target item is in the catalogue.
     """
     start = time.time()
+    steps = steps or InProcessSteps()
     rng = np.random.default_rng(config.seed)
     # Seeds Keras' initializers too (tf.random.set_seed alone leaves them to
     # Python's `random`): the same seed gives the same run.
     keras.utils.set_random_seed(config.seed)
     carve = training.carve_validation(arrays, config.validation_fraction, MODEL_NAME)
     queries = training.validation_queries(carve, feature_config, MODEL_NAME)
-    model, user_names, item_names = build_model(feature_config, vocabularies, config)
+    with steps.scope():
+        model, user_names, item_names = build_model(feature_config, vocabularies, config)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
     rows, unknown = training.target_rows(carve.fit, feature_config, catalogue)
     keep = np.flatnonzero(rows >= 0)
     if len(keep) == 0:
@@ -112,11 +150,11 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     fit_arrays, rows = data.take(carve.fit, keep), rows[keep]
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+    steps.build(model, optimizer, training.tensors(fit_arrays, user_names, np.arange(1)),
+                training.tensors(catalogue.features, item_names, np.arange(1)))
 
-    @tf.function(reduce_retracing=True)
-    def step(user_features, shared_features, shared_ids, shared_probability, hard_features,
-             hard_ids, hard_probability):
+    def step_fn(user_features, shared_features, shared_ids, shared_probability, hard_features,
+                hard_ids, hard_probability):
         with tf.GradientTape() as tape:
             loss = model.compute_loss(user_features, shared_features, shared_ids,
                                       shared_probability, hard_features, hard_ids,
@@ -125,20 +163,21 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
+    step = steps.function(step_fn)
+
     def train_epoch() -> float:
-        total, batches = 0.0, 0
+        pending = []
         for batch in training.minibatches(len(rows), config.batch_size, rng):
             shared, shared_q, hard_rows, hard_q = batch_candidates(
                 rng, rows[batch], probability, config.extra_negatives, hard,
                 config.hard_negatives)
-            total += float(step(
+            pending.append(steps.dispatch(step, (
                 training.tensors(fit_arrays, user_names, batch),
                 training.tensors(catalogue.features, item_names, shared),
                 tf.constant(shared), tf.constant(shared_q, tf.float32),
                 training.tensors(catalogue.features, item_names, hard_rows.reshape(-1)),
-                tf.constant(hard_rows), tf.constant(hard_q, tf.float32)))
-            batches += 1
-        return total / max(batches, 1)
+                tf.constant(hard_rows), tf.constant(hard_q, tf.float32))))
+        return sum(steps.losses(pending)) / max(len(pending), 1)
 
     def item_vectors() -> np.ndarray:
         return training.predict(model.item_tower, catalogue.features, item_names, config.dim)

@@ -1,10 +1,13 @@
 """Multi-worker training with sharded embeddings (models.distributed), on local processes.
 
-The end-to-end test starts 2 worker + 2 PS servers as subprocesses on
-loopback, trains NFwFM under ParameterServerStrategy and checks: eval AUC
-within 0.005 of single-process training (same data, hparams, seed, epochs and
-steps per epoch), the item table split over both PS tasks, the export's
-signatures and scores, and that no server outlives the test.
+The end-to-end tests start 2 worker + 2 PS servers as subprocesses on
+loopback and train under ParameterServerStrategy:
+  NFwFM: eval AUC within 0.005 of single-process training (same data,
+    hparams, seed, epochs and steps per epoch);
+  two-tower: validation HR@50 within TWO_TOWER_HR_TOLERANCE of
+    single-process training (same data, hparams, seed, batches and steps);
+and check the item table split over both PS tasks, the export's signatures
+and scores, and that no server outlives the test.
 """
 import faulthandler
 import json
@@ -22,16 +25,17 @@ from feature_contract import feature_config as fc
 from models import inputs
 from models.distributed import cluster as cl
 from models.distributed import train as dt
+from models.distributed import two_tower as dtt
+from models.layers.feature_embedding import load_vocabularies
 from models.ranking import export, synthetic_examples
 from models.ranking import train as ranking_train
+from models.recall import artifacts, data, training
+from models.two_tower import train as tt_train
+from models.two_tower.config import TwoTowerConfig
+from tests.models import recall_fixtures
 
-# A small contract whose click signal is all pairwise (user x genre): the
-# context is numeric, so synthetic_examples' context-parity term is constant
-# and both trainers converge to the same optimum within a few epochs, which is
-# what makes a 0.005 AUC tolerance meaningful. The history shares the item
-# table, so the sharded table is also read with [B, L] ids.
-TINY_CONFIG = textwrap.dedent("""\
-    name: tiny
+# The columns and sessionization both tiny contracts of this file share.
+TINY_CONTRACT_HEADER = textwrap.dedent("""\
     timestamp_column: timestamp
     user_column: user_id
     item_column: item_id
@@ -44,6 +48,13 @@ TINY_CONFIG = textwrap.dedent("""\
     min_session_len: 5
     history_max_len: 10
     eval_fraction: 0.2
+    """)
+# A small contract whose click signal is all pairwise (user x genre): the
+# context is numeric, so synthetic_examples' context-parity term is constant
+# and both trainers converge to the same optimum within a few epochs, which is
+# what makes a 0.005 AUC tolerance meaningful. The history shares the item
+# table, so the sharded table is also read with [B, L] ids.
+TINY_CONFIG = "name: tiny\n" + TINY_CONTRACT_HEADER + textwrap.dedent("""\
     roles:
       item_category: genre
     features:
@@ -229,3 +240,152 @@ def test_field_embedding_reads_a_sharded_table_in_id_order():
     history = tf.constant([[4, 1, 0], [3, 0, 0]], tf.int32)
     pooled = tf.function(lambda: layer._lookup(table, history))()
     np.testing.assert_allclose(pooled.numpy(), [(rows[4] + rows[1]) / 2, rows[3]])
+
+
+def test_cli_two_tower_needs_items_and_export_dir(capsys):
+    with pytest.raises(SystemExit) as info:
+        dt.main(["--model", "two_tower", "--config", "c.yaml", "--examples", "ex",
+                 "--vocab", "vocab", "--export_dir", "out"])
+    assert info.value.code == 2
+    assert "--model two_tower needs --items and --export_dir" in capsys.readouterr().err
+
+
+def test_assign_trained_joins_shards_in_part_order_and_names_a_mismatch():
+    # Shards listed out of order: part_1 (rows 3..4) before part_0 (rows 0..2).
+    rows = np.arange(10, dtype=np.float32).reshape(5, 2)
+    trained = [tf.Variable(rows[3:], name="tower/table/part_1"),
+               tf.Variable(rows[:3], name="tower/table/part_0"),
+               tf.Variable([7.0], name="tower/bias")]
+    copy = [tf.Variable(np.zeros((5, 2), np.float32), name="tower/table"),
+            tf.Variable([0.0], name="tower/bias")]
+    dt.assign_trained(copy, trained)
+    np.testing.assert_array_equal(copy[0].numpy(), rows)
+    assert copy[1].numpy().tolist() == [7.0]
+    with pytest.raises(ValueError, match=r"variable 'tower/table': trained shape \(5, 2\), "
+                                         r"copy's \(4, 2\)"):
+        dt.assign_trained([tf.Variable(np.zeros((4, 2), np.float32), name="tower/table")],
+                          trained)
+    with pytest.raises(ValueError, match="the trained model has no variable 'tower/other'"):
+        dt.assign_trained([tf.Variable([0.0], name="tower/other")], trained)
+
+
+# ---- two-tower: 2 workers + 2 PS against one process --------------------------------
+# A small retrieval contract (the recall fixture's data follows any config):
+# few features keep the step's trace short; item_category and item_city give
+# the per-query hard negatives; the history reads item ids, so the user tower
+# holds an item-id table too.
+TINY_RECALL_CONFIG = "name: tiny_recall\n" + TINY_CONTRACT_HEADER + textwrap.dedent("""\
+    roles:
+      item_category: category
+      item_city: item_city
+      user_tags: interest_tags
+    features:
+      - {name: user_id, field: user, type: categorical, source: users, vocab_size: 1000}
+      - {name: interest_tags, field: user, type: tags, source: users, vocab_size: 16, max_len: 2}
+      - {name: clicked_item_list, field: user, type: sequence, source: history, of: item_id,
+         max_len: 10}
+      - {name: item_id, field: item, type: categorical, source: items, vocab_size: 1000}
+      - {name: category, field: item, type: categorical, source: items, vocab_size: 16}
+      - {name: item_city, field: item, type: categorical, source: items, column: city,
+         vocab_size: 4}
+      - {name: tab, field: context, type: categorical, source: events, vocab_size: 4}
+    """)
+# 684 fit examples / 38 = 18 equal batches an epoch (one trace); 3 epochs with
+# patience 2 cannot stop early, so both runs take the same 54 steps on the
+# same batches and negatives (the numpy sampler's seed).
+TWO_TOWER_CONFIG = TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), attention_units=0,
+                                  extra_negatives=16, hard_negatives=1, batch_size=38,
+                                  learning_rate=0.01, max_epochs=3, patience=2, seed=0)
+# Each item-id table is 201 rows x 8 x 4 bytes = 6432 bytes: two shards; the
+# largest other variable (a 24 x 32 hidden kernel, 3072 bytes) stays whole.
+TWO_TOWER_MIN_SHARD_BYTES = 4000
+# HR@50 over the fixture's 48 validation queries moves in steps of 1/48; the
+# order in which 2 workers' asynchronous updates land moves the distributed
+# run's by up to 2 of them between runs (seen: 0, +1 and -2 against one
+# process), so 3 queries is the tolerance.
+TWO_TOWER_HR_TOLERANCE = 3 / 48
+
+
+def _signatures(export_dir: str) -> dict[str, tuple]:
+    """Signature name -> (input specs, output specs) of a SavedModel."""
+    loaded = tf.saved_model.load(export_dir)
+    return {name: (fn.structured_input_signature, fn.structured_outputs)
+            for name, fn in loaded.signatures.items()}
+
+
+def test_two_tower_on_two_workers_two_ps_matches_single_process(tmp_path):
+    faulthandler.dump_traceback_later(HANG_GUARD_S, exit=True)
+    local = cl.LocalCluster(cl.ClusterShape(workers=2, ps=2))
+    try:
+        local.start(wait=False)
+        config_path = tmp_path / "tiny_recall.yaml"
+        config_path.write_text(TINY_RECALL_CONFIG, encoding="utf-8")
+        paths = recall_fixtures.write_dataset(str(tmp_path / "data"), str(config_path))
+        features = fc.load(paths["config"])
+        catalogue = data.load_catalogue(paths["items"], features)
+        arrays = data.load_examples(inputs.split_pattern(paths["retrieval"], fc.TRAIN), features,
+                                    fc.RETRIEVAL)
+        args = (features, arrays, catalogue, load_vocabularies(features, paths["vocab"]),
+                TWO_TOWER_CONFIG)
+        single = tt_train.fit(*args)
+        # Each run exports where the trainers do: the single-process one
+        # before this process joins the cluster, the distributed one while
+        # it is up (models.distributed.two_tower.train_with_strategy).
+        exported = {"single": single.export(str(tmp_path / "single"))}
+        with local:
+            strategy = dt.make_strategy(local.resolver(), num_ps=2,
+                                        min_shard_bytes=TWO_TOWER_MIN_SHARD_BYTES)
+            result = dtt.fit_with_strategy(strategy, *args)
+            exported["distributed"] = result.export(str(tmp_path / "distributed"))
+    finally:
+        local.stop()
+        faulthandler.cancel_dump_traceback_later()
+    assert not any(_alive(p) for p in local.pids)
+
+    # Same steps, same validation carve; a model that learnt the user's
+    # category (random vectors: HR@50 ~ 0.26), as good as one process.
+    for run in (single, result):
+        assert run.stats["early_stopping"]["epochs_run"] == 3
+        assert run.stats["validation"] == recall_fixtures.retrieval_validation()
+        assert run.stats["validation"]["validation_queries"] == 48
+    best = {name: run.stats["early_stopping"]["best_value"]
+            for name, run in (("distributed", result), ("single", single))}
+    print("validation HR@50", best)
+    assert best["single"] > 0.85 and best["distributed"] > 0.85
+    assert abs(best["distributed"] - best["single"]) <= TWO_TOWER_HR_TOLERANCE + 1e-9, best
+
+    # Both item-id tables (the item tower's and the history's) are split over
+    # both PS tasks; every other variable stays whole, on one PS or the other.
+    placement = result.stats["variable_placement"]
+    sharded = {name: sorted(devices) for name, devices in placement.items() if len(devices) > 1}
+    assert sharded == {"item_tower/field_embedding/item_id_embedding": [PS0, PS1],
+                       "user_tower/field_embedding/item_id_embedding": [PS0, PS1]}
+    assert {d for devices in placement.values() for d in devices} == {PS0, PS1}
+    copy_params = sum(int(np.prod(v.shape)) for v in result.model.variables)
+    assert sum(result.stats["params_per_ps"].values()) == copy_params
+
+    # The returned model is a single-process copy holding the trained
+    # weights: its item vectors are those computed on the cluster, rows of
+    # the sharded table back in id order.
+    item_names = [f.name for f in data.item_features(features)]
+    assert not any("/part_" in v.name for v in result.model.variables)
+    np.testing.assert_allclose(
+        training.predict(result.model.item_tower, catalogue.features, item_names,
+                         TWO_TOWER_CONFIG.dim), result.item_vectors, atol=1e-6)
+
+    # The export is the single-process one: same signatures, loadable and
+    # serving without any cluster, scoring the validation queries to the
+    # best epoch's HR@50.
+    user_dirs = {name: out["user_tower"] for name, out in exported.items()}
+    assert _signatures(user_dirs["distributed"]) == _signatures(user_dirs["single"])
+    serve = artifacts.load_user_tower(user_dirs["distributed"])
+    queries = training.validation_queries(
+        training.carve_validation(arrays, TWO_TOWER_CONFIG.validation_fraction, "two_tower"),
+        features, "two_tower")
+    served = serve(**{k: tf.constant(queries.features[k])
+                      for k in data.serving_signature(features)})["user_embedding"].numpy()
+    assert training.validation_hit_rate(queries, served, result.item_ids,
+                                        result.item_vectors) == best["distributed"]
+    embeddings = artifacts.read_item_embeddings(exported["distributed"]["item_embeddings"])
+    assert embeddings.ids == single.item_ids == result.item_ids
+    np.testing.assert_allclose(embeddings.embeddings, result.item_vectors, atol=1e-6)
