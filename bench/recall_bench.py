@@ -670,22 +670,26 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"_data": {
         "sessionized": out, "catalogue": len(catalogue), "train_examples": data.num_rows(train),
         "eval_examples": data.num_rows(evals), "item2vec_train_sessions": data.num_rows(sessions)}}
+    clicks = concat(train, evals)
+    views = {TIME_SPLIT: protocols.time_split(evals, config),
+             TIME_SPLIT_PER_USER: protocols.time_split(evals, config, per_user=True)}
     results.update(run_protocol(
-        config, train, sessions,
-        {TIME_SPLIT: protocols.time_split(evals, config),
-         TIME_SPLIT_PER_USER: protocols.time_split(evals, config, per_user=True)},
-        catalogue, vocabularies, args.seed_list, args.model_list, args.max_epochs,
+        config, train, sessions, views, catalogue, vocabularies, args.seed_list,
+        args.model_list, args.max_epochs,
         # bench.faiss_bench reads work_dir/exports: a smoke run must not replace them.
         os.path.join(args.work_dir, "exports-quick" if args.quick else "exports", name),
         label=name))
-    llo = protocols.leave_last_out_at_cutoff(concat(train, evals), config,
-                                             LLO_HOLDOUT_FRACTION, LLO_MIN_CLICKS)
+    llo = protocols.leave_last_out_at_cutoff(clicks, config, LLO_HOLDOUT_FRACTION,
+                                             LLO_MIN_CLICKS)
+    views[LEAVE_LAST_OUT] = llo.queries
     results.update(run_protocol(
         config, llo.train, sessions_from_examples(llo.train, config),
         {LEAVE_LAST_OUT: llo.queries}, catalogue_from_examples(catalogue, llo.train, config),
         vocabularies_from_examples(llo.train, config), args.seed_list, args.model_list,
         args.max_epochs, None, label=name))
     results[LEAVE_LAST_OUT]["_queries"]["cutoff"] = llo.cutoff
+    for view, queries in views.items():
+        results[view]["_queries"]["history_leaks"] = protocols.history_leaks(clicks, queries)
     return results
 
 
@@ -708,6 +712,9 @@ def protocol_rules() -> dict[str, str]:
                         f"training click at or after any held-out click); vocabularies, "
                         f"catalogue click counts and Item2vec sessions from those training "
                         f"clicks; is_new = no click before T",
+        "history_leaks": "queries whose history holds more items than the user clicked "
+                         "strictly before the query (models.recall.protocols.history_leaks): "
+                         "0 = no history holds the held-out click or a later one",
         "unreachable_targets": "share of (query, target) pairs whose item is outside the "
                                "protocol's item-id vocabulary (candidates are the whole "
                                "catalogue; such a target has no trained id embedding)",

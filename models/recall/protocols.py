@@ -201,6 +201,37 @@ def unreachable_share(queries: Queries, vocabulary: Sequence[str]) -> float | No
     return sum(t not in known for t in targets) / len(targets) if targets else None
 
 
+def history_leaks(arrays: Mapping[str, np.ndarray], queries: Queries) -> int:
+    """Queries whose history holds more items than the user clicked strictly before it.
+
+    Sessionize writes a history of clicks strictly before the example, so
+    every query's history length is at most the user's earlier clicks in
+    `arrays` (all of them, train and eval); a longer one holds the query's
+    own click or a later one. 0 is the check passing. A history cut at the
+    feature's max_len can hide a leak from this count, so the check is exact
+    for users with fewer earlier clicks than max_len.
+
+    Args:
+      arrays: every retrieval example the queries were drawn from.
+      queries: queries whose features carry user id and timestamp.
+    """
+    codes: dict[str, int] = {}
+    users = np.array([codes.setdefault(_text(u), len(codes)) for u in arrays[fc.USER_KEY]],
+                     np.int64)
+    ts = np.asarray(arrays[fc.TIMESTAMP_KEY], np.int64)
+    if not len(queries) or not len(ts):
+        return 0
+    base, span = ts.min(), ts.max() - ts.min() + 2
+    keys = np.sort(users * span + (ts - base))
+    q_users = np.array([codes.get(_text(u), -1) for u in queries.features[fc.USER_KEY]],
+                       np.int64)
+    q_ts = np.clip(np.asarray(queries.features[fc.TIMESTAMP_KEY], np.int64) - base, 0, span - 1)
+    earlier = (np.searchsorted(keys, q_users * span + q_ts, "left")
+               - np.searchsorted(keys, q_users * span, "left"))
+    lengths = np.array([len(h) for h in queries.history])
+    return int(np.sum(lengths > np.where(q_users >= 0, earlier, 0)))
+
+
 def _rows(ids: Sequence[str], index: Mapping[str, int], unknown_base: int) -> np.ndarray:
     # Unknown targets get rows past the catalogue: they count, and always miss.
     return np.array([index.get(x, unknown_base + i) for i, x in enumerate(ids)], np.int64)

@@ -173,7 +173,8 @@ def test_run_protocol_scores_every_view_with_new_and_returning_hit_rates():
 
 def test_protocol_record_states_every_rule_and_the_fold_in():
     record = rb.protocol_record(rb.parse_args(["--quick"]))
-    assert sorted(record["protocols"]) == sorted(rb.PROTOCOLS + ("unreachable_targets",))
+    assert sorted(record["protocols"]) == sorted(rb.PROTOCOLS + ("history_leaks",
+                                                                 "unreachable_targets"))
     rule = record["protocols"][rb.LEAVE_LAST_OUT]
     assert "floor((1 - 0.2) * N)" in rule and "strictly before T" in rule
     assert ">= 3 clicks" in rule

@@ -140,3 +140,19 @@ def test_per_user_time_split_counts_and_new_returning_hit_rates():
     assert out["num_new_users"] == 2
     assert out["new_user_hr@50"] == pytest.approx(1 / 2)
     assert out["returning_user_hr@50"] == 1.0
+
+
+def test_history_leaks_flags_a_history_holding_the_query_click():
+    arrays = _arrays(CLICKS)
+    split = protocols.leave_last_out_at_cutoff(arrays, CONFIG, holdout_fraction=0.4)
+    assert protocols.history_leaks(arrays, split.queries) == 0
+    assert protocols.history_leaks(arrays, protocols.time_split(arrays, CONFIG)) == 0
+    # a's query at 70 made to carry its own click (4 items; a clicked 3 before 70),
+    # and e's query at 95 one later click (3 items; e clicked 2 before 95).
+    split.queries.history[0] = ["i1", "i2", "i3", "i4"]
+    assert protocols.history_leaks(arrays, split.queries) == 1
+    split.queries.history[2] = ["i8", "i9", "i1"]
+    assert protocols.history_leaks(arrays, split.queries) == 2
+    # Equal length to the earlier clicks is no leak (b: 2 before 80).
+    split.queries.history[1] = ["x", "y"]
+    assert protocols.history_leaks(arrays, split.queries) == 2
