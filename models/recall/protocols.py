@@ -97,8 +97,7 @@ def time_split(eval_arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
     return _queries(eval_arrays, order[starts], targets, config)
 
 
-def _last_click_rows(arrays: Mapping[str, np.ndarray], min_clicks: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _last_click_rows(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(row of each user's last click, that user's click count), users in id order.
 
     The last click is the latest timestamp; among equal timestamps the later
@@ -119,7 +118,7 @@ def leave_last_out(arrays: Mapping[str, np.ndarray], config: fc.FeatureConfig,
     The first part holds clicks after the held-out ones: a model trained on
     it sees the future (use leave_last_out_at_cutoff to train).
     """
-    last, counts = _last_click_rows(arrays, min_clicks)
+    last, counts = _last_click_rows(arrays)
     last = last[counts >= min_clicks]
     train_mask = np.ones(data.num_rows(arrays), bool)
     train_mask[last] = False
@@ -178,7 +177,7 @@ def leave_last_out_at_cutoff(arrays: Mapping[str, np.ndarray], config: fc.Featur
     """
     ts = np.asarray(arrays[fc.TIMESTAMP_KEY], np.int64)
     cutoff = cutoff_time(ts, holdout_fraction)
-    last, counts = _last_click_rows(arrays, min_clicks)
+    last, counts = _last_click_rows(arrays)
     last = last[(counts >= min_clicks) & (ts[last] >= cutoff)]
     train = data.take(arrays, np.flatnonzero(ts < cutoff))
     item_name = config.item_id_feature.name
