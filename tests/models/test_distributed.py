@@ -242,6 +242,16 @@ def test_field_embedding_reads_a_sharded_table_in_id_order():
     np.testing.assert_allclose(pooled.numpy(), [(rows[4] + rows[1]) / 2, rows[3]])
 
 
+def test_cluster_strategy_names_a_bad_cluster_before_starting_anything(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(cl.ClusterError, match="training cluster 'local:2' is not of the form"):
+        with dt.cluster_strategy("local:2"):
+            pytest.fail("a bad flag must not yield a strategy")
+    with pytest.raises(cl.ClusterError, match="got no TF_CONFIG"):
+        with dt.cluster_strategy(dt.FROM_TF_CONFIG):
+            pytest.fail("no TF_CONFIG must not yield a strategy")
+
+
 def test_cli_two_tower_needs_items_and_export_dir(capsys):
     with pytest.raises(SystemExit) as info:
         dt.main(["--model", "two_tower", "--config", "c.yaml", "--examples", "ex",
@@ -293,9 +303,9 @@ TINY_RECALL_CONFIG = "name: tiny_recall\n" + TINY_CONTRACT_HEADER + textwrap.ded
 # 684 fit examples / 38 = 18 equal batches an epoch (one trace); 3 epochs with
 # patience 2 cannot stop early, so both runs take the same 54 steps on the
 # same batches and negatives (the numpy sampler's seed).
-TWO_TOWER_CONFIG = TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), attention_units=0,
-                                  extra_negatives=16, hard_negatives=1, batch_size=38,
-                                  learning_rate=0.01, max_epochs=3, patience=2, seed=0)
+TWO_TOWER_HPARAMS = {"dim": 16, "embedding_dim": 8, "hidden_units": [32], "attention_units": 0,
+                     "extra_negatives": 16, "hard_negatives": 1, "batch_size": 38,
+                     "learning_rate": 0.01, "max_epochs": 3, "patience": 2, "seed": 0}
 # Each item-id table is 201 rows x 8 x 4 bytes = 6432 bytes: two shards; the
 # largest other variable (a 24 x 32 hidden kernel, 3072 bytes) stays whole.
 TWO_TOWER_MIN_SHARD_BYTES = 4000
@@ -321,22 +331,13 @@ def test_two_tower_on_two_workers_two_ps_matches_single_process(tmp_path):
         config_path = tmp_path / "tiny_recall.yaml"
         config_path.write_text(TINY_RECALL_CONFIG, encoding="utf-8")
         paths = recall_fixtures.write_dataset(str(tmp_path / "data"), str(config_path))
-        features = fc.load(paths["config"])
-        catalogue = data.load_catalogue(paths["items"], features)
-        arrays = data.load_examples(inputs.split_pattern(paths["retrieval"], fc.TRAIN), features,
-                                    fc.RETRIEVAL)
-        args = (features, arrays, catalogue, load_vocabularies(features, paths["vocab"]),
-                TWO_TOWER_CONFIG)
-        single = tt_train.fit(*args)
-        # Each run exports where the trainers do: the single-process one
-        # before this process joins the cluster, the distributed one while
-        # it is up (models.distributed.two_tower.train_with_strategy).
-        exported = {"single": single.export(str(tmp_path / "single"))}
+        args = (paths["config"], paths["retrieval"], paths["vocab"], paths["items"],
+                TWO_TOWER_HPARAMS)
+        single = tt_train.train(*args, str(tmp_path / "single"))
         with local:
             strategy = dt.make_strategy(local.resolver(), num_ps=2,
                                         min_shard_bytes=TWO_TOWER_MIN_SHARD_BYTES)
-            result = dtt.fit_with_strategy(strategy, *args)
-            exported["distributed"] = result.export(str(tmp_path / "distributed"))
+            result = dtt.train_with_strategy(strategy, *args, str(tmp_path / "distributed"))
     finally:
         local.stop()
         faulthandler.cancel_dump_traceback_later()
@@ -345,47 +346,49 @@ def test_two_tower_on_two_workers_two_ps_matches_single_process(tmp_path):
     # Same steps, same validation carve; a model that learnt the user's
     # category (random vectors: HR@50 ~ 0.26), as good as one process.
     for run in (single, result):
-        assert run.stats["early_stopping"]["epochs_run"] == 3
-        assert run.stats["validation"] == recall_fixtures.retrieval_validation()
-        assert run.stats["validation"]["validation_queries"] == 48
-    best = {name: run.stats["early_stopping"]["best_value"]
+        assert run["early_stopping"]["epochs_run"] == 3
+        assert run["validation"] == recall_fixtures.retrieval_validation()
+        assert run["validation"]["validation_queries"] == 48
+    best = {name: run["early_stopping"]["best_value"]
             for name, run in (("distributed", result), ("single", single))}
-    print("validation HR@50", best)
+    print("validation HR@50", best, "eval HR@50",
+          {name: run["hr@50"] for name, run in (("distributed", result), ("single", single))})
     assert best["single"] > 0.85 and best["distributed"] > 0.85
     assert abs(best["distributed"] - best["single"]) <= TWO_TOWER_HR_TOLERANCE + 1e-9, best
 
     # Both item-id tables (the item tower's and the history's) are split over
-    # both PS tasks; every other variable stays whole, on one PS or the other.
-    placement = result.stats["variable_placement"]
+    # both PS tasks; every other variable stays whole, on one PS or the other,
+    # and every weight of the model is on a PS once.
+    placement = result["variable_placement"]
     sharded = {name: sorted(devices) for name, devices in placement.items() if len(devices) > 1}
     assert sharded == {"item_tower/field_embedding/item_id_embedding": [PS0, PS1],
                        "user_tower/field_embedding/item_id_embedding": [PS0, PS1]}
     assert {d for devices in placement.values() for d in devices} == {PS0, PS1}
-    copy_params = sum(int(np.prod(v.shape)) for v in result.model.variables)
-    assert sum(result.stats["params_per_ps"].values()) == copy_params
-
-    # The returned model is a single-process copy holding the trained
-    # weights: its item vectors are those computed on the cluster, rows of
-    # the sharded table back in id order.
-    item_names = [f.name for f in data.item_features(features)]
-    assert not any("/part_" in v.name for v in result.model.variables)
-    np.testing.assert_allclose(
-        training.predict(result.model.item_tower, catalogue.features, item_names,
-                         TWO_TOWER_CONFIG.dim), result.item_vectors, atol=1e-6)
+    features = fc.load(paths["config"])
+    model, _, _ = tt_train.build_model(features, load_vocabularies(features, paths["vocab"]),
+                                       TwoTowerConfig.from_hparams(TWO_TOWER_HPARAMS))
+    arrays = data.load_examples(inputs.split_pattern(paths["retrieval"], fc.TRAIN), features,
+                                fc.RETRIEVAL)
+    catalogue = data.load_catalogue(paths["items"], features)
+    model.user_tower(training.tensors(arrays, model.user_tower.feature_names, np.arange(1)))
+    model.item_tower(training.tensors(catalogue.features, model.item_tower.feature_names,
+                                      np.arange(1)))
+    assert [201, 8] in [v.shape.as_list() for v in model.item_tower.variables]
+    assert sum(result["params_per_ps"].values()) == sum(
+        int(np.prod(v.shape)) for v in model.variables)
 
     # The export is the single-process one: same signatures, loadable and
-    # serving without any cluster, scoring the validation queries to the
-    # best epoch's HR@50.
-    user_dirs = {name: out["user_tower"] for name, out in exported.items()}
-    assert _signatures(user_dirs["distributed"]) == _signatures(user_dirs["single"])
-    serve = artifacts.load_user_tower(user_dirs["distributed"])
+    # serving without any cluster; the exported user tower and item vectors
+    # score the validation queries to the best epoch's HR@50 (a user tower
+    # copied with its table's shards out of order would not).
+    assert _signatures(result["user_tower"]) == _signatures(single["user_tower"])
+    serve = artifacts.load_user_tower(result["user_tower"])
     queries = training.validation_queries(
-        training.carve_validation(arrays, TWO_TOWER_CONFIG.validation_fraction, "two_tower"),
+        training.carve_validation(arrays, TwoTowerConfig().validation_fraction, "two_tower"),
         features, "two_tower")
     served = serve(**{k: tf.constant(queries.features[k])
                       for k in data.serving_signature(features)})["user_embedding"].numpy()
-    assert training.validation_hit_rate(queries, served, result.item_ids,
-                                        result.item_vectors) == best["distributed"]
-    embeddings = artifacts.read_item_embeddings(exported["distributed"]["item_embeddings"])
-    assert embeddings.ids == single.item_ids == result.item_ids
-    np.testing.assert_allclose(embeddings.embeddings, result.item_vectors, atol=1e-6)
+    embeddings = artifacts.read_item_embeddings(result["item_embeddings"])
+    assert embeddings.ids == artifacts.read_item_embeddings(single["item_embeddings"]).ids
+    assert training.validation_hit_rate(queries, served, embeddings.ids,
+                                        embeddings.embeddings) == best["distributed"]
