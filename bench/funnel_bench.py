@@ -70,6 +70,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's ALS asks for this
 
 import numpy as np  # noqa: E402
 
@@ -393,13 +394,12 @@ def reference_topk(train: data.Arrays, queries: protocols.Queries, config: fc.Fe
                    ) -> dict[str, np.ndarray]:
     """Top-FINAL_K rows of popularity and ALS (bench.recall_bench), history excluded."""
     item_index = {x: i for i, x in enumerate(item_ids)}
-    train_matrix, user_index = recall_bench.interactions(train, config, item_index)
+    train_matrix, _ = recall_bench.interactions(train, config, item_index)
     hist = recall_bench.history_matrix(queries, item_index)
     excluded = protocols.exclusions(queries, item_ids)
     out = {}
     for name in names:
-        score = recall_bench.SCORERS[name](train_matrix, queries, hist, seed,
-                                           user_index=user_index)
+        score = recall_bench.PEER_FITS[name](train_matrix, seed)(hist)
         out[name] = metrics.top_k_from_scores(score, len(queries), len(item_ids), FINAL_K,
                                               excluded)
     return out

@@ -150,6 +150,17 @@ def check_report(figures, root):
             "requests: tie)") in text
 
 
+def test_popularity_reference_excludes_the_history(config):
+    # Training clicks: c three times, a twice, b once; the request has clicked c.
+    clicks = ["c", "c", "c", "a", "a", "b"]
+    train = {fc.USER_KEY: np.array([f"u{i}".encode() for i in range(6)], object),
+             "item_id": np.array([x.encode() for x in clicks], object)}
+    queries = protocols.Queries({}, [["a"]], [["c"]], np.array([False]))
+    top = fb.reference_topk(train, queries, config, IDS, 0, names=("most_popular",))
+    assert top["most_popular"].shape == (1, fb.FINAL_K)
+    assert [IDS[r] for r in top["most_popular"][0, :2]] == ["a", "b"]
+
+
 def test_shares_skip_empty_lists_and_count_each_channel():
     out = fb.shares([[("x",), ("x", "y")], []], ["x", "y", "z"], top=10)
     assert out["x"] == {"share_of_final@10": 1.0, "only_share_of_final@10": 0.5}
