@@ -55,7 +55,7 @@ run: install
 	$(PYTHON) -m pipelines.local_runner --data $(DATA) --work_dir $(WORK)
 
 test: install system-deps
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 data: install
 	$(PYTHON) -m beam_jobs.datasets --data $(DATA) --work_dir $(WORK)
