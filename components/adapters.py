@@ -62,8 +62,32 @@ def train_ranking(model_name: str, config_path: str, examples_dir: str, vocab_di
 
 def train_recall(model_name: str, config_path: str, examples_dir: str, vocab_dir: str,
                  items_pattern: str | None, hparams: Mapping[str, Any],
-                 export_dir: str) -> dict[str, Any]:
-    """Trains a recall model; export_dir receives user_tower/ and item_embeddings/."""
+                 export_dir: str, training_cluster: str = "") -> dict[str, Any]:
+    """Trains a recall model; export_dir receives user_tower/ and item_embeddings/.
+
+    Args:
+      training_cluster: "" trains in this process; "local:workers=<n>,ps=<m>"
+        or "tf_config" trains two_tower under ParameterServerStrategy, its
+        tables sharded over the PS tasks (models.distributed.two_tower).
+
+    Returns:
+      The model's train() dict; on a cluster also "variable_placement",
+      "params_per_ps" and "cluster".
+
+    Raises:
+      ValueError: an unknown model, or a training_cluster for a model other
+        than two_tower.
+    """
+    if training_cluster and model_name != "two_tower":
+        # Refused, not ignored: a cluster flag that silently trains in process
+        # would misreport where (and at what scale) the model was trained.
+        raise ValueError(f"{model_name} has no training_cluster path; "
+                         "only two_tower and the ranking models do")
+    if training_cluster:
+        from models.distributed import two_tower as distributed_two_tower
+        return distributed_two_tower.train(config_path, examples_dir, vocab_dir, items_pattern,
+                                           dict(hparams), export_dir,
+                                           training_cluster=training_cluster)
     if model_name == "item2vec":
         from models.item2vec import train as module
     elif model_name == "youtubenet":

@@ -146,7 +146,8 @@ def RecallTrainer(  # noqa: N802
         item_embeddings: OutputArtifact[ItemEmbeddings],
         metrics: OutputArtifact[TrainingMetrics],
         model_name: Parameter[str],
-        hparams: Parameter[str] = "{}"):
+        hparams: Parameter[str] = "{}",
+        training_cluster: Parameter[str] = ""):
     """Trains one recall model (item2vec, youtubenet, two_tower).
 
     Args:
@@ -158,12 +159,15 @@ def RecallTrainer(  # noqa: N802
       metrics: the trainer's eval metrics (hr@K, recall@K, ...).
       model_name: item2vec, youtubenet or two_tower.
       hparams: JSON object of the model config's overrides.
+      training_cluster: "" (this process), "local:workers=<n>,ps=<m>" or
+        "tf_config": ParameterServerStrategy, two_tower only
+        (adapters.train_recall).
     """
     staging = os.path.join(model.uri, _EXPORT_STAGING)
     result = adapters.train_recall(
         model_name, os.path.join(vocabulary.uri, CONFIG_FILE), examples.uri,
         os.path.join(vocabulary.uri, VOCAB_DIR), os.path.join(catalogue.uri, ITEMS_DIR, "*.gz"),
-        parse_hparams(hparams), staging)
+        parse_hparams(hparams), staging, training_cluster=training_cluster)
     user_dir, item_dir = adapters.recall_export_dirs()
     tf.io.gfile.rename(os.path.join(staging, user_dir), path_utils.serving_model_dir(model.uri))
     if tf.io.gfile.exists(item_embeddings.uri):
