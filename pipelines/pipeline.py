@@ -75,10 +75,6 @@ class RankingSettings:
         a head refuses the model.
       confidence_intervals: the Evaluators compute 95% jackknife intervals
         (reported, not gated on).
-      training_cluster: "" trains each ranking model in its component's
-        process; "local:workers=<n>,ps=<m>" (processes on this machine) or
-        "tf_config" (the cluster in TF_CONFIG) trains it under
-        ParameterServerStrategy with sharded embedding tables.
     """
 
     baseline: str = "nfm"
@@ -91,7 +87,6 @@ class RankingSettings:
     auc_tolerance: float = eval_config.DEFAULT_AUC_TOLERANCE
     allow_unevaluable_heads: bool = False
     confidence_intervals: bool = True
-    training_cluster: str = ""
 
     def hparams_json(self, model: str) -> str:
         # Sorted keys: the same settings give the same string, so caching holds.
@@ -127,7 +122,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     enable_cache: bool = True,
                     validation_examples: int = 64,
                     data_checks: ValidationConfig | None = ValidationConfig(),
-                    drift_baseline: str = PREVIOUS_DATA) -> tfx_pipeline.Pipeline:
+                    drift_baseline: str = PREVIOUS_DATA,
+                    training_cluster: str = "") -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -150,6 +146,12 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         statistics of the last other examples; an unchanged re-run stays
         cached) or PREVIOUS_RUN (the last run's statistics: the only form the
         Kubeflow V2 compiler takes).
+      training_cluster: "" trains every model in its component's process;
+        "local:workers=<n>,ps=<m>" (processes on this machine) or "tf_config"
+        (the cluster in TF_CONFIG) trains the ranking models and the two_tower
+        recall model under ParameterServerStrategy with sharded embedding
+        tables (item2vec and youtubenet have no cluster trainer and stay in
+        process).
 
     Returns:
       The tfx Pipeline.
@@ -187,7 +189,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
     def ranking_trainer(model: str) -> RankingTrainer:
         return RankingTrainer(examples=ranking_examples, vocabulary=vocabulary, model_name=model,
                               hparams=ranking.hparams_json(model),
-                              training_cluster=ranking.training_cluster
+                              training_cluster=training_cluster
                               ).with_id(f"RankingTrainer.{model}")
 
     def gate(role: str, model: str, trainer, configs: Mapping[str, tuple], served_name: str
@@ -252,9 +254,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
     for model in recall.models:
         kind_examples = example_gen.outputs[
             "item2vec_examples" if model == "item2vec" else "retrieval_examples"]
+        # Only two_tower has a cluster trainer; adapters.train_recall refuses
+        # a training_cluster for the others rather than ignore it.
         trainer = RecallTrainer(examples=kind_examples, vocabulary=vocabulary,
                                 catalogue=example_gen.outputs["catalogue"], model_name=model,
-                                hparams=recall.hparams_json(model)).with_id(f"RecallTrainer.{model}")
+                                hparams=recall.hparams_json(model),
+                                training_cluster=training_cluster if model == "two_tower" else ""
+                                ).with_id(f"RecallTrainer.{model}")
         served_name = USER_TOWER_PREFIX + model
         validator = ServingValidator(model=trainer.outputs["model"],
                                      examples=example_gen.outputs["retrieval_examples"],

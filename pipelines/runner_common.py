@@ -79,7 +79,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         default=_env("no_data_checks", "") == "1",
                         help="no DataValidator: statistics and anomalies are not computed")
     parser.add_argument("--training_cluster", default=_env("training_cluster", ""),
-                        help="train the ranking models under ParameterServerStrategy: "
+                        help="train the ranking models and two_tower under "
+                             "ParameterServerStrategy (item2vec and youtubenet stay in process): "
                              "'local:workers=2,ps=2' starts the servers on this machine, "
                              "'tf_config' joins the cluster in TF_CONFIG (default: in process)")
     parser.add_argument("--verbose", action="store_true")
@@ -147,13 +148,13 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def checked_training_cluster(flag: str) -> str:
-    """--training_cluster, checked before anything runs.
+    """--training_cluster, checked before anything runs ("": in process).
 
     Raises:
-      ValueError: neither 'tf_config' nor local:workers=<n>,ps=<m>.
+      ValueError: neither "", 'tf_config' nor local:workers=<n>,ps=<m>.
     """
     from models.distributed import cluster, train as distributed_train
-    if flag != distributed_train.FROM_TF_CONFIG:
+    if flag and flag != distributed_train.FROM_TF_CONFIG:
         try:
             cluster.parse_cluster_flag(flag)
         except cluster.ClusterError as err:
@@ -196,8 +197,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         gate["auc_tolerance"] = float(args.auc_tolerance)
     if args.allow_unevaluable_heads:
         gate["allow_unevaluable_heads"] = True
-    if args.training_cluster:
-        gate["training_cluster"] = checked_training_cluster(args.training_cluster)
+    training_cluster = checked_training_cluster(args.training_cluster)
     ranking = dataclasses.replace(profile.ranking,
                                   hparams=_merge(dict(profile.ranking.hparams), overrides),
                                   multitask=None if args.no_multitask else profile.ranking.multitask,
@@ -214,7 +214,8 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=with_beam_runner(beam_args),
         enable_cache=not args.no_cache,
-        data_checks=data_checks(args, dataset.validation, dataset.source))
+        data_checks=data_checks(args, dataset.validation, dataset.source),
+        training_cluster=training_cluster)
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
 

@@ -275,16 +275,27 @@ def test_a_bad_validation_section_is_one_error_line(tmp_path, capsys):
                           "want [")
 
 
-def test_the_training_cluster_flag_reaches_every_ranking_trainer(tmp_path):
+def _training_clusters(components):
+    return {k: c.exec_properties["training_cluster"] for k, c in components.items()
+            if k.startswith(("RankingTrainer.", "RecallTrainer."))}
+
+
+def test_the_training_cluster_flag_reaches_every_ranking_trainer_and_two_tower(tmp_path):
     components = _build(_write_dataset_yaml(tmp_path / "ds"), tmp_path / "w",
-                        "--training_cluster", "local:workers=2,ps=1")
-    trainers = {k: c.exec_properties["training_cluster"] for k, c in components.items()
-                if k.startswith("RankingTrainer.")}
-    assert trainers == {"RankingTrainer.nfm": "local:workers=2,ps=1",
-                        "RankingTrainer.nfwfm": "local:workers=2,ps=1",
-                        "RankingTrainer.multitask_nfwfm": "local:workers=2,ps=1"}
-    default = _build(_write_dataset_yaml(tmp_path / "ds"), tmp_path / "w2")
-    assert default["RankingTrainer.nfwfm"].exec_properties["training_cluster"] == ""
+                        "--training_cluster", "local:workers=2,ps=1",
+                        "--recall_models", "item2vec,youtubenet,two_tower")
+    # item2vec and youtubenet have no cluster trainer: they stay in process.
+    assert _training_clusters(components) == {
+        "RankingTrainer.nfm": "local:workers=2,ps=1",
+        "RankingTrainer.nfwfm": "local:workers=2,ps=1",
+        "RankingTrainer.multitask_nfwfm": "local:workers=2,ps=1",
+        "RecallTrainer.item2vec": "",
+        "RecallTrainer.youtubenet": "",
+        "RecallTrainer.two_tower": "local:workers=2,ps=1"}
+    default = _build(_write_dataset_yaml(tmp_path / "ds"), tmp_path / "w2",
+                     "--recall_models", "item2vec,youtubenet,two_tower")
+    assert set(_training_clusters(default).values()) == {""}
+    assert len(_training_clusters(default)) == 6
 
 
 def test_a_bad_training_cluster_is_one_error_line(tmp_path, capsys):
