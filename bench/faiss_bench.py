@@ -18,16 +18,22 @@ Two parts:
     the builder picks at N vectors (`builder.choose_type` with its default
     options) is checked against the targets (recall@50 >= 0.95, single-query
     p99 <= 2 ms, >= 20x exact single-query throughput) in `builder_choice`.
-  * `exported/<dataset>/<model>`: the item vectors of the recall bench's
+  * `exported` -> `<dataset>/<model>`: the item vectors of the recall bench's
     seed-0 exports (<work_dir>/exports/<dataset>/<model>, written by
     `make bench-recall`). Tuning queries are the user vectors (the export's
     user tower on the raw features) of the VALIDATION queries: the
     time-split queries of the latest 10% of the training period, carved as
     the trainers carve it (models.recall.training.carve_validation,
-    models.validation.DEFAULT_VALIDATION_FRACTION). Eval queries are the user
-    vectors of the time-split eval queries (every Split-eval click). Both
-    sets' sizes are recorded. A dataset without exports is recorded as
-    skipped with the reason; nothing else stands in for it.
+    models.validation.DEFAULT_VALIDATION_FRACTION, every recall config's
+    default; Item2vec carves its sessions at the same share of the time span,
+    its tuning queries are these retrieval-example ones too). Eval queries
+    are the user vectors of the time-split eval queries (every Split-eval
+    click). Both sets' sizes are recorded, and how many eval vectors equal a
+    tuning vector bit for bit (distinct queries with the same history give
+    Item2vec the same mean vector). Zero user vectors (Item2vec's users
+    without history) are dropped and counted: they tie every item. A
+    dataset without exports is recorded as skipped with the reason; nothing
+    else stands in for it.
 
 Per index: build seconds, serialized size, tuned parameters with the tuning
 trace, recall@50 on the eval queries, single-query latency p50/p99 with one
