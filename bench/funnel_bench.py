@@ -142,8 +142,8 @@ def push_recall(result: Any, name: str, export_dir: str, serving_dir: str) -> di
     paths = result.export(export_dir)
     out = {"index": faiss_builder.build_index(
         paths["item_embeddings"], os.path.join(serving_dir, "indexes"), name, version=VERSION)}
-    if any(c.name == name and c.tower for c in RecommenderSettings().channels):
-        tower = next(c.tower for c in RecommenderSettings().channels if c.name == name)
+    tower = next((c.tower for c in RecommenderSettings().channels if c.name == name), None)
+    if tower:
         out["tower"] = os.path.join(serving_dir, "models", tower, str(VERSION))
         shutil.copytree(paths["user_tower"], out["tower"])
     return out
