@@ -50,7 +50,9 @@ def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
     assert meta["fit_examples"] + meta["validation_examples"] == written["train"]
     assert meta["eval_examples"] == written["eval"]
     nfwfm = report["my_clicks"]["nfwfm"]
-    assert nfwfm["seeds"] == 1 and 0.0 <= nfwfm["click_auc_mean"] <= 1.0
+    assert nfwfm["seeds"] == 1 and len(nfwfm["runs"]) == 1
+    assert nfwfm["click_auc_mean"] == nfwfm["runs"][0]["click"]["auc"]
+    assert nfwfm["runs"][0]["click"]["examples"] == meta["eval_examples"]
 
 
 def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):

@@ -4,10 +4,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
 from components.trainer import parse_hparams, read_metrics
+from models.ranking import metrics as ranking_metrics
 
 
 class ParseHparamsTest(parameterized.TestCase):
@@ -30,6 +32,12 @@ class ParseHparamsTest(parameterized.TestCase):
             parse_hparams(text)
 
 
+def _label(record: bytes, name: str) -> float:
+    feature = tf.train.Example.FromString(record).features.feature[name]
+    values = list(feature.int64_list.value) or list(feature.float_list.value)
+    return float(values[0]) if values else 0.0
+
+
 def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, sessionized):
     model, metrics = ranking_model
     serving = os.path.join(model.uri, "Format-Serving")
@@ -37,7 +45,16 @@ def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, session
     content = read_metrics(metrics.uri)
     assert content["model_name"] == "nfwfm"
     auc = content["metrics"]["click"]["auc"]
-    assert 0.0 <= auc <= 1.0
+    # Round trip: the exported model's scores on Split-eval give the recorded AUC.
+    files = tf.io.gfile.glob(os.path.join(sessionized["ranking_examples"].uri, "Split-eval",
+                                          "*.gz"))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    labels = [_label(r, "click") for r in records]
+    serve = tf.saved_model.load(serving).signatures["serving_default"]
+    scores = np.concatenate([serve(examples=tf.constant(records[i:i + 512]))["click"].numpy()
+                             for i in range(0, len(records), 512)])
+    assert len(records) == content["metrics"]["click"]["examples"]
+    assert auc == pytest.approx(ranking_metrics.auc(labels, scores), abs=1e-4)
     # The MLMD property is the same figure as the file.
     assert abs(model.get_float_custom_property("click_auc") - auc) < 1e-12
     click = content["metrics"]["click"]
