@@ -54,7 +54,7 @@ system-deps:
 run: install
 	$(PYTHON) -m pipelines.local_runner --data $(DATA) --work_dir $(WORK)
 
-test: install system-deps
+test: install-bench system-deps
 	$(PYTHON) -m pytest -q --durations=25 tests
 
 data: install
