@@ -1,7 +1,8 @@
 """Run profiles: data size and model settings of a run, per dataset.
 
 The runners pick a profile; `default` is what `make run` trains (sized to
-finish end to end in well under 20 minutes on 2 cores), `tiny` is the
+finish end to end in about 16 minutes on 2 cores, 11 of them the Evaluators'
+confidence intervals: bench/results/make_run.json), `tiny` is the
 test-suite run (a few thousand events, a handful of training steps).
 
 Every model trains with early stopping on a validation split carved from the
