@@ -314,10 +314,7 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.threads:
-        import tensorflow as tf  # loaded by the models already; no op has run yet
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    parallel.set_tf_threads(args.threads)
     started = time.perf_counter()
     run_info = stats.provenance(["python", "-m", "bench.item2vec_ablation", *argv])
 

@@ -301,9 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(dict.fromkeys([DEFAULT] + [n for n in args.candidates.split(",") if n]))
     for name in names:
         candidate_hparams(name, None)  # unknown names fail before any training
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    parallel.set_tf_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     run_info = stats.provenance(["python", "-m", "bench.nfwfm_ablation", *argv])

@@ -106,6 +106,18 @@ def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
         return config_path, out_dir, json.load(f)
 
 
+def set_tf_threads(threads: int) -> None:
+    """TensorFlow's intra- and inter-op pools at `threads` each (0: TensorFlow's default).
+
+    A child of run_children gets its share of the cores this way; it must run
+    before TensorFlow executes its first op.
+    """
+    if threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def thread_share(num_children: int) -> int:
     """TensorFlow threads per child: an even share of the cores, at least 1."""
     return max(1, (os.cpu_count() or 1) // max(1, num_children))

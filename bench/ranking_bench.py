@@ -689,9 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = [d for d in args.datasets.split(",") if d]
     args.out = args.out or parallel.default_out(
         datasets, os.path.join("bench", "results", "ranking.json"), args.work_dir, "ranking")
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    parallel.set_tf_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     run_info = stats.provenance(["python", "-m", "bench.ranking_bench", *argv])

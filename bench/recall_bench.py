@@ -851,10 +851,7 @@ def run_parallel(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.threads:
-        import tensorflow as tf  # already loaded by the models; no op has run yet
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    parallel.set_tf_threads(args.threads)
     run_info = stats.provenance(["python", "-m", "bench.recall_bench", *argv])
     start = time.time()
     if args.jobs > 1 and len(args.dataset_list) > 1:
