@@ -82,11 +82,13 @@ from models.faiss_index import builder as faiss_builder  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 from models.ranking import export as ranking_export  # noqa: E402
-from models.recall import data, metrics, protocols  # noqa: E402
+from models import validation  # noqa: E402
+from models.recall import data, metrics, protocols, training as recall_training  # noqa: E402
 from models.recall.evaluate import take_queries  # noqa: E402
 from serving import config_files, model_server  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
 from serving.client import ModelServerClient  # noqa: E402
+from serving.blend import CLICK_LOGIT, Blend, Group, fit_blend  # noqa: E402
 from serving.indexes import IndexSet  # noqa: E402
 from serving.recommender import (Recommender, RecommenderSettings, RowProtos,  # noqa: E402
                                  merge_rows)
@@ -106,6 +108,10 @@ REFERENCES = ("most_popular", "als")
 SLICES = ("all", "new_users", "returning_users")
 QUICK_EVENTS, QUICK_MAX_EPOCHS, QUICK_REQUESTS = 30_000, 2, 300
 QUICK_MAX_TRAIN = 30_000  # ranking examples a quick run trains on (ranking_bench's --max_train)
+# Validation requests the blend is fitted on: a few thousand listwise groups
+# pin ~10 weights; more only lengthens the replay.
+BLEND_REQUESTS, QUICK_BLEND_REQUESTS = 3000, 300
+RANKER_ONLY = Blend(((CLICK_LOGIT, 1.0),))  # the ranker's order, with the features recorded
 VERSION = 1
 
 
@@ -115,17 +121,24 @@ class FunnelRecommender(Recommender):
     """The serving Recommender, unchanged, keeping each request's channel lists.
 
     `last_lists` is (lists, seen rows) of the latest request:
-    [(channel name, catalogue rows best first)] as `_recall` merges them.
-    Not for concurrent requests (one replay thread).
+    [(channel name, catalogue rows best first)] as `_recall` merges them;
+    `last_features` the blend features of its merged candidates (set when
+    the settings carry a blend). Not for concurrent requests (one replay thread).
     """
 
     last_lists: tuple[list[tuple[str, np.ndarray]], np.ndarray] | None = None
+    last_features: dict[str, np.ndarray] | None = None
 
     def _channel_lists(self, row: Mapping[str, Any], history: Sequence[str],
                        profile: Mapping[str, Any], protos: RowProtos | None = None
                        ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
         self.last_lists = super()._channel_lists(row, history, profile, protos)
         return self.last_lists
+
+    def blend_features(self, merged: Any, click: np.ndarray,
+                       outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.last_features = super().blend_features(merged, click, outputs)
+        return self.last_features
 
 
 def push_recall(result: Any, name: str, export_dir: str, serving_dir: str) -> dict[str, str]:
@@ -237,12 +250,20 @@ class Replayed:
       final_channels: the channels of each final row.
       channels: channel name -> its own list, seen items removed, [<= depth].
       merged: the merged candidates in merge order (what ranking scored).
+      features: the blend features of `merged` (None without a blend).
     """
 
     final: np.ndarray
     final_channels: list[tuple[str, ...]]
     channels: dict[str, np.ndarray]
     merged: np.ndarray
+    features: dict[str, np.ndarray] | None = None
+
+    def ranked_by(self, blend: Blend, k: int = FINAL_K) -> np.ndarray:
+        """The top-k merged rows by another blend of the same features (stable, as recommend)."""
+        if self.features is None or not len(self.merged):
+            return self.merged[:0]
+        return self.merged[np.argsort(-blend.score(self.features), kind="stable")[:k]]
 
 
 def replay(recommender: FunnelRecommender, request: Request, k: int = FINAL_K,
@@ -260,7 +281,7 @@ def replay(recommender: FunnelRecommender, request: Request, k: int = FINAL_K,
       depth: rows kept of each channel's own list.
     """
     recommender.store.set_clicks(request.user_id, list(request.history))
-    recommender.last_lists = None
+    recommender.last_lists = recommender.last_features = None
     recs = recommender.recommend(request.user_id, request.context, k)
     final = recommender.catalogue.rows([r.item_id for r in recs])
     lists, seen_rows = recommender.last_lists or ([], np.zeros(0, np.int64))
@@ -269,7 +290,7 @@ def replay(recommender: FunnelRecommender, request: Request, k: int = FINAL_K,
     for name, rows in lists:
         keep = rows[(rows >= 0) & ~np.isin(rows, seen_rows)]
         own[name] = keep[:depth]
-    return Replayed(final, [r.channels for r in recs], own, merged)
+    return Replayed(final, [r.channels for r in recs], own, merged, recommender.last_features)
 
 
 def topk_matrix(lists: Sequence[np.ndarray], width: int) -> np.ndarray:
@@ -405,6 +426,73 @@ def reference_topk(train: data.Arrays, queries: protocols.Queries, config: fc.Fe
     return out
 
 
+# ---- the blend ----------------------------------------------------------------
+
+def write_click_counts(arrays: data.Arrays, config: fc.FeatureConfig, path: str) -> str:
+    """item_frequencies.tsv's layout (item_id, impressions, clicks) counted from retrieval examples.
+
+    Retrieval examples are clicks, one each; impressions are not known here
+    and written as 0 (the catalogue reads the clicks column only).
+    """
+    ids, counts = np.unique([_text(x) for x in arrays[config.item_id_feature.name]],
+                            return_counts=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("item_id\timpressions\tclicks\n")
+        f.writelines(f"{i}\t0\t{int(c)}\n" for i, c in zip(ids.tolist(), counts.tolist()))
+    return path
+
+
+def hr_at(lists: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int = TOP) -> float:
+    """Share of requests with a target in the first k rows of its list."""
+    return float(np.mean([bool(np.isin(rows[:k], t).any()) for rows, t in zip(lists, targets)]))
+
+
+def fit_final_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
+                    items_table: str, users_table: str | None, work: str, requests: int,
+                    seed: int, log=print) -> tuple[Blend, dict[str, Any]]:
+    """Fits the final-list blend on requests replayed from the validation period.
+
+    The validation period is the recall trainers' own carve (the latest
+    models.validation.DEFAULT_VALIDATION_FRACTION of Split-train's time span):
+    the served models did not train on it, and the eval split is not read.
+    Its requests are served exactly as eval ones, with the ranker's order
+    (RANKER_ONLY) and every candidate's blend features recorded; the item
+    popularity the features see is counted from the clicks before the
+    validation period, so no validation click inflates its own item's count.
+
+    Returns:
+      (the blend, its record: weights, likelihoods, validation HR@10 of the
+      ranker's order, the blend's (in-sample) and each channel's).
+    """
+    carve = recall_training.carve_validation(train, validation.DEFAULT_VALIDATION_FRACTION,
+                                             "funnel blend")
+    queries = subsample(protocols.time_split(carve.validation, config), requests, seed)
+    counts = write_click_counts(carve.fit, config, os.path.join(work, "fit_item_frequencies.tsv"))
+    recommender = build_recommender(config, serving_dir, items_table, users_table, counts,
+                                    RecommenderSettings(blend=RANKER_ONLY))
+    t0 = time.time()
+    replayed = [replay(recommender, request) for request in requests_of(queries, config)]
+    targets = target_rows(queries, recommender.catalogue.ids)
+    groups = [Group(r.features, np.isin(r.merged, t)) for r, t in zip(replayed, targets)
+              if r.features is not None]
+    names = sorted({name for g in groups for name in g.features})
+    blend = fit_blend(groups, names, provenance={
+        "validation_cutoff": carve.cutoff, "popularity": "clicks before the validation cutoff"})
+    channels = sorted({name for r in replayed for name in r.channels})
+    record = {
+        "weights": dict(blend.weights), **blend.fitted,
+        "replay_seconds": time.time() - t0,
+        f"validation_hr@{TOP}": {
+            "ranker_only": hr_at([r.final for r in replayed], targets),
+            "blend_in_sample": hr_at([r.ranked_by(blend) for r in replayed], targets),
+            "merge_order": hr_at([r.merged for r in replayed], targets),
+            **{f"channel:{c}": hr_at([r.channels.get(c, np.zeros(0, np.int64))
+                                      for r in replayed], targets) for c in channels}}}
+    log(f"blend fitted on {len(groups)} validation requests: validation HR@{TOP} "
+        f"{record[f'validation_hr@{TOP}']}")
+    return blend, record
+
+
 # ---- one dataset -------------------------------------------------------------
 
 def train_ranker(examples_dir: str, config: fc.FeatureConfig, vocabularies: Any, seed: int,
@@ -471,9 +559,13 @@ def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any
     log(f"[{name}] nfwfm: best epoch {training['nfwfm']['best_epoch']}/"
         f"{training['nfwfm']['epochs_run']} ({training['nfwfm']['seconds']:.0f}s)")
 
+    items_table, users_table = single_file(raw.items, "items"), single_file(raw.users, "users")
+    blend, blend_record = fit_final_blend(
+        train, config, serving_dir, items_table, users_table, root,
+        args.blend_requests, args.seed, lambda m: log(f"[{name}] {m}"))
     recommender = build_recommender(
-        config, serving_dir, single_file(raw.items, "items"), single_file(raw.users, "users"),
-        os.path.join(out_dir, "item_frequencies.tsv"))
+        config, serving_dir, items_table, users_table,
+        os.path.join(out_dir, "item_frequencies.tsv"), RecommenderSettings(blend=blend))
     queries_all = protocols.time_split(evals, config)
     queries = subsample(queries_all, args.max_requests, args.seed)
     item_ids = recommender.catalogue.ids
@@ -486,6 +578,11 @@ def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any
         n for n in ("popular_city", "popular") if any(n in r.channels for r in replayed)]
     figures = funnel_figures(replayed, queries, item_ids, references, channel_names,
                              recommender.settings.num_candidates)
+    # The ranker alone, as before the blend: the same requests' candidates
+    # re-ordered by the click logit the replay recorded.
+    figures["ranker_only"] = list_figures(
+        topk_matrix([r.ranked_by(RANKER_ONLY) for r in replayed], FINAL_K), queries, item_ids)
+    figures["_blend"] = blend_record
     figures["_data"] = {
         "sessionized": out_dir, "catalogue": len(item_ids),
         "train_examples": data.num_rows(train), "eval_examples": data.num_rows(evals),
@@ -548,6 +645,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_requests", type=int, default=None,
                         help=f"replay a seeded sample of at most N requests (default: all; "
                              f"quick {QUICK_REQUESTS})")
+    parser.add_argument("--blend_requests", type=int, default=None,
+                        help=f"validation requests the final blend is fitted on (default "
+                             f"{BLEND_REQUESTS}; quick {QUICK_BLEND_REQUESTS})")
     parser.add_argument("--num_events", type=int, default=None,
                         help=f"synthetic events (default {datasets.DEFAULT_NUM_EVENTS}; quick "
                              f"{QUICK_EVENTS})")
@@ -565,6 +665,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.num_events = args.num_events or QUICK_EVENTS
         args.max_epochs = args.max_epochs or QUICK_MAX_EPOCHS
         args.max_requests = args.max_requests or QUICK_REQUESTS
+        args.blend_requests = args.blend_requests or QUICK_BLEND_REQUESTS
+    args.blend_requests = args.blend_requests or BLEND_REQUESTS
     args.num_events = args.num_events or datasets.DEFAULT_NUM_EVENTS
     if (args.max_epochs is not None and args.max_epochs < 1) or (
             args.max_requests is not None and args.max_requests < 1):

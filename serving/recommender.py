@@ -11,7 +11,10 @@ recommend(user_id, context, k):
      items removed, cut to `num_candidates`; each item keeps every channel that
      retrieved it;
   4. ONE Predict on the ranking model's score_candidates signature (user and
-     context features batch 1, item features batch N), then top-k;
+     context features batch 1, item features batch N), then top-k by the
+     click score, or, when settings.blend is set, by the blend of the
+     ranker's logits with each channel's rank and the item's popularity
+     (serving.blend: weights fitted on validation requests);
   5. cold start: with no click history the towers still give a demographic
      vector (empty history), and popular items in the user's city and
      overall are added as channels `popular_city` / `popular`.
@@ -50,6 +53,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2
 
 from feature_contract import feature_config as fc
+from serving.blend import Blend, candidate_features
 from serving.catalogue import ItemCatalogue, encode_column, raw_to_feature
 from serving.client import ModelServerClient, TensorInfo
 from serving.indexes import IndexSet
@@ -93,7 +97,10 @@ class RecommenderSettings:
       per_channel: neighbours asked from each index.
       ranking_model: model name of the ranker (ranking or ranking_multitask).
       ranking_signature: its raw-feature candidate-scoring signature.
-      follow_weight: score = click + follow_weight * follow (multitask only).
+      follow_weight: score = click + follow_weight * follow (multitask only;
+        ignored when `blend` is set).
+      blend: final score = the blend over the ranker's logits, the channels'
+        ranks and popularity (serving.blend); None ranks by the ranker alone.
       popular_fallback: popular items added per cold-start channel.
       channels: recall channels.
       rules: caps on a request's k, ids and values (request_checks).
@@ -107,6 +114,7 @@ class RecommenderSettings:
     popular_fallback: int = 100
     channels: tuple[Channel, ...] = DEFAULT_CHANNELS
     rules: RequestRules = RequestRules()
+    blend: Blend | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,12 +167,15 @@ class MergedRows:
       pair_rows, pair_channels: int64 [P] every (row, channel index) pair of
         the admitted rows, in the order the round robin met it.
       names: channel name per channel index.
+      pair_ranks: int64 [P] the row's 0-based rank in that channel's list
+        (the blend's log_rank features).
     """
 
     rows: np.ndarray
     pair_rows: np.ndarray
     pair_channels: np.ndarray
     names: tuple[str, ...]
+    pair_ranks: np.ndarray
 
     def channels_of(self, rows: Sequence[int]) -> list[tuple[str, ...]]:
         """Channels that retrieved each of `rows`, in the order they met it."""
@@ -199,18 +210,20 @@ def merge_rows(lists: Sequence[tuple[str, np.ndarray]], seen_rows: np.ndarray, l
         grid[:len(rows), c] = rows
     sequence = grid.ravel()  # rank-major: the round-robin visiting order
     channels = np.tile(np.arange(len(lists), dtype=np.int64), depth)
+    ranks = np.repeat(np.arange(depth, dtype=np.int64), len(lists))
     valid = sequence >= 0
     if len(seen_rows):
         valid &= ~np.isin(sequence, seen_rows)
-    sequence, channels = sequence[valid], channels[valid]
+    sequence, channels, ranks = sequence[valid], channels[valid], ranks[valid]
     _, first = np.unique(sequence, return_index=True)
     admitted = sequence[np.sort(first)[:limit]]
     keep = np.isin(sequence, admitted)
-    sequence, channels = sequence[keep], channels[keep]
+    sequence, channels, ranks = sequence[keep], channels[keep], ranks[keep]
     # First meeting of each (row, channel) pair, in visiting order.
     _, first_pair = np.unique(sequence * max(1, len(lists)) + channels, return_index=True)
     first_pair.sort()
-    return MergedRows(admitted, sequence[first_pair], channels[first_pair], names)
+    return MergedRows(admitted, sequence[first_pair], channels[first_pair], names,
+                      ranks[first_pair])
 
 
 def merge_round_robin(lists: Sequence[tuple[str, Sequence[str]]], seen: set[str], limit: int,
@@ -508,15 +521,26 @@ class Recommender:
         outputs = self._predict(model, self.settings.ranking_signature,
                                 lambda wanted: self._item_inputs_rows(rows, row, wanted, ts, protos))
         scores = np.asarray(self._output(outputs, "click", model), dtype=np.float64).reshape(-1)
-        if self.settings.follow_weight and "follow" in outputs:
-            scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
         if scores.shape[0] != len(rows):
             raise ModelIncompatible(f"model {model!r} returned {scores.shape[0]} scores for "
                                     f"{len(rows)} candidates")
+        if self.settings.blend is not None:
+            scores = self.settings.blend.score(self.blend_features(merged, scores, outputs))
+        elif self.settings.follow_weight and "follow" in outputs:
+            scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
         order = np.argsort(-scores, kind="stable")[:k]
         top = rows[order]
         return [Recommendation(self.catalogue.ids[r], float(scores[i]), channels)
                 for r, i, channels in zip(top.tolist(), order.tolist(), merged.channels_of(top))]
+
+    def blend_features(self, merged: MergedRows, click: np.ndarray,
+                       outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The blend's features of the merged candidates (serving.blend.candidate_features)."""
+        follow = outputs.get("follow")
+        return candidate_features(
+            merged.pair_rows, merged.pair_channels, merged.pair_ranks, merged.names, merged.rows,
+            click, np.asarray(self.catalogue.clicks)[merged.rows],
+            None if follow is None else np.asarray(follow, np.float64).reshape(-1))
 
     def ingest(self, event: Mapping[str, Any]) -> bool:
         """Applies one real-time event; returns whether it changed the history.
