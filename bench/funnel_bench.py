@@ -88,7 +88,7 @@ from models.recall.evaluate import take_queries  # noqa: E402
 from serving import config_files, model_server  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
 from serving.client import ModelServerClient  # noqa: E402
-from serving.blend import CLICK_LOGIT, Blend, Group, fit_blend  # noqa: E402
+from serving.blend import BLEND_FILE, CLICK_LOGIT, Blend, Group, fit_blend  # noqa: E402
 from serving.indexes import IndexSet  # noqa: E402
 from serving.recommender import (Recommender, RecommenderSettings, RowProtos,  # noqa: E402
                                  merge_rows)
@@ -563,6 +563,8 @@ def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any
     blend, blend_record = fit_final_blend(
         train, config, serving_dir, items_table, users_table, root,
         args.blend_requests, args.seed, lambda m: log(f"[{name}] {m}"))
+    with open(os.path.join(serving_dir, BLEND_FILE), "w", encoding="utf-8") as f:
+        f.write(blend.to_json())  # where `make serve` reads it (serving.serve.read_blend)
     recommender = build_recommender(
         config, serving_dir, items_table, users_table,
         os.path.join(out_dir, "item_frequencies.tsv"), RecommenderSettings(blend=blend))

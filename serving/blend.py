@@ -35,6 +35,7 @@ import numpy as np
 CLICK_LOGIT = "click_logit"
 FOLLOW_LOGIT = "follow_logit"
 LOG_CLICKS = "log_clicks"
+BLEND_FILE = "blend.json"  # in the serving dir, beside models/ and indexes/ (serving.serve)
 _EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 
 

@@ -62,6 +62,7 @@ from serving import model_server  # noqa: E402
 from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listener  # noqa: E402
 from serving.catalogue import (  # noqa: E402
     ItemCatalogue, read_item_frequencies, read_recent_clicks, read_user_profiles)
+from serving.blend import BLEND_FILE, Blend  # noqa: E402
 from serving.client import ModelServerClient  # noqa: E402
 from serving.httpd import (HardenedHTTPServer, HttpError, HttpLimits,  # noqa: E402
                            JsonRequestHandler, log_once)
@@ -392,6 +393,24 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
                          "stopped the others")
 
 
+def read_blend(path: str | None, serving_dir: str) -> Blend | None:
+    """The blend to rank with: `path`, else <serving_dir>/blend.json if present, else None.
+
+    Raises:
+      ValueError: a named file is missing, or a blend file is not a blend.
+    """
+    if path is None:
+        path = os.path.join(serving_dir, BLEND_FILE)
+        if not os.path.exists(path):
+            log.info("no %s: ranking by the ranker's click score alone", path)
+            return None
+    elif not os.path.exists(path):
+        raise ValueError(f"--blend {path}: no such file")
+    blend = Blend.read(path)
+    log.info("final list ranked by the blend in %s: %s", path, dict(blend.weights))
+    return blend
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="model server + recommender HTTP API")
     model_server.add_flags(parser)
@@ -419,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--follow_weight", type=float, default=0.0,
                         help="score = click + w * follow (with --ranking_model ranking_multitask)")
     parser.add_argument("--num_candidates", type=int, default=500)
+    parser.add_argument("--blend", default=None,
+                        help="final-list blend weights (serving.blend JSON; default "
+                             f"<serving_dir>/{BLEND_FILE} when it exists, else the ranker's "
+                             "click score alone)")
     parser.add_argument("--faiss_omp_threads", type=int, default=1,
                         help="OpenMP threads of a FAISS search (0 = FAISS's default). One query "
                              "per search gains nothing from a thread team, and request threads "
@@ -520,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = RecommenderSettings(ranking_model=args.ranking_model,
                                    num_candidates=args.num_candidates,
                                    follow_weight=args.follow_weight,
-                                   rules=RequestRules(max_k=args.max_k))
+                                   rules=RequestRules(max_k=args.max_k),
+                                   blend=read_blend(args.blend, serving_dir))
     recommender = Recommender(config, client, store, indexes, catalogue, settings)
     counts = (ConnectionCounts(args.balance_file, args.worker_index)
               if args.worker and args.balance_file else None)
