@@ -58,7 +58,6 @@ training seeds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import os
 import shutil
@@ -82,25 +81,24 @@ from models.faiss_index import builder as faiss_builder  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 from models.ranking import export as ranking_export  # noqa: E402
-from models import validation  # noqa: E402
-from models.recall import data, metrics, protocols, training as recall_training  # noqa: E402
+from models.recall import data, metrics, protocols  # noqa: E402
 from models.recall.evaluate import take_queries  # noqa: E402
-from serving import config_files, model_server  # noqa: E402
-from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles  # noqa: E402
-from serving.client import ModelServerClient  # noqa: E402
-from serving.blend import BLEND_FILE, CLICK_LOGIT, Blend, Group, fit_blend  # noqa: E402
-from serving.indexes import IndexSet  # noqa: E402
-from serving.recommender import (Recommender, RecommenderSettings, RowProtos,  # noqa: E402
-                                 merge_rows)
-from serving.servables import ModelManager  # noqa: E402
-from serving.store import InMemoryStore  # noqa: E402
+from serving import model_server  # noqa: E402
+from serving.blend import BLEND_FILE  # noqa: E402
+from serving.recommender import RecommenderSettings  # noqa: E402
+# The replay itself is serving code (the pipeline's BlendFitter runs it too);
+# the names stay importable from here for the bench's tests and scripts.
+from serving.replay import (BLEND_REQUESTS, FINAL_K, MODELS_CONFIG, RANKER_ONLY,  # noqa: E402,F401
+                            Replayed, ReplayRecommender, Request, build_recommender,
+                            fit_validation_blend, replay, requests_of, serving_client,
+                            subsample, target_rows)
+
+FunnelRecommender = ReplayRecommender  # the bench's earlier name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results", "funnel.json")
-MODELS_CONFIG = os.path.join(REPO, "serving_configs", "models.config")
 RANKING_MODEL = "ranking"
 TOWER_PREFIX = "user_tower_"
-FINAL_K = 50  # the final list's length: HR@50 needs 50
 KS = (10, 50)
 TOP = 10  # the cut-off of the targets and of the shares
 FINAL, MERGED = "final", "merged_candidates"
@@ -108,38 +106,11 @@ REFERENCES = ("most_popular", "als")
 SLICES = ("all", "new_users", "returning_users")
 QUICK_EVENTS, QUICK_MAX_EPOCHS, QUICK_REQUESTS = 30_000, 2, 300
 QUICK_MAX_TRAIN = 30_000  # ranking examples a quick run trains on (ranking_bench's --max_train)
-# Validation requests the blend is fitted on: a few thousand listwise groups
-# pin ~10 weights; more only lengthens the replay.
-BLEND_REQUESTS, QUICK_BLEND_REQUESTS = 3000, 300
-RANKER_ONLY = Blend(((CLICK_LOGIT, 1.0),))  # the ranker's order, with the features recorded
+QUICK_BLEND_REQUESTS = 300
 VERSION = 1
 
 
 # ---- the served world ---------------------------------------------------------
-
-class FunnelRecommender(Recommender):
-    """The serving Recommender, unchanged, keeping each request's channel lists.
-
-    `last_lists` is (lists, seen rows) of the latest request:
-    [(channel name, catalogue rows best first)] as `_recall` merges them;
-    `last_features` the blend features of its merged candidates (set when
-    the settings carry a blend). Not for concurrent requests (one replay thread).
-    """
-
-    last_lists: tuple[list[tuple[str, np.ndarray]], np.ndarray] | None = None
-    last_features: dict[str, np.ndarray] | None = None
-
-    def _channel_lists(self, row: Mapping[str, Any], history: Sequence[str],
-                       profile: Mapping[str, Any], protos: RowProtos | None = None
-                       ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
-        self.last_lists = super()._channel_lists(row, history, profile, protos)
-        return self.last_lists
-
-    def blend_features(self, merged: Any, click: np.ndarray,
-                       outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.last_features = super().blend_features(merged, click, outputs)
-        return self.last_features
-
 
 def push_recall(result: Any, name: str, export_dir: str, serving_dir: str) -> dict[str, str]:
     """Exports a trained recall model and pushes it as serving expects it.
@@ -162,20 +133,6 @@ def push_recall(result: Any, name: str, export_dir: str, serving_dir: str) -> di
     return out
 
 
-def serving_client(serving_dir: str) -> tuple[ModelServerClient, ModelManager]:
-    """An in-process client of the embedded model server over serving_dir/models.
-
-    serving_configs/models.config names the models, as for `make serve`; the
-    models this bench does not train (ranking_multitask) have no version and
-    are simply not loaded.
-    """
-    entries = config_files.read_model_config(MODELS_CONFIG, os.path.join(serving_dir, "models"))
-    manager = ModelManager(entries)
-    manager.poll_once()
-    core = model_server.ModelServerCore(manager)
-    return ModelServerClient.from_stub(model_server.InProcessStub(core)), manager
-
-
 def single_file(pattern: str | None, what: str) -> str | None:
     """The one file a raw-table glob matches (None when the dataset has no such table).
 
@@ -191,107 +148,7 @@ def single_file(pattern: str | None, what: str) -> str | None:
     return found[0]
 
 
-def build_recommender(config: fc.FeatureConfig, serving_dir: str, items_table: str,
-                      users_table: str | None, frequencies_tsv: str | None,
-                      settings: RecommenderSettings = RecommenderSettings()
-                      ) -> FunnelRecommender:
-    """The Recommender `make serve` builds, over serving_dir and the raw tables."""
-    client, _ = serving_client(serving_dir)
-    catalogue = ItemCatalogue.from_table(
-        items_table, config, read_item_frequencies(frequencies_tsv) if frequencies_tsv else None)
-    history = config.history_feature
-    store = InMemoryStore(max_clicks=history.max_len if history else config.history_max_len)
-    if users_table:
-        store.put_profiles(read_user_profiles(users_table, config))
-    indexes = IndexSet(os.path.join(serving_dir, "indexes"), [c.name for c in settings.channels])
-    return FunnelRecommender(config, client, store, indexes, catalogue, settings)
-
-
 # ---- requests ------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """One replayed /recommend: who, with what history, in which context."""
-
-    user_id: str
-    history: tuple[str, ...]
-    context: dict[str, Any]
-
-
-def _text(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
-def requests_of(queries: protocols.Queries, config: fc.FeatureConfig) -> list[Request]:
-    """The requests of time-split queries: user, history as of the request, context.
-
-    The context holds the events-sourced context features the example
-    recorded and its timestamp; profile features come from the store (the
-    users table), derived ones (hour, weekday) from the timestamp, as online.
-    """
-    context_specs = [f for f in config.features if f.field == fc.CONTEXT
-                     and f.source == fc.SOURCE_EVENTS]
-    feats = queries.features
-    out = []
-    for q in range(len(queries)):
-        context: dict[str, Any] = {spec.name: _text(feats[spec.name][q])
-                                   for spec in context_specs if spec.name in feats}
-        context[fc.TIMESTAMP_KEY] = int(feats[fc.TIMESTAMP_KEY][q])
-        out.append(Request(_text(feats[fc.USER_KEY][q]), tuple(queries.history[q]), context))
-    return out
-
-
-@dataclasses.dataclass
-class Replayed:
-    """What one request produced, as catalogue rows (best first).
-
-    Attributes:
-      final: the recommended rows [<= k].
-      final_channels: the channels of each final row.
-      channels: channel name -> its own list, seen items removed, [<= depth].
-      merged: the merged candidates in merge order (what ranking scored).
-      features: the blend features of `merged` (None without a blend).
-    """
-
-    final: np.ndarray
-    final_channels: list[tuple[str, ...]]
-    channels: dict[str, np.ndarray]
-    merged: np.ndarray
-    features: dict[str, np.ndarray] | None = None
-
-    def ranked_by(self, blend: Blend, k: int = FINAL_K) -> np.ndarray:
-        """The top-k merged rows by another blend of the same features (stable, as recommend)."""
-        if self.features is None or not len(self.merged):
-            return self.merged[:0]
-        return self.merged[np.argsort(-blend.score(self.features), kind="stable")[:k]]
-
-
-def replay(recommender: FunnelRecommender, request: Request, k: int = FINAL_K,
-           depth: int = FINAL_K) -> Replayed:
-    """Serves one request through Recommender.recommend and keeps every stage.
-
-    The user's history as of the request is written to the store first (what
-    the click stream would have put there); recommend then reads it as it does
-    online.
-
-    Args:
-      recommender: the served recommender.
-      request: the request.
-      k: final list length.
-      depth: rows kept of each channel's own list.
-    """
-    recommender.store.set_clicks(request.user_id, list(request.history))
-    recommender.last_lists = recommender.last_features = None
-    recs = recommender.recommend(request.user_id, request.context, k)
-    final = recommender.catalogue.rows([r.item_id for r in recs])
-    lists, seen_rows = recommender.last_lists or ([], np.zeros(0, np.int64))
-    merged = merge_rows(lists, seen_rows, recommender.settings.num_candidates).rows
-    own = {}
-    for name, rows in lists:
-        keep = rows[(rows >= 0) & ~np.isin(rows, seen_rows)]
-        own[name] = keep[:depth]
-    return Replayed(final, [r.channels for r in recs], own, merged, recommender.last_features)
-
 
 def topk_matrix(lists: Sequence[np.ndarray], width: int) -> np.ndarray:
     """Ragged row lists -> int64 [Q, width], -1 padded (metrics.evaluate's layout)."""
@@ -303,13 +160,6 @@ def topk_matrix(lists: Sequence[np.ndarray], width: int) -> np.ndarray:
 
 
 # ---- figures ------------------------------------------------------------------
-
-def target_rows(queries: protocols.Queries, item_ids: Sequence[str]) -> list[np.ndarray]:
-    """Each query's target rows; targets outside the catalogue get rows past it (always missed)."""
-    index = {x: i for i, x in enumerate(item_ids)}
-    return [np.array([index.get(t, len(item_ids) + j) for j, t in enumerate(ts)], np.int64)
-            for ts in queries.targets]
-
 
 def hits_at(topk: np.ndarray, targets: Sequence[np.ndarray], k: int) -> np.ndarray:
     """bool [Q]: a target in the first k rows."""
@@ -428,71 +278,6 @@ def reference_topk(train: data.Arrays, queries: protocols.Queries, config: fc.Fe
 
 # ---- the blend ----------------------------------------------------------------
 
-def write_click_counts(arrays: data.Arrays, config: fc.FeatureConfig, path: str) -> str:
-    """item_frequencies.tsv's layout (item_id, impressions, clicks) counted from retrieval examples.
-
-    Retrieval examples are clicks, one each; impressions are not known here
-    and written as 0 (the catalogue reads the clicks column only).
-    """
-    ids, counts = np.unique([_text(x) for x in arrays[config.item_id_feature.name]],
-                            return_counts=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("item_id\timpressions\tclicks\n")
-        f.writelines(f"{i}\t0\t{int(c)}\n" for i, c in zip(ids.tolist(), counts.tolist()))
-    return path
-
-
-def hr_at(lists: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int = TOP) -> float:
-    """Share of requests with a target in the first k rows of its list."""
-    return float(np.mean([bool(np.isin(rows[:k], t).any()) for rows, t in zip(lists, targets)]))
-
-
-def fit_final_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
-                    items_table: str, users_table: str | None, work: str, requests: int,
-                    seed: int, log=print) -> tuple[Blend, dict[str, Any]]:
-    """Fits the final-list blend on requests replayed from the validation period.
-
-    The validation period is the recall trainers' own carve (the latest
-    models.validation.DEFAULT_VALIDATION_FRACTION of Split-train's time span):
-    the served models did not train on it, and the eval split is not read.
-    Its requests are served exactly as eval ones, with the ranker's order
-    (RANKER_ONLY) and every candidate's blend features recorded; the item
-    popularity the features see is counted from the clicks before the
-    validation period, so no validation click inflates its own item's count.
-
-    Returns:
-      (the blend, its record: weights, likelihoods, validation HR@10 of the
-      ranker's order, the blend's (in-sample) and each channel's).
-    """
-    carve = recall_training.carve_validation(train, validation.DEFAULT_VALIDATION_FRACTION,
-                                             "funnel blend")
-    queries = subsample(protocols.time_split(carve.validation, config), requests, seed)
-    counts = write_click_counts(carve.fit, config, os.path.join(work, "fit_item_frequencies.tsv"))
-    recommender = build_recommender(config, serving_dir, items_table, users_table, counts,
-                                    RecommenderSettings(blend=RANKER_ONLY))
-    t0 = time.time()
-    replayed = [replay(recommender, request) for request in requests_of(queries, config)]
-    targets = target_rows(queries, recommender.catalogue.ids)
-    groups = [Group(r.features, np.isin(r.merged, t)) for r, t in zip(replayed, targets)
-              if r.features is not None]
-    names = sorted({name for g in groups for name in g.features})
-    blend = fit_blend(groups, names, provenance={
-        "validation_cutoff": carve.cutoff, "popularity": "clicks before the validation cutoff"})
-    channels = sorted({name for r in replayed for name in r.channels})
-    record = {
-        "weights": dict(blend.weights), **blend.fitted,
-        "replay_seconds": time.time() - t0,
-        f"validation_hr@{TOP}": {
-            "ranker_only": hr_at([r.final for r in replayed], targets),
-            "blend_in_sample": hr_at([r.ranked_by(blend) for r in replayed], targets),
-            "merge_order": hr_at([r.merged for r in replayed], targets),
-            **{f"channel:{c}": hr_at([r.channels.get(c, np.zeros(0, np.int64))
-                                      for r in replayed], targets) for c in channels}}}
-    log(f"blend fitted on {len(groups)} validation requests: validation HR@{TOP} "
-        f"{record[f'validation_hr@{TOP}']}")
-    return blend, record
-
-
 # ---- one dataset -------------------------------------------------------------
 
 def train_ranker(examples_dir: str, config: fc.FeatureConfig, vocabularies: Any, seed: int,
@@ -511,14 +296,6 @@ def train_ranker(examples_dir: str, config: fc.FeatureConfig, vocabularies: Any,
             "epochs_run": stopping["epochs_run"], "monitor": stopping["monitor"],
             "best_validation": stopping["best_value"], "validation_cutoff": cutoff,
             "fit_examples": data.num_rows(fit), "validation_examples": data.num_rows(val)}
-
-
-def subsample(queries: protocols.Queries, limit: int | None, seed: int) -> protocols.Queries:
-    """Queries with a target, at most `limit` of them (a seeded sample, in order)."""
-    rows = np.flatnonzero([len(t) > 0 for t in queries.targets])
-    if limit and len(rows) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
-    return take_queries(queries, rows)
 
 
 def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any]:
@@ -560,7 +337,7 @@ def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any
         f"{training['nfwfm']['epochs_run']} ({training['nfwfm']['seconds']:.0f}s)")
 
     items_table, users_table = single_file(raw.items, "items"), single_file(raw.users, "users")
-    blend, blend_record = fit_final_blend(
+    blend, blend_record = fit_validation_blend(
         train, config, serving_dir, items_table, users_table, root,
         args.blend_requests, args.seed, lambda m: log(f"[{name}] {m}"))
     with open(os.path.join(serving_dir, BLEND_FILE), "w", encoding="utf-8") as f:
