@@ -73,3 +73,11 @@ class DataAnomalies(artifact.Artifact):
     `blessed` (1: pushes may go), `num_anomalies`, `num_blocking`, `reason`."""
 
     TYPE_NAME = "feedrec.DataAnomalies"
+
+
+class FinalBlend(artifact.Artifact):
+    """The final-list blend (serving.blend): <uri>/blend.json and <uri>/fit.json;
+    custom properties `published` (0/1), `published_path` (<serving_dir>/blend.json)
+    and `reason`."""
+
+    TYPE_NAME = "feedrec.FinalBlend"

@@ -14,6 +14,9 @@
       -> recall (optional, per model): RecallTrainer -> ServingValidator(user tower)
            -> Pusher <serving_dir>/models/user_tower_<name>/<version>/
            -> FaissIndexBuilder <serving_dir>/indexes/<name>/<version>/
+      -> BlendFitter (after every push; items table given, recall on): replays
+           validation-period requests through the served models and publishes
+           the final-list blend <serving_dir>/blend.json (serving.blend)
       -> PipelineReporter <serving_dir>/reports/<time>/report.md
 
 Nothing here reads the environment or builds a path from a convention other
@@ -37,6 +40,7 @@ from tfx.proto import pusher_pb2
 from feature_contract import feature_config as fc
 from feature_contract.dataset import Dataset
 from components import eval_config
+from components.blend_fitter import BlendFitter
 from components.blessing import RankingGate
 from components.example_gen import ClickLogExampleGen
 from components.faiss_builder import FaissIndexBuilder
@@ -123,7 +127,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     validation_examples: int = 64,
                     data_checks: ValidationConfig | None = ValidationConfig(),
                     drift_baseline: str = PREVIOUS_DATA,
-                    training_cluster: str = "") -> tfx_pipeline.Pipeline:
+                    training_cluster: str = "",
+                    blend_requests: int = 3000) -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -152,6 +157,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         recall model under ParameterServerStrategy with sharded embedding
         tables (item2vec and youtubenet have no cluster trainer and stay in
         process).
+      blend_requests: validation requests BlendFitter replays at most to fit
+        the final-list blend.
 
     Returns:
       The tfx Pipeline.
@@ -278,6 +285,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                               f"{model}_pushed": pusher.outputs["pushed_model"],
                               f"{model}_index": index.outputs["pushed_index"]})
 
+    if recall.models and dataset.items:
+        # After every push: the blend is fitted to what is served now.
+        components.append(BlendFitter(
+            retrieval_examples=example_gen.outputs["retrieval_examples"], vocabulary=vocabulary,
+            serving_dir=serving_dir, items=dataset.items, users=dataset.users or "",
+            num_requests=blend_requests, ranking_pushed=report_inputs["candidate_pushed"],
+            **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models}))
     components.append(PipelineReporter(publish_dir=os.path.join(serving_dir, "reports"),
                                        **report_inputs))
     return tfx_pipeline.Pipeline(

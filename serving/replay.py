@@ -220,8 +220,9 @@ def hr_at(lists: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int = T
 
 
 def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
-                    items_table: str, users_table: str | None, work: str, requests: int,
-                    seed: int, log=print) -> tuple[Blend, dict[str, Any]]:
+                         items_table: str, users_table: str | None, work: str,
+                         requests: int = BLEND_REQUESTS, seed: int = 0, log=print
+                         ) -> tuple[Blend, dict[str, Any]]:
     """Fits the final-list blend on requests replayed from the validation period.
 
     The validation period is the recall trainers' own carve (the latest

@@ -1,0 +1,125 @@
+"""BlendFitter: fits the final-list blend on validation requests and publishes it.
+
+Runs after the pushers and index builders, against what is served now:
+<serving_dir>/models (the ranker and the user towers) and
+<serving_dir>/indexes. Requests from the validation period (the latest
+models.validation.DEFAULT_VALIDATION_FRACTION of the retrieval Split-train's
+time span; the eval split is never read) are replayed through
+serving.recommender.Recommender exactly as `make serve` answers them
+(serving.replay), and the blend's weights are fitted to those requests'
+next clicks (serving.blend.fit_blend). The result is published atomically as
+<serving_dir>/blend.json, which serving.serve ranks with. Why a blend: the
+ranker estimates P(click | impression), the replayed next click also follows
+the recall channels' evidence and exposure; bench.funnel_bench measures the
+difference (README "Measured results").
+
+Nothing is published (and the reason recorded) when no ranking model is
+served yet, when the raw items table is not exactly one file (the serving
+catalogue reads one), or when no validation request has its target among the
+candidates; an earlier blend.json then stays, as an earlier model version does.
+"""
+
+import json
+import os
+import tempfile
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from components.artifacts import FeatureVocabulary, FinalBlend, PushedIndex
+
+PUBLISHED_KEY, PATH_KEY, REASON_KEY = "published", "published_path", "reason"
+RANKING_SERVED_NAME = "ranking"
+FIT_FILE = "fit.json"
+
+
+def single_table(pattern: str) -> str | None:
+    """The one file a raw-table glob matches, or None (none, or several)."""
+    import glob
+    found = sorted(glob.glob(pattern)) if pattern else []
+    return found[0] if len(found) == 1 else None
+
+
+def publish(text: str, path: str) -> None:
+    """Writes `path` atomically: a reader sees the old file or the new one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".blend-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _refuse(blend: FinalBlend, reason: str) -> None:
+    blend.set_int_custom_property(PUBLISHED_KEY, 0)
+    blend.set_string_custom_property(REASON_KEY, reason)
+
+
+@component
+def BlendFitter(  # noqa: N802
+        retrieval_examples: InputArtifact[standard_artifacts.Examples],
+        vocabulary: InputArtifact[FeatureVocabulary],
+        blend: OutputArtifact[FinalBlend],
+        serving_dir: Parameter[str],
+        items: Parameter[str],
+        users: Parameter[str] = "",
+        num_requests: Parameter[int] = 3000,
+        seed: Parameter[int] = 0,
+        ranking_pushed: InputArtifact[standard_artifacts.PushedModel] = None,
+        item2vec_index: InputArtifact[PushedIndex] = None,
+        youtubenet_index: InputArtifact[PushedIndex] = None,
+        two_tower_index: InputArtifact[PushedIndex] = None):
+    """Fits and publishes <serving_dir>/blend.json.
+
+    Args:
+      retrieval_examples: ClickLogExampleGen's retrieval examples (Split-train
+        holds the validation period).
+      vocabulary: its vocabularies and feature_config.yaml.
+      blend: blend.json and fit.json (weights, likelihoods, validation HR@10
+        of the ranker's order, the blend and each channel); `published`,
+        `published_path`, `reason`.
+      serving_dir: the serving layout the pushers and index builders write.
+      items, users: the raw tables (globs) the serving catalogue and profiles
+        are read from.
+      num_requests: validation requests replayed at most (a seeded sample).
+      seed: the sample's seed.
+      ranking_pushed, *_index: the pushes this step must follow (their
+        outcome is read from serving_dir itself: an earlier version serves
+        when this run's was not pushed).
+    """
+    from feature_contract import feature_config as fc
+    from models import inputs
+    from models.recall import data
+    from serving.blend import BLEND_FILE
+    from serving.replay import fit_validation_blend
+
+    del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
+    ranking_dir = os.path.join(serving_dir, "models", RANKING_SERVED_NAME)
+    if not os.path.isdir(ranking_dir) or not any(v.isdigit() for v in os.listdir(ranking_dir)):
+        _refuse(blend, f"no ranking model served under {ranking_dir}: nothing to blend")
+        return
+    items_table = single_table(items)
+    if items_table is None:
+        _refuse(blend, f"the items glob {items!r} is not exactly one file; the serving "
+                       "catalogue reads one")
+        return
+    config = fc.load(os.path.join(vocabulary.uri, "feature_config.yaml"))
+    train = data.load_examples(inputs.split_pattern(retrieval_examples.uri, fc.TRAIN), config,
+                               fc.RETRIEVAL)
+    try:
+        fitted, record = fit_validation_blend(
+            train, config, serving_dir, items_table, single_table(users), blend.uri,
+            num_requests, seed, log=print)
+    except ValueError as err:  # no usable validation request
+        _refuse(blend, f"blend not fitted: {err}")
+        return
+    text = fitted.to_json()
+    with open(os.path.join(blend.uri, BLEND_FILE), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(blend.uri, FIT_FILE), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    path = os.path.join(serving_dir, BLEND_FILE)
+    publish(text, path)
+    blend.set_int_custom_property(PUBLISHED_KEY, 1)
+    blend.set_string_custom_property(PATH_KEY, path)
+    blend.set_string_custom_property(REASON_KEY, "published")
