@@ -120,8 +120,17 @@ class RecallIndex:
             return self._vectors
 
     def mean_vector(self, item_ids: Sequence[str]) -> np.ndarray | None:
-        """Mean vector of the known items ([1, dim]) or None when none is known."""
+        """Mean vector of the known items ([1, dim]) or None when none is known.
+
+        `item_ids` is oldest first. When the index metadata carries the
+        model's `recent_clicks` N (Item2vec), only the last N known items are
+        averaged: the rule the model's own user tower applies in training
+        and evaluation (models.item2vec.model.MeanHistoryTower).
+        """
         rows = [self.row[i] for i in item_ids if i in self.row]
+        recent = self.metadata.get("recent_clicks")
+        if recent:
+            rows = rows[-int(recent):]
         if not rows:
             return None
         return self.item_vectors()[rows].mean(axis=0, keepdims=True)

@@ -211,6 +211,11 @@ def build_from_vectors(ids: Sequence[str], vectors: np.ndarray, base_dir: str, n
             "params": params, f"recall@{k}": recall, "recall_k": k,
             "target_recall": options.target_recall, "target_reached": reached,
             "tuning_queries": int(len(queries)), "tuning_trace": trace}
+        if "recent_clicks" in source:
+            # Item2vec's user-vector rule (mean of the last N known clicks):
+            # the recommender computes that vector from the index, so the
+            # index must carry N or serving averages a different history.
+            metadata["recent_clicks"] = int(source["recent_clicks"])
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
         os.rename(tmp, final)

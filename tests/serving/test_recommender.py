@@ -226,6 +226,23 @@ def test_item_vectors_reconstructed_without_embeddings_file(tmp_path):
     assert ids == [["b", "a"]]
 
 
+def test_item2vec_mean_uses_the_models_recent_clicks(tmp_path):
+    from models.faiss_index import builder
+    from models.recall import artifacts
+    from serving.indexes import load_index
+    vectors = np.eye(4, dtype=np.float32)
+    embeddings = artifacts.write_item_embeddings(
+        str(tmp_path / "emb"), ["a", "b", "c", "d"], vectors, "item2vec", normalized=True,
+        extra={"recent_clicks": 2})
+    index = load_index(builder.build_index(embeddings, str(tmp_path / "indexes"), "item2vec",
+                                           version=1))
+    assert index.metadata["recent_clicks"] == 2
+    # Oldest first; "zzz" is unknown and skipped: the last two known are c and d.
+    np.testing.assert_allclose(index.mean_vector(["a", "b", "zzz", "c", "d", "zzz"]),
+                               [[0, 0, 0.5, 0.5]])
+    np.testing.assert_allclose(index.mean_vector(["b"]), [[0, 1, 0, 0]])
+
+
 def test_new_ranking_version_is_used_without_restart(tmp_path, world, config, catalogue):
     from serving import config_files, model_server
     from serving.client import ModelServerClient
