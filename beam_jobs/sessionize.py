@@ -158,6 +158,12 @@ TIMES_TAG, ITEM_IDS_TAG = "train_times", "item_ids"
 # runner element (and one TFRecord framing call) per ~16k examples instead
 # of one per user and kind, while bounding the memory held (~5 MB).
 EXAMPLE_FLUSH_SIZE = 16_384
+# ParseEvents holds parsed events until this many are pending, then emits
+# one blob per user (0: after every input batch, the job's earlier path).
+# One element per user and input batch was ~57k shuffle elements per 1M
+# synthetic events at 4,096 records a batch; 262,144 pending events (~60 MB
+# of tuples held) make it ~25k, about one per user.
+GROUP_FLUSH_EVENTS = 262_144
 
 
 class SessionizeError(ValueError):
@@ -316,9 +322,12 @@ _MARSHAL_VERSION = 4
 
 
 class _ParseEventsFn(_CountingDoFn):
-    """Batch of raw events -> (user, encoded [events]) per user in the batch.
+    """Batches of raw events -> (user, encoded [events]) per user and flush.
 
-    Also emits, once per bundle, (user, (min ts, max ts)) over the events whose
+    Parsed events are held per user until GROUP_FLUSH_EVENTS are pending (and
+    at the end of the bundle), then emitted as one blob per user: fewer,
+    larger elements through the GroupByUser shuffle than one per user and
+    input batch. Also emits, once per bundle, (user, (min ts, max ts)) over the events whose
     item is in the items table (SPAN_TAG): joined with the users table these
     give the accepted time span (duplicates never move it) without waiting
     for the per-user pass.
@@ -340,28 +349,42 @@ class _ParseEventsFn(_CountingDoFn):
         self._spans: dict[str, list[float]] = {}
         self._times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
         self._item_ids: set[str] = set()
+        # user -> parsed events not emitted yet, in arrival order.
+        self._pending: collections.defaultdict[str, list] = collections.defaultdict(list)
+        self._pending_events = 0
+        self._known_items: Mapping[str, Any] | None = None
 
     def process(self, element: Any, items_blob: bytes | None = None) -> Iterator[Any]:
         # Without an items table (items_blob None) every item is known.
         items = self._items.get(items_blob) if items_blob is not None else None
+        self._known_items = items
         records = _records(element)
+        by_user: dict[str, bytes] = {}
         with _gc_paused():
             parsed, rejected = self._parser.parse_batch(records)
-            by_user = self._group_by_user(parsed, items)
+            pending = self._pending
+            for user, event in parsed:
+                pending[user].append(event)
+            self._pending_events += len(parsed)
+            if self._pending_events >= GROUP_FLUSH_EVENTS:
+                by_user = self._group_by_user()
         for rej, record in rejected:
             self._counts[f"events.dead_letter.{rej.reason}"] += 1
             yield TaggedOutput(DEAD_LETTER_TAG, _dead_letter(rej.reason, EVENTS, record))
         self._counts["events.read"] += len(records)
         yield from by_user.items()
 
-    def _group_by_user(self, parsed: list[tuple],
-                       items: Mapping[str, Any] | None) -> dict[str, bytes]:
-        """user -> encoded events of the batch; updates the bundle's spans."""
-        by_user: collections.defaultdict[str, list] = collections.defaultdict(list)
-        for user, event in parsed:
-            by_user[user].append(event)
+    def _group_by_user(self) -> dict[str, bytes]:
+        """user -> encoded pending events, emptying them; updates the bundle's spans.
+
+        Users come in the order of their first pending event, so the
+        shuffle sees new users in input order whatever the flush size.
+        """
+        by_user, self._pending = self._pending, collections.defaultdict(list)
+        self._pending_events = 0
+        items = self._known_items
         if self._emit_item_ids:
-            self._item_ids.update(event[2] for _, event in parsed)
+            self._item_ids.update(event[2] for events in by_user.values() for event in events)
         spans = self._spans
         for user, events in by_user.items():
             known = [event[0] for event in events if items is None or event[2] in items]
@@ -380,6 +403,10 @@ class _ParseEventsFn(_CountingDoFn):
         return {user: marshal.dumps(events, _MARSHAL_VERSION) for user, events in by_user.items()}
 
     def finish_bundle(self) -> Iterator[Any]:
+        with _gc_paused():
+            by_user = self._group_by_user()
+        for user_blob in by_user.items():
+            yield _global(user_blob)
         yield from super().finish_bundle()
         for user, (lo, hi) in self._spans.items():
             times = splits.pack_times(self._times[user]) if self._keep_times else b""

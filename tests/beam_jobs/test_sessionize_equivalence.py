@@ -1,8 +1,10 @@
-"""The batched BuildExamples output path writes exactly the per-user path's files.
+"""The batched paths of the job write exactly the per-user / per-batch path's files.
 
 BuildExamples buffers a bundle's examples and emits one list per example kind
 and split (`sessionize.EXAMPLE_FLUSH_SIZE`); with the size 0 it emits each
-user's lists at once, the path the job had before. Both runs read the same
+user's lists at once, the path the job had before. ParseEvents holds parsed
+events per user until `sessionize.GROUP_FLUSH_EVENTS` are pending; with 0 it
+emits one blob per user and input batch, as before. All runs read the same
 synthetic log (with bad rows, so dead letters are compared too) and must
 leave byte-identical output trees: examples, items, vocabularies, item
 frequencies, summary.json and dead letters.
@@ -21,8 +23,9 @@ from feature_contract import feature_config as fc
 from beam_jobs import sessionize, synthetic
 
 
-def run_job(raw, config_path, out, monkeypatch, flush_size):
+def run_job(raw, config_path, out, monkeypatch, flush_size, group_flush=0):
     monkeypatch.setattr(sessionize, "EXAMPLE_FLUSH_SIZE", flush_size)
+    monkeypatch.setattr(sessionize, "GROUP_FLUSH_EVENTS", group_flush)
     sessionize.run(["--config", str(config_path),
                     "--events", str(raw / "events.jsonl.gz"),
                     "--users", str(raw / "users.jsonl.gz"),
@@ -56,9 +59,10 @@ def test_batched_outputs_equal_the_per_user_path_byte_for_byte(raw_log, tmp_path
                                                                monkeypatch):
     raw, config_path = raw_log
     run_job(raw, config_path, tmp_path / "per_user", monkeypatch, 0)
-    # 500 flushes several times inside a bundle; the default flushes at the end.
-    run_job(raw, config_path, tmp_path / "small", monkeypatch, 500)
-    run_job(raw, config_path, tmp_path / "default", monkeypatch, 16_384)
+    # 500 examples / 1,500 events flush several times inside a bundle (the
+    # input batches hold 700 records); the defaults flush at the end.
+    run_job(raw, config_path, tmp_path / "small", monkeypatch, 500, 1_500)
+    run_job(raw, config_path, tmp_path / "default", monkeypatch, 16_384, 262_144)
     reference = tree(tmp_path / "per_user")
     assert any(p.startswith(f"{fc.RANKING}/") for p in reference)
     assert any(p.startswith("dead_letter/") for p in reference)
