@@ -37,8 +37,9 @@ from tfx.utils import path_utils
 from feature_contract import feature_config as fc
 from components import eval_config
 from components import statistics
-from components.artifacts import (DataAnomalies, PipelineReport, PushedIndex, SessionizeSummary,
-                                  TrainingMetrics)
+from components.blend_fitter import FIT_FILE
+from components.artifacts import (DataAnomalies, FinalBlend, PipelineReport, PushedIndex,
+                                  SessionizeSummary, TrainingMetrics)
 from components.example_gen import SUMMARY_FILE
 from components.serving_validator import read_serialized_examples
 from components.trainer import read_metrics
@@ -214,6 +215,40 @@ def funnel_rows(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+BLEND_DATASET = "this run (validation requests)"
+
+
+def blend_rows(fit: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """BlendFitter's fit.json as funnel rows: validation HR@10 of each order it replayed.
+
+    The blend's own figure is in sample (its weights were fitted on these
+    requests); the ranker's order, the merge order and each channel's list
+    are not fitted to them.
+    """
+    figures = fit.get("validation_hr@10") or {}
+    named = [("final (blend, in sample)", "final", "blend_in_sample"),
+             ("merged, ranker order", "merged", "ranker_only"),
+             ("merged, merge order", "merged", "merge_order")]
+    named += [(key.split(":", 1)[1], "channel", key) for key in sorted(figures)
+              if key.startswith("channel:")]
+    return [{"list": name, "kind": kind, "hr@10": figures.get(key), "ndcg@10": None,
+             "hr@50": None, "share": None} for name, kind, key in named if key in figures]
+
+
+def blend_lines(blend: Any) -> list[str]:
+    """What BlendFitter did: published where with which weights, or why not."""
+    if blend.get_int_custom_property("published") != 1:
+        return [f"not published: {blend.get_string_custom_property('reason')}"]
+    with tf.io.gfile.GFile(os.path.join(blend.uri, FIT_FILE)) as f:
+        fit = json.load(f)
+    weights = ", ".join(f"{name} {_fmt(w)}" for name, w in sorted(fit.get("weights", {}).items()))
+    return [f"published to {blend.get_string_custom_property('published_path')}",
+            f"fitted on {fit.get('requests_used')} of {fit.get('requests')} validation requests "
+            f"(mean log-likelihood {_fmt(fit.get('mean_log_likelihood'))} vs uniform "
+            f"{_fmt(fit.get('uniform_log_likelihood'))})",
+            f"weights: {weights}"]
+
+
 def funnel_targets(results: Mapping[str, Any]) -> list[str]:
     """One line per target a funnel replay checked, met or not, with its figures."""
     lines = []
@@ -326,7 +361,7 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
             ax.barh(where, [r["hr@10"] for r in rows], color=[colors[r["kind"]] for r in rows])
             ax.set_yticks(where, [r["list"] for r in rows], fontsize=7)
             ax.invert_yaxis()  # the final list on top
-            ax.set_xlabel("HR@10 (time-split eval requests)")
+            ax.set_xlabel("HR@10 (replayed requests)")
             ax.set_title(dataset, fontsize=9)
         save(fig, "funnel_hr_at_10.png",
              "Funnel replay: HR@10 of the final list, each channel's own list and references")
@@ -440,8 +475,12 @@ def render(sections: Mapping[str, Any]) -> str:
         lines += [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
                   for name, m in sections["recall"].items() if any(k in m for k in keys)]
         lines.append("")
+    if sections.get("blend"):
+        lines += ["## Final-list blend (BlendFitter)", ""]
+        lines += [f"- {text}" for text in sections["blend"]]
+        lines.append("")
     if sections.get("funnel"):
-        lines += ["## Funnel replay (eval requests through the Recommender)", "",
+        lines += ["## Funnel replay (requests through the Recommender)", "",
                   "| dataset | list | " + " | ".join(FUNNEL_METRICS) + " | share of final top 10 |",
                   "| --- | --- |" + " --- |" * (len(FUNNEL_METRICS) + 1)]
         lines += [f"| {dataset} | {r['list']} | " + " | ".join(_fmt(r[m]) for m in FUNNEL_METRICS)
@@ -532,13 +571,16 @@ def PipelineReporter(  # noqa: N802
         youtubenet_index: InputArtifact[PushedIndex] = None,
         two_tower_index: InputArtifact[PushedIndex] = None,
         data_anomalies: InputArtifact[DataAnomalies] = None,
+        final_blend: InputArtifact[FinalBlend] = None,
         max_roc_examples: Parameter[int] = 20000,
         funnel_results: Parameter[str] = ""):
     """Writes report.md + PNGs to the artifact and to <publish_dir>/<unix time>/.
 
     Every input is optional: the report covers the steps the pipeline enabled.
     `funnel_results` is a funnel replay's JSON (bench.funnel_bench); a path
-    that does not exist leaves the funnel section out.
+    that does not exist leaves the funnel section out. `final_blend` adds
+    what BlendFitter published and, as the funnel's "this run" panel, the
+    validation HR@10 of each order it replayed.
     """
     sections: dict[str, Any] = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if summary is not None and tf.io.gfile.exists(os.path.join(summary.uri, SUMMARY_FILE)):
@@ -613,6 +655,12 @@ def PipelineReporter(  # noqa: N802
             replay = json.load(f)
         funnel = funnel_rows(replay)
         sections["funnel"], sections["funnel_targets"] = funnel, funnel_targets(replay)
+    if final_blend is not None:
+        sections["blend"] = blend_lines(final_blend)
+        if final_blend.get_int_custom_property("published") == 1:
+            with tf.io.gfile.GFile(os.path.join(final_blend.uri, FIT_FILE)) as f:
+                funnel = {BLEND_DATASET: blend_rows(json.load(f)), **funnel}
+            sections["funnel"] = funnel
     sections["plots"] = _plots(report.uri, {n: m for n, m in ranking.values()}, rocs, recall,
                                sigmas, funnel)
     with tf.io.gfile.GFile(os.path.join(report.uri, REPORT_FILE), "w") as f:

@@ -287,11 +287,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
 
     if recall.models and dataset.items:
         # After every push: the blend is fitted to what is served now.
-        components.append(BlendFitter(
+        blend_fitter = BlendFitter(
             retrieval_examples=example_gen.outputs["retrieval_examples"], vocabulary=vocabulary,
             serving_dir=serving_dir, items=dataset.items, users=dataset.users or "",
             num_requests=blend_requests, ranking_pushed=report_inputs["candidate_pushed"],
-            **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models}))
+            **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models})
+        components.append(blend_fitter)
+        report_inputs["final_blend"] = blend_fitter.outputs["blend"]
     components.append(PipelineReporter(publish_dir=os.path.join(serving_dir, "reports"),
                                        **report_inputs))
     return tfx_pipeline.Pipeline(

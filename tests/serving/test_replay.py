@@ -132,3 +132,42 @@ def test_component_refuses_a_sharded_items_table(config, world, serving_dir, pla
     assert out.get_int_custom_property("published") == 0
     assert out.get_string_custom_property("reason") == (
         f"the items glob {pattern!r} is not exactly one file; the serving catalogue reads one")
+
+
+def test_report_shows_the_published_blend_and_its_validation_figures(
+        config, world, serving_dir, planted, tmp_path, monkeypatch):
+    from components import report
+    from components.artifacts import PipelineReport
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch)
+    fit = json.load(open(os.path.join(out.uri, blend_fitter.FIT_FILE)))
+    rows = report.blend_rows(fit)
+    assert [(r["list"], r["kind"]) for r in rows][:3] == [
+        ("final (blend, in sample)", "final"), ("merged, ranker order", "merged"),
+        ("merged, merge order", "merged")]
+    assert {r["list"] for r in rows[3:]} == {"item2vec", "two_tower", "youtubenet"}
+    artifact = new_artifact(PipelineReport, str(tmp_path), "report")
+    executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
+                                         final_blend=out)
+    text = open(os.path.join(artifact.uri, "report.md")).read()
+    assert f"- published to {serving_dir}/blend.json" in text
+    assert "- fitted on 20 of 20 validation requests" in text
+    assert ("| this run (validation requests) | final (blend, in sample) | 1.0000 | - | - | - |"
+            in text)
+    assert ("| this run (validation requests) | two_tower | 1.0000 | - | - | - |" in text)
+    with open(os.path.join(artifact.uri, "funnel_hr_at_10.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_says_why_no_blend_was_published(config, world, serving_dir, planted, tmp_path,
+                                                monkeypatch):
+    from components import report
+    from components.artifacts import PipelineReport
+    shutil.rmtree(os.path.join(serving_dir, "models", "ranking"))
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch)
+    artifact = new_artifact(PipelineReport, str(tmp_path), "report")
+    executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
+                                         final_blend=out)
+    text = open(os.path.join(artifact.uri, "report.md")).read()
+    assert (f"- not published: no ranking model served under {serving_dir}/models/ranking: "
+            "nothing to blend") in text
+    assert "this run (validation requests)" not in text
