@@ -25,6 +25,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -88,6 +89,23 @@ class _RssSampler:
         self._thread.join()
 
 
+def _dirty_paths() -> list[str] | None:
+    """Tracked files that differ from HEAD when the run starts (None outside git).
+
+    On a shared checkout the commit is often "-dirty" from other work in
+    progress; the list shows whether any of it is code this bench runs
+    (beam_jobs/, feature_contract/, bench/).
+    """
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True,
+            capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sorted(line[3:] for line in status.splitlines() if line.strip())
+
+
 def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 0) -> dict[str, Any]:
     data_dir = os.path.join(work_dir, "data")
     out_dir = os.path.join(work_dir, "out")
@@ -102,6 +120,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
             "--output_dir", out_dir] + beam_args
     # Before the run: the code measured (with "-dirty" if tracked files differ).
     commit = stats.git_commit()
+    dirty_paths = _dirty_paths()
     load_before = os.getloadavg()
     cpu_before = os.times()
     start = time.perf_counter()
@@ -121,6 +140,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
     return {
         "benchmark": "sessionize",
         "commit": commit,
+        "dirty_paths": dirty_paths,
         "command": "python -m bench.sessionize_bench " + " ".join(beam_args),
         "runner": "DirectRunner",
         "beam_args": beam_args,

@@ -137,3 +137,25 @@ def test_tfrecord_frames_equal_tensorflows_writer_byte_for_byte(tmp_path):
     assert raw_io.tfrecord_frames([]) == b""
     read_back = [r.numpy() for r in tf.data.TFRecordDataset(path)]
     assert read_back == records
+
+
+def test_jsonl_batches_hold_iter_records_lines_in_order_in_full_batches(monkeypatch):
+    """Chunk-wise batching keeps exactly iter_records' lines: blank and
+    whitespace-only lines dropped, a last line without newline kept, lines
+    split across read chunks joined, every batch full but the last."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(300):
+        parts = [rng.choice([b"", b" ", b"\t", b'{"a":1}', b"x" * rng.randint(1, 50), b" y "])
+                 for _ in range(rng.randint(0, 60))]
+        data = b"\n".join(parts) + rng.choice([b"", b"\n", b"\n\n", b" "])
+        batch_size = rng.randint(1, 7)
+        monkeypatch.setattr(raw_io, "_READ_CHUNK_BYTES", rng.randint(1, 40))
+        want = list(raw_io.iter_records(io.BytesIO(data), raw_io.JSONL))
+        got = list(raw_io._iter_jsonl_batches(io.BytesIO(data), batch_size))
+        assert [line for batch in got for line in batch] == want
+        assert all(len(batch) == batch_size for batch in got[:-1])
+        assert all(got)  # no empty batch
+    got = list(raw_io._iter_jsonl_batches(io.BytesIO(b'{"a":1}\n \n{"b":2}\n{"c":3}'), 2))
+    assert got == [[b'{"a":1}', b'{"b":2}'], [b'{"c":3}']]
