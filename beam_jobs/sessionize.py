@@ -92,6 +92,21 @@ Issue #15: BuildExamples emits a bundle's examples as one list per kind and
 split per EXAMPLE_FLUSH_SIZE events (was one per user and kind), and run()
 memoizes Beam's get_dofn_specs (_memoized_dofn_specs): 200k events, same
 conditions, 11.7-13.9 -> 9.5-9.7 CPU-s, outputs byte-identical (test).
+Second #15 round (1M events on the shared machine, back to back: 42.6 ->
+37.4 CPU-s from the first two): the GC's young-generation threshold raised
+for the run (`_gc_thresholds`: 1,637 young collections and 2.7 CPU-s of GC
+per 1M events -> 18 and 0.6 s, measured with gc.callbacks); Beam's
+PipelineOptions.view_as memoized (`_memoized_view_as`); ParseEvents holds
+events per user across input batches (GROUP_FLUSH_EVENTS: ~57k -> ~25k
+shuffle elements per 1M events); JSON lines batched a read chunk at a time;
+TFRecord framing column-wise; the accept pass one C-level check. Tried and
+dropped, no gain measured (min of 5-8 interleaved runs): building the
+examples column by column (list comprehensions, map(b"".join, zip(...)),
+timestamp varints by table), and parsing a batch column by column
+(orjson then dict.get / str.strip maps, or pyarrow.json): orjson.loads alone
+is ~40% of the per-record parse cost and the per-event Python work of
+both stages was already near the interpreter's floor, so 100k events/s on
+one worker needs that work out of Python, not rearranged within it.
 """
 
 from __future__ import annotations
