@@ -13,10 +13,14 @@ ranker estimates P(click | impression), the replayed next click also follows
 the recall channels' evidence and exposure; bench.funnel_bench measures the
 difference (README "Measured results").
 
-Nothing is published (and the reason recorded) when no ranking model is
-served yet, when the raw items table is not exactly one file (the serving
-catalogue reads one), or when no validation request has its target among the
-candidates; an earlier blend.json then stays, as an earlier model version does.
+With no ranking model served yet (a first run whose gate refused the
+candidate) the blend is fitted without the ranker's features: the
+recommender then ranks by the channels and popularity instead of failing
+(serving.recommender); the next run with a pushed ranker refits with it.
+Nothing is published (and the reason recorded) when the raw items table is
+not exactly one file (the serving catalogue reads one) or when no validation
+request has its target among the candidates; an earlier blend.json then
+stays, as an earlier model version does.
 """
 
 import json
@@ -95,9 +99,7 @@ def BlendFitter(  # noqa: N802
 
     del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
     ranking_dir = os.path.join(serving_dir, "models", RANKING_SERVED_NAME)
-    if not os.path.isdir(ranking_dir) or not any(v.isdigit() for v in os.listdir(ranking_dir)):
-        _refuse(blend, f"no ranking model served under {ranking_dir}: nothing to blend")
-        return
+    ranker = os.path.isdir(ranking_dir) and any(v.isdigit() for v in os.listdir(ranking_dir))
     items_table = single_table(items)
     if items_table is None:
         _refuse(blend, f"the items glob {items!r} is not exactly one file; the serving "
@@ -122,4 +124,5 @@ def BlendFitter(  # noqa: N802
     publish(text, path)
     blend.set_int_custom_property(PUBLISHED_KEY, 1)
     blend.set_string_custom_property(PATH_KEY, path)
-    blend.set_string_custom_property(REASON_KEY, "published")
+    blend.set_string_custom_property(REASON_KEY, "published" if ranker else (
+        f"published without the ranker's features: no ranking model served under {ranking_dir}"))

@@ -56,7 +56,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def candidate_features(pair_rows: np.ndarray, pair_channels: np.ndarray, pair_ranks: np.ndarray,
                        channel_names: Sequence[str], rows: np.ndarray,
-                       click: np.ndarray, item_clicks: np.ndarray,
+                       click: np.ndarray | None, item_clicks: np.ndarray,
                        follow: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Blend features of candidate `rows` ([M] each).
 
@@ -66,15 +66,17 @@ def candidate_features(pair_rows: np.ndarray, pair_channels: np.ndarray, pair_ra
         (serving.recommender.MergedRows).
       channel_names: name per channel index.
       rows: the candidates, [M] distinct catalogue rows.
-      click: [M] the ranker's click probabilities.
+      click: [M] the ranker's click probabilities, or None when no ranker is
+        served (no click_logit feature: the blend scores without it).
       item_clicks: [M] the candidates' click counts (catalogue popularity).
       follow: [M] follow probabilities of a multi-task ranker, or None.
     Returns:
       feature name -> float64 [M].
     """
     rows = np.asarray(rows, np.int64)
-    out = {CLICK_LOGIT: logit(click),
-           LOG_CLICKS: np.log1p(np.maximum(np.asarray(item_clicks, np.float64), 0.0))}
+    out = {LOG_CLICKS: np.log1p(np.maximum(np.asarray(item_clicks, np.float64), 0.0))}
+    if click is not None:
+        out[CLICK_LOGIT] = logit(click)
     if follow is not None:
         out[FOLLOW_LOGIT] = logit(follow)
     order = np.argsort(rows, kind="stable")

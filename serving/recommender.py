@@ -14,7 +14,11 @@ recommend(user_id, context, k):
      context features batch 1, item features batch N), then top-k by the
      click score, or, when settings.blend is set, by the blend of the
      ranker's logits with each channel's rank and the item's popularity
-     (serving.blend: weights fitted on validation requests);
+     (serving.blend: weights fitted on validation requests). With no ranking
+     model served (NOT_FOUND) the request is still answered: by the blend
+     without the ranker's features, or in merge order with score
+     1 / (1 + merge rank); `stats["ranking_missing"]` counts it and
+     readiness reports the model;
   5. cold start: with no click history the towers still give a demographic
      vector (empty history), and popular items in the user's city and
      overall are added as channels `popular_city` / `popular`.
@@ -518,24 +522,43 @@ class Recommender:
             return []
         rows = merged.rows
         model = self.settings.ranking_model
-        outputs = self._predict(model, self.settings.ranking_signature,
-                                lambda wanted: self._item_inputs_rows(rows, row, wanted, ts, protos))
-        scores = np.asarray(self._output(outputs, "click", model), dtype=np.float64).reshape(-1)
-        if scores.shape[0] != len(rows):
-            raise ModelIncompatible(f"model {model!r} returned {scores.shape[0]} scores for "
-                                    f"{len(rows)} candidates")
+        try:
+            outputs = self._predict(
+                model, self.settings.ranking_signature,
+                lambda wanted: self._item_inputs_rows(rows, row, wanted, ts, protos))
+        except grpc.RpcError as err:
+            # No ranker served (none pushed yet, e.g. a first run whose gate
+            # refused the candidate): the recall result is still worth
+            # serving. Readiness reports the missing model.
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            self.stats["ranking_missing"] += 1
+            outputs = None
+        click = None
+        if outputs is not None:
+            click = np.asarray(self._output(outputs, "click", model), np.float64).reshape(-1)
+            if click.shape[0] != len(rows):
+                raise ModelIncompatible(f"model {model!r} returned {click.shape[0]} scores for "
+                                        f"{len(rows)} candidates")
         if self.settings.blend is not None:
-            scores = self.settings.blend.score(self.blend_features(merged, scores, outputs))
+            scores = self.settings.blend.score(self.blend_features(merged, click, outputs or {}))
+        elif click is None:
+            scores = 1.0 / (1.0 + np.arange(len(rows)))  # merge order
         elif self.settings.follow_weight and "follow" in outputs:
-            scores = scores + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
+            scores = click + self.settings.follow_weight * np.asarray(outputs["follow"]).reshape(-1)
+        else:
+            scores = click
         order = np.argsort(-scores, kind="stable")[:k]
         top = rows[order]
         return [Recommendation(self.catalogue.ids[r], float(scores[i]), channels)
                 for r, i, channels in zip(top.tolist(), order.tolist(), merged.channels_of(top))]
 
-    def blend_features(self, merged: MergedRows, click: np.ndarray,
+    def blend_features(self, merged: MergedRows, click: np.ndarray | None,
                        outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The blend's features of the merged candidates (serving.blend.candidate_features)."""
+        """The blend's features of the merged candidates (serving.blend.candidate_features).
+
+        click is None when no ranker is served: the blend then scores without
+        the ranker's features."""
         follow = outputs.get("follow")
         return candidate_features(
             merged.pair_rows, merged.pair_channels, merged.pair_ranks, merged.names, merged.rows,

@@ -548,7 +548,7 @@ def test_an_incompatible_model_pushed_as_ranking_is_a_500(recommender_over, worl
     assert json.loads(urlopen(port, "/healthz"))["stats"]["model_incompatible"] == 1
 
 
-def test_not_ready_without_a_loaded_model_or_an_index(recommender_over, world):
+def test_not_ready_without_a_loaded_model_or_an_index_but_recall_still_answers(recommender_over, world):
     port = recommender_over({"ranking": None,
                              "user_tower_two_tower": world["user_tower_two_tower"],
                              "user_tower_youtubenet": world["user_tower_youtubenet"]},
@@ -560,9 +560,12 @@ def test_not_ready_without_a_loaded_model_or_an_index(recommender_over, world):
     assert response.status == 503 and body["ready"] is False
     assert {k: v for k, v in body["checks"].items() if v != "ok"} == {
         "model:ranking": "no loaded version", "index:item2vec": "missing"}
+    # Without a ranker (and no blend.json) the recall result is served in
+    # merge order, score 1 / (1 + merge rank), and counted.
     status, answer = _post(port, "/recommend", {"user_id": "u1", "k": 3})
-    assert status == 503 and answer["error"].startswith(
-        "model server: NOT_FOUND: Servable not found for request: Latest(ranking)")
+    assert status == 200
+    assert [r["score"] for r in answer["items"]] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert json.loads(urlopen(port, "/healthz"))["stats"]["ranking_missing"] == 1
 
 
 def test_the_server_log_has_no_traceback(served):

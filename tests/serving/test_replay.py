@@ -113,14 +113,21 @@ def test_component_publishes_the_fitted_blend(config, world, serving_dir, plante
     assert fit["validation_hr@10"]["blend_in_sample"] == 1.0
 
 
-def test_component_refuses_without_a_ranking_model(config, world, serving_dir, planted,
-                                                   tmp_path, monkeypatch):
+def test_component_fits_without_the_ranker_when_none_is_served(config, world, serving_dir,
+                                                               planted, tmp_path, monkeypatch):
     shutil.rmtree(os.path.join(serving_dir, "models", "ranking"))
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch)
-    assert out.get_int_custom_property("published") == 0
+    assert out.get_int_custom_property("published") == 1
     assert out.get_string_custom_property("reason") == (
-        f"no ranking model served under {serving_dir}/models/ranking: nothing to blend")
-    assert not os.path.exists(os.path.join(serving_dir, BLEND_FILE))
+        "published without the ranker's features: no ranking model served under "
+        f"{serving_dir}/models/ranking")
+    blend = Blend.read(os.path.join(serving_dir, BLEND_FILE))
+    assert "click_logit" not in dict(blend.weights)
+    fit = json.load(open(os.path.join(out.uri, blend_fitter.FIT_FILE)))
+    # Without a ranker the "ranker order" is the merge order.
+    figures = fit["validation_hr@10"]
+    assert figures["ranker_only"] == figures["merge_order"]
+    assert figures["blend_in_sample"] == 1.0
 
 
 def test_component_refuses_a_sharded_items_table(config, world, serving_dir, planted, tmp_path,
@@ -162,12 +169,14 @@ def test_report_says_why_no_blend_was_published(config, world, serving_dir, plan
                                                 monkeypatch):
     from components import report
     from components.artifacts import PipelineReport
-    shutil.rmtree(os.path.join(serving_dir, "models", "ranking"))
-    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch)
+    for k in range(2):
+        shutil.copy(world["items"], tmp_path / f"items-{k}.jsonl.gz")
+    pattern = str(tmp_path / "items-*.jsonl.gz")
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=pattern)
     artifact = new_artifact(PipelineReport, str(tmp_path), "report")
     executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
                                          final_blend=out)
     text = open(os.path.join(artifact.uri, "report.md")).read()
-    assert (f"- not published: no ranking model served under {serving_dir}/models/ranking: "
-            "nothing to blend") in text
+    assert (f"- not published: the items glob {pattern!r} is not exactly one file; the serving "
+            "catalogue reads one") in text
     assert "this run (validation requests)" not in text
