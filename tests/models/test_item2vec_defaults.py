@@ -40,3 +40,15 @@ def test_the_recorded_ablation_found_no_variant_better_than_the_seed_settings():
     # A default would have to change if a variant had won somewhere and lost nowhere.
     assert {name: c["overall"] for name, c in report["_conclusions"].items()} == {
         "seed_category": "tie", "seed_city": "tie", "dim_32": "tie", "dim_64": "tie"}
+
+
+def test_recent_clicks_default_is_the_variant_that_won_on_validation():
+    path = os.path.join(os.path.dirname(ab.RESULTS), "item2vec_ablation_recent.json")
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    assert not report["_protocol"]["quick"] and len(report["_protocol"]["seeds"]) >= 5
+    conclusions = {name: c["overall"] for name, c in report["_conclusions"].items()}
+    assert conclusions == {"recent_1": "tie", "recent_5": "better"}
+    assert Item2VecConfig().recent_clicks == ab.VARIANTS["recent_5"]["recent_clicks"] == 5
+    for data in ("synthetic", "movielens"):
+        assert _default_profile_config(data).recent_clicks == 5
