@@ -18,9 +18,11 @@ candidate) the blend is fitted without the ranker's features: the
 recommender then ranks by the channels and popularity instead of failing
 (serving.recommender); the next run with a pushed ranker refits with it.
 Nothing is published (and the reason recorded) when the raw items table is
-not exactly one file (the serving catalogue reads one) or when no validation
-request has its target among the candidates; an earlier blend.json then
-stays, as an earlier model version does.
+not exactly one file (the serving catalogue reads one), when no validation
+request has its target among the candidates, or when fewer than
+`min_requests` do (a dozen weights fitted on a few dozen requests take
+extreme values: seen at 30 requests on a 6,000-event run); an earlier
+blend.json then stays, as an earlier model version does.
 """
 
 import json
@@ -68,6 +70,7 @@ def BlendFitter(  # noqa: N802
         items: Parameter[str],
         users: Parameter[str] = "",
         num_requests: Parameter[int] = 3000,
+        min_requests: Parameter[int] = 100,
         seed: Parameter[int] = 0,
         ranking_pushed: InputArtifact[standard_artifacts.PushedModel] = None,
         item2vec_index: InputArtifact[PushedIndex] = None,
@@ -86,6 +89,8 @@ def BlendFitter(  # noqa: N802
       items, users: the raw tables (globs) the serving catalogue and profiles
         are read from.
       num_requests: validation requests replayed at most (a seeded sample).
+      min_requests: fewest usable requests (target among the candidates) a
+        published blend is fitted on.
       seed: the sample's seed.
       ranking_pushed, *_index: the pushes this step must follow (their
         outcome is read from serving_dir itself: an earlier version serves
@@ -114,6 +119,11 @@ def BlendFitter(  # noqa: N802
             num_requests, seed, log=print)
     except ValueError as err:  # no usable validation request
         _refuse(blend, f"blend not fitted: {err}")
+        return
+    if record["requests_used"] < min_requests:
+        _refuse(blend, f"only {record['requests_used']} validation requests have their click "
+                       f"among the candidates (min_requests {min_requests}): too few to fit "
+                       "the blend's weights on")
         return
     text = fitted.to_json()
     with open(os.path.join(blend.uri, BLEND_FILE), "w", encoding="utf-8") as f:

@@ -128,7 +128,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     data_checks: ValidationConfig | None = ValidationConfig(),
                     drift_baseline: str = PREVIOUS_DATA,
                     training_cluster: str = "",
-                    blend_requests: int = 3000) -> tfx_pipeline.Pipeline:
+                    blend_requests: int = 3000,
+                    blend_min_requests: int = 100) -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -159,6 +160,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         process).
       blend_requests: validation requests BlendFitter replays at most to fit
         the final-list blend.
+      blend_min_requests: fewest usable validation requests it publishes a
+        blend from.
 
     Returns:
       The tfx Pipeline.
@@ -290,7 +293,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         blend_fitter = BlendFitter(
             retrieval_examples=example_gen.outputs["retrieval_examples"], vocabulary=vocabulary,
             serving_dir=serving_dir, items=dataset.items, users=dataset.users or "",
-            num_requests=blend_requests, ranking_pushed=report_inputs["candidate_pushed"],
+            num_requests=blend_requests, min_requests=blend_min_requests, ranking_pushed=report_inputs["candidate_pushed"],
             **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models})
         components.append(blend_fitter)
         report_inputs["final_blend"] = blend_fitter.outputs["blend"]

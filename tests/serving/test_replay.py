@@ -89,7 +89,8 @@ def test_fit_ranks_the_planted_two_tower_item_first(config, world, serving_dir, 
     assert counts[1:] == [f"i{3 + k}\t0\t{6 if k < 5 else 5}" for k in range(7)]
 
 
-def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=None):
+def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=None,
+                min_requests=20):
     monkeypatch.setattr("models.recall.data.load_examples", lambda *a, **k: planted)
     vocab = new_artifact(FeatureVocabulary, str(tmp_path), "vocab")
     with open(os.path.join(vocab.uri, "feature_config.yaml"), "w") as f:
@@ -98,7 +99,8 @@ def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, item
     out = new_artifact(FinalBlend, str(tmp_path), "blend")
     executor_fn(blend_fitter.BlendFitter)(
         retrieval_examples=examples, vocabulary=vocab, blend=out, serving_dir=serving_dir,
-        items=items or world["items"], users=world["users"], num_requests=100, seed=0)
+        items=items or world["items"], users=world["users"], num_requests=100,
+        min_requests=min_requests, seed=0)
     return out
 
 
@@ -128,6 +130,16 @@ def test_component_fits_without_the_ranker_when_none_is_served(config, world, se
     figures = fit["validation_hr@10"]
     assert figures["ranker_only"] == figures["merge_order"]
     assert figures["blend_in_sample"] == 1.0
+
+
+def test_component_refuses_too_few_usable_requests(config, world, serving_dir, planted, tmp_path,
+                                                    monkeypatch):
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, min_requests=21)
+    assert out.get_int_custom_property("published") == 0
+    assert out.get_string_custom_property("reason") == (
+        "only 20 validation requests have their click among the candidates (min_requests 21): "
+        "too few to fit the blend's weights on")
+    assert not os.path.exists(os.path.join(serving_dir, BLEND_FILE))
 
 
 def test_component_refuses_a_sharded_items_table(config, world, serving_dir, planted, tmp_path,
