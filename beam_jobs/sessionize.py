@@ -102,7 +102,10 @@ shuffle elements per 1M events); JSON lines batched a read chunk at a time;
 TFRecord framing column-wise; the accept pass one C-level check; equal
 contexts share one parsed tuple (event blobs ~40% smaller) and train
 timestamps are held as int64 arrays (the 10M-event run's peak RSS 4.25 ->
-3.06 GB, bench/results/sessionize_10m.json for the latter). Tried and
+3.06 GB, bench/results/sessionize_10m.json for the latter); the accepted
+time span from one blob of per-user spans per ParseEvents bundle filtered by
+the users table's key set (was a CoGroupByKey with two elements per user
+and four per-user steps after it). Tried and
 dropped, no gain measured (min of 5-8 interleaved runs): building the
 examples column by column (list comprehensions, map(b"".join, zip(...)),
 timestamp varints by table), and parsing a batch column by column
@@ -348,10 +351,11 @@ class _ParseEventsFn(_CountingDoFn):
     Parsed events are held per user until GROUP_FLUSH_EVENTS are pending (and
     at the end of the bundle), then emitted as one blob per user: fewer,
     larger elements through the GroupByUser shuffle than one per user and
-    input batch. Also emits, once per bundle, (user, (min ts, max ts)) over the events whose
-    item is in the items table (SPAN_TAG): joined with the users table these
-    give the accepted time span (duplicates never move it) without waiting
-    for the per-user pass.
+    input batch. Also emits, once per bundle, one marshal blob of (user, min
+    ts, max ts, packed times) over the events whose item is in the items
+    table (SPAN_TAG): filtered by the users table's keys (`_accepted_spans`)
+    these give the accepted time span (duplicates never move it) without
+    waiting for the per-user pass.
     """
 
     def __init__(self, config: fc.FeatureConfig, emit_item_ids: bool = False):
@@ -430,9 +434,11 @@ class _ParseEventsFn(_CountingDoFn):
         for user_blob in by_user.items():
             yield _global(user_blob)
         yield from super().finish_bundle()
-        for user, (lo, hi) in self._spans.items():
-            times = splits.pack_times(self._times[user]) if self._keep_times else b""
-            yield TaggedOutput(SPAN_TAG, _global((user, (lo, hi, times))))
+        if self._spans:
+            spans = [(user, lo, hi,
+                      splits.pack_times(self._times[user]) if self._keep_times else b"")
+                     for user, (lo, hi) in self._spans.items()]
+            yield TaggedOutput(SPAN_TAG, _global(marshal.dumps(spans, _MARSHAL_VERSION)))
         self._spans = {}
         self._times = collections.defaultdict(list)
         for item in sorted(self._item_ids):
@@ -759,18 +765,44 @@ def _int64_arrays() -> dict[str, array.array]:
     return {k: array.array("q") for k in fc.EXAMPLE_KINDS}
 
 
-def _user_span(element: tuple[str, Mapping[str, Iterable]],
-               users_table: bool = True) -> Iterator[tuple[float, float, bytes]]:
-    """(min, max, packed times) of a user's events with a known item.
+class _KeySetFn(beam.CombineFn):
+    """Keys -> one pickled frozenset (a bytes singleton side input, see _ItemTable)."""
 
-    Only for a user with a row (any user, without a users table); the packed
-    times are empty unless the split mode needs them (event_fraction).
+    def create_accumulator(self) -> set[str]:
+        return set()
+
+    def add_input(self, acc, key):
+        acc.add(key)
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        out: set[str] = set()
+        for acc in accumulators:
+            out |= acc
+        return out
+
+    def extract_output(self, acc):
+        return pickle.dumps(frozenset(acc), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _accepted_spans(blob: bytes, keys_blob: bytes,
+                    users_table: bool = True) -> Iterator[tuple[float, float, bytes]]:
+    """(min, max, packed times) over one ParseEvents bundle's users that have a row.
+
+    `blob` holds the bundle's (user, min, max, packed times) over events
+    with a known item; any user counts without a users table. One element
+    per bundle instead of a per-user join with the users table (a
+    CoGroupByKey of two rows per user): the span's min / max and the
+    event_fraction times are the same over bundles as over users. The
+    packed times are empty unless the split mode needs them.
     """
-    _, grouped = element
-    spans = list(grouped[SPAN_TAG])
-    if spans and (not users_table or any(True for _ in grouped[USERS])):
-        yield (min(s[0] for s in spans), max(s[1] for s in spans),
-               b"".join(s[2] for s in spans))
+    spans = marshal.loads(blob)
+    if users_table:
+        keys = pickle.loads(keys_blob)
+        spans = [s for s in spans if s[0] in keys]
+    if spans:
+        yield (min(s[1] for s in spans), max(s[2] for s in spans),
+               b"".join(s[3] for s in spans))
 
 
 def vocabularies(config: fc.FeatureConfig, stats: Mapping[str, Any],
@@ -1002,10 +1034,11 @@ class Sessionize(beam.PTransform):
             dead.append(users[DEAD_LETTER_TAG])
         else:
             user_rows = pipeline | "NoUsersTable" >> beam.Create([])
-        user_keys = user_rows | "UserKeys" >> beam.Map(lambda kv: (kv[0], None))
-        user_spans = ({SPAN_TAG: events[SPAN_TAG], USERS: user_keys}
-                      | "GroupSpansByUser" >> beam.CoGroupByKey()
-                      | "AcceptedUserSpans" >> beam.FlatMap(_user_span, USERS in tables))
+        user_keys = (user_rows
+                     | "UserKeys" >> beam.Map(lambda kv: kv[0])
+                     | "UserKeySet" >> beam.CombineGlobally(_KeySetFn()))
+        user_spans = events[SPAN_TAG] | "AcceptedUserSpans" >> beam.FlatMap(
+            _accepted_spans, keys_blob=AsSingleton(user_keys), users_table=USERS in tables)
         span = (user_spans
                 | "SpanOnly" >> beam.Map(lambda s: s[:2])
                 | "TimeSpan" >> beam.CombineGlobally(_SpanFn()))
