@@ -184,8 +184,8 @@ EXAMPLE_FLUSH_SIZE = 16_384
 # ParseEvents holds parsed events until this many are pending, then emits
 # one blob per user (0: after every input batch, the job's earlier path).
 # One element per user and input batch was ~57k shuffle elements per 1M
-# synthetic events at 4,096 records a batch; 262,144 pending events (~60 MB
-# of tuples held) make it ~25k, about one per user.
+# synthetic events at 4,096 records a batch; 262,144 pending events (on the
+# order of 100 MB of tuples held) make it ~25k, about one per user.
 GROUP_FLUSH_EVENTS = 262_144
 
 
