@@ -9,6 +9,7 @@ runs the same pipeline (cached as well).
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -161,6 +162,21 @@ def test_run_a_faiss_index_answers_a_user_tower_query(run_a, work_dir):
     # The index's best item is the exact inner-product best over its vectors.
     exact = np.argmax(vectors @ index.embeddings.T, axis=1)
     assert [row[0] for row in ids] == [index.ids[j] for j in exact]
+
+
+def test_run_a_blend_fitter_replayed_the_validation_requests(run_a, work_dir):
+    summary, _ = run_a
+    blend = summary.executions["BlendFitter"].outputs["blend"][0].properties
+    # 6,000 events leave a few dozen validation requests: fewer than the 100
+    # a published blend needs, so the ranker's order stays and no blend.json.
+    assert blend["published"] == 0
+    found = re.fullmatch(r"only (\d+) validation requests have their click among the candidates "
+                         r"\(min_requests 100\): too few to fit the blend's weights on",
+                         blend["reason"])
+    assert found and 0 < int(found.group(1)) < 100, blend["reason"]
+    assert not os.path.exists(os.path.join(work_dir, "serving", "blend.json"))
+    report = summary.executions["PipelineReporter"].outputs["report"][0].properties
+    assert f"- not published: {blend['reason']}" in open(report["published_path"]).read()
 
 
 def test_run_a_report_published(run_a, work_dir):
