@@ -235,12 +235,18 @@ def blend_rows(fit: Mapping[str, Any]) -> list[dict[str, Any]]:
              "hr@50": None, "share": None} for name, kind, key in named if key in figures]
 
 
-def blend_lines(blend: Any) -> list[str]:
-    """What BlendFitter did: published where with which weights, or why not."""
+def read_fit(blend: Any) -> Mapping[str, Any] | None:
+    """A FinalBlend's fit.json, or None when nothing was published."""
     if blend.get_int_custom_property("published") != 1:
-        return [f"not published: {blend.get_string_custom_property('reason')}"]
+        return None
     with tf.io.gfile.GFile(os.path.join(blend.uri, FIT_FILE)) as f:
-        fit = json.load(f)
+        return json.load(f)
+
+
+def blend_lines(blend: Any, fit: Mapping[str, Any] | None) -> list[str]:
+    """What BlendFitter did: published where with which weights (fit), or why not."""
+    if fit is None:
+        return [f"not published: {blend.get_string_custom_property('reason')}"]
     weights = ", ".join(f"{name} {_fmt(w)}" for name, w in sorted(fit.get("weights", {}).items()))
     return [f"published to {blend.get_string_custom_property('published_path')}",
             f"fitted on {fit.get('requests_used')} of {fit.get('requests')} validation requests "
@@ -656,10 +662,10 @@ def PipelineReporter(  # noqa: N802
         funnel = funnel_rows(replay)
         sections["funnel"], sections["funnel_targets"] = funnel, funnel_targets(replay)
     if final_blend is not None:
-        sections["blend"] = blend_lines(final_blend)
-        if final_blend.get_int_custom_property("published") == 1:
-            with tf.io.gfile.GFile(os.path.join(final_blend.uri, FIT_FILE)) as f:
-                funnel = {BLEND_DATASET: blend_rows(json.load(f)), **funnel}
+        fit = read_fit(final_blend)
+        sections["blend"] = blend_lines(final_blend, fit)
+        if fit is not None:
+            funnel = {BLEND_DATASET: blend_rows(fit), **funnel}
             sections["funnel"] = funnel
     sections["plots"] = _plots(report.uri, {n: m for n, m in ranking.values()}, rocs, recall,
                                sigmas, funnel)

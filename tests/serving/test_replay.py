@@ -142,11 +142,16 @@ def test_component_refuses_too_few_usable_requests(config, world, serving_dir, p
     assert not os.path.exists(os.path.join(serving_dir, BLEND_FILE))
 
 
-def test_component_refuses_a_sharded_items_table(config, world, serving_dir, planted, tmp_path,
-                                                 monkeypatch):
+def _sharded_items(world, tmp_path):
+    """The toy items table copied into two files; returns the glob matching both."""
     for k in range(2):
         shutil.copy(world["items"], tmp_path / f"items-{k}.jsonl.gz")
-    pattern = str(tmp_path / "items-*.jsonl.gz")
+    return str(tmp_path / "items-*.jsonl.gz")
+
+
+def test_component_refuses_a_sharded_items_table(config, world, serving_dir, planted, tmp_path,
+                                                 monkeypatch):
+    pattern = _sharded_items(world, tmp_path)
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=pattern)
     assert out.get_int_custom_property("published") == 0
     assert out.get_string_custom_property("reason") == (
@@ -181,9 +186,7 @@ def test_report_says_why_no_blend_was_published(config, world, serving_dir, plan
                                                 monkeypatch):
     from components import report
     from components.artifacts import PipelineReport
-    for k in range(2):
-        shutil.copy(world["items"], tmp_path / f"items-{k}.jsonl.gz")
-    pattern = str(tmp_path / "items-*.jsonl.gz")
+    pattern = _sharded_items(world, tmp_path)
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=pattern)
     artifact = new_artifact(PipelineReport, str(tmp_path), "report")
     executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
