@@ -121,10 +121,11 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
         ids, vectors = result.item_ids[:count], result.item_vectors[:count]
         queries = i2v_train.next_item_queries(validation_sessions, ids,
                                               result.config.recent_clicks)
-        top = i2v_train.next_item_top_k(queries, vectors, K)
+        top = i2v_train.next_item_top_k(queries, vectors, K, result.prior_column)
         out[label] = {"items": count, "reach": count / catalogue_size,
                       "queries": len(queries),
-                      f"hr@{K}": i2v_train.next_item_hit_rate(queries, vectors, K),
+                      f"hr@{K}": i2v_train.next_item_hit_rate(queries, vectors, K,
+                                                              result.prior_column),
                       f"catalogue_coverage@{K}": metrics.catalogue_coverage(
                           top, catalogue_size, K)}
     # The trained-only queries again with the imputed candidates competing:
@@ -133,7 +134,7 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
     queries = i2v_train.next_item_queries(validation_sessions, result.item_ids[:trained],
                                           result.config.recent_clicks)
     out["with_imputed"][f"hr@{K}_on_trained_only_queries"] = i2v_train.next_item_hit_rate(
-        queries, result.item_vectors, K)
+        queries, result.item_vectors, K, result.prior_column)
     return out
 
 

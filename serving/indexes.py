@@ -125,7 +125,9 @@ class RecallIndex:
         `item_ids` is oldest first. When the index metadata carries the
         model's `recent_clicks` N (Item2vec), only the last N known items are
         averaged: the rule the model's own user tower applies in training
-        and evaluation (models.item2vec.model.MeanHistoryTower).
+        and evaluation (models.item2vec.model.MeanHistoryTower). When it
+        says `prior_column`, the vectors' last column is a popularity prior
+        and the user vector carries 1 there (the same tower's rule).
         """
         rows = [self.row[i] for i in item_ids if i in self.row]
         recent = self.metadata.get("recent_clicks")
@@ -133,7 +135,10 @@ class RecallIndex:
             rows = rows[-int(recent):]
         if not rows:
             return None
-        return self.item_vectors()[rows].mean(axis=0, keepdims=True)
+        mean = self.item_vectors()[rows].mean(axis=0, keepdims=True)
+        if self.metadata.get("prior_column"):
+            mean[:, -1] = 1.0
+        return mean
 
 
 def load_index(directory: str) -> RecallIndex:

@@ -182,6 +182,8 @@ def build_from_vectors(ids: Sequence[str], vectors: np.ndarray, base_dir: str, n
     k = min(options.k, len(vectors))
     if queries is None:
         queries = sample_queries(vectors, options.num_queries, options.seed)
+        if (source_metadata or {}).get("prior_column"):
+            queries[:, -1] = 1.0  # a user vector's prior weight (MeanHistoryTower)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
@@ -216,6 +218,10 @@ def build_from_vectors(ids: Sequence[str], vectors: np.ndarray, base_dir: str, n
             # the recommender computes that vector from the index, so the
             # index must carry N or serving averages a different history.
             metadata["recent_clicks"] = int(source["recent_clicks"])
+        if source.get("prior_column"):
+            # Item2vec's popularity prior is the vectors' last column; the
+            # user vector built from the index needs 1 there, not a mean.
+            metadata["prior_column"] = True
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
         os.rename(tmp, final)

@@ -60,6 +60,13 @@ class Item2VecConfig:
         vector of the trained items sharing the item's value; roles the
         feature config does not set are skipped; the global mean of the
         trained vectors is the last resort.
+      prior_weights: weights beta tried for the popularity prior, chosen on
+        the validation queries after training (ties: the smaller). SGNS
+        learns center . context ~ PMI(i, j) - log k (Levy & Goldberg 2014),
+        which leaves out log P(j): the next click's own popularity. The served
+        score is cos(user, item) + beta * log(1 + clicks) / log(1 + max clicks),
+        an extra vector column, so FAISS inner product and the user tower
+        apply it unchanged. (0.0,) turns the prior off.
       seed: pair shuffling and negative sampling.
     """
 
@@ -80,6 +87,7 @@ class Item2VecConfig:
     patience: int = 2
     min_delta: float = 1e-4
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    prior_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)
     seed: int = 0
 
     def __post_init__(self):
@@ -93,6 +101,15 @@ class Item2VecConfig:
                                       f"{(None, *ITEM_ROLES)}")
         # hparams arrive as JSON lists; a tuple keeps the frozen config hashable.
         object.__setattr__(self, "impute_roles", tuple(self.impute_roles))
+        try:
+            weights = tuple(float(w) for w in self.prior_weights)
+        except (TypeError, ValueError):
+            weights = ()
+        object.__setattr__(self, "prior_weights", weights or self.prior_weights)
+        if not weights or any(not w >= 0 for w in weights):
+            raise Item2VecConfigError(
+                f"prior_weights must be a non-empty list of weights >= 0, got "
+                f"{self.prior_weights!r}")
         unknown_roles = [r for r in self.impute_roles if r not in ITEM_ROLES]
         if unknown_roles:
             raise Item2VecConfigError(f"impute_roles {unknown_roles!r} not in {ITEM_ROLES}")

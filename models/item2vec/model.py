@@ -150,6 +150,9 @@ class MeanHistoryTower(keras.layers.Layer):
       history_feature: name of the history input.
       recent_clicks: how many most recent clicks to average.
       dim: vector width when `vectors` is None.
+      prior_column: the vectors' last column is the item's popularity prior
+        (Item2VecConfig.prior_weights): the user vector averages the other
+        columns and puts 1 in that one, so user . item = similarity + prior.
     Call:
       features: dict with history_feature: string [B, L], most recent last,
         padded with "".
@@ -159,7 +162,8 @@ class MeanHistoryTower(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary: Sequence[str], vectors=None, history_feature: str = "",
-                 recent_clicks: int = 20, dim: int | None = None, **kwargs):
+                 recent_clicks: int = 20, dim: int | None = None, prior_column: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if not history_feature:
             raise ValueError("history_feature is required")
@@ -170,6 +174,9 @@ class MeanHistoryTower(keras.layers.Layer):
         self.dim = int(dim if vectors is None else self._vectors.shape[1])
         self.history_feature = history_feature
         self.recent_clicks = int(recent_clicks)
+        self.prior_column = bool(prior_column)
+        if self.prior_column and self.dim < 2:
+            raise ValueError(f"prior_column needs vectors of width >= 2, got {self.dim}")
         self.lookup = keras.layers.StringLookup(
             vocabulary=self.vocabulary or ["\x00<empty>"], num_oov_indices=1, mask_token=None)
 
@@ -191,9 +198,16 @@ class MeanHistoryTower(keras.layers.Layer):
         from_end = tf.cumsum(valid, axis=1, reverse=True)  # 1 at the last real click
         keep = tf.cast((ids > 0) & (from_end <= self.recent_clicks), tf.float32)[..., None]
         vectors = tf.gather(self.table, ids)
-        return tf.reduce_sum(vectors * keep, axis=1) / tf.maximum(tf.reduce_sum(keep, axis=1), 1.0)
+        count = tf.reduce_sum(keep, axis=1)  # [B, 1]
+        mean = tf.reduce_sum(vectors * keep, axis=1) / tf.maximum(count, 1.0)
+        if not self.prior_column:
+            return mean
+        # The prior's weight: 1 for a user with a known click, 0 (all-zero
+        # vector, "no answer") without one.
+        return tf.concat([mean[:, :-1], tf.minimum(count, 1.0)], axis=1)
 
     def get_config(self) -> dict[str, Any]:
         # The vectors are weights, not config (a catalogue would bloat the JSON).
         return {**super().get_config(), "vocabulary": self.vocabulary, "dim": self.dim,
-                "history_feature": self.history_feature, "recent_clicks": self.recent_clicks}
+                "history_feature": self.history_feature, "recent_clicks": self.recent_clicks,
+                "prior_column": self.prior_column}

@@ -32,15 +32,27 @@ class Item2VecResult:
 
     Rows [0, stats["trained_items"]) of item_vectors are trained (L2-normalized);
     the remaining stats["imputed_items"] rows are imputed (impute_vectors).
+    With a popularity prior (stats["popularity_prior"]["weight"] > 0) every
+    row carries one more column, beta * the item's scaled log clicks, and the
+    user vectors carry 1 there (MeanHistoryTower.prior_column).
     """
 
     feature_config: fc.FeatureConfig
     config: Item2VecConfig
     vocabulary: list[str]
     item_ids: list[str]
-    item_vectors: np.ndarray  # [N, dim]: trained rows L2-normalized, then imputed means
+    item_vectors: np.ndarray  # [N, dim (+1)]: trained rows L2-normalized, then imputed means
     tower: MeanHistoryTower
     stats: dict[str, Any]
+
+    @property
+    def prior_column(self) -> bool:
+        return self.tower.prior_column
+
+    @property
+    def similarity_vectors(self) -> np.ndarray:
+        """item_vectors without the prior column, [N, dim]."""
+        return self.item_vectors[:, :-1] if self.prior_column else self.item_vectors
 
     def user_vectors(self, features: Mapping[str, np.ndarray],
                      batch_size: int = 4096) -> np.ndarray:
@@ -49,15 +61,14 @@ class Item2VecResult:
         history = features[name]
         return np.concatenate([self.tower({name: tf.constant(history[i:i + batch_size])}).numpy()
                                for i in range(0, len(history), batch_size)] or
-                              [np.zeros((0, self.config.dim), np.float32)])
+                              [np.zeros((0, self.item_vectors.shape[1]), np.float32)])
 
     def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]]:
-        """Item-to-item recall: the k nearest items by cosine, itself excluded."""
+        """Item-to-item recall: the k nearest items by cosine (no prior), itself excluded."""
         row = self.item_ids.index(item_id)
-        best = metrics.top_k(self.item_vectors[row:row + 1], self.item_vectors, k,
-                             exclude=[np.array([row])])[0]
-        return [(self.item_ids[j], float(self.item_vectors[row] @ self.item_vectors[j]))
-                for j in best if j >= 0]
+        vectors = self.similarity_vectors
+        best = metrics.top_k(vectors[row:row + 1], vectors, k, exclude=[np.array([row])])[0]
+        return [(self.item_ids[j], float(vectors[row] @ vectors[j])) for j in best if j >= 0]
 
     def export(self, export_dir: str, model_version: int | None = None) -> dict[str, str]:
         user_dir = os.path.join(export_dir, artifacts.USER_TOWER_DIR)
@@ -66,11 +77,14 @@ class Item2VecResult:
                                     data.serving_signature(self.feature_config), user_dir)
         imputed = self.stats["imputed_items"]
         # The first trained_items rows are trained; the rest are imputed means
-        # (shorter than 1), so the artifact is normalized only without them.
+        # (shorter than 1), so the artifact is normalized only without them
+        # (and without the prior column).
+        prior = self.stats["popularity_prior"]
         artifacts.write_item_embeddings(
-            item_dir, self.item_ids, self.item_vectors, MODEL_NAME, normalized=imputed == 0,
-            model_version=model_version,
+            item_dir, self.item_ids, self.item_vectors, MODEL_NAME,
+            normalized=imputed == 0 and not self.prior_column, model_version=model_version,
             extra={"recent_clicks": self.config.recent_clicks,
+                   "prior_column": self.prior_column, "prior_weight": prior["weight"],
                    "trained_items": self.stats["trained_items"], "imputed_items": imputed,
                    "imputed_by": self.stats["imputed_by"]})
         return {"user_tower": user_dir, "item_embeddings": item_dir}
@@ -123,6 +137,8 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
         raise ValueError(f"no skip-gram pairs from {len(id_sessions)} fit sessions "
                          f"(min_session_len {min_len})")
     clicks = np.bincount(np.concatenate(id_sessions), minlength=num_rows).astype(np.float64)
+    # The prior's weight is chosen on validation with the clicks before it.
+    fit_clicks = clicks.copy()
     attribute = None
     if catalogue is not None:
         rows = catalogue.rows_of(vocabulary)
@@ -174,29 +190,80 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
 
     history = training.fit_epochs(model, train_epoch, validate, config)
     trained = normalize_rows(model.center.embeddings.numpy()[export_rows])
+    weight, prior_curve = choose_prior_weight(queries, trained, fit_clicks[export_rows],
+                                              config.prior_weights)
     missing = untrained_items(item_ids, vocabulary, catalogue) if config.impute_untrained else []
     imputed, source, roles = _impute(feature_config, config, catalogue, item_ids, trained, missing)
     # Vocabulary rows without a vector stay zero: an item that never was a
     # center keeps its random init, which must not look like a click in a
     # user's mean. Imputed items do count: their vector is an estimate.
-    vectors = np.zeros((num_rows, config.dim), np.float32)
-    vectors[export_rows] = trained
+    item_vectors = np.concatenate([trained, imputed])
+    if weight > 0:
+        # Served prior: every training click the catalogue counts (the
+        # popularity peer's counts), scaled like the chosen one.
+        counts = np.zeros(len(item_ids) + len(missing))
+        counts[:len(item_ids)] = clicks[export_rows]
+        if catalogue is not None and missing:
+            rows = catalogue.rows_of(missing)
+            counts[len(item_ids):] = np.where(rows >= 0, catalogue.clicks[np.maximum(rows, 0)], 0)
+        item_vectors = with_prior(item_vectors, weight * scaled_log_clicks(counts))
+    vectors = np.zeros((num_rows, item_vectors.shape[1]), np.float32)
+    vectors[export_rows] = item_vectors[:len(item_ids)]
     index = data.item_vocab_index(vocabulary)
     in_vocab = [(index[x], i) for i, x in enumerate(missing) if x in index]
     if in_vocab:
         model_ids, rows = map(list, zip(*in_vocab))
-        vectors[model_ids] = imputed[rows]
+        vectors[model_ids] = item_vectors[len(item_ids) + np.array(rows)]
     tower = MeanHistoryTower(vocabulary, vectors, feature_config.history_feature.name,
-                             config.recent_clicks)
+                             config.recent_clicks, prior_column=weight > 0)
     by = {name: int((source == j).sum()) for j, name in enumerate([*roles, GLOBAL_MEAN])}
     stats.update({**history, "num_items": int(len(export_rows) + len(missing)),
                   "trained_items": int(len(export_rows)), "imputed_items": len(missing),
                   "imputed_by": by,
                   "untrained_vocab_items": int(num_rows - 1 - len(export_rows)),
                   "validation": {**carve.summary(), "validation_queries": len(queries)},
+                  "popularity_prior": {"weight": weight, f"val_hr@{training.VALIDATION_K}":
+                                       prior_curve},
                   "train_seconds": time.time() - start})
     return Item2VecResult(feature_config, config, vocabulary, item_ids + missing,
-                          np.concatenate([trained, imputed]), tower, stats)
+                          item_vectors, tower, stats)
+
+
+def scaled_log_clicks(clicks: np.ndarray) -> np.ndarray:
+    """log(1 + clicks) / log(1 + max clicks): the prior in [0, 1], float32."""
+    logs = np.log1p(np.maximum(np.asarray(clicks, np.float64), 0.0))
+    top = logs.max() if len(logs) else 0.0
+    return (logs / top if top > 0 else logs).astype(np.float32)
+
+
+def with_prior(vectors: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """vectors [N, d] with the weighted prior [N] as column d, [N, d + 1] float32."""
+    return np.concatenate([vectors, np.asarray(prior, np.float32)[:, None]],
+                          axis=1).astype(np.float32)
+
+
+def choose_prior_weight(queries: "NextItemQueries", vectors: np.ndarray, clicks: np.ndarray,
+                        weights: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """The prior weight with the best validation HR@K (ties: the first in `weights`).
+
+    Args:
+      queries: validation next-item queries (rows of `vectors`).
+      vectors: [N, d] trained item vectors, no prior column.
+      clicks: [N] click counts of the same rows, from before the validation period.
+      weights: candidate weights, in order of preference.
+    Returns:
+      (weight, {str(weight): validation HR@K}).
+    """
+    prior = scaled_log_clicks(clicks)
+    curve: dict[str, float] = {}
+    best, best_value = float(weights[0]), -1.0
+    for w in weights:
+        items = with_prior(vectors, w * prior) if w > 0 else vectors
+        value = next_item_hit_rate(queries, items, training.VALIDATION_K, prior_column=w > 0)
+        curve[str(float(w))] = value
+        if value > best_value:
+            best, best_value = float(w), value
+    return best, curve
 
 
 def _candidate_rows(centers: np.ndarray, vocabulary: Sequence[str],
@@ -328,15 +395,23 @@ def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
     return NextItemQueries(history, targets)
 
 
-def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int) -> np.ndarray:
-    """Top-k rows of item_vectors per query (user vector = mean of its history rows), [Q, k]."""
+def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
+                    prior_column: bool = False) -> np.ndarray:
+    """Top-k rows of item_vectors per query (user vector = mean of its history rows), [Q, k].
+
+    prior_column: item_vectors' last column is the popularity prior; the
+    user vector carries 1 there (MeanHistoryTower's rule).
+    """
     users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
+    if prior_column:
+        users[:, -1] = 1.0
     return metrics.top_k(users, item_vectors, k, queries.history)
 
 
-def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int) -> float:
+def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
+                       prior_column: bool = False) -> float:
     """HR@k of the queries (user vector = mean of the history rows of item_vectors)."""
-    top = next_item_top_k(queries, item_vectors, k)
+    top = next_item_top_k(queries, item_vectors, k, prior_column)
     return metrics.evaluate(top, queries.targets, len(item_vectors), ks=(k,))[f"hr@{k}"]
 
 
@@ -348,7 +423,8 @@ def eval_next_item(result: Item2VecResult, sessions: Sequence[Sequence], k: int 
         return {"eval_sessions": 0}
     kk = max(k, 1)
     return {"eval_sessions": len(queries),
-            f"eval_next_item_hr@{kk}": next_item_hit_rate(queries, result.item_vectors, kk)}
+            f"eval_next_item_hr@{kk}": next_item_hit_rate(queries, result.item_vectors, kk,
+                                                          result.prior_column)}
 
 
 def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str | None,

@@ -177,9 +177,13 @@ def test_check_targets_reads_the_comparisons():
     checks = rb.check_targets(results)
     assert sorted(checks) == sorted(
         [f"movielens/time_split/{m}_hr50_ge_1.5x_popular" for m in rb.LEARNED]
+        + [f"{p}/{m}_ge_popular" for p in ("movielens/time_split", "synthetic/leave_last_out")
+           for m in rb.LEARNED]
         + ["movielens/time_split/best_learned_ge_best_classic",
            "movielens/time_split/two_tower_ge_item2vec",
            "synthetic/leave_last_out/two_tower_ge_item2vec"])
+    i2v = checks["synthetic/leave_last_out/item2vec_ge_popular"]
+    assert (i2v["b"], i2v["met"], i2v["mean"]) == ("most_popular", True, pytest.approx(0.12))
     yt = checks["movielens/time_split/youtubenet_hr50_ge_1.5x_popular"]
     assert yt["ratio"] == pytest.approx(1.52)
     assert yt["met"] is True and yt["verdict"] == stats.TIE  # mean 1.52x: met, not shown

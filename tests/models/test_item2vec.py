@@ -72,6 +72,57 @@ def test_mean_history_tower_averages_recent_clicks():
     assert "vectors" not in tower.get_config()
 
 
+def test_tower_with_a_prior_column_averages_the_rest_and_weights_the_prior_by_one():
+    # Rows: OOV, a, b, c; the last column is each item's weighted prior.
+    vectors = np.array([[0, 0, 0], [1, 0, 0.5], [0, 1, 0.2], [1, 1, 0.9]], np.float32)
+    tower = MeanHistoryTower(["a", "b", "c"], vectors, "hist", recent_clicks=2,
+                             prior_column=True)
+    out = tower({"hist": tf.constant([["a", "b", "c"], ["a", "", ""], ["", "", ""]])}).numpy()
+    # (b + c) / 2 = [0.5, 1.0], prior weight 1; no known click: all zero (no answer).
+    np.testing.assert_allclose(out, [[0.5, 1.0, 1.0], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # user . c = 0.5 + 1.0 + 0.9: similarity plus c's prior.
+    assert float(out[0] @ vectors[3]) == pytest.approx(2.4)
+    clone = MeanHistoryTower.from_config(tower.get_config())
+    assert clone.prior_column
+    with pytest.raises(ValueError, match="prior_column needs vectors of width >= 2, got 1"):
+        MeanHistoryTower(["a"], np.zeros((2, 1), np.float32), "hist", prior_column=True)
+
+
+def test_scaled_log_clicks_by_hand():
+    np.testing.assert_allclose(i2v_train.scaled_log_clicks(np.array([0, 1, 3])),
+                               [0.0, np.log(2) / np.log(4), 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(i2v_train.scaled_log_clicks(np.zeros(3)), [0, 0, 0])
+
+
+def test_prior_weight_is_chosen_on_the_validation_queries():
+    """Similarity ranks the popular target last; only a large enough prior lifts it.
+
+    100 items: item 0 (1000 clicks) = -(e_1 + ... + e_99) / sqrt(99), item j = e_j
+    (1 click each). Query j (history [j], target 0): similarity of item 0 is
+    -1/sqrt(99) = -0.1005, of the others 0. Scaled priors: 1 and log 2 / log 1001
+    = 0.1003. beta = 0.05: item 0 scores -0.0505 < 0.0050: miss. beta = 0.2:
+    0.0995 > 0.0201: hit. Ties go to the first weight, so 0.2 wins over 1.0.
+    """
+    vectors = np.zeros((100, 99), np.float32)
+    vectors[0] = -1.0 / np.sqrt(99)
+    vectors[1:] = np.eye(99)
+    clicks = np.array([1000] + [1] * 99)
+    queries = i2v_train.NextItemQueries([np.array([j]) for j in range(1, 21)],
+                                        [np.array([0])] * 20)
+    weight, curve = i2v_train.choose_prior_weight(queries, vectors, clicks,
+                                                  (0.0, 0.05, 0.2, 1.0))
+    assert weight == 0.2
+    assert curve == {"0.0": 0.0, "0.05": 0.0, "0.2": 1.0, "1.0": 1.0}
+    assert i2v_train.choose_prior_weight(queries, vectors, clicks, (0.0,)) == (0.0, {"0.0": 0.0})
+
+
+def test_config_rejects_bad_prior_weights():
+    for bad in ((), (-0.1,), ("x",)):
+        with pytest.raises(Item2VecConfigError, match="prior_weights must be a non-empty list"):
+            Item2VecConfig(prior_weights=bad)
+    assert Item2VecConfig.from_hparams({"prior_weights": [0, 1]}).prior_weights == (0.0, 1.0)
+
+
 HPARAMS = {"dim": 16, "batch_size": 64, "learning_rate": 0.02,
            "attribute_role": fc.ROLE_ITEM_CITY}
 

@@ -91,8 +91,9 @@ def test_new_item_gets_the_mean_of_its_category_and_is_exported(with_new_item):
     of = dict(zip(catalogue.ids, category))
     same = [i for i, x in enumerate(result.item_ids[:trained]) if of[x] == b"cat3"]
     assert len(same) >= 2
-    expected = result.item_vectors[same].astype(np.float64).mean(axis=0)
-    np.testing.assert_allclose(result.item_vectors[result.item_ids.index("new3")], expected,
+    vectors = result.similarity_vectors
+    expected = vectors[same].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(vectors[result.item_ids.index("new3")], expected,
                                rtol=1e-6, atol=1e-7)
     # Every catalogue item is exported once; the count says which are imputed.
     assert sorted(result.item_ids) == sorted(catalogue.ids)
@@ -114,5 +115,10 @@ def test_an_imputed_vocabulary_item_counts_in_the_user_vector(with_new_item):
     item = vocab_untrained[0]
     history = config.history_feature.name
     user = result.user_vectors({history: np.array([[item.encode()] + [b""] * 49])})
-    np.testing.assert_allclose(user[0], result.item_vectors[result.item_ids.index(item)],
-                               rtol=1e-6)
+    dim = result.similarity_vectors.shape[1]
+    np.testing.assert_allclose(user[0, :dim],
+                               result.similarity_vectors[result.item_ids.index(item)], rtol=1e-6)
+    # With the popularity prior chosen, the user's prior weight is 1.
+    assert user.shape[1] == dim + result.prior_column
+    if result.prior_column:
+        assert user[0, -1] == 1.0

@@ -243,6 +243,27 @@ def test_item2vec_mean_uses_the_models_recent_clicks(tmp_path):
     np.testing.assert_allclose(index.mean_vector(["b"]), [[0, 1, 0, 0]])
 
 
+def test_item2vec_prior_column_reaches_the_index_and_the_served_user_vector(tmp_path):
+    from models.faiss_index import builder
+    from models.recall import artifacts
+    from serving.indexes import load_index
+    # Last column: each item's weighted popularity prior.
+    vectors = np.array([[1, 0, 0.1], [0, 1, 0.3], [0.6, 0.8, 0.9]], np.float32)
+    embeddings = artifacts.write_item_embeddings(
+        str(tmp_path / "emb"), ["a", "b", "c"], vectors, "item2vec", normalized=False,
+        extra={"recent_clicks": 5, "prior_column": True, "prior_weight": 0.5})
+    index = load_index(builder.build_index(embeddings, str(tmp_path / "indexes"), "item2vec",
+                                           version=1))
+    assert index.metadata["prior_column"] is True
+    # Mean of a and b's similarity columns, and 1 (not the mean prior 0.2) in the last.
+    user = index.mean_vector(["a", "b"])
+    np.testing.assert_allclose(user, [[0.5, 0.5, 1.0]])
+    # Scores 0.6, 0.8, 1.6: c wins on similarity plus its prior.
+    ids, scores = index.search(user, 3)
+    assert ids == [["c", "b", "a"]]
+    np.testing.assert_allclose(scores[0], [1.6, 0.8, 0.6], rtol=1e-6)
+
+
 def test_new_ranking_version_is_used_without_restart(tmp_path, world, config, catalogue):
     from serving import config_files, model_server
     from serving.client import ModelServerClient
