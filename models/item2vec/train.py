@@ -104,8 +104,9 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
 
     The sessions starting in the latest `validation_fraction` of the time
     span are held out; after each epoch their next-item HR@50 (the metric
-    eval_next_item reports) is measured with the current vectors, and the
-    best epoch's vectors are kept (models.recall.training.fit_epochs).
+    eval_next_item reports) is measured with the current vectors at their
+    best popularity-prior weight, and the best epoch's vectors are kept
+    (models.recall.training.fit_epochs); the weight is chosen again on them.
 
     Args:
       feature_config: dataset config (history feature, roles, min_session_len).
@@ -185,8 +186,13 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
         return total / max(batches, 1)
 
     def validate() -> float:
+        # The served score includes the prior, so epochs are compared at
+        # their own best prior weight (a prior can rescue an epoch whose
+        # similarity alone looks worse).
         vectors = normalize_rows(model.center.embeddings.numpy()[export_rows])
-        return next_item_hit_rate(queries, vectors, training.VALIDATION_K)
+        _, curve = choose_prior_weight(queries, vectors, fit_clicks[export_rows],
+                                       config.prior_weights)
+        return max(curve.values())
 
     history = training.fit_epochs(model, train_epoch, validate, config)
     trained = normalize_rows(model.center.embeddings.numpy()[export_rows])

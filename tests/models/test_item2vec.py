@@ -210,8 +210,17 @@ def test_early_stopping_keeps_the_best_epoch(trained):
     queries = i2v_train.next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY],
                                           emb.ids[:trained], 20)
     assert len(queries) == metrics["validation"]["validation_queries"]
-    again = i2v_train.next_item_hit_rate(queries, emb.embeddings[:trained], 50)
-    assert again == pytest.approx(values[best - 1], abs=1e-12)
+    # Each epoch is validated at its best popularity-prior weight; the weight
+    # kept is the best one on the kept epoch, and its beta = 0 entry is the
+    # exported similarity columns' own HR@50.
+    prior = metrics["popularity_prior"]
+    hr = prior["val_hr@50"]
+    assert list(hr) == [str(w) for w in Item2VecConfig().prior_weights]
+    assert values[best - 1] == max(hr.values()) == hr[str(prior["weight"])]
+    assert emb.metadata["prior_column"] == (prior["weight"] > 0)
+    similarity = emb.embeddings[:trained, :emb.embeddings.shape[1] - (prior["weight"] > 0)]
+    again = i2v_train.next_item_hit_rate(queries, similarity, 50)
+    assert again == pytest.approx(hr["0.0"], abs=1e-12)
 
 
 def test_improving_run_trains_to_the_cap_and_similar_items_share_category(trained):
