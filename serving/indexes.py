@@ -127,16 +127,19 @@ class RecallIndex:
         averaged: the rule the model's own user tower applies in training
         and evaluation (models.item2vec.model.MeanHistoryTower). When it
         says `prior_column`, the vectors' last column is a popularity prior
-        and the user vector carries 1 there (the same tower's rule).
+        and the user vector carries 1 there (the same tower's rule), so a
+        user with no known item gets the prior alone, not None.
         """
         rows = [self.row[i] for i in item_ids if i in self.row]
         recent = self.metadata.get("recent_clicks")
         if recent:
             rows = rows[-int(recent):]
-        if not rows:
+        prior = bool(self.metadata.get("prior_column"))
+        if not rows and not prior:
             return None
-        mean = self.item_vectors()[rows].mean(axis=0, keepdims=True)
-        if self.metadata.get("prior_column"):
+        mean = (self.item_vectors()[rows].mean(axis=0, keepdims=True) if rows
+                else np.zeros((1, self.dim), np.float32))
+        if prior:
             mean[:, -1] = 1.0
         return mean
 

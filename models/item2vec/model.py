@@ -153,12 +153,14 @@ class MeanHistoryTower(keras.layers.Layer):
       prior_column: the vectors' last column is the item's popularity prior
         (Item2VecConfig.prior_weights): the user vector averages the other
         columns and puts 1 in that one, so user . item = similarity + prior.
+        A user with no known click then gets [0, ..., 0, 1]: no similarity,
+        the prior alone (the score's own value for an empty history).
     Call:
       features: dict with history_feature: string [B, L], most recent last,
         padded with "".
     Returns:
-      [B, dim] float32; all-zero for a user with no known click (the
-      recommender falls back to another recall source for them).
+      [B, dim] float32; without a prior column, all-zero for a user with no
+      known click (the recommender falls back to another recall source).
     """
 
     def __init__(self, vocabulary: Sequence[str], vectors=None, history_feature: str = "",
@@ -202,9 +204,7 @@ class MeanHistoryTower(keras.layers.Layer):
         mean = tf.reduce_sum(vectors * keep, axis=1) / tf.maximum(count, 1.0)
         if not self.prior_column:
             return mean
-        # The prior's weight: 1 for a user with a known click, 0 (all-zero
-        # vector, "no answer") without one.
-        return tf.concat([mean[:, :-1], tf.minimum(count, 1.0)], axis=1)
+        return tf.concat([mean[:, :-1], tf.ones_like(count)], axis=1)
 
     def get_config(self) -> dict[str, Any]:
         # The vectors are weights, not config (a catalogue would bloat the JSON).

@@ -78,8 +78,8 @@ def test_tower_with_a_prior_column_averages_the_rest_and_weights_the_prior_by_on
     tower = MeanHistoryTower(["a", "b", "c"], vectors, "hist", recent_clicks=2,
                              prior_column=True)
     out = tower({"hist": tf.constant([["a", "b", "c"], ["a", "", ""], ["", "", ""]])}).numpy()
-    # (b + c) / 2 = [0.5, 1.0], prior weight 1; no known click: all zero (no answer).
-    np.testing.assert_allclose(out, [[0.5, 1.0, 1.0], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # (b + c) / 2 = [0.5, 1.0], prior weight 1; no known click: the prior alone.
+    np.testing.assert_allclose(out, [[0.5, 1.0, 1.0], [1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     # user . c = 0.5 + 1.0 + 0.9: similarity plus c's prior.
     assert float(out[0] @ vectors[3]) == pytest.approx(2.4)
     clone = MeanHistoryTower.from_config(tower.get_config())

@@ -262,6 +262,8 @@ def test_item2vec_prior_column_reaches_the_index_and_the_served_user_vector(tmp_
     ids, scores = index.search(user, 3)
     assert ids == [["c", "b", "a"]]
     np.testing.assert_allclose(scores[0], [1.6, 0.8, 0.6], rtol=1e-6)
+    # No known item: the prior alone (c, b, a by popularity), not "no answer".
+    np.testing.assert_allclose(index.mean_vector(["zzz"]), [[0.0, 0.0, 1.0]])
 
 
 def test_new_ranking_version_is_used_without_restart(tmp_path, world, config, catalogue):
