@@ -54,8 +54,14 @@ system-deps:
 run: install
 	$(PYTHON) -m pipelines.local_runner --data $(DATA) --work_dir $(WORK)
 
+# Two pytest workers for the 2 cores; --dist loadfile keeps a file's tests on one worker, so a
+# module fixture (a whole pipeline run) is built once. test_distributed runs after, alone:
+# tf.distribute leaves its cluster as the process's TensorFlow context, and tests that a shared
+# worker runs later then fail with "unknown device".
 test: install-bench system-deps
-	$(PYTHON) -m pytest -q --durations=25 tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25 tests \
+	    --ignore=tests/models/test_distributed.py
+	$(PYTHON) -m pytest -q --durations=5 tests/models/test_distributed.py
 
 data: install
 	$(PYTHON) -m beam_jobs.datasets --data $(DATA) --work_dir $(WORK)
