@@ -47,7 +47,8 @@ class Item2VecResult:
 
     @property
     def prior_column(self) -> bool:
-        return self.tower.prior_column
+        """Whether item_vectors' last column is the popularity prior (the tower's layout)."""
+        return bool(self.tower is not None and self.tower.prior_column)
 
     @property
     def similarity_vectors(self) -> np.ndarray:
