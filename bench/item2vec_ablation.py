@@ -118,7 +118,8 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
     trained = result.stats["trained_items"]
     out = {}
     for label, count in (("trained_only", trained), ("with_imputed", len(result.item_ids))):
-        ids, vectors = result.item_ids[:count], result.item_vectors[:count]
+        # Fit-period prior: the served one counts the validation clicks scored here.
+        ids, vectors = result.item_ids[:count], result.validation_vectors[:count]
         queries = i2v_train.next_item_queries(validation_sessions, ids,
                                               result.config.recent_clicks)
         top = i2v_train.next_item_top_k(queries, vectors, K, result.prior_column)
@@ -134,7 +135,7 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
     queries = i2v_train.next_item_queries(validation_sessions, result.item_ids[:trained],
                                           result.config.recent_clicks)
     out["with_imputed"][f"hr@{K}_on_trained_only_queries"] = i2v_train.next_item_hit_rate(
-        queries, result.item_vectors, K, result.prior_column)
+        queries, result.validation_vectors, K, result.prior_column)
     return out
 
 

@@ -120,7 +120,7 @@ class RecallIndex:
             return self._vectors
 
     def mean_vector(self, item_ids: Sequence[str]) -> np.ndarray | None:
-        """Mean vector of the known items ([1, dim]) or None when none is known.
+        """Mean vector of the known items ([1, dim]); None when none is known (no prior).
 
         `item_ids` is oldest first. When the index metadata carries the
         model's `recent_clicks` N (Item2vec), only the last N known items are

@@ -222,6 +222,7 @@ def build_from_vectors(ids: Sequence[str], vectors: np.ndarray, base_dir: str, n
             # Item2vec's popularity prior is the vectors' last column; the
             # user vector built from the index needs 1 there, not a mean.
             metadata["prior_column"] = True
+            metadata["prior_weight"] = source.get("prior_weight")
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
         os.rename(tmp, final)

@@ -61,7 +61,7 @@ class Item2VecConfig:
         feature config does not set are skipped; the global mean of the
         trained vectors is the last resort.
       prior_weights: weights beta tried for the popularity prior, chosen on
-        the validation queries (ties: the smaller; each epoch is validated at
+        the validation queries (ties: the first listed; each epoch is validated at
         its best weight, and the weight is chosen again on the kept epoch;
         16 ranks nearly by popularity, similarity breaking ties). SGNS
         learns center . context ~ PMI(i, j) - log k (Levy & Goldberg 2014),
@@ -108,9 +108,9 @@ class Item2VecConfig:
         except (TypeError, ValueError):
             weights = ()
         object.__setattr__(self, "prior_weights", weights or self.prior_weights)
-        if not weights or any(not w >= 0 for w in weights):
+        if not weights or any(not (0 <= w < float("inf")) for w in weights):
             raise Item2VecConfigError(
-                f"prior_weights must be a non-empty list of weights >= 0, got "
+                f"prior_weights must be a non-empty list of finite weights >= 0, got "
                 f"{self.prior_weights!r}")
         unknown_roles = [r for r in self.impute_roles if r not in ITEM_ROLES]
         if unknown_roles:

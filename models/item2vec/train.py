@@ -44,6 +44,11 @@ class Item2VecResult:
     item_vectors: np.ndarray  # [N, dim (+1)]: trained rows L2-normalized, then imputed means
     tower: MeanHistoryTower
     stats: dict[str, Any]
+    # [N] the scaled log clicks of the fit period (before validation), by row
+    # of item_vectors: what the weight was chosen with. The served column uses
+    # every training click, validation's included, so validation-time scoring
+    # must use this one (validation_vectors).
+    fit_prior: np.ndarray | None = None
 
     @property
     def prior_column(self) -> bool:
@@ -55,9 +60,21 @@ class Item2VecResult:
         """item_vectors without the prior column, [N, dim]."""
         return self.item_vectors[:, :-1] if self.prior_column else self.item_vectors
 
+    @property
+    def validation_vectors(self) -> np.ndarray:
+        """item_vectors with the prior column from fit-period clicks (no validation click)."""
+        if not self.prior_column:
+            return self.item_vectors
+        weight = self.stats["popularity_prior"]["weight"]
+        return with_prior(self.similarity_vectors, weight * self.fit_prior)
+
     def user_vectors(self, features: Mapping[str, np.ndarray],
                      batch_size: int = 4096) -> np.ndarray:
-        """Mean of recent clicked item vectors, [B, dim] (zeros without history)."""
+        """Mean of recent clicked item vectors, [B, width of item_vectors].
+
+        Without the prior: zeros for a user with no known click. With it: 1 in
+        the prior column, so such a user gets [0, ..., 0, 1] (the prior alone).
+        """
         name = self.feature_config.history_feature.name
         history = features[name]
         return np.concatenate([self.tower({name: tf.constant(history[i:i + batch_size])}).numpy()
@@ -206,8 +223,9 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
     # user's mean. Imputed items do count: their vector is an estimate.
     item_vectors = np.concatenate([trained, imputed])
     if weight > 0:
-        # Served prior: every training click the catalogue counts (the
-        # popularity peer's counts), scaled like the chosen one.
+        # Served prior: the catalogue's click counts (every training click, the
+        # popularity peer's counts; without a catalogue the fit sessions'),
+        # scaled like the chosen one.
         counts = np.zeros(len(item_ids) + len(missing))
         counts[:len(item_ids)] = clicks[export_rows]
         if catalogue is not None and missing:
@@ -232,8 +250,11 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
                   "popularity_prior": {"weight": weight, f"val_hr@{training.VALIDATION_K}":
                                        prior_curve},
                   "train_seconds": time.time() - start})
+    fit_counts = np.zeros(len(item_ids) + len(missing))
+    fit_counts[:len(item_ids)] = fit_clicks[export_rows]
+    fit_counts[len(item_ids):] = [fit_clicks[index[x]] if x in index else 0 for x in missing]
     return Item2VecResult(feature_config, config, vocabulary, item_ids + missing,
-                          item_vectors, tower, stats)
+                          item_vectors, tower, stats, scaled_log_clicks(fit_counts))
 
 
 def scaled_log_clicks(clicks: np.ndarray) -> np.ndarray:

@@ -117,8 +117,9 @@ def test_prior_weight_is_chosen_on_the_validation_queries():
 
 
 def test_config_rejects_bad_prior_weights():
-    for bad in ((), (-0.1,), ("x",)):
-        with pytest.raises(Item2VecConfigError, match="prior_weights must be a non-empty list"):
+    for bad in ((), (-0.1,), ("x",), (float("inf"),), (float("nan"),)):
+        with pytest.raises(Item2VecConfigError,
+                           match="prior_weights must be a non-empty list of finite weights"):
             Item2VecConfig(prior_weights=bad)
     assert Item2VecConfig.from_hparams({"prior_weights": [0, 1]}).prior_weights == (0.0, 1.0)
 

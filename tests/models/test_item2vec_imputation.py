@@ -122,3 +122,67 @@ def test_an_imputed_vocabulary_item_counts_in_the_user_vector(with_new_item):
     assert user.shape[1] == dim + result.prior_column
     if result.prior_column:
         assert user[0, -1] == 1.0
+
+
+def test_a_forced_prior_is_chosen_on_fit_clicks_and_exported_with_every_training_click(
+        tmp_path, monkeypatch):
+    """prior_weights=(1.0,): the served prior column is scaled log catalogue clicks; the
+    weight was chosen with the fit period's clicks (no validation click); the exported
+    tower, the index metadata and the validation vectors agree."""
+    paths = recall_fixtures.write_dataset(str(tmp_path / "data"))
+    config = fc.load(paths["config"])
+    catalogue = data.load_catalogue(paths["items"], config)
+    sessions = data.load_examples(inputs.split_pattern(paths["item2vec"], fc.TRAIN), config,
+                                  fc.ITEM2VEC)
+    vocabulary = inputs.read_vocab(paths["vocab"], "item_id")
+    seen = []
+    choose = i2v_train.choose_prior_weight
+
+    def spy(queries, vectors, clicks, weights):
+        seen.append(np.array(clicks))
+        return choose(queries, vectors, clicks, weights)
+
+    monkeypatch.setattr(i2v_train, "choose_prior_weight", spy)
+    result = i2v_train.fit(config, sessions, vocabulary, catalogue,
+                           Item2VecConfig(dim=8, max_epochs=1, batch_size=256,
+                                          prior_weights=(1.0,)))
+    assert result.prior_column and result.stats["popularity_prior"]["weight"] == 1.0
+    trained = result.stats["trained_items"]
+    # Every choice (each epoch's validation, then the final one) saw the fit clicks only.
+    from models.recall import training
+    carve = training.carve_validation(sessions, 0.1, "item2vec")
+    ids = i2v_train.sessions_to_ids(carve.fit[fc.SESSION_ITEMS_KEY], vocabulary)
+    fit_counts = np.bincount(np.concatenate(ids), minlength=len(vocabulary) + 1)
+    rows = [vocabulary.index(x) + 1 for x in result.item_ids[:trained]]
+    assert len(seen) == 2
+    for clicks in seen:
+        np.testing.assert_array_equal(clicks, fit_counts[rows])
+    all_counts = catalogue.clicks[catalogue.rows_of(result.item_ids)]
+    assert (all_counts[:trained] > fit_counts[rows]).any()  # validation clicks exist
+    # Served column: 1.0 x scaled log of every training click (the catalogue's).
+    np.testing.assert_allclose(result.item_vectors[:, -1],
+                               i2v_train.scaled_log_clicks(all_counts), rtol=1e-6)
+    np.testing.assert_allclose(result.validation_vectors[:trained, -1],
+                               i2v_train.scaled_log_clicks(
+                                   np.concatenate([fit_counts[rows],
+                                                   np.zeros(len(result.item_ids) - trained)]))
+                               [:trained], rtol=1e-6)
+    export = str(tmp_path / "export")
+    result.export(export)
+    emb = artifacts.read_item_embeddings(os.path.join(export, artifacts.ITEM_EMBEDDINGS_DIR))
+    assert emb.metadata["prior_column"] is True and emb.metadata["prior_weight"] == 1.0
+    assert emb.metadata["normalized"] is False and emb.embeddings.shape[1] == 9
+    # The exported tower (SavedModel): similarity mean of the recent clicks, 1 in the prior column.
+    import tensorflow as tf
+    serve = artifacts.load_user_tower(os.path.join(export, artifacts.USER_TOWER_DIR))
+    arrays = data.load_examples(os.path.join(paths["retrieval"], "Split-eval", "*.gz"), config,
+                                fc.RETRIEVAL)
+    request = {k: tf.constant(arrays[k][:5]) for k in data.serving_signature(config)}
+    served = serve(**request)["user_embedding"].numpy()
+    assert served.shape == (5, 9)
+    np.testing.assert_array_equal(served[:, -1], np.ones(5))
+    row = {x: i for i, x in enumerate(emb.ids)}
+    hist = data.history_lists(arrays[config.history_feature.name][:5])
+    expected = np.stack([emb.embeddings[[row[x] for x in h if x in row][-5:], :8].mean(0)
+                         if any(x in row for x in h) else np.zeros(8) for h in hist])
+    np.testing.assert_allclose(served[:, :8], expected, atol=1e-5)
