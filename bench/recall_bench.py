@@ -504,9 +504,10 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
             for view, queries in views.items():
                 begin = time.time()
                 if name in LEARNED:
+                    users = result.user_vectors(queries.features)
                     out = protocols.evaluate_embeddings(
-                        queries, result.user_vectors(queries.features), result.item_ids,
-                        result.item_vectors, catalogue_size=n_cat)
+                        queries, users, result.item_ids, result.item_vectors,
+                        catalogue_size=n_cat)
                 elif name == "word2vec":
                     out = protocols.evaluate_embeddings(
                         queries, mean_history(queries, ids, vectors), ids, vectors,
@@ -520,11 +521,9 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
                 if name == "item2vec":
                     # Ablation of the same vectors: similarity alone, no
                     # popularity prior (equal to item2vec where beta = 0).
-                    users = result.user_vectors(queries.features)
-                    if result.prior_column:
-                        users = users[:, :-1]
+                    width = result.similarity_vectors.shape[1]
                     plain = protocols.evaluate_embeddings(
-                        queries, users, result.item_ids, result.similarity_vectors,
+                        queries, users[:, :width], result.item_ids, result.similarity_vectors,
                         catalogue_size=n_cat)
                     runs[view].setdefault(SIMILARITY_ONLY, []).append(
                         {"seed": seed, **plain,

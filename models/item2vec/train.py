@@ -203,38 +203,46 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
             batches += 1
         return total / max(batches, 1)
 
+    choices: list[tuple[float, dict[str, float]]] = []  # per epoch: (weight, curve)
+
     def validate() -> float:
         # The served score includes the prior, so epochs are compared at
         # their own best prior weight (a prior can rescue an epoch whose
         # similarity alone looks worse).
         vectors = normalize_rows(model.center.embeddings.numpy()[export_rows])
-        _, curve = choose_prior_weight(queries, vectors, fit_clicks[export_rows],
-                                       config.prior_weights)
-        return max(curve.values())
+        choices.append(choose_prior_weight(queries, vectors, fit_clicks[export_rows],
+                                           config.prior_weights))
+        return max(choices[-1][1].values())
 
     history = training.fit_epochs(model, train_epoch, validate, config)
     trained = normalize_rows(model.center.embeddings.numpy()[export_rows])
-    weight, prior_curve = choose_prior_weight(queries, trained, fit_clicks[export_rows],
-                                              config.prior_weights)
+    # fit_epochs put the best epoch's weights back: its choice is the kept one.
+    weight, prior_curve = choices[history["early_stopping"]["best_epoch"] - 1]
     missing = untrained_items(item_ids, vocabulary, catalogue) if config.impute_untrained else []
     imputed, source, roles = _impute(feature_config, config, catalogue, item_ids, trained, missing)
-    # Vocabulary rows without a vector stay zero: an item that never was a
-    # center keeps its random init, which must not look like a click in a
-    # user's mean. Imputed items do count: their vector is an estimate.
+    index = data.item_vocab_index(vocabulary)
+    outside = np.zeros(len(missing))  # clicks of imputed items outside the vocabulary
+    if catalogue is not None and missing:
+        rows = catalogue.rows_of(missing)
+        outside = np.where(rows >= 0, catalogue.clicks[np.maximum(rows, 0)], 0)
+
+    def by_row(by_model_id: np.ndarray, not_in_vocab: np.ndarray) -> np.ndarray:
+        """Counts of the exported rows (trained, then imputed) from model-id counts."""
+        tail = [by_model_id[index[x]] if x in index else c for x, c in zip(missing, not_in_vocab)]
+        return np.concatenate([by_model_id[export_rows], np.asarray(tail, np.float64)])
+
     item_vectors = np.concatenate([trained, imputed])
     if weight > 0:
         # Served prior: the catalogue's click counts (every training click, the
         # popularity peer's counts; without a catalogue the fit sessions'),
         # scaled like the chosen one.
-        counts = np.zeros(len(item_ids) + len(missing))
-        counts[:len(item_ids)] = clicks[export_rows]
-        if catalogue is not None and missing:
-            rows = catalogue.rows_of(missing)
-            counts[len(item_ids):] = np.where(rows >= 0, catalogue.clicks[np.maximum(rows, 0)], 0)
-        item_vectors = with_prior(item_vectors, weight * scaled_log_clicks(counts))
+        prior = scaled_log_clicks(by_row(clicks, outside))
+        item_vectors = with_prior(item_vectors, weight * prior)
+    # Vocabulary rows without a vector stay zero: an item that never was a
+    # center keeps its random init, which must not look like a click in a
+    # user's mean. Imputed items do count: their vector is an estimate.
     vectors = np.zeros((num_rows, item_vectors.shape[1]), np.float32)
     vectors[export_rows] = item_vectors[:len(item_ids)]
-    index = data.item_vocab_index(vocabulary)
     in_vocab = [(index[x], i) for i, x in enumerate(missing) if x in index]
     if in_vocab:
         model_ids, rows = map(list, zip(*in_vocab))
@@ -250,11 +258,9 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
                   "popularity_prior": {"weight": weight, f"val_hr@{training.VALIDATION_K}":
                                        prior_curve},
                   "train_seconds": time.time() - start})
-    fit_counts = np.zeros(len(item_ids) + len(missing))
-    fit_counts[:len(item_ids)] = fit_clicks[export_rows]
-    fit_counts[len(item_ids):] = [fit_clicks[index[x]] if x in index else 0 for x in missing]
-    return Item2VecResult(feature_config, config, vocabulary, item_ids + missing,
-                          item_vectors, tower, stats, scaled_log_clicks(fit_counts))
+    fit_prior = scaled_log_clicks(by_row(fit_clicks, np.zeros(len(missing))))
+    return Item2VecResult(feature_config, config, vocabulary, item_ids + missing, item_vectors,
+                          tower, stats, fit_prior)
 
 
 def scaled_log_clicks(clicks: np.ndarray) -> np.ndarray:
@@ -270,7 +276,7 @@ def with_prior(vectors: np.ndarray, prior: np.ndarray) -> np.ndarray:
                           axis=1).astype(np.float32)
 
 
-def choose_prior_weight(queries: "NextItemQueries", vectors: np.ndarray, clicks: np.ndarray,
+def choose_prior_weight(queries: NextItemQueries, vectors: np.ndarray, clicks: np.ndarray,
                         weights: Sequence[float]) -> tuple[float, dict[str, float]]:
     """The prior weight with the best validation HR@K (ties: the first in `weights`).
 

@@ -83,7 +83,9 @@ def test_tower_with_a_prior_column_averages_the_rest_and_weights_the_prior_by_on
     # user . c = 0.5 + 1.0 + 0.9: similarity plus c's prior.
     assert float(out[0] @ vectors[3]) == pytest.approx(2.4)
     clone = MeanHistoryTower.from_config(tower.get_config())
-    assert clone.prior_column
+    clone({"hist": tf.constant([["a"]])})
+    clone.set_weights(tower.get_weights())
+    np.testing.assert_allclose(clone({"hist": tf.constant([["", ""]])}).numpy(), [[0, 0, 1]])
     with pytest.raises(ValueError, match="prior_column needs vectors of width >= 2, got 1"):
         MeanHistoryTower(["a"], np.zeros((2, 1), np.float32), "hist", prior_column=True)
 
