@@ -434,8 +434,8 @@ def training_record(trainer_stats: Mapping[str, Any]) -> dict[str, Any]:
             f"best_{training.MONITOR}": stopping["best_value"],
             "learning_curve": trainer_stats["learning_curve"],
             "validation": trainer_stats["validation"],
-            **({"popularity_prior": trainer_stats["popularity_prior"]}
-               if "popularity_prior" in trainer_stats else {})}
+            **{key: trainer_stats[key] for key in ("popularity_prior", "recent_clicks")
+               if key in trainer_stats}}
 
 
 def query_record(queries: protocols.Queries, item_vocabulary: Sequence[str]
@@ -758,7 +758,10 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
                     "patience epochs (max_epochs a cap), best epoch's weights kept; per-seed "
                     "best_epochs / epochs_run in each learned model's entry",
         "schedules": schedules,
-        "hparams": {"learned": "each config's defaults (nothing chosen on validation or eval)",
+        "hparams": {"learned": ("each config's defaults; the choices a trainer makes on "
+                                "its own validation split (Item2vec's popularity-prior "
+                                "weight, two-tower's recent_clicks) are recorded per seed; "
+                                "nothing is chosen on eval"),
                     "overrides": HPARAMS, "peers": PEER_SETTINGS,
                     "peers_note": "fixed, untuned, the same on both datasets; peers train on "
                                   "the whole training split (no validation carve)",

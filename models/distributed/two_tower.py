@@ -135,8 +135,10 @@ def fit_with_strategy(strategy: tf.distribute.ParameterServerStrategy,
     """
     trained = tt_train.fit(feature_config, arrays, catalogue, vocabularies, config,
                            steps=CoordinatedSteps(strategy))
-    _, user_names, item_names = tt_train.build_model(feature_config, vocabularies, config)
-    copy = single_process_copy(trained.model, feature_config, vocabularies, config,
+    # trained.config holds the recent_clicks choice the trained model has.
+    _, user_names, item_names = tt_train.build_model(feature_config, vocabularies,
+                                                     trained.config)
+    copy = single_process_copy(trained.model, feature_config, vocabularies, trained.config,
                                training.tensors(arrays, user_names, np.arange(1)),
                                training.tensors(catalogue.features, item_names, np.arange(1)))
     stats = {**trained.stats, "variable_placement": dt.variable_placement(trained.model),

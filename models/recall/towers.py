@@ -60,6 +60,21 @@ class AttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+def recent_mean(sequence: tf.Tensor, mask: tf.Tensor, count: int | None = None) -> tf.Tensor:
+    """Mean of the last `count` valid positions of each row, [B, d] (zeros: none valid).
+
+    sequence [B, L, d], mask [B, L] bool. Valid positions are taken in order
+    wherever the padding sits: a position counts when at most `count` valid
+    positions are at or after it. count None: every valid position.
+    """
+    weights = tf.cast(mask, sequence.dtype)  # [B, L]
+    if count is not None:
+        from_end = tf.cumsum(weights, axis=1, reverse=True)
+        weights = weights * tf.cast(from_end <= count, sequence.dtype)
+    total = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
+    return tf.einsum("bl,bld->bd", weights / total, sequence)
+
+
 @keras.utils.register_keras_serializable(package="feedrec")
 class FeatureTower(keras.Model):
     """Raw features -> one vector per example.
@@ -75,6 +90,11 @@ class FeatureTower(keras.Model):
       attention_units: 0 = mean-pool multi-valued features; > 0 = attention
         pooling with the single-valued embeddings as query.
       normalize: L2-normalize the output (cosine towers).
+      recent_clicks: > 0: each sequence feature (the click history, oldest
+        first) also adds the mean of its last `recent_clicks` entries (both
+        poolings are order-free, and the next click may follow the latest
+        ones most). With mean pooling the sequences then get their own
+        tables, as with attention.
     Call:
       features: dict name -> raw tensor.
     Returns:
@@ -83,7 +103,8 @@ class FeatureTower(keras.Model):
 
     def __init__(self, feature_config: Mapping[str, Any], vocabularies: Mapping[str, Sequence[str]],
                  feature_names: Sequence[str], embedding_dim: int, hidden_units: Sequence[int],
-                 output_dim: int, attention_units: int = 0, normalize: bool = False, **kwargs):
+                 output_dim: int, attention_units: int = 0, normalize: bool = False,
+                 recent_clicks: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.feature_config = dict(feature_config)
         self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
@@ -91,6 +112,9 @@ class FeatureTower(keras.Model):
         self.embedding_dim, self.output_dim = int(embedding_dim), int(output_dim)
         self.hidden_units = [int(u) for u in hidden_units]
         self.attention_units, self.normalize = int(attention_units), bool(normalize)
+        self.recent_clicks = int(recent_clicks)
+        if self.recent_clicks < 0:
+            raise ValueError(f"recent_clicks must be >= 0, got {recent_clicks}")
         config = fc.from_dict(self.feature_config)
         if not self.feature_names:
             raise ValueError("a tower needs at least one feature")
@@ -100,7 +124,17 @@ class FeatureTower(keras.Model):
         single = [n for n in self.feature_names if n not in multi]
         if not self.attention_units or not single:
             single, multi = self.feature_names, []
+            if self.recent_clicks:
+                # Mean pooling with a recent-click mean: the sequences get
+                # their own tables, as attention pooling's do.
+                multi = [n for n in self.feature_names
+                         if config.feature(n).type == fc.SEQUENCE]
+                single = [n for n in self.feature_names if n not in multi]
+                if not single:
+                    single, multi = self.feature_names, []
         self.single_names, self.multi_names = single, multi
+        self.recent_names = ([n for n in multi if config.feature(n).type == fc.SEQUENCE]
+                             if self.recent_clicks else [])
         rows = {n: self.ids.num_rows(n) for n in single}
         for n in single:
             spec = config.feature(n)
@@ -114,7 +148,7 @@ class FeatureTower(keras.Model):
                                           stddev=0.01), name=f"{n}_sequence_embedding")
             for n in multi}
         self.poolers = {n: AttentionPooling(self.attention_units, name=f"{n}_attention")
-                        for n in multi}
+                        for n in multi if self.attention_units}
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
                     for i, u in enumerate(self.hidden_units)]
         self.out = keras.layers.Dense(self.output_dim, name="output")
@@ -126,7 +160,11 @@ class FeatureTower(keras.Model):
         parts = [flat]
         for n in self.multi_names:
             vectors = self.sequence_tables[n](ids[n])  # [B, L, e]
-            parts.append(self.poolers[n](vectors, ids[n] > 0, flat))
+            mask = ids[n] > 0
+            parts.append(self.poolers[n](vectors, mask, flat) if n in self.poolers
+                         else recent_mean(vectors, mask))
+            if n in self.recent_names:
+                parts.append(recent_mean(vectors, mask, self.recent_clicks))
         x = tf.concat(parts, axis=1)
         for layer in self.mlp:
             x = layer(x)
@@ -138,4 +176,5 @@ class FeatureTower(keras.Model):
                 "feature_names": self.feature_names, "embedding_dim": self.embedding_dim,
                 "hidden_units": self.hidden_units, "output_dim": self.output_dim,
                 "attention_units": self.attention_units, "normalize": self.normalize,
+                "recent_clicks": self.recent_clicks,
                 "name": self.name}

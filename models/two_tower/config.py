@@ -32,6 +32,11 @@ class TwoTowerConfig:
         positive's same-city, other-category items (other category when the
         config has no item_city role; none without an item_category role);
         each is scored against its own query only (logQ 1/pool size).
+      recent_clicks: the choices, tried one model each and chosen by
+        validation HR@50, for how many of the latest history clicks the user
+        tower also reads as their mean (0: attention pooling over the whole
+        history only). Whether the next click follows the latest ones
+        differs by log, so the validation split decides; one value: no choice.
       use_user_id: feed the user-id feature to the user tower (off: new users
         would hit an untrained row).
       batch_size, learning_rate, seed: training loop.
@@ -50,6 +55,7 @@ class TwoTowerConfig:
     temperature: float = 0.05
     extra_negatives: int = 128
     hard_negatives: int = 1
+    recent_clicks: tuple[int, ...] = (0, 5)
     use_user_id: bool = False
     batch_size: int = 512
     learning_rate: float = 0.003
@@ -70,6 +76,19 @@ class TwoTowerConfig:
                 f"attention_units must be >= 0, got {self.attention_units!r}")
         if self.temperature <= 0:
             raise TwoTowerConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        # hparams arrive as JSON lists (or one number); a tuple keeps the config hashable.
+        choices = self.recent_clicks
+        if isinstance(choices, int) and not isinstance(choices, bool):
+            choices = (choices,)
+        try:
+            choices = tuple(choices)
+        except TypeError:
+            choices = ()
+        if not choices or any(isinstance(c, bool) or not isinstance(c, int) or c < 0
+                              for c in choices) or len(set(choices)) != len(choices):
+            raise TwoTowerConfigError(f"recent_clicks must be distinct integers >= 0 (one or "
+                                      f"a list to choose from), got {self.recent_clicks!r}")
+        object.__setattr__(self, "recent_clicks", choices)
         for name in ("extra_negatives", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise TwoTowerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

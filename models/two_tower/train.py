@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -32,14 +33,20 @@ class TwoTowerResult(training.TowerResult):
 
 
 def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
-                config: TwoTowerConfig) -> tuple[TwoTowerModel, list[str], list[str]]:
-    """The untrained model and the user / item feature names its towers read."""
+                config: TwoTowerConfig, recent_clicks: int | None = None
+                ) -> tuple[TwoTowerModel, list[str], list[str]]:
+    """The untrained model and the user / item feature names its towers read.
+
+    recent_clicks: the user tower's recent-click mean (None: the config's
+    first choice, the one a trained result's config holds).
+    """
     user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
     item_names = [f.name for f in data.item_features(feature_config)]
     cfg = feature_config.to_dict()
+    recent = config.recent_clicks[0] if recent_clicks is None else recent_clicks
     user_tower = FeatureTower(cfg, vocabularies, user_names, config.embedding_dim,
                               config.hidden_units, config.dim, config.attention_units,
-                              normalize=True, name="user_tower")
+                              normalize=True, recent_clicks=recent, name="user_tower")
     item_tower = FeatureTower(cfg, vocabularies, item_names, config.embedding_dim,
                               config.hidden_units, config.dim, attention_units=0,
                               normalize=True, name="item_tower")
@@ -122,7 +129,10 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     The latest `validation_fraction` of the examples' time span is held out
     (time-split queries, as in the eval); training runs epoch by epoch until
     their HR@50 stops improving and keeps the best epoch
-    (models.recall.training.fit_epochs).
+    (models.recall.training.fit_epochs). With several `recent_clicks`
+    choices one model is trained per choice (same seed) and the best
+    validation HR@50 is kept; the result's config holds the chosen value and
+    stats["recent_clicks"] every choice's validation HR@50.
 
     Args:
       steps: where the model lives and the steps run (default: this process,
@@ -134,15 +144,8 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     """
     start = time.time()
     steps = steps or InProcessSteps()
-    rng = np.random.default_rng(config.seed)
-    # Seeds Keras' initializers too (tf.random.set_seed alone leaves them to
-    # Python's `random`): the same seed gives the same run.
-    keras.utils.set_random_seed(config.seed)
     carve = training.carve_validation(arrays, config.validation_fraction, MODEL_NAME)
     queries = training.validation_queries(carve, feature_config, MODEL_NAME)
-    with steps.scope():
-        model, user_names, item_names = build_model(feature_config, vocabularies, config)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
     rows, unknown = training.target_rows(carve.fit, feature_config, catalogue)
     keep = np.flatnonzero(rows >= 0)
     if len(keep) == 0:
@@ -150,50 +153,75 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     fit_arrays, rows = data.take(carve.fit, keep), rows[keep]
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
-    steps.build(model, optimizer, training.tensors(fit_arrays, user_names, np.arange(1)),
-                training.tensors(catalogue.features, item_names, np.arange(1)))
 
-    def step_fn(user_features, shared_features, shared_ids, shared_probability, hard_features,
-                hard_ids, hard_probability):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(user_features, shared_features, shared_ids,
-                                      shared_probability, hard_features, hard_ids,
-                                      hard_probability)
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+    def fit_one(recent: int) -> tuple[TwoTowerModel, dict[str, Any], np.ndarray]:
+        """One user tower (recent-click mean of `recent`) trained to early stopping."""
+        rng = np.random.default_rng(config.seed)
+        # Seeds Keras' initializers too (tf.random.set_seed alone leaves them
+        # to Python's `random`): the same seed gives the same run, and every
+        # choice starts from the same draws.
+        keras.utils.set_random_seed(config.seed)
+        with steps.scope():
+            model, user_names, item_names = build_model(feature_config, vocabularies, config,
+                                                        recent)
+            optimizer = keras.optimizers.Adam(config.learning_rate)
+        steps.build(model, optimizer, training.tensors(fit_arrays, user_names, np.arange(1)),
+                    training.tensors(catalogue.features, item_names, np.arange(1)))
 
-    step = steps.function(step_fn)
+        def step_fn(user_features, shared_features, shared_ids, shared_probability,
+                    hard_features, hard_ids, hard_probability):
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(user_features, shared_features, shared_ids,
+                                          shared_probability, hard_features, hard_ids,
+                                          hard_probability)
+            variables = model.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
 
-    def train_epoch() -> float:
-        pending = []
-        for batch in training.minibatches(len(rows), config.batch_size, rng):
-            shared, shared_q, hard_rows, hard_q = batch_candidates(
-                rng, rows[batch], probability, config.extra_negatives, hard,
-                config.hard_negatives)
-            pending.append(steps.dispatch(step, (
-                training.tensors(fit_arrays, user_names, batch),
-                training.tensors(catalogue.features, item_names, shared),
-                tf.constant(shared), tf.constant(shared_q, tf.float32),
-                training.tensors(catalogue.features, item_names, hard_rows.reshape(-1)),
-                tf.constant(hard_rows), tf.constant(hard_q, tf.float32))))
-        return sum(steps.losses(pending)) / max(len(pending), 1)
+        step = steps.function(step_fn)
 
-    def item_vectors() -> np.ndarray:
-        return training.predict(model.item_tower, catalogue.features, item_names, config.dim)
+        def train_epoch() -> float:
+            pending = []
+            for batch in training.minibatches(len(rows), config.batch_size, rng):
+                shared, shared_q, hard_rows, hard_q = batch_candidates(
+                    rng, rows[batch], probability, config.extra_negatives, hard,
+                    config.hard_negatives)
+                pending.append(steps.dispatch(step, (
+                    training.tensors(fit_arrays, user_names, batch),
+                    training.tensors(catalogue.features, item_names, shared),
+                    tf.constant(shared), tf.constant(shared_q, tf.float32),
+                    training.tensors(catalogue.features, item_names, hard_rows.reshape(-1)),
+                    tf.constant(hard_rows), tf.constant(hard_q, tf.float32))))
+            return sum(steps.losses(pending)) / max(len(pending), 1)
 
-    def validate() -> float:
-        users = training.predict(model.user_tower, queries.features, user_names, config.dim)
-        return training.validation_hit_rate(queries, users, catalogue.ids, item_vectors())
+        def item_vectors() -> np.ndarray:
+            return training.predict(model.item_tower, catalogue.features, item_names,
+                                    config.dim)
 
-    history = training.fit_epochs(model, train_epoch, validate, config)
+        def validate() -> float:
+            users = training.predict(model.user_tower, queries.features, user_names,
+                                     config.dim)
+            return training.validation_hit_rate(queries, users, catalogue.ids, item_vectors())
+
+        history = training.fit_epochs(model, train_epoch, validate, config)
+        return model, history, item_vectors()
+
+    runs = {recent: fit_one(recent) for recent in config.recent_clicks}
+    # The best validation HR@50 wins; a tie goes to the earlier choice.
+    best = max(runs, key=lambda r: (runs[r][1]["early_stopping"]["best_value"],
+                                    -config.recent_clicks.index(r)))
+    model, history, item_vectors = runs[best]
+    chosen = dataclasses.replace(config, recent_clicks=(best,))
+    _, user_names, _ = build_model(feature_config, vocabularies, chosen)
     stats = {**history, "examples": int(len(rows)), "dropped_unknown_target": unknown,
              "num_items": len(catalogue),
+             "recent_clicks": {"chosen": best, training.MONITOR: {
+                 str(r): runs[r][1]["early_stopping"]["best_value"] for r in runs}},
              "validation": {**carve.summary(),
                             "validation_queries": training.count_with_targets(queries)},
              "train_seconds": time.time() - start}
-    return TwoTowerResult(feature_config, config, model, user_names, list(catalogue.ids),
-                          item_vectors(), stats)
+    return TwoTowerResult(feature_config, chosen, model, user_names, list(catalogue.ids),
+                          item_vectors, stats)
 
 
 def train(config_path: str, examples_dir: str, vocab_dir: str, items_pattern: str,

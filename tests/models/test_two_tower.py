@@ -1,5 +1,6 @@
 """Two-tower: loss with logQ and accidental hits, hard negatives, attention, export, new users."""
 
+import dataclasses
 import os
 import types
 
@@ -11,7 +12,7 @@ from feature_contract import feature_config as fc
 from models.layers.feature_embedding import load_vocabularies
 from models import validation
 from models.recall import artifacts, data, protocols, training
-from models.recall.towers import AttentionPooling
+from models.recall.towers import AttentionPooling, FeatureTower, recent_mean
 from models.two_tower import train as tt_train
 from models.two_tower.config import TwoTowerConfig, TwoTowerConfigError
 from models.two_tower.model import HardNegativeSampler, mixed_softmax_loss
@@ -73,6 +74,10 @@ def test_attention_pooling_hand_computed_and_empty_rows():
     np.testing.assert_array_equal(out[1], [0.0, 0.0])  # new user: no history, no NaN
 
 
+TRAINED_CONFIG = TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), max_epochs=30,
+                                batch_size=64, extra_negatives=16)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tt"))
@@ -81,15 +86,14 @@ def trained(tmp_path_factory):
     catalogue = data.load_catalogue(paths["items"], config)
     arrays = data.load_examples(os.path.join(paths["retrieval"], "Split-train", "*.gz"), config,
                                 fc.RETRIEVAL)
-    result = tt_train.fit(config, arrays, catalogue, load_vocabularies(config, paths["vocab"]),
-                          TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,),
-                                         max_epochs=30, batch_size=64, extra_negatives=16))
+    vocabularies = load_vocabularies(config, paths["vocab"])
+    result = tt_train.fit(config, arrays, catalogue, vocabularies, TRAINED_CONFIG)
     export = os.path.join(root, "export")
     result.export(export)
     queries = protocols.time_split(data.load_examples(
         os.path.join(paths["retrieval"], "Split-eval", "*.gz"), config, fc.RETRIEVAL), config)
     return types.SimpleNamespace(config=config, result=result, export=export, queries=queries,
-                                 arrays=arrays)
+                                 arrays=arrays, catalogue=catalogue, vocabularies=vocabularies)
 
 
 def test_two_tower_learns_user_category(trained):
@@ -181,3 +185,59 @@ def test_config_validation():
     with pytest.raises(TwoTowerConfigError, match="use 'max_epochs'"):
         TwoTowerConfig.from_hparams({"epochs": 2})
     assert TwoTowerConfig.from_hparams({"hidden_units": [8, 4]}).hidden_units == (8, 4)
+
+
+def test_recent_mean_hand_computed_wherever_the_padding_sits():
+    seq = tf.constant([[[1.0], [2.0], [3.0], [4.0], [0.0]],     # padding last
+                       [[0.0], [0.0], [5.0], [7.0], [9.0]],     # padding first
+                       [[1.0], [1.0], [1.0], [1.0], [1.0]]])    # no click
+    mask = tf.constant([[True, True, True, True, False],
+                        [False, False, True, True, True],
+                        [False] * 5])
+    np.testing.assert_allclose(recent_mean(seq, mask, 2).numpy(), [[3.5], [8.0], [0.0]])
+    np.testing.assert_allclose(recent_mean(seq, mask, 10).numpy(), [[2.5], [7.0], [0.0]])
+    np.testing.assert_allclose(recent_mean(seq, mask).numpy(), [[2.5], [7.0], [0.0]])
+
+
+def test_recent_clicks_with_mean_pooling_gives_the_history_its_own_table(trained):
+    config = trained.config
+    vocabularies = {k: list(v) for k, v in trained.result.model.user_tower.vocabularies.items()}
+    names = trained.result.user_names
+    history = config.history_feature.name
+    plain = FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4)
+    recent = FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, recent_clicks=3)
+    assert plain.multi_names == [] and recent.multi_names == [history]
+    assert recent.recent_names == [history] and history not in recent.single_names
+    assert recent.get_config()["recent_clicks"] == 3
+    features = {k: tf.constant(v[:3]) for k, v in trained.arrays.items() if k in names}
+    assert recent(features).shape == (3, 4)
+    with pytest.raises(ValueError, match="recent_clicks must be >= 0, got -1"):
+        FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, recent_clicks=-1)
+
+
+def test_recent_clicks_choice_is_the_best_validation_and_each_starts_alike(trained):
+    result = trained.result
+    choice = result.stats["recent_clicks"]
+    assert set(choice["val_hr@50"]) == {"0", "5"}
+    best = max(choice["val_hr@50"].values())
+    assert choice["val_hr@50"][str(choice["chosen"])] == best
+    assert result.stats["early_stopping"]["best_value"] == best
+    assert result.config.recent_clicks == (choice["chosen"],)
+    assert result.model.user_tower.recent_clicks == choice["chosen"]
+    # One choice alone trains exactly as it did among two: same seed, same draws.
+    alone = tt_train.fit(trained.config, trained.arrays, trained.catalogue,
+                         trained.vocabularies, dataclasses.replace(TRAINED_CONFIG,
+                                                                   recent_clicks=(5,)))
+    assert alone.stats["early_stopping"]["best_value"] == choice["val_hr@50"]["5"]
+    assert alone.stats["recent_clicks"] == {"chosen": 5, "val_hr@50": {"5": choice["val_hr@50"]["5"]}}
+
+
+def test_recent_clicks_config():
+    assert TwoTowerConfig().recent_clicks == (0, 5)
+    assert TwoTowerConfig.from_hparams({"recent_clicks": 3}).recent_clicks == (3,)
+    assert TwoTowerConfig.from_hparams({"recent_clicks": [0, 10]}).recent_clicks == (0, 10)
+    for bad in ([], [-1], [2, 2], [1.5], True, "5"):
+        with pytest.raises(TwoTowerConfigError) as info:
+            TwoTowerConfig.from_hparams({"recent_clicks": bad})
+        assert str(info.value) == ("recent_clicks must be distinct integers >= 0 (one or a list "
+                                   f"to choose from), got {bad!r}")
