@@ -121,8 +121,9 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
     """Trains SGNS on click sessions, epoch by epoch until validation stops improving.
 
     The sessions starting in the latest `validation_fraction` of the time
-    span are held out; after each epoch their next-item HR@50 (the metric
-    eval_next_item reports) is measured with the current vectors at their
+    span are held out; after each epoch their next-item HR@50 (every click
+    after a session's first retrieved by the earlier ones: next_item_queries
+    with every_position) is measured with the current vectors at their
     best popularity-prior weight, and the best epoch's vectors are kept
     (models.recall.training.fit_epochs); the weight is chosen again on them.
 
@@ -176,7 +177,7 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
     export_rows = _candidate_rows(centers, vocabulary, catalogue)
     item_ids = [vocabulary[r - 1] for r in export_rows]
     queries = next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY], item_ids,
-                                config.recent_clicks)
+                                config.recent_clicks, every_position=True)
     training.check_validation_queries(len(queries), carve, MODEL_NAME)
     model = SkipGram(num_rows, config.dim)
     optimizer = keras.optimizers.Adam(config.learning_rate)
@@ -415,17 +416,26 @@ class NextItemQueries:
 
 
 def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
-                      recent_clicks: int) -> NextItemQueries:
-    """One query per session with a known last click and a known earlier click."""
+                      recent_clicks: int, every_position: bool = False) -> NextItemQueries:
+    """Next-click queries of sessions: a known target, not in the history, and a known
+    earlier click.
+
+    every_position False: one query per session, for its last click (the
+    eval_next_item metric). True: one per click after the first (history =
+    the session's clicks before it): the validation queries, many more than
+    sessions, so that the prior weight and the epoch are chosen on more than
+    a handful of hits.
+    """
     row = {item: i for i, item in enumerate(item_ids)}
     history, targets = [], []
     for s in sessions:
         s = [x.decode() if isinstance(x, bytes) else x for x in s]
-        hist = [row[x] for x in s[:-1] if x in row][-recent_clicks:]
-        if len(s) < 2 or not hist or s[-1] not in row:
-            continue
-        history.append(np.array(hist, np.int64))
-        targets.append(np.array([row[s[-1]]], np.int64))
+        for end in (range(1, len(s)) if every_position else [len(s) - 1]):
+            hist = [row[x] for x in s[:end] if x in row][-recent_clicks:]
+            if end < 1 or not hist or s[end] not in row or row[s[end]] in hist:
+                continue  # a target in the history is excluded from the top-K: no query
+            history.append(np.array(hist, np.int64))
+            targets.append(np.array([row[s[end]]], np.int64))
     return NextItemQueries(history, targets)
 
 

@@ -217,10 +217,18 @@ def item2vec_candidates(seed: int = 0) -> set[str]:
     return out
 
 
-def next_item_query_count(sessions: list[list[int]], candidates: set[str]) -> int:
-    """Sessions eval_next_item can query: last click and an earlier one are candidates."""
-    return sum(len(s) >= 2 and f"i{s[-1]}" in candidates
-               and any(f"i{k}" in candidates for k in s[:-1]) for s in sessions)
+def next_item_query_count(sessions: list[list[int]], candidates: set[str],
+                          every_position: bool = False) -> int:
+    """Clicks eval_next_item can query (the last of each session; every_position:
+    every click after the first): the click and an earlier one are candidates,
+    and the click is not among the 20 latest earlier candidates (its history)."""
+    count = 0
+    for s in sessions:
+        for end in (range(1, len(s)) if every_position else [len(s) - 1]):
+            history = [f"i{k}" for k in s[:end] if f"i{k}" in candidates][-20:]
+            count += (end >= 1 and f"i{s[end]}" in candidates and bool(history)
+                      and f"i{s[end]}" not in history)
+    return count
 
 
 def item2vec_validation(seed: int = 0) -> dict[str, float]:
@@ -235,7 +243,8 @@ def item2vec_validation(seed: int = 0) -> dict[str, float]:
     second = [clicks[u][FIRST_SESSION_CLICKS:TRAIN_CLICKS] for u in range(NEW_USERS, NUM_USERS)]
     return {"cutoff": hi - 0.1 * (hi - lo), "fit_examples": RETURNING_USERS,
             "validation_examples": RETURNING_USERS,
-            "validation_queries": next_item_query_count(second, item2vec_candidates(seed))}
+            "validation_queries": next_item_query_count(second, item2vec_candidates(seed),
+                                                        every_position=True)}
 
 
 def item2vec_eval_sessions(seed: int = 0) -> list[list[int]]:
