@@ -120,8 +120,9 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
     for label, count in (("trained_only", trained), ("with_imputed", len(result.item_ids))):
         # Fit-period prior: the served one counts the validation clicks scored here.
         ids, vectors = result.item_ids[:count], result.validation_vectors[:count]
+        # The trainer's own validation queries (every click after a session's first).
         queries = i2v_train.next_item_queries(validation_sessions, ids,
-                                              result.config.recent_clicks)
+                                              result.config.recent_clicks, every_position=True)
         top = i2v_train.next_item_top_k(queries, vectors, K, result.prior_column)
         out[label] = {"items": count, "reach": count / catalogue_size,
                       "queries": len(queries),
@@ -133,7 +134,7 @@ def coverage_record(result: i2v_train.Item2VecResult, validation_sessions: Seque
     # what imputation costs the hits the trained vectors had (their rows are
     # the same: trained items are a prefix).
     queries = i2v_train.next_item_queries(validation_sessions, result.item_ids[:trained],
-                                          result.config.recent_clicks)
+                                          result.config.recent_clicks, every_position=True)
     out["with_imputed"][f"hr@{K}_on_trained_only_queries"] = i2v_train.next_item_hit_rate(
         queries, result.validation_vectors, K, result.prior_column)
     return out

@@ -461,7 +461,8 @@ def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: in
 
 def eval_next_item(result: Item2VecResult, sessions: Sequence[Sequence], k: int = 50
                    ) -> dict[str, float]:
-    """Eval-session HR@k: the mean of all but the last item must retrieve the last."""
+    """Eval-session HR@k: the mean of the last item's earlier (recent) clicks must
+    retrieve it; a session whose last item is among them is no query (since d2bc0ce)."""
     queries = next_item_queries(sessions, result.item_ids, result.config.recent_clicks)
     if not len(queries):
         return {"eval_sessions": 0}

@@ -61,11 +61,17 @@ class AttentionPooling(keras.layers.Layer):
 
 
 def recent_mean(sequence: tf.Tensor, mask: tf.Tensor, count: int | None = None) -> tf.Tensor:
-    """Mean of the last `count` valid positions of each row, [B, d] (zeros: none valid).
+    """Mean of the last `count` valid positions of each row.
 
-    sequence [B, L, d], mask [B, L] bool. Valid positions are taken in order
-    wherever the padding sits: a position counts when at most `count` valid
-    positions are at or after it. count None: every valid position.
+    Valid positions are taken in order wherever the padding sits: a position
+    counts when at most `count` valid positions are at or after it.
+
+    Args:
+      sequence: [B, L, d] embeddings, oldest first.
+      mask: [B, L] bool, True at valid positions.
+      count: how many of the latest valid positions (None: all of them).
+    Returns:
+      [B, d]; zeros for a row with no valid position.
     """
     weights = tf.cast(mask, sequence.dtype)  # [B, L]
     if count is not None:
@@ -122,7 +128,8 @@ class FeatureTower(keras.Model):
         multi = [n for n in self.feature_names
                  if config.feature(n).type in (fc.TAGS, fc.SEQUENCE)]
         single = [n for n in self.feature_names if n not in multi]
-        if not self.attention_units or not single:
+        attend = bool(self.attention_units and single)
+        if not attend:
             single, multi = self.feature_names, []
             if self.recent_clicks:
                 # Mean pooling with a recent-click mean: the sequences get
@@ -130,11 +137,14 @@ class FeatureTower(keras.Model):
                 multi = [n for n in self.feature_names
                          if config.feature(n).type == fc.SEQUENCE]
                 single = [n for n in self.feature_names if n not in multi]
-                if not single:
-                    single, multi = self.feature_names, []
         self.single_names, self.multi_names = single, multi
         self.recent_names = ([n for n in multi if config.feature(n).type == fc.SEQUENCE]
                              if self.recent_clicks else [])
+        if self.recent_clicks and (not self.recent_names or not single):
+            # Otherwise the setting would change nothing (or leave no feature
+            # to embed), and a trainer choosing it would fit one model twice.
+            raise ValueError(f"recent_clicks {self.recent_clicks} needs a sequence feature "
+                             f"and another feature in {list(self.feature_names)}")
         rows = {n: self.ids.num_rows(n) for n in single}
         for n in single:
             spec = config.feature(n)
@@ -148,7 +158,7 @@ class FeatureTower(keras.Model):
                                           stddev=0.01), name=f"{n}_sequence_embedding")
             for n in multi}
         self.poolers = {n: AttentionPooling(self.attention_units, name=f"{n}_attention")
-                        for n in multi if self.attention_units}
+                        for n in multi if attend}
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
                     for i, u in enumerate(self.hidden_units)]
         self.out = keras.layers.Dense(self.output_dim, name="output")

@@ -34,8 +34,8 @@ class TwoTowerConfig:
         each is scored against its own query only (logQ 1/pool size).
       recent_clicks: the choices, tried one model each and chosen by
         validation HR@50, for how many of the latest history clicks the user
-        tower also reads as their mean (0: attention pooling over the whole
-        history only). Whether the next click follows the latest ones
+        tower also reads as their mean (0: the history's own pooling only,
+        attention or mean). Whether the next click follows the latest ones
         differs by log, so the validation split decides; one value: no choice.
       use_user_id: feed the user-id feature to the user tower (off: new users
         would hit an untrained row).

@@ -38,11 +38,16 @@ def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, lis
     """The untrained model and the user / item feature names its towers read.
 
     recent_clicks: the user tower's recent-click mean (None: the config's
-    first choice, the one a trained result's config holds).
+    only choice, as a trained result's config holds).
+    Raises:
+      ValueError: recent_clicks None while the config holds several choices.
     """
     user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
     item_names = [f.name for f in data.item_features(feature_config)]
     cfg = feature_config.to_dict()
+    if recent_clicks is None and len(config.recent_clicks) != 1:
+        raise ValueError(f"the config holds recent_clicks choices {config.recent_clicks}: "
+                         f"say which one to build")
     recent = config.recent_clicks[0] if recent_clicks is None else recent_clicks
     user_tower = FeatureTower(cfg, vocabularies, user_names, config.embedding_dim,
                               config.hidden_units, config.dim, config.attention_units,
@@ -131,8 +136,10 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     their HR@50 stops improving and keeps the best epoch
     (models.recall.training.fit_epochs). With several `recent_clicks`
     choices one model is trained per choice (same seed) and the best
-    validation HR@50 is kept; the result's config holds the chosen value and
-    stats["recent_clicks"] every choice's validation HR@50.
+    validation HR@50 is kept (a later choice must beat an earlier one by more
+    than min_delta); the result's config holds the chosen value and
+    stats["recent_clicks"] every choice's validation HR@50. A user tower
+    without the history feature has only the choice 0.
 
     Args:
       steps: where the model lives and the steps run (default: this process,
@@ -206,17 +213,23 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         history = training.fit_epochs(model, train_epoch, validate, config)
         return model, history, item_vectors()
 
-    runs = {recent: fit_one(recent) for recent in config.recent_clicks}
-    # The best validation HR@50 wins; a tie goes to the earlier choice.
-    best = max(runs, key=lambda r: (runs[r][1]["early_stopping"]["best_value"],
-                                    -config.recent_clicks.index(r)))
-    model, history, item_vectors = runs[best]
+    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
+    history_name = feature_config.history_feature
+    # Without a history feature in the user tower there is nothing to choose.
+    choices = (config.recent_clicks if history_name is not None
+               and history_name.name in user_names else (0,))
+    best, model, history, item_vectors, values = None, None, None, None, {}
+    for recent in choices:
+        run_model, run_history, run_vectors = fit_one(recent)
+        values[str(recent)] = run_history["early_stopping"]["best_value"]
+        # A later choice must beat the kept one by more than min_delta (the
+        # early stopping's own notion of a gain); only the kept run is held.
+        if best is None or values[str(recent)] > values[str(best)] + config.min_delta:
+            best, model, history, item_vectors = recent, run_model, run_history, run_vectors
     chosen = dataclasses.replace(config, recent_clicks=(best,))
-    _, user_names, _ = build_model(feature_config, vocabularies, chosen)
     stats = {**history, "examples": int(len(rows)), "dropped_unknown_target": unknown,
              "num_items": len(catalogue),
-             "recent_clicks": {"chosen": best, training.MONITOR: {
-                 str(r): runs[r][1]["early_stopping"]["best_value"] for r in runs}},
+             "recent_clicks": {"chosen": best, training.MONITOR: values},
              "validation": {**carve.summary(),
                             "validation_queries": training.count_with_targets(queries)},
              "train_seconds": time.time() - start}

@@ -178,7 +178,9 @@ def test_train_learns_categories_and_exports(trained):
     different = cat[:, None] != cat[None, :]
     assert sims[same].mean() > sims[different].mean() + 0.3
     # eval: one query per eval session whose last click and an earlier one
-    # have a vector (every catalogue item now); random HR@50 ~ 50 / 200
+    # have a vector (every catalogue item now), the last click not among the
+    # query's history; random HR@50 ~ 50 / 200
+    assert recall_fixtures.ITEM2VEC_RECENT_CLICKS == Item2VecConfig().recent_clicks
     assert metrics["eval_sessions"] == recall_fixtures.next_item_query_count(
         recall_fixtures.item2vec_eval_sessions(), set(emb.ids))
     assert metrics["eval_next_item_hr@50"] > 0.6
@@ -211,7 +213,8 @@ def test_early_stopping_keeps_the_best_epoch(trained):
     trained = emb.metadata["trained_items"]
     carve = training.carve_validation(_sessions(paths, fc.TRAIN), 0.1, "item2vec")
     queries = i2v_train.next_item_queries(carve.validation[fc.SESSION_ITEMS_KEY],
-                                          emb.ids[:trained], 20, every_position=True)
+                                          emb.ids[:trained], Item2VecConfig().recent_clicks,
+                                          every_position=True)
     assert len(queries) == metrics["validation"]["validation_queries"]
     # Each epoch is validated at its best popularity-prior weight; the weight
     # kept is the best one on the kept epoch, and its beta = 0 entry is the

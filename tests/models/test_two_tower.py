@@ -232,6 +232,64 @@ def test_recent_clicks_choice_is_the_best_validation_and_each_starts_alike(train
     assert alone.stats["recent_clicks"] == {"chosen": 5, "val_hr@50": {"5": choice["val_hr@50"]["5"]}}
 
 
+def test_recent_clicks_tower_exports_and_restores(trained, tmp_path):
+    config = trained.config
+    alone = tt_train.fit(config, trained.arrays, trained.catalogue, trained.vocabularies,
+                         dataclasses.replace(TRAINED_CONFIG, recent_clicks=(5,)))
+    tower = alone.model.user_tower
+    assert tower.recent_clicks == 5 and tower.recent_names == [config.history_feature.name]
+    alone.export(str(tmp_path))
+    serve = artifacts.load_user_tower(str(tmp_path / artifacts.USER_TOWER_DIR))
+    queries = trained.queries
+    request = {k: tf.constant(queries.features[k]) for k in data.serving_signature(config)}
+    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
+                               alone.user_vectors(queries.features), atol=1e-5)
+    # get_config / from_config rebuilds the same tower (attention and mean pooling).
+    features = {k: tf.constant(v[:4]) for k, v in queries.features.items()
+                if k in tower.feature_names}
+    mean_pooled = FeatureTower(config.to_dict(), trained.vocabularies, tower.feature_names, 4,
+                               (8,), 4, recent_clicks=2)
+    for original in (tower, mean_pooled):
+        out = original(features).numpy()
+        copy = FeatureTower.from_config(original.get_config())
+        copy(features)
+        copy.set_weights(original.get_weights())
+        np.testing.assert_allclose(copy(features).numpy(), out, atol=1e-6)
+
+
+def test_recent_clicks_needs_a_sequence_and_another_feature(trained):
+    config, vocabularies = trained.config, trained.vocabularies
+    history = config.history_feature.name
+    others = [n for n in trained.result.user_names if n != history]
+    for names in (others, [history]):
+        with pytest.raises(ValueError, match=r"recent_clicks 5 needs a sequence feature and "
+                                             r"another feature in \["):
+            FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, recent_clicks=5)
+    with pytest.raises(ValueError, match=r"the config holds recent_clicks choices \(0, 5\): "
+                                         r"say which one to build"):
+        tt_train.build_model(config, vocabularies, TRAINED_CONFIG)
+
+
+def test_recent_clicks_choice_needs_a_gain_above_min_delta(trained, monkeypatch):
+    """Fake validation values per choice (the loop, not the models, is under test)."""
+    def choose(values, choices):
+        calls = iter(values)
+
+        def fake_fit_epochs(model, train_epoch, validate, config):
+            return {"learning_curve": [], "early_stopping": {"best_value": next(calls)}}
+
+        monkeypatch.setattr(tt_train.training, "fit_epochs", fake_fit_epochs)
+        result = tt_train.fit(trained.config, trained.arrays, trained.catalogue,
+                              trained.vocabularies, dataclasses.replace(
+                                  TRAINED_CONFIG, recent_clicks=choices, min_delta=0.01))
+        return result.stats["recent_clicks"]["chosen"], result.config.recent_clicks
+
+    assert choose([0.50, 0.509], (0, 5)) == (0, (0,))    # +0.009: not above min_delta
+    assert choose([0.50, 0.511], (0, 5)) == (5, (5,))    # +0.011: a gain
+    assert choose([0.50, 0.60, 0.605], (0, 5, 3)) == (5, (5,))
+    assert choose([0.60, 0.50], (5, 0)) == (5, (5,))     # the first listed is kept on a loss
+
+
 def test_recent_clicks_config():
     assert TwoTowerConfig().recent_clicks == (0, 5)
     assert TwoTowerConfig.from_hparams({"recent_clicks": 3}).recent_clicks == (3,)
