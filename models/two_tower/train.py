@@ -139,7 +139,7 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     validation HR@50 is kept (a later choice must beat an earlier one by more
     than min_delta); the result's config holds the chosen value and
     stats["recent_clicks"] every choice's validation HR@50. A user tower
-    without the history feature has only the choice 0.
+    without the history feature, or with nothing else, has only the choice 0.
 
     Args:
       steps: where the model lives and the steps run (default: this process,
@@ -215,9 +215,10 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
 
     user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
     history_name = feature_config.history_feature
-    # Without a history feature in the user tower there is nothing to choose.
+    # Without a history feature beside another user feature there is nothing
+    # to choose (FeatureTower refuses a recent-click mean there).
     choices = (config.recent_clicks if history_name is not None
-               and history_name.name in user_names else (0,))
+               and history_name.name in user_names and len(user_names) > 1 else (0,))
     best, model, history, item_vectors, values = None, None, None, None, {}
     for recent in choices:
         run_model, run_history, run_vectors = fit_one(recent)

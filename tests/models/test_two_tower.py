@@ -288,6 +288,11 @@ def test_recent_clicks_choice_needs_a_gain_above_min_delta(trained, monkeypatch)
     assert choose([0.50, 0.511], (0, 5)) == (5, (5,))    # +0.011: a gain
     assert choose([0.50, 0.60, 0.605], (0, 5, 3)) == (5, (5,))
     assert choose([0.60, 0.50], (5, 0)) == (5, (5,))     # the first listed is kept on a loss
+    # A user tower of the history alone has nothing to choose: one run, choice 0.
+    history = [f for f in data.user_features(trained.config)
+               if f.name == trained.config.history_feature.name]
+    monkeypatch.setattr(tt_train.data, "user_features", lambda *args: history)
+    assert choose([0.50], (0, 5)) == (0, (0,))
 
 
 def test_recent_clicks_config():
