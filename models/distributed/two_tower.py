@@ -136,8 +136,7 @@ def fit_with_strategy(strategy: tf.distribute.ParameterServerStrategy,
     trained = tt_train.fit(feature_config, arrays, catalogue, vocabularies, config,
                            steps=CoordinatedSteps(strategy))
     # trained.config holds the recent_clicks choice the trained model has.
-    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
-    item_names = [f.name for f in data.item_features(feature_config)]
+    user_names, item_names = tt_train.feature_names(feature_config, config)
     copy = single_process_copy(trained.model, feature_config, vocabularies, trained.config,
                                training.tensors(arrays, user_names, np.arange(1)),
                                training.tensors(catalogue.features, item_names, np.arange(1)))

@@ -429,13 +429,16 @@ def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
     row = {item: i for i, item in enumerate(item_ids)}
     history, targets = [], []
     for s in sessions:
-        s = [x.decode() if isinstance(x, bytes) else x for x in s]
-        for end in (range(1, len(s)) if every_position else [len(s) - 1]):
-            hist = [row[x] for x in s[:end] if x in row][-recent_clicks:]
-            if end < 1 or not hist or s[end] not in row or row[s[end]] in hist:
-                continue  # a target in the history is excluded from the top-K: no query
-            history.append(np.array(hist, np.int64))
-            targets.append(np.array([row[s[end]]], np.int64))
+        rows = [row.get(x.decode() if isinstance(x, bytes) else x, -1) for x in s]
+        known: list[int] = []  # candidate rows of the clicks before `end`
+        for end, target in enumerate(rows):
+            hist = known[-recent_clicks:]
+            if (every_position or end == len(rows) - 1) and target >= 0 and hist \
+                    and target not in hist:  # the top-K excludes the history: no query
+                history.append(np.array(hist, np.int64))
+                targets.append(np.array([target], np.int64))
+            if target >= 0:
+                known.append(target)
     return NextItemQueries(history, targets)
 
 

@@ -81,6 +81,13 @@ def recent_mean(sequence: tf.Tensor, mask: tf.Tensor, count: int | None = None) 
     return tf.einsum("bl,bld->bd", weights / total, sequence)
 
 
+def recent_clicks_apply(config: fc.FeatureConfig, feature_names: Sequence[str]) -> bool:
+    """Whether a tower of `feature_names` can take a recent-click mean: it reads a
+    sequence feature and another feature (FeatureTower refuses it otherwise)."""
+    sequence = [n for n in feature_names if config.feature(n).type == fc.SEQUENCE]
+    return bool(sequence) and len(sequence) < len(feature_names)
+
+
 @keras.utils.register_keras_serializable(package="feedrec")
 class FeatureTower(keras.Model):
     """Raw features -> one vector per example.
@@ -124,6 +131,11 @@ class FeatureTower(keras.Model):
         config = fc.from_dict(self.feature_config)
         if not self.feature_names:
             raise ValueError("a tower needs at least one feature")
+        if self.recent_clicks and not recent_clicks_apply(config, self.feature_names):
+            # Otherwise the setting would change nothing (or leave no feature
+            # to embed), and a trainer choosing it would fit one model twice.
+            raise ValueError(f"recent_clicks {self.recent_clicks} needs a sequence feature "
+                             f"and another feature in {list(self.feature_names)}")
         self.ids = FeatureIds(self.feature_config, self.vocabularies, self.feature_names)
         multi = [n for n in self.feature_names
                  if config.feature(n).type in (fc.TAGS, fc.SEQUENCE)]
@@ -140,11 +152,6 @@ class FeatureTower(keras.Model):
         self.single_names, self.multi_names = single, multi
         self.recent_names = ([n for n in multi if config.feature(n).type == fc.SEQUENCE]
                              if self.recent_clicks else [])
-        if self.recent_clicks and (not self.recent_names or not single):
-            # Otherwise the setting would change nothing (or leave no feature
-            # to embed), and a trainer choosing it would fit one model twice.
-            raise ValueError(f"recent_clicks {self.recent_clicks} needs a sequence feature "
-                             f"and another feature in {list(self.feature_names)}")
         rows = {n: self.ids.num_rows(n) for n in single}
         for n in single:
             spec = config.feature(n)

@@ -20,7 +20,7 @@ import tf_keras as keras  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from models import cli  # noqa: E402
 from models.recall import data, training  # noqa: E402
-from models.recall.towers import FeatureTower  # noqa: E402
+from models.recall.towers import FeatureTower, recent_clicks_apply  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
 from models.two_tower.model import HardNegativeSampler, TwoTowerModel  # noqa: E402
 
@@ -30,6 +30,13 @@ MODEL_NAME = "two_tower"
 class TwoTowerResult(training.TowerResult):
     MODEL_NAME = MODEL_NAME
     NORMALIZED = True  # cosine model: item vectors are L2-normalized
+
+
+def feature_names(feature_config: fc.FeatureConfig, config: TwoTowerConfig
+                  ) -> tuple[list[str], list[str]]:
+    """The user and item feature names the towers read."""
+    return ([f.name for f in data.user_features(feature_config, config.use_user_id)],
+            [f.name for f in data.item_features(feature_config)])
 
 
 def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
@@ -42,8 +49,7 @@ def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, lis
     Raises:
       ValueError: recent_clicks None while the config holds several choices.
     """
-    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
-    item_names = [f.name for f in data.item_features(feature_config)]
+    user_names, item_names = feature_names(feature_config, config)
     cfg = feature_config.to_dict()
     if recent_clicks is None and len(config.recent_clicks) != 1:
         raise ValueError(f"the config holds recent_clicks choices {config.recent_clicks}: "
@@ -213,12 +219,9 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         history = training.fit_epochs(model, train_epoch, validate, config)
         return model, history, item_vectors()
 
-    user_names = [f.name for f in data.user_features(feature_config, config.use_user_id)]
-    history_name = feature_config.history_feature
-    # Without a history feature beside another user feature there is nothing
-    # to choose (FeatureTower refuses a recent-click mean there).
-    choices = (config.recent_clicks if history_name is not None
-               and history_name.name in user_names and len(user_names) > 1 else (0,))
+    user_names, _ = feature_names(feature_config, config)
+    # Without a history beside another user feature there is nothing to choose.
+    choices = config.recent_clicks if recent_clicks_apply(feature_config, user_names) else (0,)
     best, model, history, item_vectors, values = None, None, None, None, {}
     for recent in choices:
         run_model, run_history, run_vectors = fit_one(recent)
