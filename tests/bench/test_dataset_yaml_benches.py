@@ -9,9 +9,13 @@ exactly the examples the sessionize job wrote.
 import json
 import os
 
+import numpy as np
 import pytest
 
-from bench import ranking_bench, recall_bench
+from bench import parallel, ranking_bench, recall_bench
+from feature_contract import feature_config as fc
+from models import inputs
+from models.recall import data, protocols
 from tests.pipelines import custom_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -69,6 +73,57 @@ def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
     written = _summary(data["sessionized"])["examples"]["retrieval"]
     assert (data["train_examples"], data["eval_examples"]) == (written["train"], written["eval"])
     assert report["my_clicks"]["time_split"]["_queries"]["num_queries"] == written["eval"]
-    for model in ("most_popular", "two_tower"):
-        assert 0.0 <= report["my_clicks"]["time_split"][model]["hr@50"] <= 1.0
+    time_split = report["my_clicks"]["time_split"]
+    bounds = _popularity_bounds(data["sessionized"])
+    for metric, (low, high) in bounds.items():
+        assert low <= time_split["most_popular"][metric] <= high, (metric, low, high)
+    assert bounds["ndcg@50"][1] < 0.9  # the ranks matter: not every target on top
+    two_tower = time_split["two_tower"]
+    assert two_tower["hr@50"] == two_tower["runs"][0]["hr@50"]
+    assert two_tower["runs"][0]["num_users"] == time_split["most_popular"]["runs"][0]["num_users"]
     assert os.path.basename(os.path.dirname(os.path.dirname(data["sessionized"]))) == "work"
+
+
+def _popularity_bounds(examples_dir: str, k: int = 50) -> dict[str, tuple[float, float]]:
+    """HR@k and NDCG@k of "clicked by most users in Split-train" on time-split queries.
+
+    Among the catalogue items outside a query's history, the target ranks
+    after the `above` items with more training clickers and somewhere among the
+    `tied` ones with as many (itself included): rank in [above + 1, above +
+    tied]. Ties may break either way, so each figure is bounded (equal bounds
+    when no tie straddles the cut).
+    """
+    config = fc.load(os.path.join(examples_dir, parallel.CONFIG_FILE))
+    item_ids = list(data.load_catalogue(os.path.join(examples_dir, "items", "*.gz"), config).ids)
+    retrieval = os.path.join(examples_dir, fc.RETRIEVAL)
+    train = data.load_examples(inputs.split_pattern(retrieval, fc.TRAIN), config, fc.RETRIEVAL)
+    evals = data.load_examples(inputs.split_pattern(retrieval, fc.EVAL), config, fc.RETRIEVAL)
+    # Popularity = distinct users who clicked the item (the peer's binary click matrix).
+    clickers: dict[str, set[bytes]] = {}
+    for user, x in zip(train[fc.USER_KEY], train[config.item_id_feature.name]):
+        clickers.setdefault(x.decode(), set()).add(user)
+    clicks = {x: len(users) for x, users in clickers.items()}
+    sure = maybe = scored = 0
+    gain_low = gain_high = 0.0
+    catalogue = set(item_ids)
+    queries = protocols.time_split(evals, config)
+    for targets, history in zip(queries.targets, queries.history):
+        if not targets:
+            continue  # its target is in its history: the metric skips the query
+        scored += 1
+        if targets[0] not in catalogue:
+            continue  # never a candidate: always a miss
+        seen = set(history)
+        counts = np.array([clicks.get(x, 0) for x in item_ids if x not in seen])
+        target = clicks.get(targets[0], 0)
+        above, tied = int((counts > target).sum()), int((counts == target).sum())
+        if above + tied <= k:
+            sure += 1
+        elif above < k:
+            maybe += 1
+        best, worst = above + 1, above + tied
+        gain_high += 1.0 / np.log2(best + 1) if best <= k else 0.0
+        gain_low += 1.0 / np.log2(worst + 1) if worst <= k else 0.0
+    assert scored > 0
+    return {"hr@50": (sure / scored, (sure + maybe) / scored),
+            "ndcg@50": (gain_low / scored, gain_high / scored)}

@@ -14,7 +14,7 @@ from models import inputs
 from models.layers.feature_embedding import load_vocabularies
 from models.ranking import config as rc
 from models.ranking import metrics as ranking_metrics
-from models.ranking import export, synthetic_examples, train
+from models.ranking import complexity, export, synthetic_examples, train
 from models.ranking.model import RankingModel, esmm_follow_logit
 
 CONFIG_PATH = fc.builtin_config_path("movielens")
@@ -74,7 +74,13 @@ def test_public_train_entry_trains_evaluates_and_exports(data, tmp_path):
         assert result[task]["examples"] == 500
         for key in ("auc", "logloss", "gauc", "calibration"):
             assert result[task][key] == pytest.approx(expected[task][key], abs=1e-4), (task, key)
-    assert result["params"] > 0 and result["flops_per_example"] > 0
+    # Params are the served weights: every variable the serving signature reads (the
+    # training-only log-variances of the uncertainty loss are not exported).
+    exported = tf.saved_model.load(export_dir)
+    served = exported.signatures["serving_default"].variables
+    assert result["params"] == sum(int(np.prod(v.shape)) for v in served)
+    assert result["flops_per_example"] == complexity.flops_per_example(
+        rc.make_config("multitask_nfwfm", SMALL), fc.load(CONFIG_PATH))
     # The uncertainty weights start at sigma 1 and were trained.
     assert set(result["sigma"]) == {"click", "follow"}
     assert all(abs(s - 1.0) > 1e-6 for s in result["sigma"].values()), result["sigma"]
