@@ -400,46 +400,58 @@ def _impute(feature_config: fc.FeatureConfig, config: Item2VecConfig,
 
 @dataclasses.dataclass
 class NextItemQueries:
-    """Next-item queries of sessions: the mean of the earlier clicks retrieves the last.
+    """Next-item queries of sessions: the mean of the earlier clicks retrieves the next.
 
     Attributes:
       history: per query, candidate rows of the most recent earlier clicks
-        (the user vector's inputs, excluded from the top-K).
-      targets: per query, the candidate row of the session's last click.
+        (the user vector's inputs).
+      targets: per query, the candidate row of the clicked item.
+      seen: per query, candidate rows of every earlier click of the session,
+        excluded from the top-K as serving excludes what the user has seen
+        (None: `history`, for queries built by hand).
     """
 
     history: list[np.ndarray]
     targets: list[np.ndarray]
+    seen: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def excluded(self) -> list[np.ndarray]:
+        return self.history if self.seen is None else self.seen
+
 
 def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
                       recent_clicks: int, every_position: bool = False) -> NextItemQueries:
-    """Next-click queries of sessions: a known target, not in the history, and a known
-    earlier click.
+    """Next-click queries of sessions: a known target not clicked earlier in the
+    session, and a known earlier click.
 
     every_position False: one query per session, for its last click (the
-    eval_next_item metric). True: one per click after the first (history =
-    the session's clicks before it): the validation queries, many more than
-    sessions, so that the prior weight and the epoch are chosen on more than
-    a handful of hits.
+    eval_next_item metric). True: one per click after the first: the
+    validation queries, many more than sessions, so that the prior weight and
+    the epoch are chosen on more than a handful of hits. The user vector reads
+    the `recent_clicks` latest earlier clicks; every earlier click is excluded
+    from the top-K and a target among them is no query, so the query set does
+    not depend on `recent_clicks` (choices of it compare on the same queries).
     """
     row = {item: i for i, item in enumerate(item_ids)}
-    history, targets = [], []
+    history, targets, seen = [], [], []
     for s in sessions:
         rows = [row.get(x.decode() if isinstance(x, bytes) else x, -1) for x in s]
         known: list[int] = []  # candidate rows of the clicks before `end`
+        known_set: set[int] = set()
         for end, target in enumerate(rows):
-            hist = known[-recent_clicks:]
-            if (every_position or end == len(rows) - 1) and target >= 0 and hist \
-                    and target not in hist:  # the top-K excludes the history: no query
-                history.append(np.array(hist, np.int64))
+            if (every_position or end == len(rows) - 1) and target >= 0 and known \
+                    and target not in known_set:  # the top-K excludes what was seen
+                history.append(np.array(known[-recent_clicks:], np.int64))
                 targets.append(np.array([target], np.int64))
+                seen.append(np.array(known, np.int64))
             if target >= 0:
                 known.append(target)
-    return NextItemQueries(history, targets)
+                known_set.add(target)
+    return NextItemQueries(history, targets, seen)
 
 
 def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
@@ -452,7 +464,7 @@ def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
     users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
     if prior_column:
         users[:, -1] = 1.0
-    return metrics.top_k(users, item_vectors, k, queries.history)
+    return metrics.top_k(users, item_vectors, k, queries.excluded)
 
 
 def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
@@ -465,7 +477,7 @@ def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: in
 def eval_next_item(result: Item2VecResult, sessions: Sequence[Sequence], k: int = 50
                    ) -> dict[str, float]:
     """Eval-session HR@k: the mean of the last item's earlier (recent) clicks must
-    retrieve it; a session whose last item is among them is no query (since d2bc0ce)."""
+    retrieve it; a session that clicked its last item earlier is no query (since d2bc0ce)."""
     queries = next_item_queries(sessions, result.item_ids, result.config.recent_clicks)
     if not len(queries):
         return {"eval_sessions": 0}

@@ -217,22 +217,19 @@ def item2vec_candidates(seed: int = 0) -> set[str]:
     return out
 
 
-ITEM2VEC_RECENT_CLICKS = 5  # Item2VecConfig's default recent_clicks: the query history
-
-
 def next_item_query_count(sessions: list[list[int]], candidates: set[str],
                           every_position: bool = False) -> int:
     """Clicks eval_next_item can query (the last of each session; every_position:
     every click after the first): the click and an earlier one are candidates,
-    and the click is not among the ITEM2VEC_RECENT_CLICKS latest earlier
-    candidates (its history)."""
+    and the click is not among the session's earlier candidates (all of them
+    are excluded from the top-K, not only the recent ones the user vector
+    reads)."""
     count = 0
     for s in sessions:
         for end in (range(1, len(s)) if every_position else [len(s) - 1]):
-            history = [f"i{k}" for k in s[:end]
-                       if f"i{k}" in candidates][-ITEM2VEC_RECENT_CLICKS:]
-            count += (end >= 1 and f"i{s[end]}" in candidates and bool(history)
-                      and f"i{s[end]}" not in history)
+            earlier = [f"i{k}" for k in s[:end] if f"i{k}" in candidates]
+            count += (end >= 1 and f"i{s[end]}" in candidates and bool(earlier)
+                      and f"i{s[end]}" not in earlier)
     return count
 
 
