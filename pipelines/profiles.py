@@ -39,13 +39,14 @@ def _ranking_hparams(max_epochs: int, patience: int, batch_size: int, dim: int |
 
 
 # Item2vec in the default profile: the config's defaults, the seed's settings
-# (dim 128, window 64, 2 negatives per positive, sessions >= 5, unigram^0.75
-# negatives, 200k pairs per epoch), which bench/results/item2vec_ablation.json
-# measured: against them, dim 32 (this profile's old width), dim 64 and
-# 58.com's same-category / same-city negatives were ties on validation HR@50
-# on both datasets (5 seeds, 95% intervals), so nothing measured overrides
-# them. The attribute-aware negatives are one switch away: attribute_role
-# "item_category" or "item_city" (a role the dataset's feature config sets).
+# (window 64, 2 negatives per positive, sessions >= 5, unigram^0.75 negatives,
+# 200k pairs per epoch) with dim 64, which bench/results/item2vec_ablation.json
+# measured better than the seed's 128 on validation HR@50 (a win on synthetic,
+# a tie on MovieLens, 5 seeds, 95% intervals); dim 32 and 58.com's
+# same-category negatives tied and same-city negatives lost, so nothing else
+# overrides them. The attribute-aware negatives are one switch away:
+# attribute_role "item_category" or "item_city" (a role the dataset's feature
+# config sets).
 ITEM2VEC_DEFAULT: dict[str, object] = {"attribute_role": None}
 
 
