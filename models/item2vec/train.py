@@ -407,20 +407,15 @@ class NextItemQueries:
         (the user vector's inputs).
       targets: per query, the candidate row of the clicked item.
       seen: per query, candidate rows of every earlier click of the session,
-        excluded from the top-K as serving excludes what the user has seen
-        (None: `history`, for queries built by hand).
+        excluded from the top-K as serving excludes what the user has seen.
     """
 
     history: list[np.ndarray]
     targets: list[np.ndarray]
-    seen: list[np.ndarray] | None = None
+    seen: list[np.ndarray]
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    @property
-    def excluded(self) -> list[np.ndarray]:
-        return self.history if self.seen is None else self.seen
 
 
 def next_item_queries(sessions: Sequence[Sequence], item_ids: Sequence[str],
@@ -464,7 +459,7 @@ def next_item_top_k(queries: NextItemQueries, item_vectors: np.ndarray, k: int,
     users = np.stack([item_vectors[h].mean(axis=0) for h in queries.history])
     if prior_column:
         users[:, -1] = 1.0
-    return metrics.top_k(users, item_vectors, k, queries.excluded)
+    return metrics.top_k(users, item_vectors, k, queries.seen)
 
 
 def next_item_hit_rate(queries: NextItemQueries, item_vectors: np.ndarray, k: int,

@@ -109,8 +109,8 @@ def test_prior_weight_is_chosen_on_the_validation_queries():
     vectors[0] = -1.0 / np.sqrt(99)
     vectors[1:] = np.eye(99)
     clicks = np.array([1000] + [1] * 99)
-    queries = i2v_train.NextItemQueries([np.array([j]) for j in range(1, 21)],
-                                        [np.array([0])] * 20)
+    history = [np.array([j]) for j in range(1, 21)]
+    queries = i2v_train.NextItemQueries(history, [np.array([0])] * 20, history)
     weight, curve = i2v_train.choose_prior_weight(queries, vectors, clicks,
                                                   (0.0, 0.05, 0.2, 1.0))
     assert weight == 0.2
@@ -129,12 +129,12 @@ def test_next_item_queries_exclude_every_earlier_click_whatever_recent_clicks():
     one = i2v_train.next_item_queries([session], ids, 1, every_position=True)
     assert [t.tolist() for t in one.targets] == [[1], [2], [3]]
     assert [h.tolist() for h in one.history] == [[0], [1], [0]]
-    assert [h.tolist() for h in one.excluded] == [[0], [0, 1], [0, 1, 2, 0]]
+    assert [h.tolist() for h in one.seen] == [[0], [0, 1], [0, 1, 2, 0]]
     five = i2v_train.next_item_queries([session], ids, 5, every_position=True)
     assert [t.tolist() for t in five.targets] == [[1], [2], [3]]
     assert [h.tolist() for h in five.history] == [[0], [0, 1], [0, 1, 2, 0]]
     last = i2v_train.next_item_queries([session], ids, 1)
-    assert [t.tolist() for t in last.targets] == [[3]] and last.excluded[0].tolist() == [0, 1, 2, 0]
+    assert [t.tolist() for t in last.targets] == [[3]] and last.seen[0].tolist() == [0, 1, 2, 0]
     # The top-K never returns an excluded item. Scores of a's vector: b 0.9,
     # c 0.8, d 0; of b's: c 0.74, d 0.1. So b's query gets b, c's gets c (a, b
     # excluded) and d's gets d, though a's vector, its user vector, is nearer b, c.
