@@ -85,7 +85,7 @@ CORE = ("nfm", "nfm_28", "nfwfm", "deepctr_nfm", "multitask", "follow_single")
 ALL = tuple(OUR_MODELS) + PEERS
 
 # ---- hyperparameter selection (validation only) ------------------------------------
-LR_GRID = (0.001, 0.003, 0.01)
+LR_GRID = rc.TUNED_LEARNING_RATES
 LR_TUNED = ("nfm", "nfwfm", "deepctr_nfm")
 # The multi-task model's form, on top of NFwFM's learning rate: uncertainty
 # weighting with one shared MLP or one MLP per task, and the ESMM follow head

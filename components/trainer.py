@@ -7,7 +7,9 @@ to a TrainingMetrics artifact (<uri>/metrics.json: the eval figures plus
 "learning_curve", "early_stopping" and "validation" from the models' early
 stopping) and headline figures to custom properties, so MLMD queries see
 them: <task>_auc, <task>_eval_positives / _eval_examples, hr_at_50, ...,
-best_epoch, epochs_run, stopped_early (0/1) and early_stopping_monitor.
+best_epoch, epochs_run, stopped_early (0/1) and early_stopping_monitor, and
+for a ranking model whose learning rate was chosen on validation
+learning_rate and learning_rates_tried.
 """
 
 import json
@@ -135,6 +137,10 @@ def RankingTrainer(  # noqa: N802
             for key in ("positives", "examples"):
                 _set_int(metrics, f"{task}_eval_{key}", values.get(key))
     record_early_stopping(metrics, result)
+    tuning = result.get("learning_rate_tuning")
+    if tuning:  # the rate chosen on validation, and of how many
+        _set_float(metrics, "learning_rate", result["config"]["learning_rate"])
+        _set_int(metrics, "learning_rates_tried", len(tuning))
 
 
 @component

@@ -245,20 +245,25 @@ def train_with_strategy(strategy: tf.distribute.ParameterServerStrategy, model_n
     _, val_ds = ranking_train.split_datasets(train_pattern, features, config, carve["cutoff"])
     eval_ds = inputs.make_dataset(eval_pattern, features, fc.RANKING, 1024)
     first = next(iter(val_ds))
-    with strategy.scope():
-        model = ranking_train.build_model(config, features, vocabularies, example_batch=first)
-        if steps_per_execution != 1:
-            model.compile(optimizer=model.optimizer, steps_per_execution=steps_per_execution)
     steps = max(math.ceil(carve["fit_examples"] / config.batch_size), 1)
-    fitted = fit_on_cluster(
-        model, fit_dataset_creator(train_pattern, features, config, carve["cutoff"]), val_ds,
-        ranking_train.early_stopping(config), ranking_train.default_monitor(config.tasks),
-        steps, config.batch_size)
+
+    def build_and_fit(point: rc.RankingConfig) -> tuple[RankingModel, dict[str, Any]]:
+        with strategy.scope():
+            model = ranking_train.build_model(point, features, vocabularies, example_batch=first)
+            if steps_per_execution != 1:
+                model.compile(optimizer=model.optimizer, steps_per_execution=steps_per_execution)
+        return model, fit_on_cluster(
+            model, fit_dataset_creator(train_pattern, features, point, carve["cutoff"]), val_ds,
+            ranking_train.early_stopping(point), ranking_train.default_monitor(point.tasks),
+            steps, point.batch_size)
+
+    model, fitted, config, tuning = ranking_train.fit_learning_rates(config, build_and_fit)
     result: dict[str, Any] = ranking_train.evaluate_model(model, eval_ds)
     result.update(ranking_train.model_complexity(model))
     for key in ("train_examples_per_s", "learning_curve", "early_stopping", "train_logs"):
         result[key] = fitted[key]
     result["validation"] = carve
+    result["learning_rate_tuning"] = tuning
     result["sigma"] = model.task_loss.sigmas()
     result["config"] = config.to_dict()
     result["variable_placement"] = variable_placement(model)

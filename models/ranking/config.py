@@ -40,6 +40,10 @@ FOLLOW_MODES: tuple[str, ...] = (FOLLOW_INDEPENDENT, FOLLOW_ESMM)
 
 OPTIMIZERS: tuple[str, ...] = ("lazy_adam", "adam", "adagrad")
 
+# The learning rates a run chooses from on validation (RankingConfig.learning_rates):
+# the ranking bench's grid, so the pipeline tunes as the published figures were tuned.
+TUNED_LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01)
+
 
 class RankingConfigError(ValueError):
     """Bad ranking settings; the message names the bad value."""
@@ -93,6 +97,14 @@ class RankingConfig:
         the looked-up rows; Keras Adam decays its moments over whole tables
         every step, 2-3x slower with a 100k-row user table), adam or adagrad.
       learning_rate: optimizer learning rate.
+      learning_rates: learning rates to choose from on validation; empty
+        (the default) trains once at learning_rate. Given rates,
+        models.ranking.train.train trains one model per rate, each with
+        early stopping, and keeps the one with the best validation monitor
+        (the rate it chose is then learning_rate). The rate that suits a
+        dataset is not known in advance (bench/results/ranking.json chose
+        0.001 for NFwFM on one built-in dataset, 0.01 on the other), so a
+        profile that can afford the runs tunes it as the bench does.
       learning_rate_decay: the learning rate is multiplied by this after
         every training epoch (epoch k, 0-based, trains at learning_rate *
         decay^k); 1.0 keeps it constant.
@@ -126,6 +138,7 @@ class RankingConfig:
     use_first_order: bool = True
     optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
+    learning_rates: tuple[float, ...] = ()
     learning_rate_decay: float = 1.0
     batch_size: int = 512
     follow_mode: str = FOLLOW_INDEPENDENT
@@ -190,6 +203,12 @@ class RankingConfig:
             raise RankingConfigError(f"follow_mode 'esmm' forms p(follow) = p(click) * "
                                      f"p(follow | click): tasks must include click and follow, "
                                      f"got {self.tasks!r}")
+        if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < float("inf")
+               for r in self.learning_rates):
+            raise RankingConfigError(f"learning_rates must be finite numbers > 0, got "
+                                     f"{self.learning_rates!r}")
+        if len(set(self.learning_rates)) != len(self.learning_rates):
+            raise RankingConfigError(f"learning_rates {self.learning_rates!r} has duplicates")
         for name in ("learning_rate", "batch_size"):
             if getattr(self, name) <= 0:
                 raise RankingConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -207,6 +226,7 @@ class RankingConfig:
         out = dataclasses.asdict(self)
         out["tasks"] = list(self.tasks)
         out["hidden_units"] = list(self.hidden_units)
+        out["learning_rates"] = list(self.learning_rates)
         return out
 
 
@@ -242,8 +262,12 @@ def make_config(model: str, hparams: Mapping[str, Any] | None = None) -> Ranking
     unknown = sorted(set(hparams) - known)
     if unknown:
         raise RankingConfigError(f"unknown hparams {unknown}; known: {sorted(known)}")
+    if "learning_rate" in hparams and hparams.get("learning_rates"):
+        # A profile may tune the rate while a user fixes it (--hparams): the
+        # fixed rate is the more specific request.
+        hparams["learning_rates"] = ()
     values = {**_DEFAULTS[model], **hparams}
-    for key in ("tasks", "hidden_units"):
+    for key in ("tasks", "hidden_units", "learning_rates"):
         if key in values:
             values[key] = tuple(values[key])
     return RankingConfig(model=model, **values)

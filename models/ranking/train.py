@@ -16,6 +16,7 @@ tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -236,6 +237,55 @@ def fit_with_early_stopping(model: RankingModel, fit_ds: tf.data.Dataset,
             "train_examples_per_s": num_examples * epochs / max(train_seconds, 1e-9)}
 
 
+def fit_learning_rates(config: rc.RankingConfig,
+                       build_and_fit: Callable[[rc.RankingConfig], tuple[RankingModel, dict]]
+                       ) -> tuple[RankingModel, dict[str, Any], rc.RankingConfig, list | None]:
+    """Trains at config.learning_rates, each to early stopping; keeps the best.
+
+    Without learning_rates this is one build_and_fit(config). With them, one
+    model per rate (config with that learning_rate and no learning_rates:
+    the same seed, data order and early stopping), and the winner is the
+    highest early_stopping best_value, the validation monitor at its best
+    epoch (first rate on ties; a rate whose validation was never finite
+    loses). Only the winner is kept: the others are dropped as soon as a
+    better one is trained, so memory holds at most two models.
+
+    Args:
+      config: the model's settings.
+      build_and_fit: builds, compiles and trains a model of the given config
+        with early stopping; returns (model, fit_with_early_stopping's dict).
+    Returns:
+      (model, its fit dict, its config, tuning): tuning is None without
+      learning_rates, else one {"learning_rate", "validation" (best_value),
+      "monitor", "best_epoch", "epochs_run", "chosen"} per rate in order.
+    """
+    if not config.learning_rates:
+        model, fitted = build_and_fit(config)
+        return model, fitted, config, None
+    best: tuple[RankingModel, dict[str, Any], rc.RankingConfig] | None = None
+    best_value = -math.inf
+    tuning: list[dict[str, Any]] = []
+    for rate in config.learning_rates:
+        point = dataclasses.replace(config, learning_rate=float(rate), learning_rates=())
+        model, fitted = build_and_fit(point)
+        stopping = fitted["early_stopping"]
+        value = stopping.get("best_value")
+        value = -math.inf if value is None or math.isnan(value) else float(value)
+        tuning.append({"learning_rate": float(rate), "validation": stopping.get("best_value"),
+                       "monitor": stopping.get("monitor_fallback") or stopping.get("monitor"),
+                       "best_epoch": stopping.get("best_epoch"),
+                       "epochs_run": stopping.get("epochs_run"), "chosen": False})
+        _log.info("learning rate %g: validation %s %.4f at epoch %s", rate,
+                  tuning[-1]["monitor"], value, stopping.get("best_epoch"))
+        if best is None or value > best_value:
+            best, best_value = (model, fitted, point), value
+            for row in tuning:
+                row["chosen"] = row is tuning[-1]
+        del model, fitted
+    assert best is not None  # learning_rates is non-empty
+    return (*best, tuning)
+
+
 def carve_validation(train_pattern: str | Sequence[str], fraction: float) -> dict[str, Any]:
     """The validation cutoff of the training files and the sizes of both parts.
 
@@ -308,8 +358,11 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
        "params", "flops_per_example", "train_examples_per_s",
        "score_examples_per_s", "sigma" (task -> learned sigma, uncertainty
        mode), "learning_curve", "early_stopping", "train_logs" (see
-       fit_with_early_stopping), "validation": {"cutoff", "fit_examples",
-       "validation_examples"}, "config", "export_dir"}.
+       fit_with_early_stopping; the chosen rate's when config.learning_rates
+       is set), "validation": {"cutoff", "fit_examples",
+       "validation_examples"}, "learning_rate_tuning" (fit_learning_rates'
+       tuning: None, or one row per rate), "config" (with the chosen
+       learning_rate), "export_dir"}.
 
     Raises:
       RankingConfigError: bad model name or hparams.
@@ -329,16 +382,22 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     first, _ = next(iter(fit_ds))
     if vocab_dir:
         check_vocabulary_coverage(vocabularies, first, vocab_dir)
-    model = build_model(config, features, vocabularies, example_batch=first)
-    fitted = fit_with_early_stopping(model, fit_ds, val_ds, early_stopping(config),
-                                     default_monitor(config.tasks), carve["fit_examples"])
+
+    def build_and_fit(point: rc.RankingConfig) -> tuple[RankingModel, dict[str, Any]]:
+        model = build_model(point, features, vocabularies, example_batch=first)
+        return model, fit_with_early_stopping(model, fit_ds, val_ds, early_stopping(point),
+                                              default_monitor(point.tasks),
+                                              carve["fit_examples"])
+
+    model, fitted, chosen, tuning = fit_learning_rates(config, build_and_fit)
     result: dict[str, Any] = evaluate_model(model, eval_ds)
     result.update(model_complexity(model))
     for key in ("train_examples_per_s", "learning_curve", "early_stopping", "train_logs"):
         result[key] = fitted[key]
     result["validation"] = carve
+    result["learning_rate_tuning"] = tuning
     result["sigma"] = model.task_loss.sigmas()
-    result["config"] = config.to_dict()
+    result["config"] = chosen.to_dict()
     result["export_dir"] = export.export(model, export_dir) if export_dir else None
     return result
 

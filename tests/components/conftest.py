@@ -53,7 +53,8 @@ def ranking_model(sessionized, tmp_path_factory):
     executor_fn(RankingTrainer)(
         examples=sessionized["ranking_examples"], vocabulary=sessionized["vocabulary"],
         model=model, metrics=metrics, model_name="nfwfm",
-        hparams='{"max_epochs": 1, "batch_size": 256, "embedding_dim": 4}')
+        hparams='{"max_epochs": 1, "batch_size": 256, "embedding_dim": 4, '
+                '"learning_rates": [1e-9, 0.003]}')
     return model, metrics
 
 

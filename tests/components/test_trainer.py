@@ -69,6 +69,15 @@ def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, session
             metrics.get_int_custom_property("stopped_early")) == (1, 1, 0)
     assert metrics.get_string_custom_property("early_stopping_monitor") == stopping["monitor"]
     assert [row["epoch"] for row in content["metrics"]["learning_curve"]] == [1]
+    # Two learning rates tried on validation; MLMD names the one the model was trained at.
+    tuning = content["metrics"]["learning_rate_tuning"]
+    (chosen,) = [row for row in tuning if row["chosen"]]
+    assert [row["learning_rate"] for row in tuning] == [1e-9, 0.003]
+    assert chosen["validation"] == max(row["validation"] for row in tuning) == \
+        stopping["best_value"]
+    assert metrics.get_float_custom_property("learning_rate") == chosen["learning_rate"] == \
+        content["metrics"]["config"]["learning_rate"]
+    assert metrics.get_int_custom_property("learning_rates_tried") == 2
     # The exported model scores real examples: one probability per example.
     files = tf.io.gfile.glob(os.path.join(sessionized["ranking_examples"].uri, "Split-eval", "*"))
     batch = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(5)]

@@ -17,6 +17,9 @@ def test_early_stopping_text():
     assert early_stopping_text({"best_epoch": 3, "epochs_run": 3, "stopped_early": 0}) == \
         "best epoch 3 of 3"
     assert early_stopping_text({"click_auc": 0.6}) == ""  # written before early stopping
+    assert early_stopping_text({"best_epoch": 3, "epochs_run": 4, "stopped_early": 1,
+                                "learning_rate": 0.001, "learning_rates_tried": 3}) == \
+        "best epoch 3 of 4 (stopped early, learning rate 0.001 chosen of 3)"
 
 
 def test_format_summary_trainers_and_gate():

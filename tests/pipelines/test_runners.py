@@ -305,3 +305,24 @@ def test_a_bad_training_cluster_is_one_error_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: --training_cluster: training cluster 'local:2' is not of the form "
         "'local:workers=<n>,ps=<m>', or 'tf_config'")
+
+
+def test_default_profile_tunes_every_rankers_learning_rate_and_hparams_can_fix_it(tmp_path):
+    from models.ranking import config as rc
+    parser = argparse.ArgumentParser()
+    runner_common.add_flags(parser)
+    args, beam = parser.parse_known_args(
+        ["--work_dir", str(tmp_path), "--profile", "default", "--recall_models", "",
+         "--hparams", 'nfm={"learning_rate": 0.02}'])
+    components = {c.id: c for c in runner_common.build(args, beam).pipeline.components}
+
+    def hparams(model):
+        return json.loads(components[f"RankingTrainer.{model}"].exec_properties["hparams"])
+    # Candidate and baseline get the same grid and the same schedule.
+    for model in ("nfwfm", "multitask_nfwfm"):
+        assert hparams(model) == {"batch_size": 512, "max_epochs": 10, "patience": 1,
+                                  "learning_rates": [0.001, 0.003, 0.01]}, model
+    # The user's fixed rate wins over the profile's grid when the config is made.
+    assert rc.make_config("nfm", hparams("nfm")).learning_rates == ()
+    assert rc.make_config("nfm", hparams("nfm")).learning_rate == 0.02
+    assert rc.make_config("nfwfm", hparams("nfwfm")).learning_rates == (0.001, 0.003, 0.01)
