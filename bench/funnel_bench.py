@@ -81,6 +81,7 @@ from models.faiss_index import builder as faiss_builder  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.ranking import config as rc  # noqa: E402
 from models.ranking import export as ranking_export  # noqa: E402
+from models.ranking import train as ranking_train  # noqa: E402
 from models.recall import data, metrics, protocols  # noqa: E402
 from models.recall.evaluate import take_queries  # noqa: E402
 from serving import model_server  # noqa: E402
@@ -283,18 +284,28 @@ def reference_topk(train: data.Arrays, queries: protocols.Queries, config: fc.Fe
 def train_ranker(examples_dir: str, config: fc.FeatureConfig, vocabularies: Any, seed: int,
                  max_epochs: int | None, max_train: int | None, export_dir: str
                  ) -> dict[str, Any]:
-    """NFwFM with its defaults, early-stopped on validation carved from Split-train; exported."""
+    """NFwFM as the pipeline's default profile trains it, exported.
+
+    Its defaults, the learning rate chosen on validation carved from
+    Split-train from rc.TUNED_LEARNING_RATES (one model per rate, each
+    early-stopped, the best kept: models.ranking.train.fit_learning_rates),
+    so the replayed ranker is the one `make run` would push.
+    """
     ranking = os.path.join(examples_dir, fc.RANKING)
     train = ranking_bench.load_split(inputs.split_pattern(ranking, fc.TRAIN), config, max_train)
     fit, val, cutoff = ranking_bench.carve_validation(
         train, rc.make_config(rc.NFWFM).validation_fraction)
-    model, record = ranking_bench.train_ours("nfwfm", config, vocabularies, fit, val, seed,
-                                             max_epochs=max_epochs)
+    tuned = rc.make_config(rc.NFWFM, {"learning_rates": rc.TUNED_LEARNING_RATES})
+    model, record, chosen, tuning = ranking_train.fit_learning_rates(
+        tuned, lambda point: ranking_bench.train_ours(
+            "nfwfm", config, vocabularies, fit, val, seed,
+            tuned={"learning_rate": point.learning_rate}, max_epochs=max_epochs))
     ranking_export.export(model, export_dir)
     stopping = record["early_stopping"]
     return {"model": rc.NFWFM, "best_epoch": stopping["best_epoch"],
             "epochs_run": stopping["epochs_run"], "monitor": stopping["monitor"],
-            "best_validation": stopping["best_value"], "validation_cutoff": cutoff,
+            "best_validation": stopping["best_value"], "learning_rate": chosen.learning_rate,
+            "learning_rate_tuning": tuning, "validation_cutoff": cutoff,
             "fit_examples": data.num_rows(fit), "validation_examples": data.num_rows(val)}
 
 

@@ -201,3 +201,23 @@ def test_replay_final_list_equals_recommend(config, world, user, history, contex
         assert set(replayed.channels) == {"two_tower", "youtubenet", "item2vec"}
         seen = {replayer.catalogue.row[i] for i in history}
         assert not any(seen & set(rows.tolist()) for rows in replayed.channels.values())
+
+
+def test_ranker_is_trained_as_the_pipeline_trains_it(tmp_path):
+    """The replayed ranker's learning rate is chosen on validation from the pipeline's grid."""
+    from models.layers.feature_embedding import load_vocabularies
+    from models.ranking import config as rc
+    from models.ranking import export, synthetic_examples
+    features = fc.load(fc.builtin_config_path("movielens"))
+    data = synthetic_examples.write_ranking_examples(str(tmp_path), features, num_train=600,
+                                                     num_eval=10, seed=0)
+    out = fb.train_ranker(str(tmp_path), features, load_vocabularies(features, data["vocab_dir"]),
+                          seed=0, max_epochs=2, max_train=None,
+                          export_dir=str(tmp_path / "export"))
+    tuning = out["learning_rate_tuning"]
+    assert [row["learning_rate"] for row in tuning] == list(rc.TUNED_LEARNING_RATES)
+    (chosen,) = [row for row in tuning if row["chosen"]]
+    assert out["learning_rate"] == chosen["learning_rate"]
+    assert out["best_validation"] == chosen["validation"] == max(r["validation"] for r in tuning)
+    assert out["fit_examples"] + out["validation_examples"] == 600
+    assert "serving_default" in export.load(str(tmp_path / "export")).signatures
