@@ -376,7 +376,7 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     features = fc.load(config_path)
     vocabularies = load_vocabularies(features, vocab_dir)
     carve = carve_validation(train_pattern, config.validation_fraction)
-    fit_ds, val_ds = split_datasets(train_pattern, features, config, carve["cutoff"])
+    fit_ds, _ = split_datasets(train_pattern, features, config, carve["cutoff"])
     # Made now so a bad eval pattern fails before training; read only after it.
     eval_ds = inputs.make_dataset(eval_pattern, features, fc.RANKING, 1024)
     first, _ = next(iter(fit_ds))
@@ -384,6 +384,14 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
         check_vocabulary_coverage(vocabularies, first, vocab_dir)
 
     def build_and_fit(point: rc.RankingConfig) -> tuple[RankingModel, dict[str, Any]]:
+        # The seed goes in before the datasets are made: tf.data's shuffle
+        # derives its order from the global seed as well as its own, so a
+        # dataset made before any seed was set (the first model a process
+        # trains) would see another order than the same run made later.
+        # Made anew per model, every learning rate sees the same batches
+        # (a reused dataset would carry on its reshuffling).
+        keras.utils.set_random_seed(point.seed)
+        fit_ds, val_ds = split_datasets(train_pattern, features, point, carve["cutoff"])
         model = build_model(point, features, vocabularies, example_batch=first)
         return model, fit_with_early_stopping(model, fit_ds, val_ds, early_stopping(point),
                                               default_monitor(point.tasks),
