@@ -378,7 +378,7 @@ def test_a_run_is_reproduced_whatever_the_process_trained_before(tmp_path):
     later rates read a dataset that had already reshuffled."""
     data = synthetic_examples.write_ranking_examples(str(tmp_path), FEATURES, num_train=1500,
                                                      num_eval=20, seed=0)
-    hp = {"embedding_dim": 8, "batch_size": 128, "max_epochs": 2, "patience": 2}
+    hp = {"embedding_dim": 8, "batch_size": 128, "max_epochs": 1}
 
     def curve(model, extra):
         result = train.train(model, CONFIG_PATH, data["train_pattern"], data["eval_pattern"],

@@ -320,7 +320,7 @@ def test_default_profile_tunes_every_rankers_learning_rate_and_hparams_can_fix_i
         return json.loads(components[f"RankingTrainer.{model}"].exec_properties["hparams"])
     # Candidate and baseline get the same grid and the same schedule.
     for model in ("nfwfm", "multitask_nfwfm"):
-        assert hparams(model) == {"batch_size": 512, "max_epochs": 10, "patience": 1,
+        assert hparams(model) == {"batch_size": 512, "max_epochs": 10, "patience": 2,
                                   "learning_rates": [0.001, 0.003, 0.01]}, model
     # The user's fixed rate wins over the profile's grid when the config is made.
     assert rc.make_config("nfm", hparams("nfm")).learning_rates == ()
