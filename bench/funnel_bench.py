@@ -284,12 +284,13 @@ def reference_topk(train: data.Arrays, queries: protocols.Queries, config: fc.Fe
 def train_ranker(examples_dir: str, config: fc.FeatureConfig, vocabularies: Any, seed: int,
                  max_epochs: int | None, max_train: int | None, export_dir: str
                  ) -> dict[str, Any]:
-    """NFwFM as the pipeline's default profile trains it, exported.
+    """NFwFM at its defaults with its learning rate chosen on validation, exported.
 
-    Its defaults, the learning rate chosen on validation carved from
-    Split-train from rc.TUNED_LEARNING_RATES (one model per rate, each
-    early-stopped, the best kept: models.ranking.train.fit_learning_rates),
-    so the replayed ranker is the one `make run` would push.
+    The rate is chosen as the pipeline's default profile chooses it: from
+    rc.TUNED_LEARNING_RATES on validation carved from Split-train, one model
+    per rate, each early-stopped, the best kept
+    (models.ranking.train.fit_learning_rates). The rest is the bench's
+    own: in-memory batches, the config's epoch cap unless --max_epochs.
     """
     ranking = os.path.join(examples_dir, fc.RANKING)
     train = ranking_bench.load_split(inputs.split_pattern(ranking, fc.TRAIN), config, max_train)

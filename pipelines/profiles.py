@@ -75,8 +75,9 @@ def get(name: str, data: str) -> Profile:
         # dataset overfits another by its second epoch), each rate trained
         # until validation AUC stops improving: patience 2, as the ranking
         # bench trains (with patience 1 one noisy epoch ends a run: the
-        # multi-task model monitors follow AUC on few validation
-        # follows); cap 10, so a log that needs 8 epochs gets them.
+        # multi-task model monitors the mean of click and follow AUC, the
+        # latter on few validation follows); cap 10, so a log that needs 8
+        # epochs gets them.
         # Recall: cap 3, patience 1.
         return Profile(num_events=200_000,
                        ranking=RankingSettings(hparams=_ranking_hparams(

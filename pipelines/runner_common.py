@@ -144,7 +144,19 @@ def parse_hparam_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _merge(base: dict, overrides: dict) -> dict:
-    return {k: {**base.get(k, {}), **overrides.get(k, {})} for k in set(base) | set(overrides)}
+    """Per model, the overrides over the profile's hparams.
+
+    A fixed `learning_rate` in the overrides also drops the profile's
+    `learning_rates` grid (a ranking config with a grid ignores its
+    learning_rate): the user's fixed rate is the more specific request.
+    """
+    merged = {}
+    for k in set(base) | set(overrides):
+        profile, user = dict(base.get(k, {})), overrides.get(k, {})
+        if "learning_rate" in user and "learning_rates" not in user:
+            profile.pop("learning_rates", None)
+        merged[k] = {**profile, **user}
+    return merged
 
 
 def checked_training_cluster(flag: str) -> str:

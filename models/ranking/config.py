@@ -98,7 +98,9 @@ class RankingConfig:
         every step, 2-3x slower with a 100k-row user table), adam or adagrad.
       learning_rate: optimizer learning rate.
       learning_rates: learning rates to choose from on validation; empty
-        (the default) trains once at learning_rate. Given rates,
+        (the default) trains once at learning_rate, which a grid ignores
+        (the runners drop a profile's grid when --hparams fixes the rate).
+        Given rates,
         models.ranking.train.train trains one model per rate, each with
         early stopping, and keeps the one with the best validation monitor
         (the rate it chose is then learning_rate). The rate that suits a
@@ -262,10 +264,6 @@ def make_config(model: str, hparams: Mapping[str, Any] | None = None) -> Ranking
     unknown = sorted(set(hparams) - known)
     if unknown:
         raise RankingConfigError(f"unknown hparams {unknown}; known: {sorted(known)}")
-    if "learning_rate" in hparams and hparams.get("learning_rates"):
-        # A profile may tune the rate while a user fixes it (--hparams): the
-        # fixed rate is the more specific request.
-        hparams["learning_rates"] = ()
     values = {**_DEFAULTS[model], **hparams}
     for key in ("tasks", "hidden_units", "learning_rates"):
         if key in values:

@@ -17,6 +17,7 @@ tensors.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -243,12 +244,13 @@ def fit_learning_rates(config: rc.RankingConfig,
     """Trains at config.learning_rates, each to early stopping; keeps the best.
 
     Without learning_rates this is one build_and_fit(config). With them, one
-    model per rate (config with that learning_rate and no learning_rates:
-    the same seed, data order and early stopping), and the winner is the
-    highest early_stopping best_value, the validation monitor at its best
-    epoch (first rate on ties; a rate whose validation was never finite
-    loses). Only the winner is kept: the others are dropped as soon as a
-    better one is trained, so memory holds at most two models.
+    model per rate (config with that learning_rate and no learning_rates,
+    otherwise unchanged; train() gives every rate the same seed and batch
+    order, the distributed trainer's workers shuffle unseeded), and the
+    winner is the highest early_stopping best_value, the validation monitor
+    at its best epoch (first rate on ties; a rate whose validation was never
+    finite loses). Only the winner is kept: a beaten model is dropped and
+    collected (Keras models hold reference cycles) before the next trains.
 
     Args:
       config: the model's settings.
@@ -282,6 +284,7 @@ def fit_learning_rates(config: rc.RankingConfig,
             for row in tuning:
                 row["chosen"] = row is tuning[-1]
         del model, fitted
+        gc.collect()
     assert best is not None  # learning_rates is non-empty
     return (*best, tuning)
 

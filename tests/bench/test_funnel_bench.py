@@ -203,7 +203,7 @@ def test_replay_final_list_equals_recommend(config, world, user, history, contex
         assert not any(seen & set(rows.tolist()) for rows in replayed.channels.values())
 
 
-def test_ranker_is_trained_as_the_pipeline_trains_it(tmp_path):
+def test_ranker_learning_rate_is_the_validation_winner_of_the_pipelines_grid(tmp_path):
     """The replayed ranker's learning rate is chosen on validation from the pipeline's grid."""
     from models.layers.feature_embedding import load_vocabularies
     from models.ranking import config as rc

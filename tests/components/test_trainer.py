@@ -73,6 +73,7 @@ def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, session
     tuning = content["metrics"]["learning_rate_tuning"]
     (chosen,) = [row for row in tuning if row["chosen"]]
     assert [row["learning_rate"] for row in tuning] == [1e-9, 0.003]
+    assert chosen["learning_rate"] == 0.003  # the shared model is a trained one
     assert chosen["validation"] == max(row["validation"] for row in tuning) == \
         stopping["best_value"]
     assert metrics.get_float_custom_property("learning_rate") == chosen["learning_rate"] == \

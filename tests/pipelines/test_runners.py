@@ -322,7 +322,12 @@ def test_default_profile_tunes_every_rankers_learning_rate_and_hparams_can_fix_i
     for model in ("nfwfm", "multitask_nfwfm"):
         assert hparams(model) == {"batch_size": 512, "max_epochs": 10, "patience": 2,
                                   "learning_rates": [0.001, 0.003, 0.01]}, model
-    # The user's fixed rate wins over the profile's grid when the config is made.
+    # The user's fixed rate drops the profile's grid for that model only.
+    assert hparams("nfm") == {"batch_size": 512, "max_epochs": 10, "patience": 2,
+                              "learning_rate": 0.02}
     assert rc.make_config("nfm", hparams("nfm")).learning_rates == ()
-    assert rc.make_config("nfm", hparams("nfm")).learning_rate == 0.02
     assert rc.make_config("nfwfm", hparams("nfwfm")).learning_rates == (0.001, 0.003, 0.01)
+    # A user grid replaces the profile's.
+    assert runner_common._merge({"nfm": {"learning_rates": [0.1, 0.2], "patience": 2}},
+                                {"nfm": {"learning_rate": 0.5, "learning_rates": [0.3]}}) == {
+        "nfm": {"learning_rates": [0.3], "learning_rate": 0.5, "patience": 2}}
