@@ -198,20 +198,42 @@ class Services:
         self.log.close()
 
 
-def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig) -> tuple[str, dict]:
-    """A private serving dir: a copy of work/serving's models, or toy models."""
+def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig,
+            ranker_model: str | None = None) -> tuple[str, dict]:
+    """A private serving dir: a copy of work/serving's models, or toy models.
+
+    Args:
+      ranker_model: a ranking SavedModel directory (e.g. the pipeline's
+        RankingTrainer.nfwfm Format-Serving) served as `ranking` in the
+        private copy when work/serving has pushed recall models but no
+        ranker (the gate refused it): latency does not depend on the
+        blessing, and the JSON says which model it was.
+    Raises:
+      ValueError: ranker_model given but not a SavedModel directory.
+    """
     source = os.path.join(work_dir, "serving")
     models = os.path.join(source, "models")
     out = os.path.join(scratch, "serving")
-    if os.path.isdir(models) and list_versions(os.path.join(models, "ranking")):
+    if ranker_model and not os.path.exists(os.path.join(ranker_model, "saved_model.pb")):
+        raise ValueError(f"--ranker_model {ranker_model!r} holds no saved_model.pb")
+    pushed = os.path.isdir(models) and bool(list_versions(os.path.join(models, "ranking")))
+    ranker = None
+    if not pushed and ranker_model and os.path.isdir(models):
+        ranker = {"source": os.path.abspath(ranker_model), "pushed": False,
+                  "note": "not pushed by the pipeline (the gate refused it); served in the "
+                          "bench's private copy for latency only"}
+    if pushed or ranker:
         shutil.copytree(source, out)  # the hot swap writes a version: never into work/
+        if ranker:
+            shutil.copytree(ranker_model, os.path.join(out, "models", "ranking", "1"))
         # The pipeline pushes models and indexes; the tables the recommender
         # reads stay where `make run` left them: copy them beside the models,
         # as a deployment would.
         for name, path in find_inputs(source, work_dir, config.name).items():
             if path and not os.path.exists(os.path.join(out, os.path.basename(path))):
                 shutil.copy(path, out)
-        info = {"source": os.path.abspath(source), "toy": False}
+        info = {"source": os.path.abspath(source), "toy": False,
+                **({"ranker": ranker} if ranker else {})}
     else:
         toy_models.write_toy_world(out, config, num_users=200, num_items=5000, seed=0)
         info = {"source": "serving.toy_models (work/serving had no pushed ranking model)",
@@ -458,7 +480,7 @@ def run_abuse_only(args: argparse.Namespace) -> None:
            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
            "speed_probe_s_at_start": speed_probe()}
     try:
-        serving_dir, run["models"] = prepare(args.work_dir, scratch, config)
+        serving_dir, run["models"] = prepare(args.work_dir, scratch, config, args.ranker_model)
         flags: list[str] = []
         if args.workers > 1:
             redis_server = LocalRedis(scratch)
@@ -509,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="lower the bench's and the services' priority (to share a busy box); "
                              "it costs the services CPU time per request too (measured: ~25%% "
                              "more at nice 10 on the 2-core dev box), so targets are taken at 0")
+    parser.add_argument("--ranker_model", default=None,
+                        help="a ranking SavedModel to serve as `ranking` when work/serving has "
+                             "pushed recall models but no ranker (the gate refused it), e.g. "
+                             "work/tfx/feedrec/pipeline_root/RankingTrainer.nfwfm/model/<id>/"
+                             "Format-Serving; recorded in the JSON's models.ranker")
     parser.add_argument("--only_abuse", action="store_true",
                         help="run only the abuse point (with its own clean points, same serve "
                              "shape) and merge it into --output under `abuse`")
@@ -543,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "speed_probe_s_at_start": speed_probe()}
     redis_server = None
     try:
-        serving_dir, results["models"] = prepare(args.work_dir, scratch, config)
+        serving_dir, results["models"] = prepare(args.work_dir, scratch, config,
+                                                 args.ranker_model)
         print(f"models: {results['models']}", flush=True)
         main_flags: list[str] = []
         if args.workers > 1:
