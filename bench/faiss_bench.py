@@ -241,7 +241,9 @@ def hnsw_sweep(vectors: np.ndarray, queries: dict[str, np.ndarray],
         res = measure(index, builder.HNSW, seconds, build_params, queries, exact, k, target,
                       latency_queries)
         del index
-        last = res
+        # Predict from the unrounded time: res rounds to 0.01 s, and a graph
+        # built in under 5 ms would predict 0 s for every later one.
+        last = {**res, "build_seconds": seconds}
         within = seconds <= budget_s
         entry.update({"build_seconds": res["build_seconds"], "within_budget": within,
                       "params": res["params"],

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import subprocess
+import time
 
 import faiss
 import numpy as np
@@ -244,3 +245,26 @@ def test_exports_are_tuned_on_validation_user_vectors_and_scored_on_eval_ones(tm
     exact = faiss_bench.exact_top_k(items.embeddings, evals.features["v"][:70], 50)
     assert ivf["recall@50"] == pytest.approx(builder.recall_at_k(rows, exact), abs=1e-12)
     assert ivf["tuning"]["num_queries"] == 40
+
+
+def test_a_build_faster_than_the_rounding_still_predicts_the_next_over_a_zero_budget(
+        monkeypatch):
+    """A first graph built in 3 ms (reported 0.0 s after rounding) scales to 0.012 s for
+    M 16 / efConstruction 32 (x2 x2), over a 0 s budget, so the next is skipped. Predicting
+    from the rounded 0.0 built it: the flaky failure of the test above on a fast machine."""
+    clock = iter(range(1000))
+
+    class FakeTime:
+        perf_counter = staticmethod(time.perf_counter)
+
+        @staticmethod
+        def time():
+            return 0.003 * next(clock)
+
+    monkeypatch.setattr(faiss_bench, "time", FakeTime)
+    vectors, queries, exact = _query_sets()
+    kept, trace = faiss_bench.hnsw_sweep(vectors, queries, exact, 10, 0.5, [(8, 16), (16, 32)],
+                                         builder.BuildOptions(k=10), 0.0, 20)
+    assert trace[0]["build_seconds"] == 0.0 and trace[0]["within_budget"] is False
+    assert trace[1]["skipped"].startswith("predicted build 0s > budget 0s")
+    assert kept["build_params"] == {"M": 8, "efConstruction": 16}
