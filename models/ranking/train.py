@@ -265,7 +265,7 @@ def fit_learning_rates(config: rc.RankingConfig,
         model, fitted = build_and_fit(config)
         return model, fitted, config, None
     best: tuple[RankingModel, dict[str, Any], rc.RankingConfig] | None = None
-    best_value = -math.inf
+    best_value, best_row = -math.inf, 0
     tuning: list[dict[str, Any]] = []
     for rate in config.learning_rates:
         point = dataclasses.replace(config, learning_rate=float(rate), learning_rates=())
@@ -280,12 +280,11 @@ def fit_learning_rates(config: rc.RankingConfig,
         _log.info("learning rate %g: validation %s %.4f at epoch %s", rate,
                   tuning[-1]["monitor"], value, stopping.get("best_epoch"))
         if best is None or value > best_value:
-            best, best_value = (model, fitted, point), value
-            for row in tuning:
-                row["chosen"] = row is tuning[-1]
+            best, best_value, best_row = (model, fitted, point), value, len(tuning) - 1
         del model, fitted
         gc.collect()
     assert best is not None  # learning_rates is non-empty
+    tuning[best_row]["chosen"] = True
     return (*best, tuning)
 
 
@@ -379,10 +378,12 @@ def train(model_name: str, config_path: str, train_pattern: str | Sequence[str],
     features = fc.load(config_path)
     vocabularies = load_vocabularies(features, vocab_dir)
     carve = carve_validation(train_pattern, config.validation_fraction)
-    fit_ds, _ = split_datasets(train_pattern, features, config, carve["cutoff"])
     # Made now so a bad eval pattern fails before training; read only after it.
     eval_ds = inputs.make_dataset(eval_pattern, features, fc.RANKING, 1024)
-    first, _ = next(iter(fit_ds))
+    # One batch in file order builds the model and checks the vocabularies
+    # (values do not matter, only shapes and ids): no shuffle buffer to fill.
+    first = next(iter(inputs.make_dataset(train_pattern, features, fc.RANKING,
+                                          config.batch_size)))
     if vocab_dir:
         check_vocabulary_coverage(vocabularies, first, vocab_dir)
 
