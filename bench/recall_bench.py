@@ -118,7 +118,8 @@ DEFAULT_SEEDS, QUICK_SEEDS, QUICK_MAX_EPOCHS = 5, 2, 3
 CONFIGS = {"item2vec": Item2VecConfig, "youtubenet": YouTubeNetConfig,
            "two_tower": TwoTowerConfig}
 # Learned models run their configs' defaults: nothing here was chosen on
-# validation, so nothing overrides them (the seed and --max_epochs aside).
+# validation, so nothing overrides them (the seed, --max_epochs and an
+# ablation's --hparams aside).
 HPARAMS: dict[str, dict[str, Any]] = {name: {} for name in LEARNED}
 # Peers' fixed settings, one set for both datasets, not tuned on anything:
 # 64 factors like the learned models' vectors; ALS's confidence weight alpha
@@ -398,13 +399,15 @@ def mean_history(queries: protocols.Queries, ids: Sequence[str], vectors: np.nda
 
 # ---- one protocol ------------------------------------------------------------
 
-def learned_config(name: str, seed: int, max_epochs: int | None = None):
-    """The config of a learned model: its defaults, HPARAMS, the seed and the epoch cap.
+def learned_config(name: str, seed: int, max_epochs: int | None = None,
+                   overrides: Mapping[str, Mapping[str, Any]] | None = None):
+    """The config of a learned model: its defaults, HPARAMS, the run's
+    --hparams overrides for it, the seed and the epoch cap.
 
     Raises:
       the config's error (a ValueError naming the value) on a bad setting.
     """
-    hparams = {**HPARAMS[name], "seed": seed}
+    hparams = {**HPARAMS[name], **(overrides or {}).get(name, {}), "seed": seed}
     if max_epochs is not None:
         hparams["max_epochs"] = max_epochs
     return CONFIGS[name].from_hparams(hparams)
@@ -434,7 +437,8 @@ def training_record(trainer_stats: Mapping[str, Any]) -> dict[str, Any]:
             f"best_{training.MONITOR}": stopping["best_value"],
             "learning_curve": trainer_stats["learning_curve"],
             "validation": trainer_stats["validation"],
-            **{key: trainer_stats[key] for key in ("popularity_prior", "recent_clicks")
+            **{key: trainer_stats[key] for key in ("popularity_prior", "recent_clicks",
+                                                    "share_item_embedding", "choices")
                if key in trainer_stats}}
 
 
@@ -457,7 +461,9 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
                  views: Mapping[str, protocols.Queries], catalogue: data.Catalogue,
                  vocabularies: Mapping[str, list[str]], seeds: Sequence[int],
                  models: Sequence[str], max_epochs: int | None,
-                 export_root: str | None, label: str = "") -> dict[str, dict[str, Any]]:
+                 export_root: str | None, label: str = "",
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Every model, every seed, trained once on one protocol's data and scored on each view.
 
     Args:
@@ -474,6 +480,7 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
       max_epochs: cap on the learned models' epochs (None: their defaults).
       export_root: seed 0's learned models are exported under it (None: not).
       label: log prefix.
+      overrides: model -> hparams over its defaults (--hparams).
     Returns:
       view -> {model -> summarize(...), "_comparisons": compare(...),
       "_queries": query_record(...) + training-data counts}.
@@ -491,7 +498,7 @@ def run_protocol(config: fc.FeatureConfig, train: data.Arrays, sessions: data.Ar
             extra: dict[str, Any] = {}
             if name in LEARNED:
                 result = fit_learned(name, config, train, sessions, catalogue, vocabularies,
-                                     learned_config(name, seed, max_epochs))
+                                     learned_config(name, seed, max_epochs, overrides))
             elif name == "word2vec":
                 ids, vectors = word2vec_vectors(sentences, seed)
             else:
@@ -699,7 +706,7 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         args.model_list, args.max_epochs,
         # bench.faiss_bench reads work_dir/exports: a smoke run must not replace them.
         os.path.join(args.work_dir, "exports-quick" if args.quick else "exports", name),
-        label=name))
+        label=name, overrides=args.hparams))
     llo = protocols.leave_last_out_at_cutoff(clicks, config, LLO_HOLDOUT_FRACTION,
                                              LLO_MIN_CLICKS)
     views[LEAVE_LAST_OUT] = llo.queries
@@ -707,7 +714,7 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         config, llo.train, sessions_from_examples(llo.train, config),
         {LEAVE_LAST_OUT: llo.queries}, catalogue_from_examples(catalogue, llo.train, config),
         vocabularies_from_examples(llo.train, config), args.seed_list, args.model_list,
-        args.max_epochs, None, label=name))
+        args.max_epochs, None, label=name, overrides=args.hparams))
     results[LEAVE_LAST_OUT]["_queries"]["cutoff"] = llo.cutoff
     for view, queries in views.items():
         results[view]["_queries"]["history_leaks"] = protocols.history_leaks(clicks, queries)
@@ -744,7 +751,7 @@ def protocol_rules() -> dict[str, str]:
 
 def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
     """How every figure was obtained (the JSON's `_protocol`)."""
-    schedules = {name: {k: getattr(learned_config(name, 0, args.max_epochs), k)
+    schedules = {name: {k: getattr(learned_config(name, 0, args.max_epochs, args.hparams), k)
                         for k in ("max_epochs", "patience", "min_delta", "validation_fraction")}
                  for name in LEARNED}
     return {
@@ -760,9 +767,11 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
         "schedules": schedules,
         "hparams": {"learned": ("each config's defaults; the choices a trainer makes on "
                                 "its own validation split (Item2vec's popularity-prior "
-                                "weight, two-tower's recent_clicks) are recorded per seed; "
-                                "nothing is chosen on eval"),
-                    "overrides": HPARAMS, "peers": PEER_SETTINGS,
+                                "weight, two-tower's recent_clicks and share_item_embedding) "
+                                "are recorded per seed; nothing is chosen on eval"),
+                    "overrides": {name: {**HPARAMS[name], **args.hparams.get(name, {})}
+                                  for name in LEARNED},
+                    "peers": PEER_SETTINGS,
                     "peers_note": "fixed, untuned, the same on both datasets; peers train on "
                                   "the whole training split (no validation carve)",
                     "bpr_fold_in_epochs": BPR_FOLD_IN_EPOCHS},
@@ -802,6 +811,25 @@ def _names(spec: str, known: Sequence[str], what: str,
     return names
 
 
+def _hparams(text: str, parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """--hparams parsed and checked: every model learned, every setting accepted."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"--hparams is not JSON ({e}): {text!r}")
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        parser.error(f"--hparams must be a JSON object of objects, got {text!r}")
+    unknown = sorted(set(value) - set(LEARNED))
+    if unknown:
+        parser.error(f"--hparams names {unknown}, not learned models {list(LEARNED)}")
+    for name in value:
+        try:
+            learned_config(name, 0, None, value)
+        except ValueError as e:
+            parser.error(f"--hparams for {name}: {e}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags, with --quick's defaults resolved (seed_list, model_list, dataset_list)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -826,6 +854,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="datasets benchmarked side by side in child processes (default "
                              "2: the whole run fits ~30 min on 2 cores; 1: one after the "
                              "other, per-model seconds without a neighbour)")
+    parser.add_argument("--hparams", default="{}",
+                        help='JSON {model: {hparam: value}} over the learned models\' '
+                             'defaults, for an ablation (e.g. \'{"two_tower": {"share_item_'
+                             'embedding": false}}\'); recorded in the JSON\'s _protocol')
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra/inter-op threads (0: TensorFlow's default; "
                              "children of --jobs get cores / datasets)")
@@ -842,6 +874,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} / {args.threads}")
     args.seed_list = list(range(args.seeds))
     args.model_list = _names(args.models, MODELS, "models", parser)
+    args.hparams = _hparams(args.hparams, parser)
     specs = [n for n in args.datasets.split(",") if n]
     args.dataset_list = _names(args.datasets, datasets.DATASETS + tuple(
         n for n in specs if os.path.isfile(n)), "datasets", parser)
@@ -858,6 +891,8 @@ def child_command(args: argparse.Namespace, dataset: str, out: str, threads: int
            "--out", out, "--jobs", "1", "--threads", str(threads)]
     if args.max_epochs is not None:
         cmd += ["--max_epochs", str(args.max_epochs)]
+    if args.hparams:
+        cmd += ["--hparams", json.dumps(args.hparams)]
     return cmd + (["--quick"] if args.quick else [])
 
 

@@ -108,6 +108,13 @@ class FeatureTower(keras.Model):
         poolings are order-free, and the next click may follow the latest
         ones most). With mean pooling the sequences then get their own
         tables, as with attention.
+      shared_tables: item-id feature name -> an Embedding layer another tower
+        also uses (the two-tower model's `share_item_embedding`): this
+        tower's sequence features whose `of` names it (the click history)
+        and that feature itself, if the tower reads it, embed through it, so
+        a history click and a candidate item are the same vector. A runtime
+        binding, not in get_config: a tower rebuilt from its config has its
+        own tables (the exported SavedModel holds the shared weights).
     Call:
       features: dict name -> raw tensor.
     Returns:
@@ -117,7 +124,8 @@ class FeatureTower(keras.Model):
     def __init__(self, feature_config: Mapping[str, Any], vocabularies: Mapping[str, Sequence[str]],
                  feature_names: Sequence[str], embedding_dim: int, hidden_units: Sequence[int],
                  output_dim: int, attention_units: int = 0, normalize: bool = False,
-                 recent_clicks: int = 0, **kwargs):
+                 recent_clicks: int = 0,
+                 shared_tables: Mapping[str, keras.layers.Embedding] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.feature_config = dict(feature_config)
         self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
@@ -137,18 +145,27 @@ class FeatureTower(keras.Model):
             raise ValueError(f"recent_clicks {self.recent_clicks} needs a sequence feature "
                              f"and another feature in {list(self.feature_names)}")
         self.ids = FeatureIds(self.feature_config, self.vocabularies, self.feature_names)
-        multi = [n for n in self.feature_names
-                 if config.feature(n).type in (fc.TAGS, fc.SEQUENCE)]
-        single = [n for n in self.feature_names if n not in multi]
+        shared_tables = dict(shared_tables or {})
+        # Features looked up in a shared table: the id feature itself, and
+        # the sequences of it (embedded apart from FieldEmbedding).
+        self.shared_names = [n for n in self.feature_names if n in shared_tables]
+        shared_sequences = [n for n in self.feature_names
+                            if config.feature(n).type == fc.SEQUENCE
+                            and config.feature(n).of in shared_tables]
+        rest = [n for n in self.feature_names if n not in self.shared_names]
+        multi = [n for n in rest if config.feature(n).type in (fc.TAGS, fc.SEQUENCE)]
+        single = [n for n in rest if n not in multi]
         attend = bool(self.attention_units and single)
         if not attend:
-            single, multi = self.feature_names, []
-            if self.recent_clicks:
-                # Mean pooling with a recent-click mean: the sequences get
-                # their own tables, as attention pooling's do.
-                multi = [n for n in self.feature_names
-                         if config.feature(n).type == fc.SEQUENCE]
-                single = [n for n in self.feature_names if n not in multi]
+            single, multi = rest, []
+            if self.recent_clicks or shared_sequences:
+                # Mean pooling with a recent-click mean or a shared table:
+                # the sequences get their own tables, as attention pooling's do.
+                multi = [n for n in rest if config.feature(n).type == fc.SEQUENCE]
+                single = [n for n in rest if n not in multi]
+        if not single and not self.shared_names:
+            raise ValueError(f"no feature of {list(self.feature_names)} is left to embed "
+                             f"apart from the shared tables' sequences")
         self.single_names, self.multi_names = single, multi
         self.recent_names = ([n for n in multi if config.feature(n).type == fc.SEQUENCE]
                              if self.recent_clicks else [])
@@ -157,12 +174,22 @@ class FeatureTower(keras.Model):
             spec = config.feature(n)
             if spec.type == fc.SEQUENCE:
                 rows[spec.of] = self.ids.num_rows(n)
-        self.embed = FieldEmbedding(self.feature_config, rows, self.embedding_dim,
-                                    feature_names=single, name="field_embedding")
+        self.embed = (FieldEmbedding(self.feature_config, rows, self.embedding_dim,
+                                     feature_names=single, name="field_embedding")
+                      if single else None)
+        for n in self.shared_names + shared_sequences:
+            of = n if n in shared_tables else config.feature(n).of
+            table = shared_tables[of]
+            if table.input_dim != self.ids.num_rows(n) or table.output_dim != self.embedding_dim:
+                raise ValueError(f"shared table for {of!r} is {table.input_dim} x "
+                                 f"{table.output_dim}; {n!r} needs {self.ids.num_rows(n)} x "
+                                 f"{self.embedding_dim}")
+        self.shared_tables = {n: shared_tables[n] for n in self.shared_names}
         self.sequence_tables = {
-            n: keras.layers.Embedding(self.ids.num_rows(n), self.embedding_dim,
-                                      embeddings_initializer=keras.initializers.RandomNormal(
-                                          stddev=0.01), name=f"{n}_sequence_embedding")
+            n: (shared_tables[config.feature(n).of] if n in shared_sequences else
+                keras.layers.Embedding(self.ids.num_rows(n), self.embedding_dim,
+                                       embeddings_initializer=keras.initializers.RandomNormal(
+                                           stddev=0.01), name=f"{n}_sequence_embedding"))
             for n in multi}
         self.poolers = {n: AttentionPooling(self.attention_units, name=f"{n}_attention")
                         for n in multi if attend}
@@ -172,8 +199,12 @@ class FeatureTower(keras.Model):
 
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         ids = self.ids({n: features[n] for n in self.feature_names})
-        single = self.embed({n: ids[n] for n in self.single_names})  # [B, F, e]
-        flat = tf.reshape(single, [-1, len(self.single_names) * self.embedding_dim])
+        flats = []
+        if self.embed is not None:
+            single = self.embed({n: ids[n] for n in self.single_names})  # [B, F, e]
+            flats.append(tf.reshape(single, [-1, len(self.single_names) * self.embedding_dim]))
+        flats += [self.shared_tables[n](ids[n]) for n in self.shared_names]  # [B, e] each
+        flat = tf.concat(flats, axis=1) if len(flats) > 1 else flats[0]
         parts = [flat]
         for n in self.multi_names:
             vectors = self.sequence_tables[n](ids[n])  # [B, L, e]

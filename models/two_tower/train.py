@@ -20,6 +20,7 @@ import tf_keras as keras  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from models import cli  # noqa: E402
 from models.recall import data, training  # noqa: E402
+from models.layers.feature_embedding import FeatureIds  # noqa: E402
 from models.recall.towers import FeatureTower, recent_clicks_apply  # noqa: E402
 from models.two_tower.config import TwoTowerConfig  # noqa: E402
 from models.two_tower.model import HardNegativeSampler, TwoTowerModel  # noqa: E402
@@ -40,28 +41,61 @@ def feature_names(feature_config: fc.FeatureConfig, config: TwoTowerConfig
 
 
 def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
-                config: TwoTowerConfig, recent_clicks: int | None = None
+                config: TwoTowerConfig, recent_clicks: int | None = None,
+                share_item_embedding: bool | None = None
                 ) -> tuple[TwoTowerModel, list[str], list[str]]:
     """The untrained model and the user / item feature names its towers read.
 
-    recent_clicks: the user tower's recent-click mean (None: the config's
-    only choice, as a trained result's config holds).
+    recent_clicks, share_item_embedding: the user tower's recent-click mean
+    and whether the towers share the item-id table (None: the config's only
+    choice, as a trained result's config holds).
     Raises:
-      ValueError: recent_clicks None while the config holds several choices.
+      ValueError: a choice is None while the config holds several.
     """
     user_names, item_names = feature_names(feature_config, config)
     cfg = feature_config.to_dict()
-    if recent_clicks is None and len(config.recent_clicks) != 1:
-        raise ValueError(f"the config holds recent_clicks choices {config.recent_clicks}: "
-                         f"say which one to build")
+    for name, value in (("recent_clicks", recent_clicks),
+                        ("share_item_embedding", share_item_embedding)):
+        if value is None and len(getattr(config, name)) != 1:
+            raise ValueError(f"the config holds {name} choices {getattr(config, name)}: "
+                             f"say which one to build")
     recent = config.recent_clicks[0] if recent_clicks is None else recent_clicks
+    share = (config.share_item_embedding[0] if share_item_embedding is None
+             else share_item_embedding)
+    shared = _shared_item_table(feature_config, vocabularies, config, user_names, item_names,
+                                share)
     user_tower = FeatureTower(cfg, vocabularies, user_names, config.embedding_dim,
                               config.hidden_units, config.dim, config.attention_units,
-                              normalize=True, recent_clicks=recent, name="user_tower")
+                              normalize=True, recent_clicks=recent, shared_tables=shared,
+                              name="user_tower")
     item_tower = FeatureTower(cfg, vocabularies, item_names, config.embedding_dim,
                               config.hidden_units, config.dim, attention_units=0,
-                              normalize=True, name="item_tower")
+                              normalize=True, shared_tables=shared, name="item_tower")
     return TwoTowerModel(user_tower, item_tower, config.temperature), user_names, item_names
+
+
+def shareable_item_features(feature_config: fc.FeatureConfig, user_names: Sequence[str],
+                            item_names: Sequence[str]) -> list[str]:
+    """Item-tower features a user-tower sequence (the click history) is `of`:
+    the tables share_item_embedding can share (none: nothing to choose)."""
+    ofs = {feature_config.feature(n).of for n in user_names
+           if feature_config.feature(n).type == fc.SEQUENCE}
+    return [n for n in item_names if n in ofs]
+
+
+def _shared_item_table(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, list[str]],
+                       config: TwoTowerConfig, user_names: Sequence[str],
+                       item_names: Sequence[str], share: bool
+                       ) -> dict[str, keras.layers.Embedding]:
+    """{item-id feature: its table} when sharing is on and applies, else {}."""
+    shared = shareable_item_features(feature_config, user_names, item_names) if share else []
+    if not shared:
+        return {}
+    ids = FeatureIds(feature_config.to_dict(), vocabularies, shared)
+    return {n: keras.layers.Embedding(
+        ids.num_rows(n), config.embedding_dim,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        name=f"{n}_shared_embedding") for n in shared}
 
 
 def _hard_sampler(feature_config: fc.FeatureConfig, catalogue: data.Catalogue
@@ -140,12 +174,15 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     The latest `validation_fraction` of the examples' time span is held out
     (time-split queries, as in the eval); training runs epoch by epoch until
     their HR@50 stops improving and keeps the best epoch
-    (models.recall.training.fit_epochs). With several `recent_clicks`
-    choices one model is trained per choice (same seed) and the best
-    validation HR@50 is kept (a later choice must beat an earlier one by more
-    than min_delta); the result's config holds the chosen value and
-    stats["recent_clicks"] every choice's validation HR@50. A user tower
-    without the history feature, or with nothing else, has only the choice 0.
+    (models.recall.training.fit_epochs). One model is trained per pair of
+    `share_item_embedding` and `recent_clicks` choices (same seed; the
+    config's order, share outermost) and the best validation HR@50 is kept
+    (a later pair must beat the kept one by more than min_delta); the
+    result's config holds the chosen values, stats["choices"] every pair's
+    validation HR@50, and stats["recent_clicks"] / stats["share_item_embedding"]
+    each axis through the chosen pair. A user tower without the history
+    feature, or with nothing else, has only the recent_clicks choice 0; with
+    no item-tower feature the history is `of`, only the share choice False.
 
     Args:
       steps: where the model lives and the steps run (default: this process,
@@ -167,8 +204,9 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
 
-    def fit_one(recent: int) -> tuple[TwoTowerModel, dict[str, Any], np.ndarray]:
-        """One user tower (recent-click mean of `recent`) trained to early stopping."""
+    def fit_one(recent: int, share: bool) -> tuple[TwoTowerModel, dict[str, Any], np.ndarray]:
+        """One model (recent-click mean of `recent`, item table shared or not)
+        trained to early stopping."""
         rng = np.random.default_rng(config.seed)
         # Seeds Keras' initializers too (tf.random.set_seed alone leaves them
         # to Python's `random`): the same seed gives the same run, and every
@@ -176,7 +214,7 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         keras.utils.set_random_seed(config.seed)
         with steps.scope():
             model, user_names, item_names = build_model(feature_config, vocabularies, config,
-                                                        recent)
+                                                        recent, share)
             optimizer = keras.optimizers.Adam(config.learning_rate)
         steps.build(model, optimizer, training.tensors(fit_arrays, user_names, np.arange(1)),
                     training.tensors(catalogue.features, item_names, np.arange(1)))
@@ -219,21 +257,33 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         history = training.fit_epochs(model, train_epoch, validate, config)
         return model, history, item_vectors()
 
-    user_names, _ = feature_names(feature_config, config)
+    user_names, item_names = feature_names(feature_config, config)
     # Without a history beside another user feature there is nothing to choose.
-    choices = config.recent_clicks if recent_clicks_apply(feature_config, user_names) else (0,)
+    recents = config.recent_clicks if recent_clicks_apply(feature_config, user_names) else (0,)
+    shares = (config.share_item_embedding
+              if shareable_item_features(feature_config, user_names, item_names) else (False,))
     best, model, history, item_vectors, values = None, None, None, None, {}
-    for recent in choices:
-        run_model, run_history, run_vectors = fit_one(recent)
-        values[str(recent)] = run_history["early_stopping"]["best_value"]
-        # A later choice must beat the kept one by more than min_delta (the
-        # early stopping's own notion of a gain); only the kept run is held.
-        if best is None or values[str(recent)] > values[str(best)] + config.min_delta:
-            best, model, history, item_vectors = recent, run_model, run_history, run_vectors
-    chosen = dataclasses.replace(config, recent_clicks=(best,))
+    for share in shares:
+        for recent in recents:
+            run_model, run_history, run_vectors = fit_one(recent, share)
+            values[(recent, share)] = run_history["early_stopping"]["best_value"]
+            # A later pair must beat the kept one by more than min_delta (the
+            # early stopping's own notion of a gain); only the kept run is held.
+            if best is None or values[(recent, share)] > values[best] + config.min_delta:
+                best, model, history, item_vectors = ((recent, share), run_model, run_history,
+                                                      run_vectors)
+    recent, share = best
+    chosen = dataclasses.replace(config, recent_clicks=(recent,), share_item_embedding=(share,))
+    monitor = training.MONITOR
     stats = {**history, "examples": int(len(rows)), "dropped_unknown_target": unknown,
              "num_items": len(catalogue),
-             "recent_clicks": {"chosen": best, training.MONITOR: values},
+             "choices": {"chosen": {"recent_clicks": recent, "share_item_embedding": share},
+                         monitor: {f"recent_clicks={r},share_item_embedding={str(s).lower()}": v
+                                   for (r, s), v in values.items()}},
+             "recent_clicks": {"chosen": recent, monitor: {
+                 str(r): v for (r, s), v in values.items() if s == share}},
+             "share_item_embedding": {"chosen": share, monitor: {
+                 str(s).lower(): v for (r, s), v in values.items() if r == recent}},
              "validation": {**carve.summary(),
                             "validation_queries": training.count_with_targets(queries)},
              "train_seconds": time.time() - start}

@@ -1,5 +1,6 @@
 """bench.recall_bench: leave-last-out sessions, comparisons and targets, flags (no training)."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -236,6 +237,20 @@ def test_parse_args_defaults_and_quick():
     assert record["seeds"]["learned_and_seeded_peers"] == [0, 1, 2]
 
 
+def test_hparams_override_a_learned_models_defaults_in_every_child():
+    args = rb.parse_args(["--hparams", '{"two_tower": {"share_item_embedding": false}}',
+                          "--datasets", "synthetic,movielens"])
+    assert args.hparams == {"two_tower": {"share_item_embedding": False}}
+    config = rb.learned_config("two_tower", 2, None, args.hparams)
+    assert config == dataclasses.replace(TwoTowerConfig(), seed=2, share_item_embedding=(False,))
+    assert rb.learned_config("item2vec", 0, None, args.hparams) == Item2VecConfig()
+    cmd = rb.child_command(args, "movielens", "/tmp/x/movielens.json", threads=1)
+    assert json.loads(cmd[cmd.index("--hparams") + 1]) == args.hparams
+    record = rb.protocol_record(args)
+    assert record["hparams"]["overrides"]["two_tower"] == {"share_item_embedding": False}
+    assert "--hparams" not in rb.child_command(rb.parse_args([]), "movielens", "/o", 1)
+
+
 def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_path):
     yaml_path = tmp_path / "mine.yaml"
     yaml_path.write_text("name: mine\n")  # parse_args only checks that the file exists
@@ -254,6 +269,11 @@ def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_pa
     (["--max_epochs", "0"], "--max_epochs must be >= 1, got 0"),
     (["--seeds", "two"], "invalid int value: 'two'"),
     (["--jobs", "0"], "--jobs must be >= 1 and --threads >= 0, got 0 / 0"),
+    (["--hparams", "{two"], "--hparams is not JSON"),
+    (["--hparams", '{"two_tower": 3}'], "--hparams must be a JSON object of objects"),
+    (["--hparams", '{"als": {}}'], "--hparams names ['als'], not learned models"),
+    (["--hparams", '{"two_tower": {"share_item_embedding": "yes"}}'],
+     "--hparams for two_tower: share_item_embedding must be true, false"),
 ])
 def test_parse_args_rejects_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as err:

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from feature_contract import feature_config as fc
-from models.layers.feature_embedding import load_vocabularies
+from models.layers.feature_embedding import FeatureIds, load_vocabularies
 from models import validation
 from models.recall import artifacts, data, protocols, training
 from models.recall.towers import AttentionPooling, FeatureTower, recent_mean
@@ -74,8 +74,10 @@ def test_attention_pooling_hand_computed_and_empty_rows():
     np.testing.assert_array_equal(out[1], [0.0, 0.0])  # new user: no history, no NaN
 
 
+# One share_item_embedding choice: the recent_clicks tests below see only
+# their own axis (the share choice has its own tests).
 TRAINED_CONFIG = TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), max_epochs=30,
-                                batch_size=64, extra_negatives=16)
+                                batch_size=64, extra_negatives=16, share_item_embedding=False)
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +306,97 @@ def test_recent_clicks_config():
             TwoTowerConfig.from_hparams({"recent_clicks": bad})
         assert str(info.value) == ("recent_clicks must be distinct integers >= 0 (one or a list "
                                    f"to choose from), got {bad!r}")
+
+
+def test_shared_item_table_is_one_table_in_both_towers(trained):
+    config, vocabularies = trained.config, trained.vocabularies
+    item_id = config.item_id_feature.name
+    history = config.history_feature.name
+    cfg = dataclasses.replace(TRAINED_CONFIG, recent_clicks=(0,))
+    model, user_names, item_names = tt_train.build_model(config, vocabularies, cfg, 0, True)
+    alone, _, _ = tt_train.build_model(config, vocabularies, cfg, 0, False)
+    for m in (model, alone):
+        m.user_tower(training.tensors(trained.arrays, user_names, np.arange(2)))
+        m.item_tower(training.tensors(trained.catalogue.features, item_names, np.arange(2)))
+    table = model.item_tower.shared_tables[item_id]
+    assert model.user_tower.sequence_tables[history] is table
+    assert model.item_tower.shared_names == [item_id] and model.user_tower.shared_names == []
+    # One item-id table fewer than the unshared model, nothing else different.
+    rows = model.item_tower.ids.num_rows(item_id)
+    n_params = lambda m: sum(int(np.prod(v.shape)) for v in m.trainable_variables)  # noqa: E731
+    assert n_params(alone) - n_params(model) == rows * TRAINED_CONFIG.embedding_dim
+    # The same vector for an item as a history click and as a candidate.
+    some_item = str(trained.catalogue.ids[3]).encode()
+    ids = FeatureIds(config.to_dict(), vocabularies, [history])(
+        {history: tf.constant([[some_item, b""]])})[history]
+    item_ids = FeatureIds(config.to_dict(), vocabularies, [item_id])(
+        {item_id: tf.constant([some_item])})[item_id]
+    assert int(ids[0, 0]) == int(item_ids[0]) > 0
+    np.testing.assert_array_equal(model.user_tower.sequence_tables[history](ids)[0, 0].numpy(),
+                                  table(item_ids)[0].numpy())
+    with pytest.raises(ValueError, match=r"shared table for 'item_id' is 3 x 8; 'item_id' needs"):
+        FeatureTower(config.to_dict(), vocabularies, item_names, 8, (8,), 4,
+                     shared_tables={item_id: tf.keras.layers.Embedding(3, 8)})
+
+
+def test_share_choice_is_the_best_validation_over_the_grid(trained, monkeypatch):
+    """Fake validation values per pair, in the order tried: share outer, recent inner."""
+    def choose(values, **choices):
+        calls = iter(values)
+        built = []
+
+        def fake_fit_epochs(model, train_epoch, validate, config):
+            built.append(bool(model.item_tower.shared_names))
+            return {"learning_curve": [], "early_stopping": {"best_value": next(calls)}}
+
+        monkeypatch.setattr(tt_train.training, "fit_epochs", fake_fit_epochs)
+        result = tt_train.fit(trained.config, trained.arrays, trained.catalogue,
+                              trained.vocabularies,
+                              dataclasses.replace(TRAINED_CONFIG, min_delta=0.01, **choices))
+        return result, built
+
+    result, built = choose([0.50, 0.52, 0.55, 0.51], share_item_embedding=(False, True),
+                           recent_clicks=(0, 5))
+    assert built == [False, False, True, True]
+    assert result.config.share_item_embedding == (True,) and result.config.recent_clicks == (0,)
+    assert result.stats["choices"] == {
+        "chosen": {"recent_clicks": 0, "share_item_embedding": True},
+        "val_hr@50": {"recent_clicks=0,share_item_embedding=false": 0.50,
+                      "recent_clicks=5,share_item_embedding=false": 0.52,
+                      "recent_clicks=0,share_item_embedding=true": 0.55,
+                      "recent_clicks=5,share_item_embedding=true": 0.51}}
+    assert result.stats["recent_clicks"] == {"chosen": 0, "val_hr@50": {"0": 0.55, "5": 0.51}}
+    assert result.stats["share_item_embedding"] == {"chosen": True,
+                                                    "val_hr@50": {"false": 0.50, "true": 0.55}}
+    # +0.009 over the kept pair is not a gain: the unshared model stays.
+    result, _ = choose([0.50, 0.509], share_item_embedding=(False, True), recent_clicks=(0,))
+    assert result.config.share_item_embedding == (False,)
+    # Without an item-tower feature the history is `of`, there is nothing to share.
+    monkeypatch.setattr(tt_train, "shareable_item_features", lambda *args: [])
+    result, built = choose([0.50], share_item_embedding=(False, True), recent_clicks=(0,))
+    assert built == [False] and result.config.share_item_embedding == (False,)
+
+
+def test_shared_tower_exports_and_serves_the_trained_vectors(trained, tmp_path):
+    config = trained.config
+    shared = tt_train.fit(config, trained.arrays, trained.catalogue, trained.vocabularies,
+                          dataclasses.replace(TRAINED_CONFIG, recent_clicks=(0,),
+                                              share_item_embedding=True, max_epochs=3))
+    assert shared.config.share_item_embedding == (True,)
+    shared.export(str(tmp_path))
+    serve = artifacts.load_user_tower(str(tmp_path / artifacts.USER_TOWER_DIR))
+    queries = trained.queries
+    request = {k: tf.constant(queries.features[k]) for k in data.serving_signature(config)}
+    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
+                               shared.user_vectors(queries.features), atol=1e-5)
+
+
+def test_share_item_embedding_config():
+    assert TwoTowerConfig().share_item_embedding == (False, True)
+    assert TwoTowerConfig.from_hparams({"share_item_embedding": True}).share_item_embedding \
+        == (True,)
+    assert TwoTowerConfig.from_hparams(
+        {"share_item_embedding": [True, False]}).share_item_embedding == (True, False)
+    for bad in ("yes", [], [True, True], [1]):
+        with pytest.raises(TwoTowerConfigError, match="share_item_embedding must be true, false"):
+            TwoTowerConfig.from_hparams({"share_item_embedding": bad})
