@@ -704,8 +704,10 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     results.update(run_protocol(
         config, train, sessions, views, catalogue, vocabularies, args.seed_list,
         args.model_list, args.max_epochs,
-        # bench.faiss_bench reads work_dir/exports: a smoke run must not replace them.
-        os.path.join(args.work_dir, "exports-quick" if args.quick else "exports", name),
+        # bench.faiss_bench reads work_dir/exports: a smoke run or an ablation
+        # (--hparams) must not replace them.
+        os.path.join(args.work_dir, "exports-quick" if args.quick else
+                     "exports-hparams" if args.hparams else "exports", name),
         label=name, overrides=args.hparams))
     llo = protocols.leave_last_out_at_cutoff(clicks, config, LLO_HOLDOUT_FRACTION,
                                              LLO_MIN_CLICKS)
@@ -823,9 +825,13 @@ def _hparams(text: str, parser: argparse.ArgumentParser) -> dict[str, dict[str, 
     if unknown:
         parser.error(f"--hparams names {unknown}, not learned models {list(LEARNED)}")
     for name in value:
+        # --seeds sets the seed: an override would be recorded in _protocol
+        # but never applied (as max_epochs under --max_epochs / --quick).
+        if "seed" in value[name]:
+            parser.error(f"--hparams for {name}: the seed is set by --seeds")
         try:
             learned_config(name, 0, None, value)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             parser.error(f"--hparams for {name}: {e}")
     return value
 
@@ -875,9 +881,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.seed_list = list(range(args.seeds))
     args.model_list = _names(args.models, MODELS, "models", parser)
     args.hparams = _hparams(args.hparams, parser)
+    if args.max_epochs is not None and any("max_epochs" in h for h in args.hparams.values()):
+        parser.error("--hparams sets max_epochs, which --max_epochs (or --quick) overrides")
     specs = [n for n in args.datasets.split(",") if n]
     args.dataset_list = _names(args.datasets, datasets.DATASETS + tuple(
         n for n in specs if os.path.isfile(n)), "datasets", parser)
+    if args.out is None and args.hparams:
+        # An ablation is not the recorded result: it goes under work_dir.
+        args.out = os.path.join(args.work_dir, "recall-hparams-{}.json".format(
+            "+".join(parallel.dataset_key(s) for s in args.dataset_list)))
     args.out = args.out or parallel.default_out(args.dataset_list, RESULTS, args.work_dir,
                                                 "recall")
     return args

@@ -113,8 +113,11 @@ class FeatureTower(keras.Model):
         tower's sequence features whose `of` names it (the click history)
         and that feature itself, if the tower reads it, embed through it, so
         a history click and a candidate item are the same vector. A runtime
-        binding, not in get_config: a tower rebuilt from its config has its
-        own tables (the exported SavedModel holds the shared weights).
+        binding, not in get_config: a tower rebuilt from its config embeds
+        those features in tables of its own (with mean pooling and no
+        recent-click mean, the history back inside FieldEmbedding), so the
+        trained weights do not load into it; serve the exported SavedModel,
+        which holds the shared weights.
     Call:
       features: dict name -> raw tensor.
     Returns:

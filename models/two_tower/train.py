@@ -92,6 +92,11 @@ def _shared_item_table(feature_config: fc.FeatureConfig, vocabularies: Mapping[s
     if not shared:
         return {}
     ids = FeatureIds(feature_config.to_dict(), vocabularies, shared)
+    # Built lazily by the first tower that calls it, so its variable is
+    # named under that tower (user_tower/...): the user tower runs first
+    # both where a cluster builds the model (CoordinatedSteps.build) and in
+    # its single-process copy, whose assign_trained matches names. Building
+    # it here instead would also move its initial draw before the towers'.
     return {n: keras.layers.Embedding(
         ids.num_rows(n), config.embedding_dim,
         embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),

@@ -1,6 +1,7 @@
 """bench.recall_bench: leave-last-out sessions, comparisons and targets, flags (no training)."""
 import dataclasses
 import json
+import os
 import math
 
 import numpy as np
@@ -249,6 +250,8 @@ def test_hparams_override_a_learned_models_defaults_in_every_child():
     record = rb.protocol_record(args)
     assert record["hparams"]["overrides"]["two_tower"] == {"share_item_embedding": False}
     assert "--hparams" not in rb.child_command(rb.parse_args([]), "movielens", "/o", 1)
+    # An ablation is not the recorded result: its JSON goes under work_dir.
+    assert args.out == os.path.join(args.work_dir, "recall-hparams-synthetic+movielens.json")
 
 
 def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_path):
@@ -274,6 +277,11 @@ def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_pa
     (["--hparams", '{"als": {}}'], "--hparams names ['als'], not learned models"),
     (["--hparams", '{"two_tower": {"share_item_embedding": "yes"}}'],
      "--hparams for two_tower: share_item_embedding must be true, false"),
+    (["--hparams", '{"two_tower": {"dim": "x"}}'], "--hparams for two_tower: "),
+    (["--hparams", '{"two_tower": {"seed": 7}}'],
+     "--hparams for two_tower: the seed is set by --seeds"),
+    (["--quick", "--hparams", '{"youtubenet": {"max_epochs": 7}}'],
+     "--hparams sets max_epochs, which --max_epochs (or --quick) overrides"),
 ])
 def test_parse_args_rejects_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as err:

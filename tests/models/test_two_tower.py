@@ -320,6 +320,9 @@ def test_shared_item_table_is_one_table_in_both_towers(trained):
         m.item_tower(training.tensors(trained.catalogue.features, item_names, np.arange(2)))
     table = model.item_tower.shared_tables[item_id]
     assert model.user_tower.sequence_tables[history] is table
+    # Named under the tower that called it first (the user tower, as in a
+    # cluster's build and its single-process copy).
+    assert table.embeddings.name.startswith(f"user_tower/{item_id}_shared_embedding/")
     assert model.item_tower.shared_names == [item_id] and model.user_tower.shared_names == []
     # One item-id table fewer than the unshared model, nothing else different.
     rows = model.item_tower.ids.num_rows(item_id)
