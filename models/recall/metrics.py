@@ -39,6 +39,10 @@ def top_k_from_scores(score_fn: Callable[[int, int], np.ndarray], num_users: int
     """Top-K of any scorer: score_fn(start, stop) -> scores [stop - start, N].
 
     Same output as top_k; used by baselines that are not inner products.
+    Equal scores rank by item row, lowest first, at the top-K boundary too:
+    np.argpartition picks among ties by a CPU-dependent code path (numpy's
+    AVX-512 selection orders them differently), so a peer with many equal
+    scores (popularity's click counts) would score differently per machine.
     """
     out = np.full((num_users, k), -1, np.int64)
     kk = min(k, num_items)
@@ -54,13 +58,34 @@ def top_k_from_scores(score_fn: Callable[[int, int], np.ndarray], num_users: int
             c = np.concatenate(chunk + [np.zeros(0, np.int64)])
             valid = (c >= 0) & (c < num_items)
             scores[r[valid], c[valid]] = -np.inf
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part = _top_rows_lowest_on_ties(scores, kk)
         part_scores = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-part_scores, axis=1, kind="stable")
         best = np.take_along_axis(part, order, axis=1)
         best[~np.isfinite(np.take_along_axis(part_scores, order, axis=1))] = -1
         out[start:stop, :kk] = best
     return out
+
+
+def _top_rows_lowest_on_ties(scores: np.ndarray, kk: int) -> np.ndarray:
+    """[b, kk] rows of each row's kk largest scores, ascending row order; of the
+    items tied at the kk-th score, the lowest rows (a machine-independent set).
+
+    Memory: one partitioned copy of `scores` and one bool mask (argpartition's
+    int64 indices were twice the scores); the tie cumsum runs only on the
+    rows that have more ties at the boundary than places left.
+    """
+    n = scores.shape[1]
+    kth = np.partition(scores, n - kk, axis=1)[:, n - kk:n - kk + 1]  # kk-th largest
+    take = scores >= kth
+    rows = np.flatnonzero(take.sum(axis=1) > kk)
+    if len(rows):
+        sub, sub_kth = scores[rows], kth[rows]
+        above = sub > sub_kth
+        tied = sub == sub_kth
+        need = kk - above.sum(axis=1, keepdims=True)  # >= 1, <= the number tied
+        take[rows] = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
+    return np.nonzero(take)[1].reshape(len(scores), kk)
 
 
 def hit_matrix(topk: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:

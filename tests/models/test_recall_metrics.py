@@ -48,6 +48,24 @@ def test_top_k_excludes_history_and_pads():
     np.testing.assert_array_equal(top, [[1, 2, -1, -1], [2, 1, 0, -1]])
 
 
+def test_top_k_breaks_ties_by_lowest_row_at_the_boundary():
+    # 300 items, scores 1.0 for every third row and 0.5 elsewhere: 100 tie at
+    # the top and 200 at 0.5. K = 120 takes all 100 of 1.0 and the 20 lowest
+    # rows of 0.5; each tie in row order. np.argpartition alone picks among
+    # ties by a CPU-dependent path.
+    scores = np.where(np.arange(300) % 3 == 0, 1.0, 0.5).astype(np.float32)
+    top = metrics.top_k_from_scores(lambda a, b: np.tile(scores, (b - a, 1)), 2, 300, 120,
+                                    exclude=[np.array([0, 1]), np.array([], np.int64)])
+    ones = [r for r in range(300) if r % 3 == 0]
+    halves = [r for r in range(300) if r % 3]
+    np.testing.assert_array_equal(top[0], ones[1:] + [r for r in halves if r != 1][:21])
+    np.testing.assert_array_equal(top[1], ones + halves[:20])
+    # Fewer finite scores than K: the rest is -1, the excluded rows never appear.
+    top = metrics.top_k_from_scores(lambda a, b: np.tile(scores[:4], (b - a, 1)), 1, 4, 6,
+                                    exclude=[np.array([3])])
+    np.testing.assert_array_equal(top, [[0, 1, 2, -1, -1, -1]])
+
+
 def _arrays(rows):
     config = fc.load(fc.builtin_config_path("synthetic"))
     hist = config.history_feature
