@@ -43,7 +43,7 @@ def test_default_profile_trains_the_defaults_on_both_datasets():
         config = _default_profile_config(data)
         assert (config.dim, config.window, config.negatives_per_positive) == (64, 64, 2)
         assert config.attribute_role is None and config.max_pairs_per_epoch == 200_000
-        assert (config.max_epochs, config.patience) == (3, 1)
+        assert (config.max_epochs, config.patience) == (20, 2)  # the config's own
         assert config.recent_clicks == 5
 
 
@@ -55,3 +55,4 @@ def test_the_recorded_ablation_is_what_the_defaults_follow():
     assert conclusions == {"seed_category": "tie", "seed_city": "worse", "dim_32": "tie",
                            "dim_64": "better", "recent_1": "worse", "recent_20": "worse"}
     assert Item2VecConfig().recent_clicks == 5
+
