@@ -51,6 +51,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from bench import stats  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from serving import toy_models  # noqa: E402
+from serving.blend import BLEND_FILE, Blend  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
 from serving.client import ModelServerClient, make_predict_request  # noqa: E402
 from serving.indexes import IndexSet  # noqa: E402
@@ -207,7 +208,10 @@ def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig,
         RankingTrainer.nfwfm Format-Serving) served as `ranking` in the
         private copy when work/serving has pushed recall models but no
         ranker (the gate refused it): latency does not depend on the
-        blessing, and the JSON says which model it was.
+        blessing, and the JSON says which model it was. A blend.json fitted
+        without a ranker (it weighs the ranker at 0, so the recommender would
+        skip the ranker's Predict) is left out of that copy: the list is then
+        ordered by the ranker, the two-stage path this bench measures.
     Raises:
       ValueError: ranker_model given but not a SavedModel directory.
     """
@@ -226,6 +230,12 @@ def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig,
         shutil.copytree(source, out)  # the hot swap writes a version: never into work/
         if ranker:
             shutil.copytree(ranker_model, os.path.join(out, "models", "ranking", "1"))
+            blend_path = os.path.join(out, BLEND_FILE)
+            if os.path.exists(blend_path) and not Blend.read(blend_path).uses_ranker:
+                os.remove(blend_path)
+                ranker["blend"] = ("left out of the private copy: fitted with no ranker served, "
+                                   "it weighs the ranker at 0 and the recommender would skip "
+                                   "the ranker's Predict; the list is ordered by the ranker")
         # The pipeline pushes models and indexes; the tables the recommender
         # reads stay where `make run` left them: copy them beside the models,
         # as a deployment would.

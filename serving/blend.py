@@ -35,6 +35,7 @@ import numpy as np
 CLICK_LOGIT = "click_logit"
 FOLLOW_LOGIT = "follow_logit"
 LOG_CLICKS = "log_clicks"
+RANKER_FEATURES = (CLICK_LOGIT, FOLLOW_LOGIT)  # what only a ranking Predict can give
 BLEND_FILE = "blend.json"  # in the serving dir, beside models/ and indexes/ (serving.serve)
 _EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 
@@ -113,6 +114,16 @@ class Blend:
         bad = [(n, w) for n, w in self.weights if not isinstance(n, str) or not math.isfinite(w)]
         if bad:
             raise ValueError(f"blend weights must be finite numbers keyed by name, got {bad}")
+
+    @property
+    def uses_ranker(self) -> bool:
+        """Whether a ranker output (click or follow logit) has a non-zero weight.
+
+        A blend fitted with no ranker served (BlendFitter after a gate refused
+        the candidate) has none: the ranker's scores cannot change what it
+        ranks, so the recommender makes no ranking Predict for it.
+        """
+        return any(weight for name, weight in self.weights if name in RANKER_FEATURES)
 
     def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """sum_f w_f x_f over the features present ([M] float64)."""

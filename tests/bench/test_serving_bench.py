@@ -50,6 +50,25 @@ def test_a_refused_ranker_is_served_from_the_private_copy_only(tmp_path):
         assert f.read() == b"pb"
     # work/serving itself is left alone.
     assert not os.path.exists(os.path.join(work, "serving", "models", "ranking"))
+    assert "blend" not in info["ranker"]
+
+
+@pytest.mark.parametrize("weights, kept", [
+    ({"in:two_tower": 3.0, "log_clicks": -0.1}, False),   # fitted without a ranker
+    ({"in:two_tower": 3.0, "click_logit": 0.4}, True),
+])
+def test_a_blend_that_ignores_the_added_ranker_is_left_out_of_the_copy(tmp_path, weights, kept):
+    from feature_contract import feature_config as fc
+    from serving.blend import Blend
+    config = fc.load(fc.builtin_config_path("synthetic"))
+    work = str(tmp_path / "work")
+    ranker = _pushed_recall_only(work)
+    with open(os.path.join(work, "serving", "blend.json"), "w", encoding="utf-8") as f:
+        f.write(Blend(tuple(sorted(weights.items()))).to_json())
+    out, info = serving_bench.prepare(work, str(tmp_path / "scratch"), config, ranker)
+    assert os.path.exists(os.path.join(out, "blend.json")) is kept
+    assert ("blend" in info["ranker"]) is not kept
+    assert os.path.exists(os.path.join(work, "serving", "blend.json"))  # work/ untouched
 
 
 def test_without_a_ranker_a_recall_only_push_falls_back_to_toy_models(tmp_path, monkeypatch):

@@ -142,6 +142,44 @@ def test_recommender_ranks_by_the_blend(served):
     assert all("two_tower" in r.channels for r in recs)
 
 
+def test_uses_ranker_only_with_a_nonzero_ranker_weight():
+    assert Blend((("click_logit", 0.5),)).uses_ranker
+    assert Blend((("follow_logit", -0.1), ("in:two_tower", 1.0))).uses_ranker
+    assert not Blend((("click_logit", 0.0), ("in:two_tower", 1.0))).uses_ranker
+    assert not Blend((("log_clicks", 1.0), ("log_rank:two_tower", -1.0))).uses_ranker
+
+
+class _AlwaysRank(Blend):
+    """The same weights, but the recommender calls the ranker as before the skip."""
+
+    @property
+    def uses_ranker(self) -> bool:
+        return True
+
+
+def test_a_blend_without_ranker_weights_skips_the_ranking_predict(served):
+    weights = (("in:two_tower", 5.1), ("in:youtubenet", 2.0), ("in:item2vec", 2.3),
+               ("log_rank:two_tower", -0.8), ("log_rank:youtubenet", -0.4),
+               ("log_rank:item2vec", -0.2), ("log_clicks", -0.7), ("click_logit", 0.0))
+    called = served(_AlwaysRank(weights))
+    skipped = served(Blend(weights))
+    models = []
+    predict_full = skipped.client.predict_full
+
+    def recording(model, *args, **kwargs):
+        models.append(model)
+        return predict_full(model, *args, **kwargs)
+
+    skipped.client = type("Recording", (), {"__getattr__": lambda _, name: getattr(
+        called.client, name), "predict_full": staticmethod(recording)})()
+    for user, context in (("u1", {"network": "network_1"}), ("new_user", {})):
+        want = called.recommend(user, context, k=20)
+        got = skipped.recommend(user, context, k=20)
+        assert got == want  # same items, scores (bit for bit) and channels
+    assert "ranking" not in models and models  # the towers were still asked
+    assert skipped.stats["ranking_skipped"] == 2 and not called.stats["ranking_skipped"]
+
+
 def test_serve_reads_the_serving_dirs_blend_or_a_named_one(tmp_path):
     from serving.serve import read_blend
     assert read_blend(None, str(tmp_path)) is None  # no blend.json: the ranker alone
