@@ -58,6 +58,10 @@ def top_k_from_scores(score_fn: Callable[[int, int], np.ndarray], num_users: int
             c = np.concatenate(chunk + [np.zeros(0, np.int64)])
             valid = (c >= 0) & (c < num_items)
             scores[r[valid], c[valid]] = -np.inf
+        # NaN would break the >= / == tie rule (np.partition sorts it above
+        # every number, then no comparison holds): rank it as an excluded item,
+        # as np.argpartition(-scores) effectively did (returned as -1).
+        np.copyto(scores, -np.inf, where=np.isnan(scores))
         part = _top_rows_lowest_on_ties(scores, kk)
         part_scores = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-part_scores, axis=1, kind="stable")
@@ -71,20 +75,18 @@ def _top_rows_lowest_on_ties(scores: np.ndarray, kk: int) -> np.ndarray:
     """[b, kk] rows of each row's kk largest scores, ascending row order; of the
     items tied at the kk-th score, the lowest rows (a machine-independent set).
 
-    Memory: one partitioned copy of `scores` and one bool mask (argpartition's
-    int64 indices were twice the scores); the tie cumsum runs only on the
-    rows that have more ties at the boundary than places left.
+    Memory: one partitioned copy of `scores` while the kk-th scores are read
+    (freed at once) and one bool mask; rows with more ties at the boundary
+    than places left drop their surplus one row at a time (O(N) each).
     """
     n = scores.shape[1]
-    kth = np.partition(scores, n - kk, axis=1)[:, n - kk:n - kk + 1]  # kk-th largest
-    take = scores >= kth
-    rows = np.flatnonzero(take.sum(axis=1) > kk)
-    if len(rows):
-        sub, sub_kth = scores[rows], kth[rows]
-        above = sub > sub_kth
-        tied = sub == sub_kth
-        need = kk - above.sum(axis=1, keepdims=True)  # >= 1, <= the number tied
-        take[rows] = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
+    kth = np.partition(scores, n - kk, axis=1)[:, n - kk].copy()  # kk-th largest; frees the copy
+    take = scores >= kth[:, None]
+    for r in np.flatnonzero(take.sum(axis=1) > kk):
+        row, at = scores[r], kth[r]
+        tied = np.flatnonzero(row == at)
+        need = kk - np.count_nonzero(row > at)  # >= 1, <= len(tied)
+        take[r, tied[need:]] = False
     return np.nonzero(take)[1].reshape(len(scores), kk)
 
 

@@ -64,6 +64,11 @@ def test_top_k_breaks_ties_by_lowest_row_at_the_boundary():
     top = metrics.top_k_from_scores(lambda a, b: np.tile(scores[:4], (b - a, 1)), 1, 4, 6,
                                     exclude=[np.array([3])])
     np.testing.assert_array_equal(top, [[0, 1, 2, -1, -1, -1]])
+    # NaN ranks as an excluded item (a diverged model's vectors score badly,
+    # they do not stop the run).
+    nan = np.array([[0.5, np.nan, 0.9, 0.5]], np.float32)
+    np.testing.assert_array_equal(metrics.top_k_from_scores(lambda a, b: nan, 1, 4, 4),
+                                  [[2, 0, 3, -1]])
 
 
 def _arrays(rows):
