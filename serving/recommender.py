@@ -624,6 +624,9 @@ class Recommender:
         lost it, e.g. a Redis restarted without persistence, would silently
         serve seeded users as cold-start users); the ranking model and every
         channel's tower have a loaded version; every channel's index is loaded.
+        A blend that weighs no ranker output never calls the ranking model,
+        so it is not checked then (`make serve` after a gate that refused the
+        candidate is ready without one).
 
         Returns:
           (ready, check name -> "ok" or what is wrong).
@@ -637,7 +640,10 @@ class Recommender:
         except StoreUnavailable as err:
             checks["store"] = str(err)
         towers = [c.tower for c in self.settings.channels if c.tower]
-        models = [self.settings.ranking_model, *towers]
+        blend = self.settings.blend
+        ranker = [] if blend is not None and not blend.uses_ranker else [
+            self.settings.ranking_model]
+        models = [*ranker, *towers]
         for model in models:
             try:
                 loaded = self.client.available_versions(model)

@@ -180,6 +180,15 @@ def test_a_blend_without_ranker_weights_skips_the_ranking_predict(served):
     assert skipped.stats["ranking_skipped"] == 2 and not called.stats["ranking_skipped"]
 
 
+def test_readiness_checks_the_ranker_only_when_the_blend_weighs_it(served):
+    without = served(Blend((("in:two_tower", 1.0), ("click_logit", 0.0)))).readiness()[1]
+    with_ranker = served(Blend((("in:two_tower", 1.0), ("click_logit", 0.3)))).readiness()[1]
+    no_blend = served(None).readiness()[1]
+    assert "model:ranking" not in without
+    assert with_ranker["model:ranking"] == no_blend["model:ranking"] == "ok"
+    assert set(with_ranker) - set(without) == {"model:ranking"}
+
+
 def test_serve_reads_the_serving_dirs_blend_or_a_named_one(tmp_path):
     from serving.serve import read_blend
     assert read_blend(None, str(tmp_path)) is None  # no blend.json: the ranker alone
