@@ -293,7 +293,9 @@ class Recommender:
         self._context_specs = {key: f for f in readable for key in (f.raw_column, f.name)}
         self._profile_specs = {f.name: f for f in config.by_source(fc.SOURCE_USERS)
                                if not self._is_user_key(f)}
-        if settings.blend is not None and not settings.blend.uses_ranker:
+        # A blend that weighs no ranker output never needs the ranker's scores.
+        self._calls_ranker = settings.blend is None or settings.blend.uses_ranker
+        if not self._calls_ranker:
             log.info("the blend weighs no ranker output: /recommend makes no ranking Predict")
 
     def _is_user_key(self, spec: fc.FeatureSpec) -> bool:
@@ -527,7 +529,7 @@ class Recommender:
         rows = merged.rows
         model = self.settings.ranking_model
         outputs = None
-        if self.settings.blend is not None and not self.settings.blend.uses_ranker:
+        if not self._calls_ranker:
             # Scores the blend weighs at 0 cannot change the list: skip the
             # ranker's Predict (about half of a request's CPU with one served).
             self.stats["ranking_skipped"] += 1
@@ -640,9 +642,7 @@ class Recommender:
         except StoreUnavailable as err:
             checks["store"] = str(err)
         towers = [c.tower for c in self.settings.channels if c.tower]
-        blend = self.settings.blend
-        ranker = [] if blend is not None and not blend.uses_ranker else [
-            self.settings.ranking_model]
+        ranker = [self.settings.ranking_model] if self._calls_ranker else []
         models = [*ranker, *towers]
         for model in models:
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from models.recall.schedule import check_schedule, reject_epochs
@@ -12,6 +12,24 @@ from models.validation import DEFAULT_VALIDATION_FRACTION
 
 class TwoTowerConfigError(ValueError):
     """Bad two-tower settings; the message names the bad value."""
+
+
+def _set_choices(config: "TwoTowerConfig", name: str, valid: Callable[[Any], bool],
+                 wanted: str) -> None:
+    """Stores field `name` as a tuple of distinct valid choices (one value: a 1-tuple).
+
+    Raises:
+      TwoTowerConfigError: no choice, an invalid or repeated one; names `wanted`.
+    """
+    value = getattr(config, name)
+    choices = (value,) if valid(value) else value
+    try:
+        choices = tuple(choices)
+    except TypeError:
+        choices = ()
+    if not choices or not all(valid(c) for c in choices) or len(set(choices)) != len(choices):
+        raise TwoTowerConfigError(f"{name} must be {wanted}, got {value!r}")
+    object.__setattr__(config, name, choices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,32 +104,12 @@ class TwoTowerConfig:
                 f"attention_units must be >= 0, got {self.attention_units!r}")
         if self.temperature <= 0:
             raise TwoTowerConfigError(f"temperature must be > 0, got {self.temperature!r}")
-        # hparams arrive as JSON lists (or one number); a tuple keeps the config hashable.
-        choices = self.recent_clicks
-        if isinstance(choices, int) and not isinstance(choices, bool):
-            choices = (choices,)
-        try:
-            choices = tuple(choices)
-        except TypeError:
-            choices = ()
-        if not choices or any(isinstance(c, bool) or not isinstance(c, int) or c < 0
-                              for c in choices) or len(set(choices)) != len(choices):
-            raise TwoTowerConfigError(f"recent_clicks must be distinct integers >= 0 (one or "
-                                      f"a list to choose from), got {self.recent_clicks!r}")
-        object.__setattr__(self, "recent_clicks", choices)
-        shares = self.share_item_embedding
-        if isinstance(shares, bool):
-            shares = (shares,)
-        try:
-            shares = tuple(shares)
-        except TypeError:
-            shares = ()
-        if not shares or any(not isinstance(c, bool) for c in shares) \
-                or len(set(shares)) != len(shares):
-            raise TwoTowerConfigError(f"share_item_embedding must be true, false or a list of "
-                                      f"distinct booleans to choose from, got "
-                                      f"{self.share_item_embedding!r}")
-        object.__setattr__(self, "share_item_embedding", shares)
+        # hparams arrive as JSON lists (or one value); a tuple keeps the config hashable.
+        _set_choices(self, "recent_clicks",
+                     lambda c: isinstance(c, int) and not isinstance(c, bool) and c >= 0,
+                     "distinct integers >= 0 (one or a list to choose from)")
+        _set_choices(self, "share_item_embedding", lambda c: isinstance(c, bool),
+                     "true, false or a list of distinct booleans to choose from")
         for name in ("extra_negatives", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise TwoTowerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

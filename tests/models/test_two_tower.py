@@ -234,18 +234,24 @@ def test_recent_clicks_choice_is_the_best_validation_and_each_starts_alike(train
     assert alone.stats["recent_clicks"] == {"chosen": 5, "val_hr@50": {"5": choice["val_hr@50"]["5"]}}
 
 
+def _assert_export_serves_the_training_vectors(result, trained, export_dir):
+    """The exported user tower's serving_default gives the trained model's vectors."""
+    result.export(export_dir)
+    serve = artifacts.load_user_tower(os.path.join(export_dir, artifacts.USER_TOWER_DIR))
+    features = trained.queries.features
+    request = {k: tf.constant(features[k]) for k in data.serving_signature(trained.config)}
+    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
+                               result.user_vectors(features), atol=1e-5)
+
+
 def test_recent_clicks_tower_exports_and_restores(trained, tmp_path):
     config = trained.config
     alone = tt_train.fit(config, trained.arrays, trained.catalogue, trained.vocabularies,
                          dataclasses.replace(TRAINED_CONFIG, recent_clicks=(5,)))
     tower = alone.model.user_tower
     assert tower.recent_clicks == 5 and tower.recent_names == [config.history_feature.name]
-    alone.export(str(tmp_path))
-    serve = artifacts.load_user_tower(str(tmp_path / artifacts.USER_TOWER_DIR))
+    _assert_export_serves_the_training_vectors(alone, trained, str(tmp_path))
     queries = trained.queries
-    request = {k: tf.constant(queries.features[k]) for k in data.serving_signature(config)}
-    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
-                               alone.user_vectors(queries.features), atol=1e-5)
     # get_config / from_config rebuilds the same tower (attention and mean pooling).
     features = {k: tf.constant(v[:4]) for k, v in queries.features.items()
                 if k in tower.feature_names}
@@ -381,17 +387,11 @@ def test_share_choice_is_the_best_validation_over_the_grid(trained, monkeypatch)
 
 
 def test_shared_tower_exports_and_serves_the_trained_vectors(trained, tmp_path):
-    config = trained.config
-    shared = tt_train.fit(config, trained.arrays, trained.catalogue, trained.vocabularies,
+    shared = tt_train.fit(trained.config, trained.arrays, trained.catalogue, trained.vocabularies,
                           dataclasses.replace(TRAINED_CONFIG, recent_clicks=(0,),
                                               share_item_embedding=True, max_epochs=3))
     assert shared.config.share_item_embedding == (True,)
-    shared.export(str(tmp_path))
-    serve = artifacts.load_user_tower(str(tmp_path / artifacts.USER_TOWER_DIR))
-    queries = trained.queries
-    request = {k: tf.constant(queries.features[k]) for k in data.serving_signature(config)}
-    np.testing.assert_allclose(serve(**request)["user_embedding"].numpy(),
-                               shared.user_vectors(queries.features), atol=1e-5)
+    _assert_export_serves_the_training_vectors(shared, trained, str(tmp_path))
 
 
 def test_share_item_embedding_config():
