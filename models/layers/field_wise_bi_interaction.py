@@ -13,6 +13,11 @@ We keep the 0.5 in FM so that B = sum_{i<j} r_{F(i)F(j)} v_i (.) v_j exactly:
 every unordered feature pair counted once, with the weight of its field pair
 (the FwFM form), and with all r = 1 B equals NFM's Bi-Interaction.
 
+`pair_weights="vector"` makes every r a d-vector multiplied elementwise (the
+FvFM form of Sun et al. 2021, "FM^2: Field-matrix Factorization Machines"):
+each field pair weighs each dimension of its product on its own, at the same
+FLOPs and M(M+1)/2 * (d - 1) more parameters. The default "scalar" is Meitu's.
+
 The layer works from per-field statistics (V_m and sum_{i in m} v_i^2), so
 fields may arrive at different batch sizes that broadcast: ranking's
 score_candidates computes one user's user and context fields once ([1, d])
@@ -26,7 +31,9 @@ beta.
 References:
   Meitu, "NFwFM: Neural Field-weighted Factorization Machines" (push
   recommendation system talk / blog, 2019); Pan et al., "Field-weighted
-  Factorization Machines for Click-Through Rate Prediction", WWW 2018.
+  Factorization Machines for Click-Through Rate Prediction", WWW 2018; Sun et
+  al., "FM^2: Field-matrix Factorization Machines for Recommender Systems",
+  WWW 2021 (the vector form).
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+
+
+SCALAR, VECTOR = "scalar", "vector"
+PAIR_WEIGHT_FORMS = (SCALAR, VECTOR)
 
 
 def field_layout(field_of: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -72,23 +83,29 @@ class FieldWiseBiInteraction(keras.layers.Layer):
       use_dropout: apply the Bernoulli dropout on B (ablation switch).
       keep_prob: beta, the keep probability of that dropout, in (0, 1].
       seed: op seed of the dropout mask.
+      pair_weights: "scalar" (one r per field pair, FwFM; the default) or
+        "vector" (one d-vector r per field pair, FvFM).
     Call:
       embeddings: [B, F, d]; linear: [B, F] first-order weights (optional).
     Returns:
       (S [B], B [B, d]).
     Raises:
-      ValueError: keep_prob out of (0, 1], no features, or the input's F does
-        not match field_of.
+      ValueError: keep_prob out of (0, 1], no features, pair_weights not one
+        of PAIR_WEIGHT_FORMS, or the input's F does not match field_of.
     """
 
     def __init__(self, field_of: Sequence[str], use_fm_module: bool = True,
                  use_dropout: bool = True, keep_prob: float = 0.8,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, pair_weights: str = SCALAR, **kwargs):
         super().__init__(**kwargs)
         if not field_of:
             raise ValueError("field_of is empty: the layer needs at least one feature")
         if not 0.0 < keep_prob <= 1.0:
             raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
+        if pair_weights not in PAIR_WEIGHT_FORMS:
+            raise ValueError(f"pair_weights must be one of {PAIR_WEIGHT_FORMS}, got "
+                             f"{pair_weights!r}")
+        self.pair_weight_form = pair_weights
         self.field_of = list(field_of)
         self.use_fm_module = bool(use_fm_module)
         self.use_dropout = bool(use_dropout)
@@ -107,11 +124,19 @@ class FieldWiseBiInteraction(keras.layers.Layer):
     def build(self, input_shape):
         # r starts at 1: the layer starts as NFM's Bi-Interaction and learns
         # how much each field pair matters.
+        if self.pair_weight_form == VECTOR:
+            dim = tf.TensorShape(input_shape)[-1]
+            if dim is None:
+                raise ValueError(f"pair_weights={VECTOR!r} needs a known embedding width, "
+                                 f"got input shape {input_shape}")
+            tail = (int(dim),)
+        else:
+            tail = ()
         self.pair_weights = self.add_weight(
-            name="pair_weights", shape=(self.num_pairs,), initializer="ones")
+            name="pair_weights", shape=(self.num_pairs, *tail), initializer="ones")
         if self.use_fm_module:
             self.field_weights = self.add_weight(
-                name="field_weights", shape=(self.num_fields,), initializer="ones")
+                name="field_weights", shape=(self.num_fields, *tail), initializer="ones")
         super().build(input_shape)
 
     def field_statistics(self, embeddings: tf.Tensor, positions: Sequence[int] | None = None
@@ -172,12 +197,15 @@ class FieldWiseBiInteraction(keras.layers.Layer):
         field_sums = tf.stack([tf.broadcast_to(v, shape) for v in sums], axis=1)
         left = tf.gather(field_sums, self._pairs[:, 0], axis=1)
         right = tf.gather(field_sums, self._pairs[:, 1], axis=1)
-        mf = tf.einsum("bpd,p->bd", left * right, self.pair_weights)
+        vector = self.pair_weight_form == VECTOR
+        mf = tf.einsum("bpd,pd->bd" if vector else "bpd,p->bd", left * right,
+                       self.pair_weights)
         if not self.use_fm_module:
             return mf, tf.zeros_like(mf)
         squares = tf.stack([tf.broadcast_to(stats[m][1], shape)
                             for m in range(self.num_fields)], axis=1)
-        fm = tf.einsum("bmd,m->bd", 0.5 * (tf.square(field_sums) - squares), self.field_weights)
+        fm = tf.einsum("bmd,md->bd" if vector else "bmd,m->bd",
+                       0.5 * (tf.square(field_sums) - squares), self.field_weights)
         return mf, fm
 
     def second_order_parts(self, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -222,4 +250,5 @@ class FieldWiseBiInteraction(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "field_of": self.field_of,
                 "use_fm_module": self.use_fm_module, "use_dropout": self.use_dropout,
-                "keep_prob": self.keep_prob, "seed": self.seed}
+                "keep_prob": self.keep_prob, "seed": self.seed,
+                "pair_weights": self.pair_weight_form}

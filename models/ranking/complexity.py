@@ -10,7 +10,8 @@ Concretely, with d the width, F features, M fields and P = M(M-1)/2 pairs:
   first-order sum S:                            F (+ pooling of 1-wide tables)
   NFM Bi-Interaction:                           3 * F * d + 3 * d
   NFwFM field sums:                             F * d
-  NFwFM MF module:                              3 * P * d       (product, * r, sum)
+  NFwFM MF module:                              3 * P * d       (product, * r, sum;
+                                                                 scalar or vector r alike)
   NFwFM FM module:                              2 * F * d + 5 * M * d
   NFwFM MF + FM, dropout scaling:               2 * d
   DeepFM FM part:                               3 * F * d + 3 * d + d + 1
@@ -88,7 +89,10 @@ def count_params(config: rc.RankingConfig, features: fc.FeatureConfig,
         # gamma, beta and the moving mean and variance (model.count_params counts all four).
         params += 4 * d if config.interaction_batch_norm else 0
         if config.model != rc.NFM:
-            params += n_pairs + (n_fields if config.use_fm_module else 0)
+            # r: one scalar per field pair (and per field with the FM module),
+            # or a d-vector each with pair_weights "vector".
+            per_weight = d if config.pair_weights == "vector" else 1
+            params += per_weight * (n_pairs + (n_fields if config.use_fm_module else 0))
     elif config.model == rc.DEEPFM:
         mlp, width = _mlp_params(n_feat * d, config.hidden_units)
         params += mlp + n_tasks * (width + 1)

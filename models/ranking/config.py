@@ -24,6 +24,7 @@ from typing import Any
 
 from feature_contract import feature_config as fc
 from models.layers.feature_embedding import MEAN, POOLINGS
+from models.layers.field_wise_bi_interaction import PAIR_WEIGHT_FORMS, SCALAR
 from models.validation import DEFAULT_VALIDATION_FRACTION
 
 LR, NFM, NFWFM, MULTITASK_NFWFM, DEEPFM, DCN = (
@@ -70,6 +71,9 @@ class RankingConfig:
       use_interaction_dropout: NFwFM: Bernoulli dropout on the second-order
         vector (published, non-rescaled convention).
       keep_prob: beta, keep probability of that dropout.
+      pair_weights: NFwFM family: "scalar" (one weight r per field pair and
+        per field, Meitu's FwFM form) or "vector" (a d-vector r each, the FvFM
+        form: a field pair weighs each embedding dimension on its own).
       cross_layers: DCN: number of cross layers.
       loss_mode: multi-task: sum, reweight or uncertainty.
       follow_mode: click + follow models: "independent" (the follow head
@@ -130,6 +134,7 @@ class RankingConfig:
     use_fm_module: bool = True
     use_interaction_dropout: bool = True
     keep_prob: float = 0.8
+    pair_weights: str = SCALAR
     cross_layers: int = 2
     loss_mode: str = LOSS_SUM
     follow_weight: float = 4.0
@@ -187,6 +192,9 @@ class RankingConfig:
             raise RankingConfigError(f"lookup_l2 must be finite and >= 0, got {self.lookup_l2!r}")
         if self.pooling not in POOLINGS:
             raise RankingConfigError(f"pooling {self.pooling!r} not in {POOLINGS}")
+        if self.pair_weights not in PAIR_WEIGHT_FORMS:
+            raise RankingConfigError(f"pair_weights {self.pair_weights!r} not in "
+                                     f"{PAIR_WEIGHT_FORMS}")
         if not self.use_first_order and self.model not in (NFM, NFWFM, MULTITASK_NFWFM, DEEPFM):
             raise RankingConfigError(f"use_first_order False needs a model with a first-order "
                                      f"term (nfm, nfwfm, multitask_nfwfm, deepfm), got "

@@ -152,7 +152,7 @@ class RankingModel(keras.Model):
             self.field_wise = FieldWiseBiInteraction(
                 self.embedding.field_of(), use_fm_module=cfg.use_fm_module,
                 use_dropout=cfg.use_interaction_dropout, keep_prob=cfg.keep_prob,
-                seed=cfg.seed, name="field_wise_bi_interaction")
+                seed=cfg.seed, pair_weights=cfg.pair_weights, name="field_wise_bi_interaction")
         # Affine at inference (moving statistics), so the candidate path may
         # apply it to the broadcast [N, d] interaction.
         self.interaction_bn = (keras.layers.BatchNormalization(name="interaction_bn")

@@ -92,6 +92,39 @@ def test_field_wise_hand_computed_two_fields():
     np.testing.assert_allclose(b.numpy(), [[17.5, -4.0]])
 
 
+def test_vector_pair_weights_hand_computed_two_fields():
+    # As above, with r a vector per dimension: r_ui = [2, -1], r_uu = [0.5, 3], r_ii = [9, 9].
+    # MF = [2, -1] * ([4,2] * [2,-1]) = [16, 2]; FM = [0.5, 3] * 0.5 * u1*u2 = [1.5, 0].
+    layer = FieldWiseBiInteraction(["user", "user", "item"], use_dropout=False,
+                                   pair_weights="vector")
+    layer.build(tf.TensorShape([None, 3, 2]))
+    assert [tuple(w.shape) for w in layer.weights] == [(1, 2), (2, 2)]
+    layer.set_weights([np.array([[2.0, -1.0]], np.float32),
+                       np.array([[0.5, 3.0], [9.0, 9.0]], np.float32)])
+    _, b = layer(tf.constant([[[1.0, 2.0], [3.0, 0.0], [2.0, -1.0]]]))
+    np.testing.assert_allclose(b.numpy(), [[17.5, 2.0]])
+
+
+def test_vector_pair_weights_per_dimension_match_the_scalar_layer():
+    # Dimension k of the vector form is the scalar form with r = r[:, k].
+    v = _embeddings(dim=3)
+    pair_r = np.array([[0.5, 1.0, -1.0], [-2.0, 0.0, 3.0], [1.5, 2.0, 0.25]], np.float32)
+    field_r = np.array([[0.3, 1.0, 2.0], [2.0, -1.0, 0.5], [7.0, 7.0, 7.0]], np.float32)
+    vector = _layer(use_dropout=False, pair_weights="vector")
+    vector.set_weights([pair_r, field_r])
+    _, b = vector(tf.constant(v))
+    for k in range(3):
+        scalar = _layer(use_dropout=False)
+        scalar.set_weights([pair_r[:, k], field_r[:, k]])
+        np.testing.assert_allclose(b.numpy()[:, k], scalar(tf.constant(v))[1].numpy()[:, k],
+                                   rtol=1e-5, atol=1e-6)
+    # Starts as NFM's Bi-Interaction, like the scalar form; the layer round-trips its config.
+    fresh = _layer(use_dropout=False, pair_weights="vector")
+    np.testing.assert_allclose(fresh(tf.constant(v))[1].numpy(),
+                               BiInteraction()(tf.constant(v)).numpy(), rtol=1e-5, atol=1e-6)
+    assert FieldWiseBiInteraction.from_config(vector.get_config()).pair_weight_form == "vector"
+
+
 def test_all_ones_weights_equal_nfm_bi_interaction():
     v = tf.constant(_embeddings())
     _, b = _layer(use_dropout=False)(v)
@@ -147,6 +180,8 @@ def test_field_wise_errors_name_the_bad_value():
         FieldWiseBiInteraction(FIELD_OF, keep_prob=0.0)
     with pytest.raises(ValueError, match="empty"):
         FieldWiseBiInteraction([])
+    with pytest.raises(ValueError, match="pair_weights must be one of .*'matrix'"):
+        FieldWiseBiInteraction(FIELD_OF, pair_weights="matrix")
     with pytest.raises(ValueError, match=r"\[B, 6, d\]"):
         FieldWiseBiInteraction(FIELD_OF)(tf.zeros([2, 5, 3]))
 

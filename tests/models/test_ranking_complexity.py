@@ -64,6 +64,23 @@ def test_params_hand_computed_tiny_nfwfm():
     assert model.count_params() == expected
 
 
+def test_params_hand_computed_vector_pair_weights():
+    config = rc.make_config("nfwfm", {"embedding_dim": 2, "hidden_units": (3,),
+                                      "pair_weights": "vector"})
+    model = _model("nfwfm", embedding_dim=2, hidden_units=(3,), pair_weights="vector")
+    # As the scalar model, with r a 2-vector for each of 3 pairs and 3 fields: 6 -> 12.
+    expected = 2 * ROWS + ROWS + 12 + 9 + 4
+    assert expected == 94
+    assert complexity.count_params(config, TINY, model.num_rows) == expected
+    assert model.count_params() == expected
+    # Same FLOPs as the scalar form: a product by r either way.
+    scalar = rc.make_config("nfwfm", {"embedding_dim": 2, "hidden_units": (3,)})
+    assert complexity.flops_per_example(config, TINY) == complexity.flops_per_example(
+        scalar, TINY) == 149
+    with pytest.raises(rc.RankingConfigError, match="pair_weights 'matrix' not in"):
+        rc.make_config("nfwfm", {"pair_weights": "matrix"})
+
+
 def test_params_hand_computed_uncertainty_counts_log_variances():
     config = rc.make_config("multitask_nfwfm", {"embedding_dim": 2, "hidden_units": (3,)})
     model = _model("multitask_nfwfm", embedding_dim=2, hidden_units=(3,))

@@ -110,6 +110,7 @@ def test_public_train_entry_trains_evaluates_and_exports(data, tmp_path):
     ("dcn", SMALL),
     # Ablation options: no first-order tables (both scoring paths), sqrtn / sum pooling.
     ("nfwfm", {**SMALL, "use_first_order": False, "pooling": "sqrtn"}),
+    ("nfwfm", {**SMALL, "pair_weights": "vector"}),
     ("nfm", {**SMALL, "use_first_order": False, "pooling": "sum"}),
     ("deepfm", {**SMALL, "use_first_order": False}),
 ])
