@@ -197,6 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (movielens.MovieLensError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    # `make data` checks a dataset: a glob matching nothing (or a file of no
+    # known format) is the error the sessionize job would stop on, so say it here.
+    from beam_jobs import raw_io  # Beam: imported only when a dataset is checked
+    for table, glob in sorted(dataset.tables.items()):
+        if glob:
+            try:
+                raw_io.check_table_matches(table, glob)
+            except raw_io.RawTableError as err:
+                print(f"error: {args.data}: {err}", file=sys.stderr)
+                return 1
     shown = {k: v for k, v in dataclasses.asdict(dataset).items() if k != "config_yaml"}
     json.dump({**shown, "fingerprint": fingerprint(dataset.tables)}, sys.stdout, indent=1)
     sys.stdout.write("\n")

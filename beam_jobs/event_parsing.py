@@ -110,11 +110,34 @@ def normalize_value(spec: fc.FeatureSpec, raw: Any) -> Any:
             values: list[str] = []
         elif isinstance(raw, (list, tuple)):
             values = [_to_str(v) for v in raw]
+        elif (listed := _json_list(raw)) is not None:
+            values = [_to_str(v) for v in listed]  # a JSON list in a CSV cell
         else:
             values = _to_str(raw).split(spec.separator)
         return tuple(v.strip() for v in values if v and v.strip())[:spec.max_len]
     value = _to_str(raw)
     return value if value else spec.default
+
+
+def _json_list(raw: Any) -> list | None:
+    """The list a str holding a JSON list of scalars ('["a", "b"]') encodes, else None.
+
+    README: tags are "a JSON list or one string joined by `separator`"; a
+    CSV cell can only hold the list as text.
+    """
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(
+            v is None or isinstance(v, (str, int, float)) for v in value):
+        return value
+    return None
 
 
 def normalizer(spec: fc.FeatureSpec) -> Any:
@@ -211,8 +234,8 @@ class EventParser:
         if not user or not item:
             raise Reject(MISSING_ID, "empty user or item id")
         raw_event = row.get(config.event_column)
-        code = self._event_codes.get(raw_event if raw_event.__class__ is str
-                                     else _to_str(raw_event))
+        # Event names are stripped like ids ("a, b, click" from a CSV writer).
+        code = self._event_codes.get(_to_str(raw_event))
         if code is None:
             raise Reject(UNKNOWN_EVENT, repr(raw_event))
         raw_ts = row.get(config.timestamp_column)
@@ -220,7 +243,11 @@ class EventParser:
             ts = float(raw_ts)
         else:
             try:
-                ts = parse_timestamp(raw_ts, config.timestamp_unit)
+                # Whole seconds, as the examples write them: events of one
+                # second then order impression < click < follow whatever
+                # their milliseconds (README), and a history never holds a
+                # click stamped with its own example's second.
+                ts = float(math.floor(parse_timestamp(raw_ts, config.timestamp_unit)))
             except (TypeError, ValueError, OverflowError) as err:
                 raise Reject(BAD_TIMESTAMP, str(err)) from None
         if not config.min_timestamp <= ts < config.max_timestamp:

@@ -11,11 +11,13 @@ records. Records travel in batches because per-element overhead dominates the
 Python runners: one element per few thousand rows keeps it negligible.
 
 What is an error and what is a bad row: a table whose glob matches no file,
-a file of unknown format and a corrupt or truncated gzip file fail the job
-(`RawTableError`, naming the glob or the file): reading on would silently
-drop part of the data. A bad row (a stray CSV quote, a wrong column count,
-bad JSON) is a `MalformedRecord` / bad line that the consumer dead-letters
-with its raw text, and reading goes on.
+a file of unknown format and a corrupt, truncated or empty (0-byte) gzip
+file fail the job (`RawTableError`, naming the glob or the file): reading on
+would silently drop part of the data. A bad row (a stray CSV quote, a wrong
+column count, bad JSON, a CSV line that is not UTF-8) is a `MalformedRecord`
+/ bad line that the consumer dead-letters with its raw text, and reading
+goes on. A UTF-8 byte order mark at the start of a file (Excel's "CSV
+UTF-8") is dropped, so it cannot hide inside the first column's name.
 
 Writing: `WriteTFRecordBatches(prefix)` writes a PCollection of *lists* of
 serialized records as gzip TFRecord files; one element per list keeps the
@@ -49,6 +51,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 JSONL, CSV = "jsonl", "csv"
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_BOM = b"\xef\xbb\xbf"
 _READ_CHUNK_BYTES = 8 << 20
 DEFAULT_BATCH_SIZE = 4096
 # A quoted CSV field may span lines, but at most this many: past it an open
@@ -71,7 +74,7 @@ def table_format(path: str) -> str:
     """Returns `jsonl` or `csv` from a file name (a `.gz` suffix is ignored).
 
     Raises:
-      ValueError: the extension is neither CSV nor JSON Lines.
+      RawTableError: the extension is neither CSV nor JSON Lines.
     """
     name = path.lower()
     if name.endswith(".gz"):
@@ -80,16 +83,26 @@ def table_format(path: str) -> str:
         return CSV
     if name.endswith(_JSONL_SUFFIXES):
         return JSONL
-    raise ValueError(
+    raise RawTableError(
         f"cannot tell the format of {path!r}: want .csv or .jsonl/.json/.ndjson, "
         "optionally .gz")
 
 
 def _iter_line_chunks(handle: Any) -> Iterator[list[bytes]]:
-    """Yields the lines of a binary stream without their newline, a read chunk's worth at a time."""
+    """Yields the lines of a binary stream without their newline, a read chunk's worth at a time.
+
+    A UTF-8 byte order mark opening the stream is dropped.
+    """
     rest = b""
+    first = True
     while True:
         chunk = handle.read(_READ_CHUNK_BYTES)
+        if first:
+            first = False
+            # A short first read cannot split the 3-byte mark in practice
+            # (reads return up to 8 MiB), so a prefix test is enough.
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM):]
         if not chunk:
             break
         lines = (rest + chunk).split(b"\n")
@@ -150,15 +163,21 @@ def _iter_csv(handle: Any) -> Iterator[dict[str, str] | MalformedRecord]:
     taken for a stray quote: its first line alone is a bad record and
     reading resumes at the next line, so one stray quote costs one row.
     (Python's csv reader would read on to the next quote, swallowing rows,
-    and fail the job once the field passes its size limit.)
+    and fail the job once the field passes its size limit.) A line that is
+    not UTF-8 is a bad record of its own (shown with U+FFFD for the bad
+    bytes): decoding it leniently would merge ids that differ only in those
+    bytes (Latin-1 "josé" and "josè" would both read "jos\ufffd").
     """
-    lines = (line.decode("utf-8", errors="replace") for line in _iter_lines(handle))
+    lines = _decoded_lines(handle)
     pending: collections.deque[str] = collections.deque()
     header: list[str] | None = None
     while True:
         line = pending.popleft() if pending else next(lines, None)
         if line is None:
             return
+        if line.__class__ is _NotUtf8 and header is not None:
+            yield MalformedRecord(str(line), line.reason)
+            continue
         if '"' not in line:  # the common case: csv's own split, without csv
             text, row = line, line.rstrip("\r").split(",")
         else:
@@ -170,6 +189,10 @@ def _iter_csv(handle: Any) -> Iterator[dict[str, str] | MalformedRecord]:
                 parts.append(more)
                 quotes += more.count('"')
             text = "\n".join(parts)
+            bad_text = next((p for p in parts if p.__class__ is _NotUtf8), None)
+            if bad_text is not None and not quotes % 2:
+                yield MalformedRecord(text, bad_text.reason)  # the whole quoted record
+                continue
             reason = "unterminated quote" if quotes % 2 else ""
             row = []
             if not reason:
@@ -186,11 +209,27 @@ def _iter_csv(handle: Any) -> Iterator[dict[str, str] | MalformedRecord]:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if header is None:
-            header = [c.strip() for c in row]
+            header = [c.strip() for c in row]  # (a non-UTF-8 header keeps its U+FFFD)
         elif len(row) != len(header):
             yield MalformedRecord(text, f"{len(row)} columns, header has {len(header)}")
         else:
             yield dict(zip(header, row))
+
+
+class _NotUtf8(str):
+    """A CSV line that is not valid UTF-8: its lenient decoding, and why."""
+    reason: str
+
+
+def _decoded_lines(handle: Any) -> Iterator[str]:
+    """The stream's lines as str; a line that is not UTF-8 comes as a _NotUtf8."""
+    for line in _iter_lines(handle):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = _NotUtf8(line.decode("utf-8", errors="replace"))
+            bad.reason = f"not UTF-8 text (byte {line[err.start]:#04x} at offset {err.start})"
+            yield bad
 
 
 class _GzipReader:
@@ -198,7 +237,9 @@ class _GzipReader:
 
     Python's gzip stream (and Beam's compressed file) stop quietly where a
     cut-off file ends, so half a file reads as a smaller, valid table. This
-    reader raises instead when the input ends inside a gzip member.
+    reader raises instead when the input ends inside a gzip member, or when
+    a `.gz` file is empty (0 bytes: no gzip stream at all, e.g. a copy that
+    never started; a gzip of an empty text still has its header).
     Concatenated members (`cat a.gz b.gz`) are read as one stream, as gzip
     does.
     """
@@ -212,7 +253,11 @@ class _GzipReader:
         while True:
             chunk = self._raw.read(size)
             if not chunk:
-                if self._started and not self._inflate.eof:
+                if not self._started:
+                    raise RawTableError(
+                        f"{self._path}: empty .gz file (0 bytes, not a gzip stream); re-copy "
+                        "it or remove it from the table")
+                if not self._inflate.eof:
                     raise RawTableError(
                         f"{self._path}: truncated gzip file (it ends inside the compressed "
                         "stream); re-copy it or remove it from the table")
@@ -262,7 +307,8 @@ def check_table_matches(table: str, file_pattern: str) -> list[str]:
     """The files a table's glob matches, checked when the pipeline is built.
 
     Raises:
-      RawTableError: the glob matches no file, naming the table and glob.
+      RawTableError: the glob matches no file, naming the table and glob, or
+        a matched file's name gives no known format (`table_format`).
     """
     try:
         matched = FileSystems.match([file_pattern])[0].metadata_list
@@ -270,7 +316,13 @@ def check_table_matches(table: str, file_pattern: str) -> list[str]:
         raise RawTableError(f"{table} table: cannot list {file_pattern!r}: {err}") from err
     if not matched:
         raise RawTableError(f"{table} table: no file matches {file_pattern!r}")
-    return sorted(m.path for m in matched)
+    paths = sorted(m.path for m in matched)
+    for path in paths:
+        try:
+            table_format(path)
+        except RawTableError as err:
+            raise RawTableError(f"{table} table: {err}") from None
+    return paths
 
 
 class ReadRawTable(beam.PTransform):

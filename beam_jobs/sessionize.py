@@ -44,7 +44,9 @@ Semantics decided here (README leaves them open):
     `session_gap_seconds` (a gap of exactly the threshold stays in the session),
     or when the split time falls between the two events. An item2vec example holds the session's
     clicked items (in time order) when there are at least `min_session_len`.
-  * Events at the same time are ordered impression < click < follow, then by
+  * Event times are whole seconds (a sub-second part is dropped when a row
+    is parsed; examples write int64 seconds). Events at the same time are
+    ordered impression < click < follow, then by
     item id, so an impression and its click in the same second pair up and
     the output is deterministic.
   * Labels: each click is attributed to at most one impression, the latest
@@ -1219,14 +1221,31 @@ class WriteOutputs(beam.PTransform):
             join(out, "dead_letter", ""), AsList(dead_letter_files))
 
 
-def parse_split_timestamp(value: str | None) -> float | None:
-    """--split_timestamp: unix seconds or an ISO-8601 time (UTC if naive)."""
+def parse_split_timestamp(value: str | float | None) -> float | None:
+    """--split_timestamp: unix seconds or an ISO-8601 time (UTC if naive).
+
+    Raises:
+      ValueError: neither (e.g. "tomorrow"), or not finite ("nan").
+    """
     if value is None or value == "":
         return None
     try:
         return parse_timestamp(value, "s")
     except ValueError:
+        pass
+    try:
         return parse_timestamp(value, "iso8601")
+    except ValueError:
+        raise ValueError(f"split timestamp {value!r} is neither unix seconds nor an ISO-8601 "
+                         f"time (e.g. 1700000000 or 2023-11-14T22:13:20Z)") from None
+
+
+def _split_timestamp_arg(value: str) -> float | None:
+    """argparse type of --split_timestamp: a bad value is a usage error (exit 2)."""
+    try:
+        return parse_split_timestamp(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace,
@@ -1269,7 +1288,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                         help="items side table glob (optional when only the item id "
                              "features read it)")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--split_timestamp", default=None,
+    parser.add_argument("--split_timestamp", default=None, type=_split_timestamp_arg,
                         help="train/eval split time (unix seconds or ISO-8601); overrides "
                              "the config's split: section (mode timestamp)")
     parser.add_argument("--batch_size", type=int, default=raw_io.DEFAULT_BATCH_SIZE,

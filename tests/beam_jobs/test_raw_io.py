@@ -66,8 +66,43 @@ def test_table_format_from_file_name(name, fmt):
 
 
 def test_table_format_rejects_unknown_extension():
-    with pytest.raises(ValueError, match="e.parquet"):
+    with pytest.raises(raw_io.RawTableError, match="e.parquet"):
         raw_io.table_format("e.parquet")
+
+
+def test_unknown_extension_fails_when_the_pipeline_is_built(tmp_path):
+    # Before, the run failed inside Beam with a bare ValueError traceback.
+    (tmp_path / "a.jsonl").write_bytes(_lines(1))
+    (tmp_path / "b.txt").write_bytes(_lines(1))
+    with pytest.raises(raw_io.RawTableError) as err:
+        with TestPipeline() as p:
+            _ = p | raw_io.ReadRawTable(str(tmp_path / "*"), table="events")
+    assert str(err.value).startswith(
+        f"events table: cannot tell the format of {str(tmp_path / 'b.txt')!r}")
+
+
+def test_csv_line_that_is_not_utf8_is_a_bad_row_not_a_merged_id():
+    # Latin-1 "josé" / "josè": a lenient decode made both "jos\ufffd", one user.
+    data = "user,item\njosé,i1\njosè,i2\nana,i3\n".encode("latin-1")
+    assert _csv(data) == [
+        raw_io.MalformedRecord("jos\ufffd,i1", "not UTF-8 text (byte 0xe9 at offset 3)"),
+        raw_io.MalformedRecord("jos\ufffd,i2", "not UTF-8 text (byte 0xe8 at offset 3)"),
+        {"user": "ana", "item": "i3"}]
+    # Inside a quoted record spanning lines, the whole record is the bad row.
+    quoted = b'a,b\n1,"x\n\xff"\n2,3\n'
+    assert _csv(quoted) == [
+        raw_io.MalformedRecord('1,"x\n\ufffd"', "not UTF-8 text (byte 0xff at offset 0)"),
+        {"a": "2", "b": "3"}]
+
+
+def test_utf8_byte_order_mark_is_dropped_from_csv_and_jsonl():
+    # Excel's "CSV UTF-8" starts with EF BB BF; kept, it renamed the first column "\ufeffts".
+    assert _csv(b"\xef\xbb\xbfts,user\n1,u\n") == [{"ts": "1", "user": "u"}]
+    jsonl = list(raw_io.iter_records(io.BytesIO(b'\xef\xbb\xbf{"a":1}\n{"a":2}\n'),
+                                     raw_io.JSONL))
+    assert jsonl == [b'{"a":1}', b'{"a":2}']
+    # Only at the start of the file: the same bytes later are data.
+    assert _csv(b"a\n\xef\xbb\xbfx\n") == [{"a": "\ufeffx"}]
 
 
 def test_missing_table_names_the_table_and_glob(tmp_path):
@@ -104,6 +139,24 @@ def test_truncated_gzip_is_an_error_naming_the_file(tmp_path):
             _ = (p | raw_io.ReadRawTable(str(path), table="events")
                  | beam.Map(len))
     assert str(path) in str(err.value)
+
+
+def test_empty_gzip_file_is_an_error_not_an_empty_table(tmp_path):
+    # A 0-byte .gz (an interrupted copy) has no gzip stream: read as empty,
+    # its rows were lost with the run passing. A gzip of no text is fine.
+    (tmp_path / "events-0.jsonl.gz").write_bytes(gzip.compress(_lines(2)))
+    (tmp_path / "events-1.jsonl.gz").write_bytes(gzip.compress(b""))
+    empty = tmp_path / "events-2.jsonl.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(Exception, match="empty .gz file") as err:
+        with TestPipeline() as p:
+            _ = p | raw_io.ReadRawTable(str(tmp_path / "*.gz"), table="events") | beam.Map(len)
+    assert str(empty) in str(err.value)
+    empty.unlink()
+    with TestPipeline() as p:
+        out = (p | raw_io.ReadRawTable(str(tmp_path / "*.gz"), table="events")
+               | beam.FlatMap(lambda batch: batch))
+        assert_that(out, equal_to(_lines(2).splitlines()))
 
 
 def test_not_gzip_is_an_error_naming_the_file(tmp_path):

@@ -290,6 +290,64 @@ def test_parse_timestamp_rejects(value, unit):
         sessionize.parse_timestamp(value, unit)
 
 
+def test_subsecond_times_are_whole_seconds_so_same_second_rules_hold():
+    # A click logged 800 ms before its impression, in the same second: on
+    # float times the click came first, so the impression kept click=0 and
+    # held its own click in its history, both stamped with that second.
+    config = fc.from_dict({**CONFIG_DICT, "timestamp_unit": "ms"})
+    ms = T0 * 1000
+    events = [ev("u1", "i2", "impression", ms + 50), ev("u1", "i1", "click", ms + 100),
+              ev("u1", "i1", "impression", ms + 900), ev("u1", "i3", "impression", ms + 1500)]
+
+    def row(example):
+        return (example["item_id"][0], example[fc.CLICK_LABEL][0],
+                tuple(example["clicked_item_list"]), example["timestamp"][0])
+
+    run_sessionize(events, {(fc.RANKING, fc.TRAIN): (row, [
+        ("i2", 0, (), T0), ("i1", 1, (), T0), ("i3", 0, ("i1",), T0 + 1)])},
+                   split_timestamp=T0 + 10**6, config=config)
+
+
+def test_event_names_are_stripped_like_ids():
+    # A CSV writer's "ts, user, item, click" gave " click": unknown_event before.
+    events = [ev(" u1", "i1", " impression ", T0), ev("u1", "i1", "click\t", T0 + 1)]
+
+    def label(example):
+        return example[fc.CLICK_LABEL][0]
+
+    run_sessionize(events, {(fc.RANKING, fc.TRAIN): (label, [1])}, split_timestamp=T0 + 10**6)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ('["a", "b"]', ("a", "b")),  # a JSON list in a CSV cell (README: tags may be a JSON list)
+    ('[ "a" , 7, null ]', ("a", "7")),
+    ('["a", "b", "c"]', ("a", "b")),  # max_len 2
+    ("a|b", ("a", "b")),
+    ("[draft|news", ("[draft", "news")),  # not a JSON list: the separator splits it
+    ('[{"x": 1}]', ('[{"x": 1}]',)),  # a list of objects is no tag list
+    (["a", " b "], ("a", "b")),
+])
+def test_tags_from_a_json_list_or_a_joined_string(raw, expected):
+    assert sessionize.normalize_value(CONFIG.feature("interest_tags"), raw) == expected
+
+
+@pytest.mark.parametrize("value", ["tomorrow", "nan", "inf"])
+def test_bad_split_timestamp_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sessionize.parse_args(["--config", "c.yaml", "--events", "e.jsonl", "--output_dir", "o",
+                               "--split_timestamp", value])
+    assert exit_.value.code == 2
+    assert f"split timestamp {value!r} is neither unix seconds nor an ISO-8601 time" in (
+        capsys.readouterr().err)
+
+
+def test_split_timestamp_flag_accepts_seconds_and_iso():
+    for value in ("1700000000", "2023-11-14T22:13:20Z"):
+        args, _ = sessionize.parse_args(["--config", "c", "--events", "e", "--output_dir", "o",
+                                         "--split_timestamp", value])
+        assert args.split_timestamp == T0
+
+
 # ---- end to end over files -----------------------------------------------------------
 _CSV_HEADER = "timestamp,user_id,item_id,event,network"
 # (reason, source, record as written to dead_letter) for every bad row below.
