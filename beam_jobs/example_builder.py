@@ -129,9 +129,20 @@ class UserExampleBuilder:
           items: item id -> parsed item row (every event's item is present).
           outputs: example tag -> list, appended to.
           counts: summary counts, updated.
-          vocab: feature -> Counter of train values, updated.
+          vocab: feature -> Counter of train values, updated (one per train
+            exposure, see `exposure` below).
           item_stats: item -> [train impressions, train clicks, train events,
-            all events], updated.
+            all events, train exposures], updated.
+
+        An exposure is an impression, or a click with no impression
+        attributed to it (its own exposure, e.g. in a click-only log); a
+        click attributed to an impression and a follow are not. Vocabularies
+        count exposures, not events, so whether an impression was clicked
+        never decides whether its user, item or context values reach
+        min_count: counting events, an item shown once got into the
+        vocabulary exactly when it was clicked (impression + click = 2), and
+        the models learned "out of vocabulary means no click" from train
+        data that eval's new items contradict.
         """
         split_at = math.inf if split_ts is None else split_ts
         gap = self._gap
@@ -159,6 +170,7 @@ class UserExampleBuilder:
         prev_eval = prev_ts >= split_at
         # accepted[split][code], examples[split][kind]; split 0 = train.
         accepted = [[0, 0, 0], [0, 0, 0]]
+        train_exposures = 0
         context_counter: collections.Counter = collections.Counter()
         age_values: list[Any] = []
         tags = self._tags
@@ -188,7 +200,7 @@ class UserExampleBuilder:
             prev_ts, prev_eval = ts, is_eval
             stats = item_stats.get(item)
             if stats is None:
-                stats = item_stats[item] = [0, 0, 0, 0]
+                stats = item_stats[item] = [0, 0, 0, 0, 0]
             stats[3] += 1
             accepted[is_eval][code] += 1
             if not is_eval:
@@ -197,13 +209,19 @@ class UserExampleBuilder:
                 continue
             if code == _CLICK:
                 session_items.append(item)
+                exposure = target[index] < 0
                 if not is_eval:
                     stats[1] += 1
                 label = b""
             else:
+                exposure = True
                 if not is_eval:
                     stats[0] += 1
                 label = label_of.get(index, no_label)
+            counted = exposure and not is_eval
+            if counted:
+                stats[4] += 1
+                train_exposures += 1
             # History: clicks strictly before ts.
             while next_click < n_clicks and click_ts[next_click] < ts:
                 next_click += 1
@@ -218,7 +236,7 @@ class UserExampleBuilder:
             context_bytes = context_cache.get(context_key)
             if context_bytes is None:
                 context_bytes = context_entries(context, derived)
-            if not is_eval:
+            if counted:
                 context_counter[context_key] += 1
             item_info = items[item]
             if age_make is not None:
@@ -231,7 +249,7 @@ class UserExampleBuilder:
             else:
                 entries = [user_entries, history_entry, item_info.entries, context_bytes]
                 if age_specs:
-                    self._append_age(entries, age_values, item_info, ts, is_eval)
+                    self._append_age(entries, age_values, item_info, ts, counted)
                 entries += (timestamp_entry(int(ts)), per_user, label)
                 body = b"".join(entries)
             n = len(body)
@@ -252,13 +270,12 @@ class UserExampleBuilder:
         counts["users.with_events"] += 1
         if events[0][0] >= split_at:
             counts["users.new_in_eval"] += 1
-        # Vocabulary counts, train split, one per event (tags: one per tag).
-        train_events = sum(accepted[0])
-        if train_events:
+        # Vocabulary counts, train split, one per exposure (tags: one per tag).
+        if train_exposures:
             for name, values in user_info.vocab:
                 counter = vocab[name]
                 for value in values:
-                    counter[value] += train_events
+                    counter[value] += train_exposures
         for (context, derived), n in context_counter.items():
             for i, name in self._context_vocab:
                 for value in _vocab_values(context[i]):
@@ -314,8 +331,10 @@ class UserExampleBuilder:
                 for index in clicked | followed}
 
     def _append_age(self, entries: list[bytes], age_values: list[Any],
-                    item_info: SideRowInfo, ts: float, is_eval: bool) -> None:
-        """item_age_hours entries: (ts - created) / 3600 clipped at 0."""
+                    item_info: SideRowInfo, ts: float, counted: bool) -> None:
+        """item_age_hours entries: (ts - created) / 3600 clipped at 0; a
+        categorical one's value joins age_values when `counted` (a train
+        exposure)."""
         created = item_info.created_ts
         age_hours = None if created is None else max(0.0, (ts - created) / 3600.0)
         for spec, make in self._age_makers:
@@ -325,7 +344,7 @@ class UserExampleBuilder:
                 continue
             value = str(int(value))
             entries.append(encode_value(spec, value))
-            if not is_eval and spec in self._age_vocab:
+            if counted and spec in self._age_vocab:
                 age_values.append((spec.name, value))
 
     def _close_session(self, session_items: list[str], start: float, is_eval: bool,

@@ -644,7 +644,8 @@ class _MergeStatsFn(beam.CombineFn):
     """Merges the train-split statistics emitted by BuildExamples.
 
     A stats dict is {"vocab": {feature: Counter}, "items": {item: [train
-    impressions, train clicks, train events, all events]}}.
+    impressions, train clicks, train events, all events, train exposures]}}
+    (exposures: UserExampleBuilder.build).
     """
 
     def create_accumulator(self) -> dict[str, Any]:
@@ -811,20 +812,22 @@ def vocabularies(config: fc.FeatureConfig, stats: Mapping[str, Any],
                  items: Mapping[str, SideRowInfo]) -> dict[str, list[str]]:
     """Feature -> vocabulary (most frequent first, ties by value, capped).
 
-    A value is kept when seen at least min_count times, at most max size
-    values (`FeatureConfig.vocab_rule`: vocab_size, or vocab_min_count and
+    A value is kept when seen in at least min_count train exposures (an
+    impression, or a click with no impression; never decided by a label),
+    at most max size values (`FeatureConfig.vocab_rule`: vocab_size, or vocab_min_count and
     vocab_max_size when the feature gives no vocab_size).
     """
     counters = collections.defaultdict(collections.Counter)
     for name, counter in stats["vocab"].items():
         counters[name].update(counter)
-    for item, (_, _, train_events, _) in stats["items"].items():
+    for item, counts in stats["items"].items():
         info = items.get(item)
-        if info is None or not train_events:
+        train_exposures = counts[4]  # not events: see UserExampleBuilder.build
+        if info is None or not train_exposures:
             continue
         for name, values in info.vocab:
             for value in values:
-                counters[name][value] += train_events
+                counters[name][value] += train_exposures
     out = {}
     for spec in config.vocab_features:
         counter = counters.get(spec.name, {})

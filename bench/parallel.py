@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,38 @@ from beam_jobs import datasets
 from feature_contract import dataset as dataset_file
 
 CONFIG_FILE = "feature_config.yaml"
+
+
+class DataError(RuntimeError):
+    """A bench cannot use a dataset; the message says why (the sessionize
+    job's own reason, a missing file) and is all a user needs to see."""
+
+
+SESSIONIZED_MARKER = "_SESSIONIZED"
+
+
+def dataset_spec_error(spec: str) -> str | None:
+    """Why a `--datasets` entry is unusable, or None: a built-in name, or a
+    dataset YAML that exists and loads."""
+    if spec in datasets.DATASETS:
+        return None
+    if not dataset_file.is_dataset_file(spec):
+        return (f"unknown dataset {spec!r}: want one of {list(datasets.DATASETS)} or a "
+                f"dataset YAML path")
+    try:
+        dataset_file.load(spec)
+    except (OSError, ValueError) as err:  # DatasetError is a ValueError
+        return str(err)
+    return None
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """Runs a bench's main; a DataError is one `error:` line and exit 2, not a traceback."""
+    try:
+        return main()
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
 
 
 def dataset_key(spec: str) -> str:
@@ -73,7 +106,13 @@ def _examples_dir_name(data: dataset_file.Dataset) -> str:
 
 def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
                     ) -> tuple[str, str, dict[str, Any]]:
-    """Runs `python -m beam_jobs.sessionize` on a dataset unless its output exists.
+    """Runs `python -m beam_jobs.sessionize` on a dataset unless a completed run's output exists.
+
+    Completed: the job exited 0, marked by SESSIONIZED_MARKER written after
+    it. The job writes summary.json before its stop rules can fail it, so
+    summary.json alone would let a rerun use data the job refused. A failed
+    run's output stays for its dead letters, unmarked: the next run removes
+    it, reruns the job and fails the same way.
 
     Args:
       spec: built-in name or dataset YAML.
@@ -83,14 +122,20 @@ def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
     Returns:
       (feature config path, sessionize output dir, summary.json).
     Raises:
-      subprocess.CalledProcessError: the job failed (its stderr is in the
-        error): a benchmark never falls back to other data.
+      DataError: the dataset cannot be resolved, or the job failed (its own
+        last message, e.g. the dead-letter stop rule's reasons, is the
+        error's): a benchmark never falls back to other data.
     """
-    data = datasets.resolve(spec, work_dir, num_events=num_events)
+    try:
+        data = datasets.resolve(spec, work_dir, num_events=num_events)
+    except (OSError, ValueError) as err:  # DatasetError, MovieLensError are ValueErrors
+        raise DataError(str(err)) from None
     out_dir = os.path.join(out_root, _examples_dir_name(data))
     config_path = os.path.join(out_dir, CONFIG_FILE)
     summary = os.path.join(out_dir, "summary.json")
-    if not os.path.exists(summary):
+    marker = os.path.join(out_dir, SESSIONIZED_MARKER)
+    if not os.path.exists(marker):
+        shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted or failed run's files
         os.makedirs(out_dir, exist_ok=True)
         with open(config_path, "w", encoding="utf-8") as f:
             f.write(data.config_yaml)
@@ -101,7 +146,15 @@ def sessionize_once(spec: str, work_dir: str, num_events: int, out_root: str
         for table in ("users", "items"):
             if data.tables[table]:
                 cmd += [f"--{table}", data.tables[table]]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            # The output stays (the message may point at its dead letters)
+            # but unmarked: the next run starts over and fails the same way.
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit code {done.returncode}"
+            raise DataError(f"{spec}: the sessionize job failed: {reason}")
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write(" ".join(cmd) + "\n")
     with open(summary, encoding="utf-8") as f:
         return config_path, out_dir, json.load(f)
 

@@ -127,8 +127,8 @@ def prepare_data(dataset: str, work_dir: str, num_events: int) -> dict[str, Any]
       dataset: a built-in name or a dataset YAML.
 
     Raises:
-      subprocess.CalledProcessError: the sessionize job failed (its stderr
-        is in the error): a benchmark never falls back to other data.
+      bench.parallel.DataError: the sessionize job failed (its reason is the
+        error's): a benchmark never falls back to other data.
     """
     config_path, out_dir, summary = parallel.sessionize_once(
         dataset, work_dir, num_events, os.path.join(work_dir, "examples"))
@@ -687,6 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.max_epochs = args.max_epochs or (4 if args.quick else None)
     names = _model_names(args.models)
     datasets = [d for d in args.datasets.split(",") if d]
+    for dataset in datasets:
+        if (problem := parallel.dataset_spec_error(dataset)) is not None:
+            parser.error(problem)
     args.out = args.out or parallel.default_out(
         datasets, os.path.join("bench", "results", "ranking.json"), args.work_dir, "ranking")
     parallel.set_tf_threads(args.threads)
@@ -715,4 +718,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(parallel.guarded(main))

@@ -884,8 +884,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_epochs is not None and any("max_epochs" in h for h in args.hparams.values()):
         parser.error("--hparams sets max_epochs, which --max_epochs (or --quick) overrides")
     specs = [n for n in args.datasets.split(",") if n]
-    args.dataset_list = _names(args.datasets, datasets.DATASETS + tuple(
-        n for n in specs if os.path.isfile(n)), "datasets", parser)
+    for spec in specs:
+        if (problem := parallel.dataset_spec_error(spec)) is not None:
+            parser.error(problem)
+    args.dataset_list = _names(args.datasets, specs, "datasets", parser)
     if args.out is None and args.hparams:
         # An ablation is not the recorded result: it goes under work_dir.
         args.out = os.path.join(args.work_dir, "recall-hparams-{}.json".format(
@@ -944,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, default=str)
+        json.dump(stats.json_safe(results), f, indent=1, default=str, allow_nan=False)
     os.replace(tmp, args.out)
     print(json.dumps(results["_targets"], indent=1))
     print(f"wrote {args.out} ({results['_run']['total_seconds']:.0f}s)")
@@ -952,4 +954,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(parallel.guarded(main))

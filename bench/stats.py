@@ -81,8 +81,26 @@ def provenance(command: Sequence[str]) -> dict[str, Any]:
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf) as None.
+
+    json.dump writes NaN / Infinity, which JSON does not have: a strict
+    parser (JSON.parse, jq, Go, Python's own with parse_constant) rejects
+    the file. A head with no positives has no AUC; null says so in JSON.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
 def write_report(path: str, report: Mapping[str, Any]) -> None:
-    """Writes a bench's results JSON, creating its folder."""
+    """Writes a bench's results JSON (strict JSON: NaN as null), creating its folder."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+        json.dump(json_safe(report), f, indent=1, allow_nan=False)

@@ -292,3 +292,26 @@ def test_without_the_id_column_events_keep_four_fields():
     assert parser.parse(record) == want
     assert parser.parse_batch([json.dumps(record).encode()]) == ([want], [])
     assert "request_id" not in parser.event_record(*want)
+
+
+def test_vocabulary_and_item_counts_are_exposures_so_a_click_never_decides_membership():
+    # A shown once and clicked, B shown once and not: counting events, A had
+    # 2 (min_count 2 lets it in) and B 1, so in-vocabulary meant clicked
+    # (the heavy-tail leak). Exposures: A 1, B 1; C's click had no impression
+    # (its own exposure: 1); the follow of A adds nothing; eval adds nothing.
+    events = [ev(0, "impression", "A"), ev(5, "click", "A"), ev(6, "follow", "A"),
+              ev(10, "impression", "B"), ev(20, "click", "C"),
+              ev(5000, "impression", "D"), ev(5010, "click", "D")]
+    items = {i: SideRowInfo(bytes_entry(b"item_id", [i.encode()]), (("item_id", (i,)),))
+             for i in "ABCD"}
+    vocab = collections.defaultdict(collections.Counter)
+    item_stats = {}
+    UserExampleBuilder(TIME).build(
+        "u1", SideRowInfo(b"", (("user_id", ("u1",)),)), sort_and_dedupe(events, False)[0],
+        T0 + 4000, items, collections.defaultdict(list), collections.Counter(), vocab,
+        item_stats)
+    # [train impressions, train clicks, train events, all events, train exposures]
+    assert item_stats == {"A": [1, 1, 3, 3, 1], "B": [1, 0, 1, 1, 1], "C": [0, 1, 1, 1, 1],
+                          "D": [0, 0, 0, 2, 0]}
+    assert vocab["user_id"] == {"u1": 3}  # A's impression, B's impression, C's click
+    assert vocab["hour"] == {"22": 3}

@@ -538,12 +538,16 @@ def test_vocabularies_most_frequent_first_ties_by_value_capped(job):
     def vocab(name):
         return (job.out / "vocab" / f"{name}.txt").read_text().splitlines()
 
-    # Train events: u1 x5, u2 x1 (u3's events are in eval).
+    # Train exposures (an impression, or a click with none attributed; u3's
+    # events are in eval): u1 x3 (impressions of i1 and i2, the click of i3;
+    # its clicks of i1 and i2 are attributed to those impressions), u2 x1.
+    # Counting events instead (u1 x5), the clicked items and their contexts
+    # got counts the unclicked ones could not: a label leak.
     assert vocab("user_id") == ["u1", "u2"]
-    assert vocab("interest_tags") == ["b", "a"]  # b: 5 + 1, a: 5
-    assert vocab("item_id") == ["i1", "i2"]  # i1: 3, i2: 2, i3: 1; capped at 2
-    assert vocab("item_city") == ["paris", "rome"]  # paris: 3 + 1, rome: 2
-    assert vocab("network") == ["4g", "wifi", "5g", "unk"]  # 2, 2 (tie), 1, 1 (tie)
+    assert vocab("interest_tags") == ["b", "a"]  # b: 3 + 1, a: 3
+    assert vocab("item_id") == ["i1", "i2"]  # i1: 2, i2: 1, i3: 1 (tie by value); capped at 2
+    assert vocab("item_city") == ["paris", "rome"]  # paris: 2 + 1, rome: 1
+    assert vocab("network") == ["4g", "5g", "unk", "wifi"]  # 1 each (ties by value)
     assert vocab("hour") == ["22"]
     assert sorted(os.listdir(job.out / "vocab")) == sorted(
         f"{s.name}.txt" for s in CONFIG.vocab_features)

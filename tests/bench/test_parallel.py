@@ -1,5 +1,6 @@
 """bench.parallel: children run at once, their reports are read, a failure is named."""
 import json
+import re
 import sys
 
 import pytest
@@ -86,3 +87,49 @@ def test_sessionize_once_reruns_after_the_job_code_changes(monkeypatch, tmp_path
     assert names["v1"] != names["v2"]
     assert all(n.startswith("synthetic-500-0-") for n in names.values())
     assert os.path.basename(os.path.dirname(data.events)) == "synthetic-500-0"
+
+
+def test_a_failed_sessionize_is_its_own_reason_and_is_never_reused(my_clicks, tmp_path):
+    """The job writes summary.json before its stop rules fail it: that output
+    must not serve the next run (it did: the rerun exited 0 on refused data)."""
+    import os
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "dirty"
+    shutil.copytree(os.path.dirname(my_clicks), folder)
+    dirty = folder / os.path.basename(my_clicks)
+    raw = yaml.safe_load(dirty.read_text())
+    dirty.write_text(yaml.safe_dump({**raw, "timestamp_unit": "ms"}))  # ISO times: every row bad
+    examples = tmp_path / "examples"
+    for _ in range(2):  # the second run fails the same way
+        with pytest.raises(parallel.DataError) as err:
+            parallel.sessionize_once(str(dirty), str(tmp_path), 0, str(examples))
+        message = str(err.value)
+        # (1500 rows, or 1501 after test_sessionize_once_on_a_dataset_yaml appended one)
+        assert re.match(re.escape(f"{dirty}: the sessionize job failed: sessionize: 100.0% of "
+                                  "the events rows were dead-lettered (") + r"(\d+) of \1\)",
+                        message), message
+        assert re.search(r"bad_timestamp 150[01]\.", message), message
+        # The dead letters the message points at stay; the output is unmarked.
+        (out_dir,) = [examples / d for d in os.listdir(examples)]
+        assert os.listdir(out_dir / "dead_letter")
+        assert not os.path.exists(out_dir / parallel.SESSIONIZED_MARKER)
+    # A completed run is marked, and only a marked run is reused.
+    _, out_dir, _ = parallel.sessionize_once(my_clicks, str(tmp_path), 0, str(examples))
+    assert os.path.exists(os.path.join(out_dir, parallel.SESSIONIZED_MARKER))
+
+
+def test_dataset_spec_errors_say_what_is_wrong(tmp_path, capsys):
+    assert parallel.dataset_spec_error("movielens") is None
+    assert parallel.dataset_spec_error("mine") == (
+        "unknown dataset 'mine': want one of ['synthetic', 'movielens'] or a dataset YAML path")
+    missing = str(tmp_path / "nope.yaml")
+    assert "no such dataset file" in parallel.dataset_spec_error(missing)
+
+    def failing() -> int:
+        raise parallel.DataError(f"{missing}: no such dataset file")
+
+    assert parallel.guarded(failing) == 2
+    assert capsys.readouterr().err == f"error: {missing}: no such dataset file\n"

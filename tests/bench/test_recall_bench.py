@@ -255,8 +255,14 @@ def test_hparams_override_a_learned_models_defaults_in_every_child():
 
 
 def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_path):
+    import yaml
+
+    from feature_contract import feature_config as fc
+    with open(fc.builtin_config_path("synthetic"), encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
     yaml_path = tmp_path / "mine.yaml"
-    yaml_path.write_text("name: mine\n")  # parse_args only checks that the file exists
+    # parse_args loads the YAML (a bad one is a usage error), not its tables.
+    yaml_path.write_text(yaml.safe_dump({**raw, "name": "mine", "data": {"events": "e.jsonl"}}))
     args = rb.parse_args(["--datasets", f"movielens,{yaml_path}", "--work_dir", "/w",
                           "--out", "/o.json"])
     assert args.dataset_list == ["movielens", str(yaml_path)] and args.out == "/o.json"
@@ -267,7 +273,8 @@ def test_parse_args_takes_a_dataset_yaml_and_writes_outside_bench_results(tmp_pa
 @pytest.mark.parametrize("argv, message", [
     (["--models", "two_tower,foo"], "unknown models ['foo']"),
     (["--models", ","], "no models given"),
-    (["--datasets", "netflix"], "unknown datasets ['netflix']"),
+    (["--datasets", "netflix"], "unknown dataset 'netflix': want one of"),
+    (["--datasets", "/no/such.yaml"], "/no/such.yaml: no such dataset file"),
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["--max_epochs", "0"], "--max_epochs must be >= 1, got 0"),
     (["--seeds", "two"], "invalid int value: 'two'"),

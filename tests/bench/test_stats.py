@@ -46,3 +46,22 @@ def test_provenance_records_the_commit_of_this_checkout():
     out = stats.provenance(["python", "-m", "bench.x"])
     assert out["command"] == "python -m bench.x"
     assert out["commit"] is not None and len(out["commit"].split("-")[0]) == 40
+
+
+def test_reports_are_strict_json_with_nan_as_null(tmp_path):
+    # A head with no positives has AUC NaN; json.dump wrote a bare NaN that
+    # JSON.parse, jq and Python's strict parse reject.
+    import json as json_module
+
+    import numpy as np
+
+    from bench import stats as bench_stats
+    path = tmp_path / "r.json"
+    bench_stats.write_report(str(path), {"auc": float("nan"), "runs": [0.5, np.float32("inf")],
+                                         "n": np.int64(3), "nested": {"x": (1.0, -np.inf)}})
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    assert json_module.loads(path.read_text(), parse_constant=reject) == {
+        "auc": None, "runs": [0.5, None], "n": 3, "nested": {"x": [1.0, None]}}
