@@ -117,6 +117,9 @@ COMPARISONS = (
     ("nfwfm_vs_nfwfm_no_dropout", "nfwfm", fc.CLICK_LABEL, "nfwfm_no_dropout", fc.CLICK_LABEL),
 )
 MULTITASK_CLICK_TOLERANCE = 0.002
+# A target read off fewer eval positives than this is flagged `few_positives`:
+# one positive more or less moves its AUC by 1/positives.
+MIN_TARGET_POSITIVES = 30
 
 
 # ---- data ------------------------------------------------------------------
@@ -447,6 +450,13 @@ class DatasetBench:
                                  50 if self.args.quick else SCORE_REPEATS)
         return evaluate_peer(model, record, self.eval_data)
 
+    def _untrainable(self, name: str) -> str | None:
+        """Why a model whose only task has no fit positives is not trained, else None."""
+        tasks = OUR_MODELS[name][1].get("tasks") if name in OUR_MODELS else None
+        if tasks and len(tasks) == 1 and not self.meta.get(f"fit_{tasks[0]}_positives", 1):
+            return f"no {tasks[0]} positives in the fit split"
+        return None
+
     def tune(self, name: str, points: Mapping[str, Mapping[str, Any]]) -> None:
         """Trains seed 0 at every grid point; keeps the best on validation."""
         grid: dict[str, Any] = {}
@@ -484,6 +494,10 @@ class DatasetBench:
             self.tune(name, self.tuning_points(name))
         results: dict[str, Any] = {}
         for name in names:
+            if self._untrainable(name):
+                results[name] = {"skipped": self._untrainable(name)}
+                self.log(f"[{self.dataset}] {name}: skipped, {results[name]['skipped']}")
+                continue
             source = tuned_from(name)
             tuned = dict(self.chosen.get(source, {})) if source else {}
             if name in PEERS:
@@ -504,7 +518,8 @@ class DatasetBench:
             results[name]["hparams"] = tuned
         comparisons = compare(results)
         self.meta["wall_seconds"] = time.perf_counter() - start
-        return {**results, "_comparisons": comparisons, "_targets": targets(results, comparisons),
+        return {**results, "_comparisons": comparisons,
+                "_targets": targets(results, comparisons, self.meta),
                 "_tuning": {"chosen": self.chosen, "grids": self.grids}, "_meta": self.meta}
 
 
@@ -544,20 +559,35 @@ def compare(results: Mapping[str, Any]) -> dict[str, Any]:
     for key, a, task_a, b, task_b in COMPARISONS:
         if a not in results or b not in results:
             continue
-        n = min(results[a]["seeds"], results[b]["seeds"])
         out[key] = {"a": f"{a}.{task_a}", "b": f"{b}.{task_b}"}
+        skipped = [f"{m}: {results[m]['skipped']}" for m in (a, b) if "skipped" in results[m]]
+        if skipped:
+            out[key].update(auc=None, gauc=None, not_evaluable="; ".join(skipped))
+            continue
+        n = min(results[a]["seeds"], results[b]["seeds"])
         for metric in ("auc", "gauc"):
             va = results[a][f"{task_a}_{metric}_runs"][:n]
             vb = results[b][f"{task_b}_{metric}_runs"][:n]
             if any(v is None or np.isnan(v) for v in list(va) + list(vb)):
-                out[key][metric] = None  # not evaluable (a split without positives)
+                out[key][metric] = None
+                out[key].setdefault("not_evaluable", (
+                    f"{metric} undefined on some seed: an eval split without {task_a} / "
+                    f"{task_b} positives or negatives"))
                 continue
             out[key][metric] = stats.paired_difference(va, vb)
     return out
 
 
-def targets(results: Mapping[str, Any], comparisons: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's targets against the measured numbers (mean difference and CI verdict)."""
+def targets(results: Mapping[str, Any], comparisons: Mapping[str, Any],
+            meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The issue's targets against the measured numbers (mean difference and CI verdict).
+
+    A target whose comparison is not evaluable is {"met": None, "not_evaluable":
+    why}, not left out; one read off fewer than MIN_TARGET_POSITIVES eval
+    positives of its task (meta's eval_<task>_positives) carries
+    `few_positives` with the count.
+    """
+    meta = meta or {}
     out: dict[str, Any] = {}
     nfm, nfwfm = results.get("nfm", {}), results.get("nfwfm", {})
     if nfm.get("params") and nfwfm.get("params"):
@@ -566,12 +596,23 @@ def targets(results: Mapping[str, Any], comparisons: Mapping[str, Any]) -> dict[
         out["nfwfm_le_sixth_of_nfm"] = (out["nfwfm_params_ratio"] <= 1 / 6
                                         and out["nfwfm_flops_ratio"] <= 1 / 6)
 
+    tasks = {k: task for k, _, task, _, _ in COMPARISONS}
+
     def mean_ge(key: str, bound: float = 0.0) -> dict[str, Any] | None:
-        auc = comparisons.get(key, {}).get("auc")
-        if not auc:
+        comparison = comparisons.get(key)
+        if comparison is None:
             return None
-        return {"met": auc["mean"] >= bound, "mean": auc["mean"], "verdict": auc["verdict"],
-                "ci": [auc["ci_low"], auc["ci_high"]]}
+        auc = comparison.get("auc")
+        if not auc:
+            return {"met": None, "not_evaluable": comparison.get("not_evaluable", "no AUC")}
+        out = {"met": auc["mean"] >= bound, "mean": auc["mean"], "verdict": auc["verdict"],
+               "ci": [auc["ci_low"], auc["ci_high"]]}
+        positives = meta.get(f"eval_{tasks[key]}_positives")
+        if positives is not None and positives < MIN_TARGET_POSITIVES:
+            out["few_positives"] = (f"{positives} eval {tasks[key]} positives (< "
+                                    f"{MIN_TARGET_POSITIVES}): one more or less moves the AUC "
+                                    f"by about 1/{positives}")
+        return out
 
     for key in ("nfwfm_vs_nfm", "nfwfm_vs_deepctr_nfm", "multitask_follow_vs_follow_single"):
         value = mean_ge(key)
