@@ -53,8 +53,11 @@ def ranking_model(sessionized, tmp_path_factory):
     executor_fn(RankingTrainer)(
         examples=sessionized["ranking_examples"], vocabulary=sessionized["vocabulary"],
         model=model, metrics=metrics, model_name="nfwfm",
-        hparams='{"max_epochs": 1, "batch_size": 256, "embedding_dim": 4, '
-                '"learning_rates": [1e-9, 0.003]}')
+        # Two epochs: on this tiny log one epoch at any rate scores below an
+        # untrained model on validation (first-order weights of the items seen
+        # in fit fall before the bias catches up); the second is well above it.
+        hparams='{"max_epochs": 2, "batch_size": 256, "embedding_dim": 4, '
+                '"learning_rates": [1e-9, 0.01]}')
     return model, metrics
 
 

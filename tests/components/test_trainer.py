@@ -60,20 +60,20 @@ def test_ranking_trainer_writes_serving_model_and_metrics(ranking_model, session
     click = content["metrics"]["click"]
     assert metrics.get_int_custom_property("click_eval_positives") == click["positives"] > 0
     assert metrics.get_int_custom_property("click_eval_examples") == click["examples"]
-    # max_epochs 1: one epoch, its weights kept, not "stopped early" (the cap stopped it).
+    # max_epochs 2: two epochs, the second best, not "stopped early" (the cap stopped it).
     stopping = content["metrics"]["early_stopping"]
     assert (stopping["epochs_run"], stopping["best_epoch"], stopping["stopped_early"]) == (
-        1, 1, False)
+        2, 2, False)
     assert (metrics.get_int_custom_property("best_epoch"),
             metrics.get_int_custom_property("epochs_run"),
-            metrics.get_int_custom_property("stopped_early")) == (1, 1, 0)
+            metrics.get_int_custom_property("stopped_early")) == (2, 2, 0)
     assert metrics.get_string_custom_property("early_stopping_monitor") == stopping["monitor"]
-    assert [row["epoch"] for row in content["metrics"]["learning_curve"]] == [1]
+    assert [row["epoch"] for row in content["metrics"]["learning_curve"]] == [1, 2]
     # Two learning rates tried on validation; MLMD names the one the model was trained at.
     tuning = content["metrics"]["learning_rate_tuning"]
     (chosen,) = [row for row in tuning if row["chosen"]]
-    assert [row["learning_rate"] for row in tuning] == [1e-9, 0.003]
-    assert chosen["learning_rate"] == 0.003  # the shared model is a trained one
+    assert [row["learning_rate"] for row in tuning] == [1e-9, 0.01]
+    assert chosen["learning_rate"] == 0.01  # the shared model is a trained one
     assert chosen["validation"] == max(row["validation"] for row in tuning) == \
         stopping["best_value"]
     assert metrics.get_float_custom_property("learning_rate") == chosen["learning_rate"] == \
