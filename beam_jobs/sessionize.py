@@ -1299,6 +1299,36 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     return parser.parse_known_args(argv)
 
 
+# The job's own errors: each message is the whole story (the table, file or
+# stop rule and what to do), so a run that fails with one prints it once.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    fc.FeatureConfigError, raw_io.RawTableError, SessionizeError, run_report.DataQualityError)
+
+
+class _DropUserErrorTracebacks(logging.Filter):
+    """Drops Beam's ERROR record (message + traceback) of a USER_ERRORS failure.
+
+    The runner logs every exception a DoFn raises before re-raising it; for
+    the job's own errors that buries the one-line message under a traceback
+    of Beam internals. Any other exception is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(record.msg, USER_ERRORS) or isinstance(raised, USER_ERRORS))
+
+
+@contextlib.contextmanager
+def _quiet_user_error_tracebacks() -> Iterator[None]:
+    logger = logging.getLogger("apache_beam.runners.common")
+    quiet = _DropUserErrorTracebacks()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def run(argv: Sequence[str] | None = None) -> None:
     """Runs the job; flags this job does not know go to Beam."""
     args, beam_args = parse_args(argv)
@@ -1316,8 +1346,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     try:
-        with (_memoized_dofn_specs(), _memoized_view_as(), _gc_thresholds(_RUN_GC_THRESHOLD),
-              beam.Pipeline(options=options) as p):
+        with (_quiet_user_error_tracebacks(), _memoized_dofn_specs(), _memoized_view_as(),
+              _gc_thresholds(_RUN_GC_THRESHOLD), beam.Pipeline(options=options) as p):
             build_pipeline(p, args, config)
     finally:
         gc.unfreeze()
@@ -1345,8 +1375,7 @@ def main() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     try:
         run()
-    except (fc.FeatureConfigError, raw_io.RawTableError, SessionizeError,
-            run_report.DataQualityError) as err:
+    except USER_ERRORS as err:
         # The message is the whole story (it names the file, glob or
         # reasons); exit 1 with it as the last line instead of a traceback.
         sys.exit(f"sessionize: {err}")

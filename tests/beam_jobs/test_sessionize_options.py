@@ -3,8 +3,10 @@ without vocab_size, optional side tables, and the stop rules (empty table, too
 many dead letters), each against hand-computed values or exact messages."""
 
 import json
+import logging
 import os
 import re
+import sys
 import types
 
 import apache_beam as beam
@@ -263,3 +265,28 @@ def test_cli_exits_1_with_the_message_as_its_last_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         sessionize.main()
     assert exit_.value.code == f"sessionize: events table: no file matches {missing!r}"
+
+
+def test_a_stop_rule_failure_is_one_message_without_beams_traceback(tmp_path, monkeypatch,
+                                                                      caplog):
+    rows = "\n".join([f"{T0},u1,i1,click,wifi", "100,u1,i1,click,wifi"])
+    args = _files_job(tmp_path, "timestamp,user_id,item_id,event,network\n" + rows + "\n",
+                      config())
+    monkeypatch.setattr("sys.argv", ["sessionize", "--config", args.config, "--events",
+                                     args.events, "--users", args.users, "--items", args.items,
+                                     "--output_dir", args.output_dir])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        sessionize.main()
+    assert str(exit_.value.code).startswith(
+        "sessionize: 50.0% of the events rows were dead-lettered (1 of 2)")
+    # Beam logs a DoFn's exception before re-raising it: not the job's own.
+    assert [r for r in caplog.records if r.name.startswith("apache_beam")] == []
+    assert "Traceback" not in caplog.text
+    # Another exception is still logged (the filter only knows USER_ERRORS).
+    keep = sessionize._DropUserErrorTracebacks()
+    try:
+        raise KeyError("x")
+    except KeyError:
+        record = logging.LogRecord("apache_beam.runners.common", logging.ERROR, "", 0,
+                                   KeyError("x"), None, sys.exc_info())
+    assert keep.filter(record)
