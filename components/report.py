@@ -481,6 +481,12 @@ def render(sections: Mapping[str, Any]) -> str:
         lines += [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |"
                   for name, m in sections["recall"].items() if any(k in m for k in keys)]
         lines.append("")
+        # A trainer's warnings on its data (Item2vec on few sessions) sit
+        # beside its figures, where a reader of those figures looks.
+        warned = [f"- {name}: {w}" for name, m in sections["recall"].items()
+                  for w in m.get("warnings") or ()]
+        if warned:
+            lines += ["Warnings:", "", *warned, ""]
     if sections.get("blend"):
         lines += ["## Final-list blend (BlendFitter)", ""]
         lines += [f"- {text}" for text in sections["blend"]]

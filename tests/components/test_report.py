@@ -47,6 +47,16 @@ def test_render_says_why_nothing_was_pushed():
     assert "- ranking candidate: not pushed (not blessed)" in text
 
 
+def test_render_lists_a_recall_trainers_warnings_under_its_table():
+    text = render({"generated": "now", "recall": {
+        "item2vec": {"hr@50": 0.2, "warnings": ["only 37 fit sessions"]},
+        "two_tower": {"hr@50": 0.4, "warnings": []}}})
+    assert "| item2vec | 0.2000 |" in text
+    assert "Warnings:\n\n- item2vec: only 37 fit sessions\n" in text
+    assert "- two_tower:" not in text
+    assert "Warnings:" not in render({"generated": "now", "recall": {"two_tower": {"hr@50": 0.4}}})
+
+
 def test_reporter_with_real_models_writes_plots_and_publishes(ranking_model, recall_model,
                                                                sessionized, tmp_path):
     model, metrics = ranking_model

@@ -208,6 +208,25 @@ def test_train_learns_categories_and_exports(trained):
     assert metrics["eval_sessions"] == recall_fixtures.next_item_query_count(
         recall_fixtures.item2vec_eval_sessions(), set(emb.ids))
     assert metrics["eval_next_item_hr@50"] > 0.6
+    # The fixture's few hundred sessions are far below FEW_SESSIONS: the run
+    # says so, with its own counts; most items are trained, so no coverage warning.
+    assert metrics["warnings"] == i2v_train.data_warnings(
+        {"sessions": metrics["sessions"], "short_sessions": metrics["short_sessions"]},
+        5, trained, recall_fixtures.NUM_ITEMS)
+    assert len(metrics["warnings"]) == 1
+    assert metrics["warnings"][0].startswith(f"only {metrics['sessions']} fit sessions of >= 5")
+
+
+def test_data_warnings_name_few_sessions_and_low_coverage():
+    enough = {"sessions": i2v_train.FEW_SESSIONS, "short_sessions": 7}
+    assert i2v_train.data_warnings(enough, 5, 50, 100) == []
+    few = {"sessions": 37, "short_sessions": 900}
+    assert i2v_train.data_warnings(few, 5, 50, 100) == [
+        "only 37 fit sessions of >= 5 clicks (900 shorter ones dropped); fewer than 1000 "
+        "give noisy vectors (a lower min_session_len keeps more)"]
+    assert i2v_train.data_warnings(enough, 5, 49, 100) == [
+        "49 of 100 items (49%) have trained vectors; the others are imputed (impute_untrained)"]
+    assert len(i2v_train.data_warnings(few, 3, 1, 100)) == 2
 
 
 def test_validation_is_carved_from_the_latest_sessions(trained):
