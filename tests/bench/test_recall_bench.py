@@ -201,6 +201,21 @@ def test_check_targets_reads_the_comparisons():
     best = lost["movielens/time_split/best_learned_ge_best_classic"]
     assert (best["met"], best["verdict"], best["mean"]) == (False, stats.LOSS,
                                                             pytest.approx(-0.09))
+    assert "unreachable_targets" not in best
+
+
+def test_targets_of_a_protocol_with_many_unreachable_targets_carry_the_share():
+    flagged, clean = _summary(), _summary()
+    for protocol, share in ((flagged, 0.6), (clean, rb.UNREACHABLE_FLAG)):
+        protocol["_comparisons"] = rb.compare(protocol)
+        protocol["_queries"] = {"unreachable_targets": share}
+    checks = rb.check_targets({"synthetic": {rb.LEAVE_LAST_OUT: flagged, rb.TIME_SPLIT: clean}})
+    for key, check in checks.items():
+        if key.startswith("synthetic/leave_last_out/"):
+            assert check["unreachable_targets"] == 0.6, key
+        else:
+            assert "unreachable_targets" not in check, key
+    assert any(k.startswith("synthetic/time_split/") for k in checks)
 
 
 # ---- seeds, configs, flags ---------------------------------------------------------
