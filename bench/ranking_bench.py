@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -272,8 +273,32 @@ def _import_deepctr():
         # TF still ships a stub tensorflow.python.keras package, so overwrite.
         sys.modules["tensorflow.python.keras" + sub] = importlib.import_module("tf_keras" + sub)
     sys.modules["tensorflow.python.keras.backend"] = keras.backend
-    return importlib.import_module("deepctr.models"), importlib.import_module(
-        "deepctr.feature_column")
+    _quiet_deepctr_version_check()
+    models = importlib.import_module("deepctr.models")
+    # The package attribute a normal submodule import would have bound.
+    sys.modules["deepctr"].utils = sys.modules["deepctr.utils"]
+    return models, importlib.import_module("deepctr.feature_column")
+
+
+def _quiet_deepctr_version_check() -> None:
+    """Loads deepctr.utils ahead of the package with its version check off.
+
+    `import deepctr` calls utils.check_version, which asks pypi.python.org for
+    the latest release in a thread and prints a line when it cannot (always,
+    offline): a bench must not phone home. With deepctr.utils already in
+    sys.modules, the package's `from .utils import check_version` takes ours.
+    """
+    if "deepctr.utils" in sys.modules:
+        return
+    spec = importlib.util.find_spec("deepctr")
+    if spec is None or not spec.submodule_search_locations:
+        return  # not installed: the import after this says so
+    path = os.path.join(list(spec.submodule_search_locations)[0], "utils.py")
+    utils_spec = importlib.util.spec_from_file_location("deepctr.utils", path)
+    utils = importlib.util.module_from_spec(utils_spec)
+    utils_spec.loader.exec_module(utils)
+    utils.check_version = lambda version: None
+    sys.modules["deepctr.utils"] = utils
 
 
 class PeerModel:

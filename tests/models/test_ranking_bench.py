@@ -1,5 +1,8 @@
 """The ranking benchmark's protocol: validation carve, choice, inheritance, comparisons."""
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,3 +103,21 @@ def test_model_names():
 def test_child_args_drop_the_flags_each_dataset_process_sets_itself():
     argv = ["--jobs", "2", "--seeds", "5", "--datasets=a,b", "--out", "x.json", "--quick"]
     assert rb.child_args(argv) == ["--seeds", "5", "--quick"]
+
+
+def test_deepctr_imports_without_its_pypi_version_check():
+    # A fresh interpreter: deepctr's __init__ would start a thread asking
+    # pypi.python.org for releases and print a line when offline.
+    code = ("import threading\n"
+            "from bench import ranking_bench as rb\n"
+            "before = threading.active_count()\n"
+            "models, feature_column = rb._import_deepctr()\n"
+            "import deepctr\n"
+            "assert deepctr.utils.check_version('0') is None\n"
+            "assert hasattr(models, 'NFM') and hasattr(feature_column, 'SparseFeat')\n"
+            "print('threads', threading.active_count() - before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "threads 0"
+    assert "latest version" not in out.stdout + out.stderr
