@@ -88,6 +88,7 @@ class TwoTowerConfig:
     batch_size: int = 512
     learning_rate: float = 0.003
     max_epochs: int = 20
+    # 2: measured enough (models/item2vec/config.py, next to its patience).
     patience: int = 2
     min_delta: float = 1e-4
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION

@@ -161,7 +161,7 @@ def trained(tmp_path_factory):
     paths = recall_fixtures.write_dataset(os.path.join(root, "data"))
     export = os.path.join(root, "export")
     metrics = i2v_train.train(paths["config"], paths["item2vec"], paths["vocab"], paths["items"],
-                              {**HPARAMS, "max_epochs": 30}, export)
+                              {**HPARAMS, "max_epochs": 30, "patience": 2}, export)
     return paths, export, metrics
 
 

@@ -43,7 +43,7 @@ def test_default_profile_trains_the_defaults_on_both_datasets():
         config = _default_profile_config(data)
         assert (config.dim, config.window, config.negatives_per_positive) == (64, 64, 2)
         assert config.attribute_role is None and config.max_pairs_per_epoch == 200_000
-        assert (config.max_epochs, config.patience) == (20, 2)  # the config's own
+        assert (config.max_epochs, config.patience) == (20, 5)  # the config's own
         assert config.recent_clicks == 5
 
 
