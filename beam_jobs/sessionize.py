@@ -1314,7 +1314,7 @@ class _DropUserErrorTracebacks(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        raised = record.exc_info[1] if record.exc_info else None
+        raised = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
         return not (isinstance(record.msg, USER_ERRORS) or isinstance(raised, USER_ERRORS))
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -267,7 +268,8 @@ def _training_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- DeepCTR peers ----------------------------------------------------------------
 def _import_deepctr():
-    """deepctr.models with tensorflow.python.keras aliased to tf_keras."""
+    """deepctr.models and feature_column, tensorflow.python.keras aliased to
+    tf_keras, without deepctr's version check (_quiet_deepctr_version_check)."""
     for sub in ("", ".layers", ".models", ".regularizers", ".initializers", ".optimizers",
                 ".callbacks", ".losses", ".metrics", ".utils"):
         # TF still ships a stub tensorflow.python.keras package, so overwrite.
@@ -293,12 +295,21 @@ def _quiet_deepctr_version_check() -> None:
     spec = importlib.util.find_spec("deepctr")
     if spec is None or not spec.submodule_search_locations:
         return  # not installed: the import after this says so
-    path = os.path.join(list(spec.submodule_search_locations)[0], "utils.py")
-    utils_spec = importlib.util.spec_from_file_location("deepctr.utils", path)
+    # Found on the package's path without importing the package itself.
+    utils_spec = importlib.machinery.PathFinder.find_spec("deepctr.utils",
+                                                          spec.submodule_search_locations)
     utils = importlib.util.module_from_spec(utils_spec)
-    utils_spec.loader.exec_module(utils)
-    utils.check_version = lambda version: None
     sys.modules["deepctr.utils"] = utils
+    try:
+        utils_spec.loader.exec_module(utils)
+    except BaseException:
+        del sys.modules["deepctr.utils"]
+        raise
+    utils.check_version = _no_version_check
+
+
+def _no_version_check(version: str) -> None:
+    """deepctr.utils.check_version without the pypi request."""
 
 
 class PeerModel:

@@ -35,7 +35,9 @@ excluded from the top-K; the JSON's `_protocol.protocols` states each rule):
     clicks alone.
   Each protocol's `_queries` reports the new-user share (user without a
   training click) and `unreachable_targets` (targets outside the protocol's
-  item vocabulary); every model's entry has HR@50 of new and returning users.
+  item vocabulary; above UNREACHABLE_FLAG every `_targets` entry of that
+  protocol carries the share); every model's entry has HR@50 of new and
+  returning users.
 
 Training (the JSON's `_protocol` records all of it):
   * Learned models (Item2vec, YouTubeNet, two-tower) run their own trainers
@@ -670,8 +672,10 @@ def check_targets(results: Mapping[str, Any]) -> dict[str, Any]:
             r, cmp = res[protocol], res[protocol]["_comparisons"]
             prefix = f"{dataset}/{protocol}"
             unreachable = (r.get("_queries") or {}).get("unreachable_targets") or 0.0
-            # Past the flag every model's HR ceiling is 1 - that share: the
-            # targets compare what is left (a heavy-tailed log's LLO), and say so.
+            # Past the flag many targets have no trained id embedding (a model
+            # that knows items by id alone never returns them; Item2vec's
+            # imputed and two-tower's attribute-fed vectors may): the targets
+            # compare models on a skewed query set (a heavy-tailed log's LLO), and say so.
             flags = {"unreachable_targets": unreachable} if unreachable > UNREACHABLE_FLAG else {}
             if dataset == datasets.MOVIELENS:
                 for name in LEARNED:

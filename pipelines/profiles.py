@@ -56,8 +56,11 @@ ITEM2VEC_DEFAULT: dict[str, object] = {"attribute_role": None}
 
 
 def _recall_hparams(max_epochs: int, batch_size: int) -> dict[str, dict]:
-    """The cap and batch size; patience stays each config's own, chosen on
-    validation per model (Item2vec and YouTubeNet 5, two-tower 2)."""
+    """The recall models' cap and batch size (patience: each config's own).
+
+    Patience was chosen on validation per model (Item2vec and YouTubeNet 5,
+    two-tower 2: bench/results/recall_patience5.json).
+    """
     schedule = {"max_epochs": max_epochs}
     return {"item2vec": {**schedule, **ITEM2VEC_DEFAULT},
             "youtubenet": {**schedule, "batch_size": batch_size},
@@ -80,11 +83,12 @@ def get(name: str, data: str) -> Profile:
         # multi-task model monitors the mean of click and follow AUC, the
         # latter on few validation follows); cap 10, so a log that needs 8
         # epochs gets them.
-        # Recall: the recall bench's schedule, each config's own (cap 20,
-        # patience 5 for Item2vec and YouTubeNet, 2 for two-tower). The cap of 3 with patience 1 this profile had bound
-        # before convergence: two-tower's and YouTubeNet's validation HR@50
-        # still rose at epoch 3 (their bench runs peak at epochs 3-5 and
-        # 8-15), and these models train in seconds to a minute here.
+        # Recall: the recall bench's schedule, each config's own (cap 20;
+        # patience 5 for Item2vec and YouTubeNet, 2 for two-tower). The cap of
+        # 3 with patience 1 this profile had bound before convergence:
+        # two-tower's and YouTubeNet's validation HR@50 still rose at epoch 3
+        # (their bench runs peak at epochs 3-5 and 7-17), and these models
+        # train in seconds to a minute here.
         return Profile(num_events=200_000,
                        ranking=RankingSettings(hparams=_ranking_hparams(
                            10, 2, 512, learning_rates=rc.TUNED_LEARNING_RATES),

@@ -26,16 +26,18 @@ from models.recall import artifacts, data, metrics, training  # noqa: E402
 
 MODEL_NAME = "item2vec"
 
+_log = logging.getLogger(__name__)
+
 # Below these Item2vec learns from too little to stand on its own: the seed
 # drops click sequences shorter than 5, and a log of short sessions leaves few
-# (a helper's heavy-tailed log kept 37). The run goes on (imputation and the
-# popularity prior cover the rest) but says so in its stats and log.
+# (the synthetic log's 200k events keep ~360). The run goes on (imputation and
+# the popularity prior cover the rest) but says so in its stats and log.
 FEW_SESSIONS = 1000
 FEW_TRAINED_SHARE = 0.5
 
 
 def data_warnings(session_stats: Mapping[str, int], min_len: int, trained_items: int,
-                  num_items: int) -> list[str]:
+                  num_items: int, imputed: bool = True) -> list[str]:
     """Warnings on what Item2vec trained from (empty when it had enough).
 
     Args:
@@ -43,7 +45,8 @@ def data_warnings(session_stats: Mapping[str, int], min_len: int, trained_items:
         kept, "short_sessions" dropped).
       min_len: the session length below which sessions were dropped.
       trained_items: items with a trained vector.
-      num_items: items exported (trained + imputed).
+      num_items: the candidate items (the catalogue, else the vocabulary).
+      imputed: whether the untrained ones get imputed vectors (impute_untrained).
     """
     kept, short = session_stats["sessions"], session_stats["short_sessions"]
     out = []
@@ -52,8 +55,12 @@ def data_warnings(session_stats: Mapping[str, int], min_len: int, trained_items:
                    f"dropped); fewer than {FEW_SESSIONS} give noisy vectors (a lower "
                    f"min_session_len keeps more)")
     if num_items and trained_items < FEW_TRAINED_SHARE * num_items:
-        out.append(f"{trained_items} of {num_items} items ({trained_items / num_items:.0%}) "
-                   f"have trained vectors; the others are imputed (impute_untrained)")
+        # Floored: 496 of 1,000 must not read "50%" in a "fewer than half" warning.
+        rest = ("are imputed (impute_untrained)" if imputed
+                else "are never recommended (impute_untrained is off)")
+        out.append(f"{trained_items} of {num_items} items "
+                   f"({100 * trained_items // num_items}%) have trained vectors; "
+                   f"the others {rest}")
     return out
 
 
@@ -282,12 +289,14 @@ def fit(feature_config: fc.FeatureConfig, sessions: Mapping[str, np.ndarray],
     tower = MeanHistoryTower(vocabulary, vectors, feature_config.history_feature.name,
                              config.recent_clicks, prior_column=weight > 0)
     by = {name: int((source == j).sum()) for j, name in enumerate([*roles, GLOBAL_MEAN])}
-    warnings = data_warnings(stats, min_len, len(export_rows), len(export_rows) + len(missing))
-    for warning in warnings:
-        logging.warning("item2vec: %s", warning)
+    candidates = len(catalogue) if catalogue is not None else len(vocabulary)
+    trainer_warnings = data_warnings(stats, min_len, len(export_rows), candidates,
+                                     imputed=config.impute_untrained)
+    for warning in trainer_warnings:
+        _log.warning("item2vec: %s", warning)
     stats.update({**history, "num_items": int(len(export_rows) + len(missing)),
                   "trained_items": int(len(export_rows)), "imputed_items": len(missing),
-                  "imputed_by": by, "warnings": warnings,
+                  "imputed_by": by, "warnings": trainer_warnings,
                   "untrained_vocab_items": int(num_rows - 1 - len(export_rows)),
                   "validation": {**carve.summary(), "validation_queries": len(queries)},
                   "popularity_prior": {"weight": weight, f"val_hr@{training.VALIDATION_K}":

@@ -88,7 +88,9 @@ class TwoTowerConfig:
     batch_size: int = 512
     learning_rate: float = 0.003
     max_epochs: int = 20
-    # 2: measured enough (models/item2vec/config.py, next to its patience).
+    # 2: with patience 5 no epoch after the patience-2 stop improved validation
+    # in any of 20 trainings (bench/results/recall_patience5.json; see
+    # models/item2vec/config.py).
     patience: int = 2
     min_delta: float = 1e-4
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION

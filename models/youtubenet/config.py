@@ -50,7 +50,7 @@ class YouTubeNetConfig:
     # is flat for a few epochs before it climbs again, and patience 2 stopped
     # 3 of 5 synthetic time-split seeds by epoch 8 (best epochs 2, 3, 6); with
     # 5 every seed peaks at epochs 14-17 and the mean best validation HR@50
-    # rises 0.316 -> 0.367 (MovieLens: unchanged, 0.404 -> 0.405).
+    # rises 0.316 -> 0.367 (MovieLens flat: 0.404 -> 0.405).
     patience: int = 5
     min_delta: float = 1e-4
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION

@@ -282,11 +282,17 @@ def test_a_stop_rule_failure_is_one_message_without_beams_traceback(tmp_path, mo
     # Beam logs a DoFn's exception before re-raising it: not the job's own.
     assert [r for r in caplog.records if r.name.startswith("apache_beam")] == []
     assert "Traceback" not in caplog.text
-    # Another exception is still logged (the filter only knows USER_ERRORS).
-    keep = sessionize._DropUserErrorTracebacks()
-    try:
-        raise KeyError("x")
-    except KeyError:
-        record = logging.LogRecord("apache_beam.runners.common", logging.ERROR, "", 0,
-                                   KeyError("x"), None, sys.exc_info())
-    assert keep.filter(record)
+    # The filter on its own: another exception is still logged, a user error
+    # is dropped whether it is the message or the exc_info.
+    quiet = sessionize._DropUserErrorTracebacks()
+
+    def record(exc, msg=None):
+        try:
+            raise exc
+        except type(exc):
+            return logging.LogRecord("apache_beam.runners.common", logging.ERROR, "", 0,
+                                     msg if msg is not None else exc, None, sys.exc_info())
+    assert quiet.filter(record(KeyError("x")))
+    assert not quiet.filter(record(sessionize.SessionizeError("bad")))
+    assert not quiet.filter(record(run_report.DataQualityError("bad"), msg=RuntimeError("x")))
+    assert quiet.filter(logging.makeLogRecord({"msg": "plain", "exc_info": True}))

@@ -210,11 +210,11 @@ def test_train_learns_categories_and_exports(trained):
     assert metrics["eval_next_item_hr@50"] > 0.6
     # The fixture's few hundred sessions are far below FEW_SESSIONS: the run
     # says so, with its own counts; most items are trained, so no coverage warning.
-    assert metrics["warnings"] == i2v_train.data_warnings(
-        {"sessions": metrics["sessions"], "short_sessions": metrics["short_sessions"]},
-        5, trained, recall_fixtures.NUM_ITEMS)
-    assert len(metrics["warnings"]) == 1
-    assert metrics["warnings"][0].startswith(f"only {metrics['sessions']} fit sessions of >= 5")
+    min_len = fc.load(paths["config"]).min_session_len
+    assert metrics["warnings"] == [
+        f"only {metrics['sessions']} fit sessions of >= {min_len} clicks "
+        f"({metrics['short_sessions']} shorter ones dropped); fewer than 1000 give noisy "
+        f"vectors (a lower min_session_len keeps more)"]
 
 
 def test_data_warnings_name_few_sessions_and_low_coverage():
@@ -226,6 +226,10 @@ def test_data_warnings_name_few_sessions_and_low_coverage():
         "give noisy vectors (a lower min_session_len keeps more)"]
     assert i2v_train.data_warnings(enough, 5, 49, 100) == [
         "49 of 100 items (49%) have trained vectors; the others are imputed (impute_untrained)"]
+    assert i2v_train.data_warnings(enough, 5, 496, 1000, imputed=False) == [
+        "496 of 1000 items (49%) have trained vectors; the others are never recommended "
+        "(impute_untrained is off)"]
+    assert i2v_train.data_warnings(enough, 5, 0, 0) == []
     assert len(i2v_train.data_warnings(few, 3, 1, 100)) == 2
 
 

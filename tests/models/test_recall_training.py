@@ -14,12 +14,15 @@ from models.youtubenet.config import YouTubeNetConfig, YouTubeNetConfigError
 CONFIGS = [(Item2VecConfig, Item2VecConfigError, "Item2vec"),
            (YouTubeNetConfig, YouTubeNetConfigError, "YouTubeNet"),
            (TwoTowerConfig, TwoTowerConfigError, "two-tower")]
+# Patience chosen on validation per model (bench/results/recall_patience5.json).
+DEFAULT_PATIENCE = {Item2VecConfig: 5, YouTubeNetConfig: 5, TwoTowerConfig: 2}
 
 
 @pytest.mark.parametrize("cls,error,label", CONFIGS)
 def test_schedule_defaults_and_hparams(cls, error, label):
     config = cls()
-    assert (config.max_epochs, config.patience, config.min_delta) == (20, 2, 1e-4)
+    assert (config.max_epochs, config.patience, config.min_delta) == (
+        20, DEFAULT_PATIENCE[cls], 1e-4)
     assert config.validation_fraction == validation.DEFAULT_VALIDATION_FRACTION == 0.1
     assert not hasattr(config, "epochs")
     tuned = cls.from_hparams({"max_epochs": 7, "patience": 3, "min_delta": 0.0,

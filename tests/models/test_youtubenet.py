@@ -50,7 +50,8 @@ def trained(tmp_path_factory):
                                 fc.RETRIEVAL)
     result = ytn_train.fit(config, arrays, catalogue, load_vocabularies(config, paths["vocab"]),
                            YouTubeNetConfig(dim=16, embedding_dim=8, hidden_units=(32,),
-                                            max_epochs=30, patience=2, batch_size=64, num_sampled=20,
+                                            max_epochs=30, patience=2,
+                                            batch_size=64, num_sampled=20,
                                             learning_rate=0.01))
     export = os.path.join(root, "export")
     result.export(export)
