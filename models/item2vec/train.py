@@ -51,9 +51,10 @@ def data_warnings(session_stats: Mapping[str, int], min_len: int, trained_items:
     kept, short = session_stats["sessions"], session_stats["short_sessions"]
     out = []
     if kept < FEW_SESSIONS:
-        out.append(f"only {kept} fit sessions of >= {min_len} clicks ({short} shorter ones "
-                   f"dropped); fewer than {FEW_SESSIONS} give noisy vectors (a lower "
-                   f"min_session_len keeps more)")
+        # The sessionize job already drops short sessions: usually none here.
+        dropped = f" ({short} shorter ones dropped)" if short else ""
+        out.append(f"only {kept} fit sessions of >= {min_len} clicks{dropped}; fewer than "
+                   f"{FEW_SESSIONS} give noisy vectors (a lower min_session_len keeps more)")
     if num_items and trained_items < FEW_TRAINED_SHARE * num_items:
         # Floored: 496 of 1,000 must not read "50%" in a "fewer than half" warning.
         rest = ("are imputed (impute_untrained)" if imputed

@@ -211,10 +211,11 @@ def test_train_learns_categories_and_exports(trained):
     # The fixture's few hundred sessions are far below FEW_SESSIONS: the run
     # says so, with its own counts; most items are trained, so no coverage warning.
     min_len = fc.load(paths["config"]).min_session_len
+    dropped = (f" ({metrics['short_sessions']} shorter ones dropped)"
+               if metrics["short_sessions"] else "")
     assert metrics["warnings"] == [
-        f"only {metrics['sessions']} fit sessions of >= {min_len} clicks "
-        f"({metrics['short_sessions']} shorter ones dropped); fewer than 1000 give noisy "
-        f"vectors (a lower min_session_len keeps more)"]
+        f"only {metrics['sessions']} fit sessions of >= {min_len} clicks{dropped}; fewer than "
+        f"1000 give noisy vectors (a lower min_session_len keeps more)"]
 
 
 def test_data_warnings_name_few_sessions_and_low_coverage():
@@ -224,6 +225,9 @@ def test_data_warnings_name_few_sessions_and_low_coverage():
     assert i2v_train.data_warnings(few, 5, 50, 100) == [
         "only 37 fit sessions of >= 5 clicks (900 shorter ones dropped); fewer than 1000 "
         "give noisy vectors (a lower min_session_len keeps more)"]
+    assert i2v_train.data_warnings({"sessions": 37, "short_sessions": 0}, 5, 50, 100) == [
+        "only 37 fit sessions of >= 5 clicks; fewer than 1000 give noisy vectors (a lower "
+        "min_session_len keeps more)"]
     assert i2v_train.data_warnings(enough, 5, 49, 100) == [
         "49 of 100 items (49%) have trained vectors; the others are imputed (impute_untrained)"]
     assert i2v_train.data_warnings(enough, 5, 496, 1000, imputed=False) == [
