@@ -87,6 +87,7 @@ from bench import parallel, stats  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec import train as i2v_train  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
+from models.json_safe import json_safe  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.recall import data, protocols, training  # noqa: E402
 from models.two_tower import train as tt_train  # noqa: E402
@@ -962,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats.json_safe(results), f, indent=1, default=str, allow_nan=False)
+        json.dump(json_safe(results), f, indent=1, default=str, allow_nan=False)
     os.replace(tmp, args.out)
     print(json.dumps(results["_targets"], indent=1))
     print(f"wrote {args.out} ({results['_run']['total_seconds']:.0f}s)")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from models.json_safe import json_safe
+
 WIN, LOSS, TIE = "win", "loss", "tie"
 
 
@@ -79,24 +81,6 @@ def provenance(command: Sequence[str]) -> dict[str, Any]:
             "command": " ".join(command), "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, +-inf) as None.
-
-    json.dump writes NaN / Infinity, which JSON does not have: a strict
-    parser (JSON.parse, jq, Go, Python's own with parse_constant) rejects
-    the file. A head with no positives has no AUC; null says so in JSON.
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
 
 
 def write_report(path: str, report: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from components import adapters
+from models.json_safe import json_safe
 from components.artifacts import (FeatureVocabulary, ItemCatalogue, ItemEmbeddings,
                                   TrainingMetrics)
 from components.example_gen import CONFIG_FILE, ITEMS_DIR, VOCAB_DIR
@@ -48,25 +49,12 @@ def parse_hparams(hparams: str) -> dict[str, Any]:
     return value
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def write_metrics(artifact: TrainingMetrics, model_name: str, metrics: dict[str, Any]) -> None:
     """Writes metrics.json and sets model_name on the artifact."""
     with tf.io.gfile.GFile(os.path.join(artifact.uri, METRICS_FILE), "w") as f:
-        json.dump({"model_name": model_name, "metrics": _jsonable(metrics)}, f, indent=1,
-                  sort_keys=True)
+        # default=str: a metric of another type (a config value) is kept as text.
+        json.dump({"model_name": model_name, "metrics": json_safe(metrics)}, f, indent=1,
+                  sort_keys=True, default=str)
     artifact.set_string_custom_property("model_name", model_name)
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from models.json_safe import json_safe
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -95,27 +94,12 @@ def add_out_flag(parser: argparse.ArgumentParser) -> None:
                         help="also write the metrics JSON to this file (stdout always gets it)")
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars / arrays and NaN -> what json.dump writes portably."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # e.g. avg_position with no hit: JSON has no NaN
-    return value
-
-
 def emit(result: Mapping[str, Any], out: str | None) -> None:
     """Writes result as JSON to `out` when set, then prints it on stdout.
 
     The file comes first: a closed stdout (`... | head`) must not lose it.
     """
-    text = json.dumps(_jsonable(result), indent=2, sort_keys=True)
+    text = json.dumps(json_safe(result), indent=2, sort_keys=True)
     if out:
         directory = os.path.dirname(out)
         if directory:
