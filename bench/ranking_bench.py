@@ -530,9 +530,9 @@ class DatasetBench:
             self.tune(name, self.tuning_points(name))
         results: dict[str, Any] = {}
         for name in names:
-            if self._untrainable(name):
-                results[name] = {"skipped": self._untrainable(name)}
-                self.log(f"[{self.dataset}] {name}: skipped, {results[name]['skipped']}")
+            if (why := self._untrainable(name)) is not None:
+                results[name] = {"skipped": why}
+                self.log(f"[{self.dataset}] {name}: skipped, {why}")
                 continue
             source = tuned_from(name)
             tuned = dict(self.chosen.get(source, {})) if source else {}

@@ -87,7 +87,6 @@ from bench import parallel, stats  # noqa: E402
 from models import inputs  # noqa: E402
 from models.item2vec import train as i2v_train  # noqa: E402
 from models.item2vec.config import Item2VecConfig  # noqa: E402
-from models.json_safe import json_safe  # noqa: E402
 from models.layers.feature_embedding import load_vocabularies  # noqa: E402
 from models.recall import data, protocols, training  # noqa: E402
 from models.two_tower import train as tt_train  # noqa: E402
@@ -960,11 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "max_epochs": args.max_epochs, "num_events": args.num_events,
                        "models": args.model_list, "jobs": args.jobs,
                        "total_seconds": time.time() - start}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(json_safe(results), f, indent=1, default=str, allow_nan=False)
-    os.replace(tmp, args.out)
+    stats.write_report(args.out, results)
     print(json.dumps(results["_targets"], indent=1))
     print(f"wrote {args.out} ({results['_run']['total_seconds']:.0f}s)")
     return 0

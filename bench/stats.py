@@ -84,7 +84,14 @@ def provenance(command: Sequence[str]) -> dict[str, Any]:
 
 
 def write_report(path: str, report: Mapping[str, Any]) -> None:
-    """Writes a bench's results JSON (strict JSON: NaN as null), creating its folder."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(json_safe(report), f, indent=1, allow_nan=False)
+    """Writes a bench's results JSON (strict JSON: NaN as null; another
+    type as its text), creating its folder.
+
+    Written to a temporary file and renamed: an interrupted or failed write
+    never leaves a half JSON where the previous result was.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(json_safe(report), f, indent=1, default=str, allow_nan=False)
+    os.replace(tmp, path)

@@ -65,3 +65,20 @@ def test_reports_are_strict_json_with_nan_as_null(tmp_path):
 
     assert json_module.loads(path.read_text(), parse_constant=reject) == {
         "auc": None, "runs": [0.5, None], "n": 3, "nested": {"x": [1.0, None]}}
+
+
+def test_a_report_replaces_the_previous_one_whole_or_not_at_all(tmp_path):
+    import json as json_module
+
+    from bench import stats as bench_stats
+    path = tmp_path / "sub" / "r.json"
+    bench_stats.write_report(str(path), {"run": 1, "where": tmp_path})
+    assert json_module.loads(path.read_text()) == {"run": 1, "where": str(tmp_path)}
+
+    class Unwritable:
+        def __str__(self):
+            raise RuntimeError("cannot write this")
+    with pytest.raises(RuntimeError, match="cannot write this"):
+        bench_stats.write_report(str(path), {"run": 2, "bad": Unwritable()})
+    # The failed write left the previous report intact.
+    assert json_module.loads(path.read_text()) == {"run": 1, "where": str(tmp_path)}
