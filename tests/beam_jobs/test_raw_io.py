@@ -212,3 +212,31 @@ def test_jsonl_batches_hold_iter_records_lines_in_order_in_full_batches(monkeypa
         assert all(got)  # no empty batch
     got = list(raw_io._iter_jsonl_batches(io.BytesIO(b'{"a":1}\n \n{"b":2}\n{"c":3}'), 2))
     assert got == [[b'{"a":1}', b'{"b":2}'], [b'{"c":3}']]
+
+
+def _write(tmp_path, batches):
+    """Writes the batches with WriteTFRecordBatches; returns the files written."""
+    prefix = str(tmp_path / "out" / "data")
+    with TestPipeline() as p:
+        _ = (p | beam.Create([0]) | beam.FlatMap(lambda _: batches)
+             | raw_io.WriteTFRecordBatches(prefix))
+    return sorted(os.listdir(tmp_path / "out"))
+
+
+def _records(path):
+    import tensorflow as tf
+
+    return [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+
+
+def test_written_batches_read_back_in_order_and_no_temp_dir_is_left(tmp_path):
+    batches = [[b"a", b"bb"], [], [b"c" * 300]]
+    files = _write(tmp_path, batches)
+    assert files == ["data-00000-of-00001.tfrecord.gz"]  # one bundle, no beam-temp-* left
+    assert _records(str(tmp_path / "out" / files[0])) == [b"a", b"bb", b"c" * 300]
+
+
+def test_no_batches_still_write_one_empty_shard(tmp_path):
+    files = _write(tmp_path, [])
+    assert files == ["data-00000-of-00001.tfrecord.gz"]
+    assert _records(str(tmp_path / "out" / files[0])) == []
