@@ -25,13 +25,11 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 # The stale protobuf<5 pin of ml-metadata 1.17 is expected to fail `pip check`.
 TFX_NO_DEPS := tfx==1.21.0 ml-pipelines-sdk==1.21.0 ml-metadata==1.17.1
-NATIVE := beam_jobs/_native/manifest.json
-NATIVE_SOURCES := $(addprefix beam_jobs/,event_parsing.py example_builder.py example_encoding.py raw_io.py)
 
 .PHONY: install install-bench system-deps run test data bench-sessionize bench-ranking \
         bench-recall bench-funnel bench-faiss bench-serving serve query clean
 
-install: $(STAMP) $(NATIVE)
+install: $(STAMP)
 
 $(STAMP): requirements.lock setup.py
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -40,11 +38,6 @@ $(STAMP): requirements.lock setup.py
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(TFX_NO_DEPS) $(QUIET_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	@touch $(STAMP)
-
-# The sessionize job's per-event modules compiled by Cython (beam_jobs/native.py);
-# rebuilt when one changes. A failed build leaves them in Python and says why.
-$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
-	$(PYTHON) -m beam_jobs.native_build
 
 install-bench: $(BENCH_STAMP)
 
@@ -65,7 +58,7 @@ run: install
 # module fixture (a whole pipeline run) is built once. test_distributed runs after, alone:
 # tf.distribute leaves its cluster as the process's TensorFlow context, and tests that a shared
 # worker runs later then fail with "unknown device".
-test: install install-bench system-deps
+test: install-bench system-deps
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25 tests \
 	    --ignore=tests/models/test_distributed.py
 	$(PYTHON) -m pytest -q --durations=5 tests/models/test_distributed.py
