@@ -74,7 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "seed_category": {"attribute_role": fc.ROLE_ITEM_CATEGORY},
     "seed_city": {"attribute_role": fc.ROLE_ITEM_CITY},
     "dim_32": {"dim": 32},  # pipelines/profiles.py's default profile before this ablation
-    "dim_64": {"dim": 64},  # the config's default since d0a5222 (a tie at acf7c57)
+    "dim_64": {"dim": 64},  # the config's default d0a5222..acf7c57 (a tie there)
     # The user vector's history: the mean of the last N known clicks (the
     # config's default 5) against the last one and the old default 20.
     "recent_1": {"recent_clicks": 1},

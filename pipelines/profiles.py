@@ -44,16 +44,13 @@ def _ranking_hparams(max_epochs: int, patience: int, batch_size: int, dim: int |
 
 
 # Item2vec in the default profile: the config's defaults, the seed's settings
-# (window 64, 2 negatives per positive, sessions >= 5, unigram^0.75 negatives,
-# 200k pairs per epoch) with dim 64, which the Item2vec ablation at d0a5222
-# measured better than the seed's 128 on validation HR@50 (a win on synthetic,
-# a tie on MovieLens, 5 seeds, 95% intervals); its re-run at acf7c57
-# (bench/results/item2vec_ablation.json) has 64 tying 128 on both, so 128
-# returns with the next recall re-run (README). Dim 32 and 58.com's
-# same-category negatives tied and same-city negatives lost, so nothing else
-# overrides them. The attribute-aware negatives are one switch away:
-# attribute_role "item_category" or "item_city" (a role the dataset's feature
-# config sets).
+# (dim 128, window 64, 2 negatives per positive, sessions >= 5, unigram^0.75
+# negatives, 200k pairs per epoch), which bench/results/item2vec_ablation.json
+# (acf7c57) found no variant to beat on validation HR@50 (dim 32 and 64 and
+# 58.com's same-category negatives tied, same-city negatives lost; 5 seeds,
+# 95% intervals), so nothing overrides them. The attribute-aware negatives
+# are one switch away: attribute_role "item_category" or "item_city" (a role
+# the dataset's feature config sets).
 ITEM2VEC_DEFAULT: dict[str, object] = {"attribute_role": None}
 
 
