@@ -27,7 +27,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 TFX_NO_DEPS := tfx==1.21.0 ml-pipelines-sdk==1.21.0 ml-metadata==1.17.1
 
 .PHONY: install install-bench system-deps run test data bench-sessionize bench-ranking \
-        bench-recall bench-funnel bench-faiss bench-serving serve query clean
+        bench-recall bench-training-scale bench-funnel bench-faiss bench-serving serve query clean
 
 install: $(STAMP)
 
@@ -81,6 +81,11 @@ bench-recall: install-bench
 # serving layout and replays the eval requests through the Recommender (one process per dataset).
 bench-funnel: install-bench
 	$(PYTHON) -m bench.funnel_bench --datasets $(BENCH_DATASETS) $(BENCH_FLAGS)
+
+# Examples/s of one process vs 1 and 2 local workers + 2 PS (ParameterServerStrategy): on the
+# 2-core box this measures the distributed path's overhead, not speedup.
+bench-training-scale: install
+	$(PYTHON) -m bench.training_scale
 
 bench-faiss: install
 	$(PYTHON) -m bench.faiss_bench
