@@ -22,6 +22,7 @@ report is written to the artifact and copied to <publish_dir>/<unix time>/
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -187,18 +188,24 @@ def calibration_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 FUNNEL_METRICS = ("hr@10", "ndcg@10", "hr@50")
 
 
-def funnel_rows(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _replayed(results: Mapping[str, Any], only: str = "") -> list[tuple[str, Mapping]]:
+    """(dataset, figures) of a funnel replay's JSON, all datasets or the one named `only`."""
+    return [(dataset, figures) for dataset, figures in results.items()
+            if not dataset.startswith("_") and isinstance(figures, Mapping)
+            and (not only or dataset == only)]
+
+
+def funnel_rows(results: Mapping[str, Any], only: str = ""
+                ) -> dict[str, list[dict[str, Any]]]:
     """A funnel replay's JSON as table rows: dataset -> one row per list.
 
     Lists, in this order: the final list, the merged candidates before
     ranking, each channel's own list, the references (popularity, ALS). A row
     holds FUNNEL_METRICS over all requests and, for a channel, its share of
-    the final top 10.
+    the final top 10. `only`: that dataset's rows alone ("" every dataset).
     """
     out: dict[str, list[dict[str, Any]]] = {}
-    for dataset, figures in results.items():
-        if dataset.startswith("_") or not isinstance(figures, Mapping):
-            continue
+    for dataset, figures in _replayed(results, only):
         lists = [("final", "final", figures.get("final")),
                  ("merged candidates", "merged", figures.get("merged_candidates"))]
         lists += [(name, "channel", f) for name, f in (figures.get("channels") or {}).items()]
@@ -255,12 +262,10 @@ def blend_lines(blend: Any, fit: Mapping[str, Any] | None) -> list[str]:
             f"weights: {weights}"]
 
 
-def funnel_targets(results: Mapping[str, Any]) -> list[str]:
+def funnel_targets(results: Mapping[str, Any], only: str = "") -> list[str]:
     """One line per target a funnel replay checked, met or not, with its figures."""
     lines = []
-    for dataset, figures in results.items():
-        if dataset.startswith("_") or not isinstance(figures, Mapping):
-            continue
+    for dataset, figures in _replayed(results, only):
         for name, t in (figures.get("_targets") or {}).items():
             lines.append(f"{dataset} {name}: {'met' if t['met'] else 'NOT met'} (final "
                          f"{_fmt(t.get('final_hr@10'))} vs {t['b']} {_fmt(t.get('b_hr@10'))}, "
@@ -585,12 +590,15 @@ def PipelineReporter(  # noqa: N802
         data_anomalies: InputArtifact[DataAnomalies] = None,
         final_blend: InputArtifact[FinalBlend] = None,
         max_roc_examples: Parameter[int] = 20000,
-        funnel_results: Parameter[str] = ""):
+        funnel_results: Parameter[str] = "",
+        funnel_dataset: Parameter[str] = ""):
     """Writes report.md + PNGs to the artifact and to <publish_dir>/<unix time>/.
 
     Every input is optional: the report covers the steps the pipeline enabled.
     `funnel_results` is a funnel replay's JSON (bench.funnel_bench); a path
-    that does not exist leaves the funnel section out. `final_blend` adds
+    that does not exist leaves the funnel section out, and so does a JSON
+    without the dataset `funnel_dataset` names (when it names one: the
+    replay of the data this pipeline runs on, not of every benched dataset). `final_blend` adds
     what BlendFitter published and, as the funnel's "this run" panel, the
     validation HR@10 of each order it replayed.
     """
@@ -665,8 +673,12 @@ def PipelineReporter(  # noqa: N802
     if funnel_results and tf.io.gfile.exists(funnel_results):
         with tf.io.gfile.GFile(funnel_results) as f:
             replay = json.load(f)
-        funnel = funnel_rows(replay)
-        sections["funnel"], sections["funnel_targets"] = funnel, funnel_targets(replay)
+        funnel = funnel_rows(replay, funnel_dataset)
+        sections["funnel"] = funnel
+        sections["funnel_targets"] = funnel_targets(replay, funnel_dataset)
+        if not funnel:
+            logging.warning("PipelineReporter: %s holds no funnel replay of %r; the report has "
+                            "no replay section", funnel_results, funnel_dataset)
     if final_blend is not None:
         fit = read_fit(final_blend)
         sections["blend"] = blend_lines(final_blend, fit)

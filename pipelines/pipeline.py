@@ -129,7 +129,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     drift_baseline: str = PREVIOUS_DATA,
                     training_cluster: str = "",
                     blend_requests: int = 3000,
-                    blend_min_requests: int = 100) -> tfx_pipeline.Pipeline:
+                    blend_min_requests: int = 100,
+                    funnel_results: str = "") -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -162,6 +163,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         the final-list blend.
       blend_min_requests: fewest usable validation requests it publishes a
         blend from.
+      funnel_results: an offline funnel replay's JSON (bench.funnel_bench);
+        the report draws its figures for this dataset (dataset.name) beside
+        the run's own blend validation. "": no replay section.
 
     Returns:
       The tfx Pipeline.
@@ -298,7 +302,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         components.append(blend_fitter)
         report_inputs["final_blend"] = blend_fitter.outputs["blend"]
     components.append(PipelineReporter(publish_dir=os.path.join(serving_dir, "reports"),
-                                       **report_inputs))
+                                       funnel_results=funnel_results,
+                                       funnel_dataset=dataset.name, **report_inputs))
     return tfx_pipeline.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
         enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,

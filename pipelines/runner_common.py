@@ -38,6 +38,11 @@ from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
 DEFAULT_PIPELINE_NAME = "feedrec"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where `make bench-funnel` records the built-in datasets' replay; a replay of
+# other data is written under the bench's work_dir and given by the flag.
+FUNNEL_RESULTS = os.path.join(REPO, "bench", "results", "funnel.json")
+AUTO = "auto"
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -83,6 +88,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                              "ParameterServerStrategy (item2vec and youtubenet stay in process): "
                              "'local:workers=2,ps=2' starts the servers on this machine, "
                              "'tf_config' joins the cluster in TF_CONFIG (default: in process)")
+    parser.add_argument("--funnel_results", default=_env("funnel_results", AUTO),
+                        help="an offline funnel replay's JSON (make bench-funnel) whose "
+                             "figures for this dataset the pipeline report draws; "
+                             f"'{AUTO}' (default): {os.path.relpath(FUNNEL_RESULTS, REPO)} "
+                             "when it exists (the built-in datasets' replay); '' for none")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -197,8 +207,23 @@ def data_checks(args: argparse.Namespace, validation: Mapping[str, Any] | None =
         raise ValidationConfigError(f"{source}: validation: {err}" if source else str(err)) from err
 
 
+def funnel_results(flag: str) -> str:
+    """The replay JSON the report draws: AUTO -> the recorded one if present, else the path.
+
+    Raises:
+      ValueError: a path given explicitly that does not exist (a missing
+        default is no error: a fresh clone of another tree may have no replay).
+    """
+    if flag == AUTO:
+        return FUNNEL_RESULTS if os.path.exists(FUNNEL_RESULTS) else ""
+    if flag and not os.path.exists(flag):
+        raise ValueError(f"--funnel_results: no such file {flag!r}")
+    return os.path.abspath(flag) if flag else ""
+
+
 def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     """Prepares the data and builds the pipeline from parsed flags."""
+    replay = funnel_results(args.funnel_results)  # a bad path fails before any data is made
     work_dir = os.path.abspath(args.work_dir)
     profile = profiles.get(args.profile, args.data)
     num_events = int(args.num_events or profile.num_events)
@@ -227,7 +252,8 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         beam_pipeline_args=with_beam_runner(beam_args),
         enable_cache=not args.no_cache,
         data_checks=data_checks(args, dataset.validation, dataset.source),
-        training_cluster=training_cluster)
+        training_cluster=training_cluster,
+        funnel_results=replay)
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
 

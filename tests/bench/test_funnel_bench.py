@@ -148,6 +148,22 @@ def check_report(figures, root):
     assert "| handmade | final | 1.0000 | 0.4434 | 1.0000 | - |" in text
     assert ("- handmade final_hr@10_ge_als: met (final 1.0000 vs als 0.5000, paired over "
             "requests: tie)") in text
+    # A pipeline names its own dataset: another dataset's replay in the same JSON is left
+    # out, and a JSON without this dataset leaves the section out.
+    two = {"handmade": figures, "other": figures, "_run": {"commit": "x"}}
+    assert list(report.funnel_rows(two, "other")) == ["other"]
+    assert [line.split(" ")[0] for line in report.funnel_targets(two, "other")] == ["other"] * 2
+    assert list(report.funnel_rows(two)) == ["handmade", "other"]
+    stats.write_report(path, two)
+    for dataset, shown in (("other", True), ("missing", False)):
+        artifact = new_artifact(PipelineReport, root, f"report-{dataset}")
+        executor_fn(report.PipelineReporter)(report=artifact,
+                                             publish_dir=os.path.join(root, "pub"),
+                                             funnel_results=path, funnel_dataset=dataset)
+        text = open(os.path.join(artifact.uri, "report.md")).read()
+        assert ("| other | tower | 0.5000 | 0.3155 | 0.5000 | 0.6000 |" in text) is shown
+        assert "| handmade |" not in text
+        assert os.path.exists(os.path.join(artifact.uri, "funnel_hr_at_10.png")) is shown
 
 
 def test_popularity_reference_excludes_the_history(config):

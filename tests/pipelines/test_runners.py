@@ -307,6 +307,40 @@ def test_a_bad_training_cluster_is_one_error_line(tmp_path, capsys):
         "'local:workers=<n>,ps=<m>', or 'tf_config'")
 
 
+def _reporter(components):
+    return components["PipelineReporter"].exec_properties
+
+
+def test_the_report_draws_the_recorded_funnel_replay_of_its_own_dataset(tmp_path, monkeypatch):
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    # auto: the recorded replay when the tree has one, nothing otherwise.
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text("{}")
+    monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(recorded))
+    auto = _reporter(_build(yaml_path, tmp_path / "w1"))
+    # The YAML's `name` (the synthetic config's here) picks the replay's dataset.
+    assert (auto["funnel_results"], auto["funnel_dataset"]) == (str(recorded), "synthetic")
+    monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(tmp_path / "absent.json"))
+    assert _reporter(_build(yaml_path, tmp_path / "w2"))["funnel_results"] == ""
+    # A path of the user's (relative to where the runner starts) and '' for none.
+    mine = tmp_path / "replay.json"
+    mine.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert _reporter(_build(yaml_path, tmp_path / "w3", "--funnel_results", "replay.json")
+                     )["funnel_results"] == str(mine)
+    assert _reporter(_build(yaml_path, tmp_path / "w4", "--funnel_results", ""))[
+        "funnel_results"] == ""
+
+
+def test_a_missing_funnel_replay_is_one_error_line(tmp_path, capsys):
+    code = runner_common.run_main(None, "test", ["--funnel_results", "nowhere.json",
+                                                 "--work_dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --funnel_results: no such file 'nowhere.json'")
+    assert not os.path.exists(tmp_path / "raw")  # refused before any data was prepared
+
+
 def test_default_profile_tunes_every_rankers_learning_rate_and_hparams_can_fix_it(tmp_path):
     from models.ranking import config as rc
     parser = argparse.ArgumentParser()
