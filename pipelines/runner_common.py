@@ -91,8 +91,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--funnel_results", default=_env("funnel_results", AUTO),
                         help="an offline funnel replay's JSON (make bench-funnel) whose "
                              "figures for this dataset the pipeline report draws; "
-                             f"'{AUTO}' (default): {os.path.relpath(FUNNEL_RESULTS, REPO)} "
-                             "when it exists (the built-in datasets' replay); '' for none")
+                             f"'{AUTO}' (default): for a built-in dataset "
+                             f"{os.path.relpath(FUNNEL_RESULTS, REPO)} when it exists; '' "
+                             "for none")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -207,15 +208,20 @@ def data_checks(args: argparse.Namespace, validation: Mapping[str, Any] | None =
         raise ValidationConfigError(f"{source}: validation: {err}" if source else str(err)) from err
 
 
-def funnel_results(flag: str) -> str:
-    """The replay JSON the report draws: AUTO -> the recorded one if present, else the path.
+def funnel_results(flag: str, data: str) -> str:
+    """The replay JSON the report draws: a path as given, or for AUTO the recorded one.
+
+    AUTO means FUNNEL_RESULTS when `data` is a built-in dataset and the tree
+    has it: that JSON replays the built-in data only, and a dataset YAML may
+    reuse a built-in config's `name` for other logs.
 
     Raises:
       ValueError: a path given explicitly that does not exist (a missing
         default is no error: a fresh clone of another tree may have no replay).
     """
     if flag == AUTO:
-        return FUNNEL_RESULTS if os.path.exists(FUNNEL_RESULTS) else ""
+        builtin = data in datasets.DATASETS
+        return FUNNEL_RESULTS if builtin and os.path.exists(FUNNEL_RESULTS) else ""
     if flag and not os.path.exists(flag):
         raise ValueError(f"--funnel_results: no such file {flag!r}")
     return os.path.abspath(flag) if flag else ""
@@ -223,7 +229,8 @@ def funnel_results(flag: str) -> str:
 
 def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     """Prepares the data and builds the pipeline from parsed flags."""
-    replay = funnel_results(args.funnel_results)  # a bad path fails before any data is made
+    # A bad path fails before any data is prepared.
+    replay = funnel_results(args.funnel_results, args.data)
     work_dir = os.path.abspath(args.work_dir)
     profile = profiles.get(args.profile, args.data)
     num_events = int(args.num_events or profile.num_events)

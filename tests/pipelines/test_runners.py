@@ -246,9 +246,11 @@ def test_build_from_a_dataset_yaml(tmp_path):
 
 
 def _build(yaml_path, work_dir, *flags):
+    """The components built from a dataset YAML (None: --data comes with `flags`)."""
     parser = argparse.ArgumentParser()
     runner_common.add_flags(parser)
-    args, beam = parser.parse_known_args(["--data", yaml_path, "--work_dir", str(work_dir),
+    data = ["--data", yaml_path] if yaml_path else []
+    args, beam = parser.parse_known_args([*data, "--work_dir", str(work_dir),
                                           "--profile", "tiny", "--recall_models", "", *flags])
     return {c.id: c for c in runner_common.build(args, beam).pipeline.components}
 
@@ -312,24 +314,27 @@ def _reporter(components):
 
 
 def test_the_report_draws_the_recorded_funnel_replay_of_its_own_dataset(tmp_path, monkeypatch):
-    yaml_path = _write_dataset_yaml(tmp_path / "ds")
-    # auto: the recorded replay when the tree has one, nothing otherwise.
     recorded = tmp_path / "recorded.json"
     recorded.write_text("{}")
     monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(recorded))
-    auto = _reporter(_build(yaml_path, tmp_path / "w1"))
-    # The YAML's `name` (the synthetic config's here) picks the replay's dataset.
+    builtin = ("--data", "synthetic", "--num_events", "500")
+    # auto: the recorded replay of the built-in data, for the dataset the pipeline runs on.
+    auto = _reporter(_build(None, tmp_path / "w1", *builtin))
     assert (auto["funnel_results"], auto["funnel_dataset"]) == (str(recorded), "synthetic")
+    # Not for a dataset YAML, even one whose config is named like a built-in one (as here).
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    yaml_run = _reporter(_build(yaml_path, tmp_path / "w2"))
+    assert (yaml_run["funnel_results"], yaml_run["funnel_dataset"]) == ("", "synthetic")
     monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(tmp_path / "absent.json"))
-    assert _reporter(_build(yaml_path, tmp_path / "w2"))["funnel_results"] == ""
+    assert _reporter(_build(None, tmp_path / "w3", *builtin))["funnel_results"] == ""
     # A path of the user's (relative to where the runner starts) and '' for none.
     mine = tmp_path / "replay.json"
     mine.write_text("{}")
     monkeypatch.chdir(tmp_path)
-    assert _reporter(_build(yaml_path, tmp_path / "w3", "--funnel_results", "replay.json")
+    assert _reporter(_build(yaml_path, tmp_path / "w4", "--funnel_results", "replay.json")
                      )["funnel_results"] == str(mine)
-    assert _reporter(_build(yaml_path, tmp_path / "w4", "--funnel_results", ""))[
-        "funnel_results"] == ""
+    assert _reporter(_build(None, tmp_path / "w5", *builtin, "--funnel_results", "")
+                     )["funnel_results"] == ""
 
 
 def test_a_missing_funnel_replay_is_one_error_line(tmp_path, capsys):
