@@ -1,4 +1,4 @@
-"""bench-ranking and bench-recall on a user's dataset YAML, at a tiny size.
+"""bench-ranking, bench-recall and bench-funnel on a user's dataset YAML, at a tiny size.
 
 The same YAML as the pipeline's acceptance test (renamed columns, ISO times,
 no users table, no vocab_size); each bench writes its JSON under its
@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from bench import parallel, ranking_bench, recall_bench
+from bench import funnel_bench, parallel, ranking_bench, recall_bench
 from feature_contract import feature_config as fc
 from models import inputs
 from models.recall import data, protocols
@@ -82,6 +82,35 @@ def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
     assert two_tower["hr@50"] == two_tower["runs"][0]["hr@50"]
     assert two_tower["runs"][0]["num_users"] == time_split["most_popular"]["runs"][0]["num_users"]
     assert os.path.basename(os.path.dirname(os.path.dirname(data["sessionized"]))) == "work"
+
+
+def test_funnel_bench_on_a_dataset_yaml(my_clicks, tmp_path):
+    # The replay a held-out dataset gets: every model trained on the YAML's own logs, pushed,
+    # served and replayed; the JSON goes under --work_dir, keyed by the dataset's name.
+    work = str(tmp_path / "work")
+    before = _results_mtimes()
+    assert funnel_bench.main(["--datasets", my_clicks, "--quick", "--jobs", "1",
+                              "--work_dir", work]) == 0
+    assert _results_mtimes() == before
+    with open(os.path.join(work, "funnel-my_clicks.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    figures = report["my_clicks"]
+    examples = figures["_data"]["sessionized"]
+    config = fc.load(os.path.join(examples, parallel.CONFIG_FILE))
+    evals = data.load_examples(inputs.split_pattern(os.path.join(examples, fc.RETRIEVAL), fc.EVAL),
+                               config, fc.RETRIEVAL)
+    # Every time-split eval click whose item is not in the user's history is one request
+    # (fewer than the quick cap of 300); this log re-clicks a lot, so that is not every click.
+    queries = protocols.time_split(evals, config)
+    with_target = sum(1 for targets in queries.targets if targets)
+    assert figures["_data"]["requests"] == with_target
+    assert 0 < with_target < len(queries)
+    assert figures["final"]["all"]["num_users"] == figures["_data"]["requests"]
+    assert set(figures["channels"]) >= {"item2vec", "youtubenet", "two_tower"}
+    assert set(figures["_targets"]) == {"final_hr@10_ge_best_channel", "final_hr@10_ge_als"}
+    assert all(0.0 <= figures[k]["all"]["hr@10"] <= figures[k]["all"]["hr@50"] <= 1.0
+               for k in ("final", "merged_candidates"))
+    assert os.path.exists(os.path.join(work, "quick", "my_clicks", "serving", "blend.json"))
 
 
 def _popularity_bounds(examples_dir: str, k: int = 50) -> dict[str, tuple[float, float]]:
