@@ -14,7 +14,8 @@ calibration, one learning curve per trained model (train loss and the
 monitored validation metric per epoch, best epoch marked), and, when a
 funnel replay's JSON is given (`funnel_results`, bench.funnel_bench's
 bench/results/funnel.json), HR@10 of the final list next to each channel's
-own list and the popularity / ALS references, per dataset. Trainer metrics
+own list and the popularity / ALS references, for the dataset
+`funnel_dataset` names (every dataset in the JSON when it names none). Trainer metrics
 written before early stopping existed simply leave those parts out. The
 report is written to the artifact and copied to <publish_dir>/<unix time>/
 (next to the pushed models).
@@ -22,7 +23,6 @@ report is written to the artifact and copied to <publish_dir>/<unix time>/
 
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Mapping
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
@@ -591,14 +592,18 @@ def PipelineReporter(  # noqa: N802
         final_blend: InputArtifact[FinalBlend] = None,
         max_roc_examples: Parameter[int] = 20000,
         funnel_results: Parameter[str] = "",
-        funnel_dataset: Parameter[str] = ""):
+        funnel_dataset: Parameter[str] = "",
+        funnel_sha256: Parameter[str] = ""):
     """Writes report.md + PNGs to the artifact and to <publish_dir>/<unix time>/.
 
     Every input is optional: the report covers the steps the pipeline enabled.
     `funnel_results` is a funnel replay's JSON (bench.funnel_bench); a path
-    that does not exist leaves the funnel section out, and so does a JSON
-    without the dataset `funnel_dataset` names (when it names one: the
-    replay of the data this pipeline runs on, not of every benched dataset). `final_blend` adds
+    that does not exist adds no replay rows, and neither does a JSON without
+    the dataset `funnel_dataset` names (when it names one: the replay of the
+    data this pipeline runs on, not of every benched dataset). The section
+    names the file, the commit it was written at and `funnel_sha256` (the
+    runner's hash of it, which is there for the cache key): its figures
+    come from the bench's own models, not this run's. `final_blend` adds
     what BlendFitter published and, as the funnel's "this run" panel, the
     validation HR@10 of each order it replayed.
     """
@@ -675,10 +680,16 @@ def PipelineReporter(  # noqa: N802
             replay = json.load(f)
         funnel = funnel_rows(replay, funnel_dataset)
         sections["funnel"] = funnel
-        sections["funnel_targets"] = funnel_targets(replay, funnel_dataset)
-        if not funnel:
+        if funnel:
+            commit = (replay.get("_run") or {}).get("commit", "unknown")
+            digest = f", sha256 {funnel_sha256[:12]}" if funnel_sha256 else ""
+            sections["funnel_targets"] = [
+                f"replay figures from {funnel_results} (written at commit {commit}{digest}): "
+                f"the bench's own trained models, not this run's"
+            ] + funnel_targets(replay, funnel_dataset)
+        else:
             logging.warning("PipelineReporter: %s holds no funnel replay of %r; the report has "
-                            "no replay section", funnel_results, funnel_dataset)
+                            "no replay rows", funnel_results, funnel_dataset)
     if final_blend is not None:
         fit = read_fit(final_blend)
         sections["blend"] = blend_lines(final_blend, fit)

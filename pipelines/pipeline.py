@@ -130,7 +130,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                     training_cluster: str = "",
                     blend_requests: int = 3000,
                     blend_min_requests: int = 100,
-                    funnel_results: str = "") -> tfx_pipeline.Pipeline:
+                    funnel_results: str = "",
+                    funnel_sha256: str = "") -> tfx_pipeline.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -165,7 +166,10 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         blend from.
       funnel_results: an offline funnel replay's JSON (bench.funnel_bench);
         the report draws its figures for this dataset (dataset.name) beside
-        the run's own blend validation. "": no replay section.
+        the run's own blend validation. "": no replay rows.
+      funnel_sha256: the hash of that JSON's bytes (the runner's): part of
+        the report step's parameters, hence of its cache key, since a path
+        alone would let a re-run reuse a report drawn from an older file.
 
     Returns:
       The tfx Pipeline.
@@ -303,6 +307,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         report_inputs["final_blend"] = blend_fitter.outputs["blend"]
     components.append(PipelineReporter(publish_dir=os.path.join(serving_dir, "reports"),
                                        funnel_results=funnel_results,
+                                       funnel_sha256=funnel_sha256,
                                        funnel_dataset=dataset.name, **report_inputs))
     return tfx_pipeline.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,

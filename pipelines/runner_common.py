@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -208,29 +209,51 @@ def data_checks(args: argparse.Namespace, validation: Mapping[str, Any] | None =
         raise ValidationConfigError(f"{source}: validation: {err}" if source else str(err)) from err
 
 
-def funnel_results(flag: str, data: str) -> str:
-    """The replay JSON the report draws: a path as given, or for AUTO the recorded one.
+def funnel_results(flag: str, data: str) -> tuple[str, str]:
+    """(path, sha256 of its bytes) of the funnel replay the report draws; ("", "") for none.
 
-    AUTO means FUNNEL_RESULTS when `data` is a built-in dataset and the tree
-    has it: that JSON replays the built-in data only, and a dataset YAML may
-    reuse a built-in config's `name` for other logs.
+    AUTO means FUNNEL_RESULTS when `data` is a built-in dataset and that JSON
+    holds its replay: the recorded JSON replays the built-in data only, and a
+    dataset YAML may reuse a built-in config's `name` for other logs. The
+    hash goes into the report step's parameters, so a re-run after the JSON
+    changed is not served the old report from the cache.
 
     Raises:
-      ValueError: a path given explicitly that does not exist (a missing
-        default is no error: a fresh clone of another tree may have no replay).
+      ValueError: a path given explicitly that is not a readable JSON holding
+        a replay of this dataset (its `name`), or an unknown `data`; raised
+        before any data is prepared. A default that does not fit is no error:
+        the report then has no replay rows.
     """
-    if flag == AUTO:
-        builtin = data in datasets.DATASETS
-        return FUNNEL_RESULTS if builtin and os.path.exists(FUNNEL_RESULTS) else ""
-    if flag and not os.path.exists(flag):
-        raise ValueError(f"--funnel_results: no such file {flag!r}")
-    return os.path.abspath(flag) if flag else ""
+    if not flag:
+        return "", ""
+    explicit = flag != AUTO
+    if not explicit and data not in datasets.DATASETS:
+        return "", ""
+    path = os.path.abspath(flag) if explicit else FUNNEL_RESULTS
+    # A dataset YAML is only read here (nothing is prepared for it).
+    name = data if data in datasets.DATASETS else datasets.resolve(data, "").name
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        replay = json.loads(raw)
+    except (OSError, ValueError) as err:
+        if explicit:
+            raise ValueError(f"--funnel_results: cannot read {flag!r} as JSON: {err}") from err
+        return "", ""
+    if not isinstance(replay, dict) or not isinstance(replay.get(name), dict):
+        if explicit:
+            held = sorted(k for k in replay if not k.startswith("_")) if isinstance(
+                replay, dict) else []
+            raise ValueError(f"--funnel_results: {flag!r} holds no funnel replay of dataset "
+                             f"{name!r} (it holds {held})")
+        return "", ""
+    return path, hashlib.sha256(raw).hexdigest()
 
 
 def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     """Prepares the data and builds the pipeline from parsed flags."""
-    # A bad path fails before any data is prepared.
-    replay = funnel_results(args.funnel_results, args.data)
+    # A bad replay fails before any data is prepared.
+    replay, replay_sha256 = funnel_results(args.funnel_results, args.data)
     work_dir = os.path.abspath(args.work_dir)
     profile = profiles.get(args.profile, args.data)
     num_events = int(args.num_events or profile.num_events)
@@ -260,7 +283,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         enable_cache=not args.no_cache,
         data_checks=data_checks(args, dataset.validation, dataset.source),
         training_cluster=training_cluster,
-        funnel_results=replay)
+        funnel_results=replay, funnel_sha256=replay_sha256)
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
 
 

@@ -1,4 +1,5 @@
 """bench.funnel_bench: a hand-computed funnel and a round trip against Recommender.recommend."""
+import copy
 import math
 import os
 
@@ -150,7 +151,9 @@ def check_report(figures, root):
             "requests: tie)") in text
     # A pipeline names its own dataset: another dataset's replay in the same JSON is left
     # out, and a JSON without this dataset leaves the section out.
-    two = {"handmade": figures, "other": figures, "_run": {"commit": "x"}}
+    other = copy.deepcopy(figures)
+    other["channels"]["tower"]["all"]["hr@10"] = 0.25
+    two = {"handmade": figures, "other": other, "_run": {"commit": "x"}}
     assert list(report.funnel_rows(two, "other")) == ["other"]
     assert [line.split(" ")[0] for line in report.funnel_targets(two, "other")] == ["other"] * 2
     assert list(report.funnel_rows(two)) == ["handmade", "other"]
@@ -159,10 +162,13 @@ def check_report(figures, root):
         artifact = new_artifact(PipelineReport, root, f"report-{dataset}")
         executor_fn(report.PipelineReporter)(report=artifact,
                                              publish_dir=os.path.join(root, "pub"),
-                                             funnel_results=path, funnel_dataset=dataset)
+                                             funnel_results=path, funnel_dataset=dataset,
+                                             funnel_sha256="0123456789abcdef")
         text = open(os.path.join(artifact.uri, "report.md")).read()
-        assert ("| other | tower | 0.5000 | 0.3155 | 0.5000 | 0.6000 |" in text) is shown
+        assert ("| other | tower | 0.2500 | 0.3155 | 0.5000 | 0.6000 |" in text) is shown
         assert "| handmade |" not in text
+        assert (f"- replay figures from {path} (written at commit x, sha256 0123456789ab): the "
+                "bench's own trained models, not this run's" in text) is shown
         assert os.path.exists(os.path.join(artifact.uri, "funnel_hr_at_10.png")) is shown
 
 

@@ -1,6 +1,7 @@
 """Runner plumbing and the Kubeflow V2 compile, without running the pipeline."""
 
 import argparse
+import hashlib
 import json
 import os
 
@@ -313,36 +314,68 @@ def _reporter(components):
     return components["PipelineReporter"].exec_properties
 
 
+def _replay_file(path, *datasets_in_it) -> str:
+    text = json.dumps({**{d: {"final": {}} for d in datasets_in_it}, "_run": {"commit": "c"}})
+    path.write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_the_report_draws_the_recorded_funnel_replay_of_its_own_dataset(tmp_path, monkeypatch):
+    monkeypatch.delenv("FEEDREC_FUNNEL_RESULTS", raising=False)
     recorded = tmp_path / "recorded.json"
-    recorded.write_text("{}")
+    digest = _replay_file(recorded, "synthetic", "movielens")
     monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(recorded))
     builtin = ("--data", "synthetic", "--num_events", "500")
-    # auto: the recorded replay of the built-in data, for the dataset the pipeline runs on.
-    auto = _reporter(_build(None, tmp_path / "w1", *builtin))
-    assert (auto["funnel_results"], auto["funnel_dataset"]) == (str(recorded), "synthetic")
+    # auto: the recorded replay of the built-in data, for the dataset the pipeline runs on;
+    # its hash is a parameter of the report step, so a changed file is not served from cache.
+    auto = _reporter(_build(None, tmp_path / "w", *builtin))
+    assert (auto["funnel_results"], auto["funnel_dataset"], auto["funnel_sha256"]) == (
+        str(recorded), "synthetic", digest)
     # Not for a dataset YAML, even one whose config is named like a built-in one (as here).
     yaml_path = _write_dataset_yaml(tmp_path / "ds")
     yaml_run = _reporter(_build(yaml_path, tmp_path / "w2"))
-    assert (yaml_run["funnel_results"], yaml_run["funnel_dataset"]) == ("", "synthetic")
+    assert (yaml_run["funnel_results"], yaml_run["funnel_sha256"]) == ("", "")
+    assert yaml_run["funnel_dataset"] == "synthetic"
+    # A recorded file without this dataset's replay, or none at all: no rows, no error.
+    _replay_file(recorded, "movielens")
+    assert _reporter(_build(None, tmp_path / "w", *builtin))["funnel_results"] == ""
     monkeypatch.setattr(runner_common, "FUNNEL_RESULTS", str(tmp_path / "absent.json"))
-    assert _reporter(_build(None, tmp_path / "w3", *builtin))["funnel_results"] == ""
-    # A path of the user's (relative to where the runner starts) and '' for none.
+    assert _reporter(_build(None, tmp_path / "w", *builtin))["funnel_results"] == ""
+    # A path of the user's (relative to where the runner starts; also by the environment,
+    # as the tfx CLI passes settings) and '' for none.
     mine = tmp_path / "replay.json"
-    mine.write_text("{}")
+    mine_digest = _replay_file(mine, "synthetic")
     monkeypatch.chdir(tmp_path)
-    assert _reporter(_build(yaml_path, tmp_path / "w4", "--funnel_results", "replay.json")
-                     )["funnel_results"] == str(mine)
-    assert _reporter(_build(None, tmp_path / "w5", *builtin, "--funnel_results", "")
-                     )["funnel_results"] == ""
+    given = _reporter(_build(yaml_path, tmp_path / "w2", "--funnel_results", "replay.json"))
+    assert (given["funnel_results"], given["funnel_sha256"]) == (str(mine), mine_digest)
+    monkeypatch.setenv("FEEDREC_FUNNEL_RESULTS", "replay.json")
+    assert _reporter(_build(None, tmp_path / "w", *builtin))["funnel_results"] == str(mine)
+    assert _reporter(_build(None, tmp_path / "w", *builtin, "--funnel_results", ""))[
+        "funnel_results"] == ""
 
 
-def test_a_missing_funnel_replay_is_one_error_line(tmp_path, capsys):
-    code = runner_common.run_main(None, "test", ["--funnel_results", "nowhere.json",
+def test_the_runner_default_is_where_the_funnel_bench_records():
+    from bench import funnel_bench
+    assert runner_common.FUNNEL_RESULTS == funnel_bench.RESULTS
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "error: --funnel_results: cannot read 'replay.json' as JSON: [Errno 2] No such file "
+           "or directory: '{tmp}/replay.json'"),
+    ("not json", "error: --funnel_results: cannot read 'replay.json' as JSON: Expecting value: "
+                 "line 1 column 1 (char 0)"),
+    ('{"movielens": {}, "_run": {}}', "error: --funnel_results: 'replay.json' holds no funnel "
+                                      "replay of dataset 'synthetic' (it holds ['movielens'])"),
+])
+def test_a_replay_that_does_not_fit_is_one_error_line(content, message, tmp_path, monkeypatch,
+                                                      capsys):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "replay.json").write_text(content)
+    code = runner_common.run_main(None, "test", ["--funnel_results", "replay.json",
                                                  "--work_dir", str(tmp_path)])
     assert code == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: --funnel_results: no such file 'nowhere.json'")
+    assert capsys.readouterr().err.strip() == message.format(tmp=tmp_path)
     assert not os.path.exists(tmp_path / "raw")  # refused before any data was prepared
 
 
