@@ -64,11 +64,12 @@ def dataset_key(spec: str) -> str:
 def default_out(specs: Sequence[str], results_json: str, work_dir: str, bench: str) -> str:
     """Where a bench writes its JSON when --out is not given.
 
-    The built-in datasets' runs are the recorded results (results_json, under
-    bench/results/); a run on any other data goes under work_dir, outside the
-    tracked files, named after its datasets.
+    A run of every built-in dataset is the recorded result (results_json,
+    under bench/results/); a run of some of them, or of any other data, goes
+    under work_dir, outside the tracked files, named after its datasets, so
+    that `--datasets movielens` does not replace both datasets' record with one.
     """
-    if all(spec in datasets.DATASETS for spec in specs):
+    if sorted(set(specs)) == sorted(datasets.DATASETS):
         return results_json
     return os.path.join(work_dir, f"{bench}-{'+'.join(dataset_key(s) for s in specs)}.json")
 

@@ -46,8 +46,13 @@ def test_dataset_key_and_default_out(my_clicks):
     # Built-in datasets: the recorded results; anything else: under the work dir.
     assert parallel.default_out(["synthetic", "movielens"], "bench/results/r.json", "work/b",
                                 "ranking") == "bench/results/r.json"
+    assert parallel.default_out(["movielens", "synthetic"], "bench/results/r.json", "work/b",
+                                "ranking") == "bench/results/r.json"
     assert parallel.default_out(["synthetic", my_clicks], "bench/results/r.json", "work/b",
                                 "ranking") == "work/b/ranking-synthetic+my_clicks.json"
+    # One of the two built-in datasets does not replace the record of both.
+    assert parallel.default_out(["movielens"], "bench/results/r.json", "work/b",
+                                "ranking") == "work/b/ranking-movielens.json"
 
 
 def test_sessionize_once_on_a_dataset_yaml(my_clicks, tmp_path):

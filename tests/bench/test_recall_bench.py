@@ -248,6 +248,15 @@ def test_parse_args_defaults_and_quick():
                           "--models", "two_tower,itemcf", "--datasets", "movielens"])
     assert (mine.seed_list, mine.max_epochs) == ([0, 1, 2], 5)
     assert (mine.model_list, mine.dataset_list) == (["two_tower", "itemcf"], ["movielens"])
+    # Only a full run replaces the recorded JSON; a smoke run or some of the models go under
+    # the work dir.
+    work = os.path.join("work", "bench_recall")
+    assert quick.out == os.path.join(work, "recall-quick-synthetic+movielens.json")
+    assert mine.out == os.path.join(work, "recall-quick-movielens.json")
+    assert rb.parse_args(["--models", "item2vec"]).out == os.path.join(
+        work, "recall-models-synthetic+movielens.json")
+    assert rb.parse_args(["--datasets", "movielens"]).out == os.path.join(
+        work, "recall-movielens.json")
     record = rb.protocol_record(mine)
     assert record["schedules"]["two_tower"]["max_epochs"] == 5
     assert record["seeds"]["learned_and_seeded_peers"] == [0, 1, 2]
