@@ -444,7 +444,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"{QUICK_EVENTS})")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_funnel"))
     parser.add_argument("--out", default=None,
-                        help=f"the JSON (default: {os.path.relpath(RESULTS, REPO)} for the "
+                        help=f"the JSON (default: {os.path.relpath(RESULTS, REPO)} for both "
                              "built-in datasets, <work_dir>/funnel-<names>.json otherwise)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="datasets run side by side in child processes (default 2)")

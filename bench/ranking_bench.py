@@ -756,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="TensorFlow intra/inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_ranking"))
     parser.add_argument("--out", default=None,
-                        help="the JSON (default: bench/results/ranking.json for the built-in "
+                        help="the JSON (default: bench/results/ranking.json for both built-in "
                              "datasets, <work_dir>/ranking-<names>.json for any other)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.quick else 5)

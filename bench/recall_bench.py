@@ -870,8 +870,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_events", type=int, default=datasets.DEFAULT_NUM_EVENTS,
                         help="synthetic events")
     parser.add_argument("--out", default=None,
-                        help=f"the JSON (default: {os.path.relpath(RESULTS)} for the built-in "
-                             "datasets, <work_dir>/recall-<names>.json for any other)")
+                        help=f"the JSON (default: {os.path.relpath(RESULTS)} for a full run "
+                             "of both built-in datasets; otherwise <work_dir>/recall-<names>.json, "
+                             "recall-quick-, recall-hparams- or recall-models-<names>.json)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="datasets benchmarked side by side in child processes (default "
                              "2: the whole run fits ~30 min on 2 cores; 1: one after the "

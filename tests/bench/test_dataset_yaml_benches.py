@@ -36,13 +36,13 @@ def _summary(examples_dir: str) -> dict:
         return json.load(f)
 
 
-def _run(main, bench: str, work: str, *argv: str) -> dict:
-    """Runs a bench's main at one seed and epoch; returns the JSON it wrote under work."""
+def _run(main, name: str, work: str, *argv: str) -> dict:
+    """Runs a bench's main at one seed and epoch; returns the JSON `name` it wrote under work."""
     before = _results_mtimes()
     assert main([*argv, "--seeds", "1", "--max_epochs", "1", "--jobs", "1",
                  "--work_dir", work]) == 0
     assert _results_mtimes() == before  # bench/results/ untouched
-    with open(os.path.join(work, f"{bench}-my_clicks.json"), encoding="utf-8") as f:
+    with open(os.path.join(work, name), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -54,7 +54,7 @@ RANKING_MODEL = "lr"
 
 
 def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
-    report = _run(ranking_bench.main, "ranking", str(tmp_path / "work"),
+    report = _run(ranking_bench.main, "ranking-my_clicks.json", str(tmp_path / "work"),
                   "--datasets", my_clicks, "--models", RANKING_MODEL, "--quick")
     meta = report["my_clicks"]["_meta"]
     written = _summary(meta["examples_dir"])["examples"]["ranking"]
@@ -67,7 +67,8 @@ def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
 
 
 def test_recall_bench_on_a_dataset_yaml(my_clicks, tmp_path):
-    report = _run(recall_bench.main, "recall", str(tmp_path / "work"),
+    # Two of the models: a subset's JSON is named so (recall_bench.parse_args).
+    report = _run(recall_bench.main, "recall-models-my_clicks.json", str(tmp_path / "work"),
                   "--datasets", my_clicks, "--models", "most_popular,two_tower")
     data = report["my_clicks"]["_data"]
     written = _summary(data["sessionized"])["examples"]["retrieval"]
