@@ -61,17 +61,21 @@ def dataset_key(spec: str) -> str:
     return spec if spec in datasets.DATASETS else dataset_file.load(spec).name
 
 
-def default_out(specs: Sequence[str], results_json: str, work_dir: str, bench: str) -> str:
+def default_out(specs: Sequence[str], results_json: str, work_dir: str, bench: str,
+                partial: str = "") -> str:
     """Where a bench writes its JSON when --out is not given.
 
-    A run of every built-in dataset is the recorded result (results_json,
-    under bench/results/); a run of some of them, or of any other data, goes
-    under work_dir, outside the tracked files, named after its datasets, so
-    that `--datasets movielens` does not replace both datasets' record with one.
+    A full run of every built-in dataset is the recorded result (results_json,
+    under bench/results/). Anything less goes under work_dir, outside the
+    tracked files, named after its datasets, so it never replaces the record:
+    some of the built-in datasets (`--datasets movielens` would otherwise
+    replace both datasets' record with one), other data, or a run the bench
+    calls `partial` (e.g. "quick", "models", "hparams": part of the name).
     """
-    if sorted(set(specs)) == sorted(datasets.DATASETS):
+    if not partial and sorted(set(specs)) == sorted(datasets.DATASETS):
         return results_json
-    return os.path.join(work_dir, f"{bench}-{'+'.join(dataset_key(s) for s in specs)}.json")
+    tag = f"{partial}-" if partial else ""
+    return os.path.join(work_dir, f"{bench}-{tag}{'+'.join(dataset_key(s) for s in specs)}.json")
 
 
 def job_digest() -> str:

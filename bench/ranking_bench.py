@@ -756,8 +756,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="TensorFlow intra/inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--work_dir", default=os.path.join("work", "bench_ranking"))
     parser.add_argument("--out", default=None,
-                        help="the JSON (default: bench/results/ranking.json for both built-in "
-                             "datasets, <work_dir>/ranking-<names>.json for any other)")
+                        help="the JSON (default: bench/results/ranking.json for a full run of "
+                             "both built-in datasets and the core models; otherwise "
+                             "<work_dir>/ranking-[quick-|models-]<names>.json)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.num_events = args.num_events or (60_000 if args.quick else 100_000)
@@ -767,8 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dataset in datasets:
         if (problem := parallel.dataset_spec_error(dataset)) is not None:
             parser.error(problem)
+    # A smoke run or a run without every core model must not replace the recorded JSON.
+    partial = "quick" if args.quick else "" if set(CORE) <= set(names) else "models"
     args.out = args.out or parallel.default_out(
-        datasets, os.path.join("bench", "results", "ranking.json"), args.work_dir, "ranking")
+        datasets, os.path.join("bench", "results", "ranking.json"), args.work_dir, "ranking",
+        partial)
     parallel.set_tf_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()

@@ -905,15 +905,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if (problem := parallel.dataset_spec_error(spec)) is not None:
             parser.error(problem)
     args.dataset_list = _names(args.datasets, specs, "datasets", parser)
+    # An ablation, a smoke run or a subset of the models is not the recorded
+    # result (and must not replace it).
     partial = "hparams" if args.hparams else "quick" if args.quick else (
         "models" if args.model_list != list(MODELS) else "")
-    if args.out is None and partial:
-        # An ablation, a smoke run or a subset of the models is not the recorded
-        # result (and must not replace it): it goes under work_dir.
-        args.out = os.path.join(args.work_dir, "recall-{}-{}.json".format(
-            partial, "+".join(parallel.dataset_key(s) for s in args.dataset_list)))
     args.out = args.out or parallel.default_out(args.dataset_list, RESULTS, args.work_dir,
-                                                "recall")
+                                                "recall", partial)
     return args
 
 

@@ -54,7 +54,8 @@ RANKING_MODEL = "lr"
 
 
 def test_ranking_bench_on_a_dataset_yaml(my_clicks, tmp_path):
-    report = _run(ranking_bench.main, "ranking-my_clicks.json", str(tmp_path / "work"),
+    # --quick: a smoke run's JSON is named so (parallel.default_out's partial).
+    report = _run(ranking_bench.main, "ranking-quick-my_clicks.json", str(tmp_path / "work"),
                   "--datasets", my_clicks, "--models", RANKING_MODEL, "--quick")
     meta = report["my_clicks"]["_meta"]
     written = _summary(meta["examples_dir"])["examples"]["ranking"]

@@ -50,9 +50,13 @@ def test_dataset_key_and_default_out(my_clicks):
                                 "ranking") == "bench/results/r.json"
     assert parallel.default_out(["synthetic", my_clicks], "bench/results/r.json", "work/b",
                                 "ranking") == "work/b/ranking-synthetic+my_clicks.json"
-    # One of the two built-in datasets does not replace the record of both.
+    # One of the two built-in datasets does not replace the record of both, nor does a run
+    # the bench calls partial.
     assert parallel.default_out(["movielens"], "bench/results/r.json", "work/b",
                                 "ranking") == "work/b/ranking-movielens.json"
+    assert parallel.default_out(["synthetic", "movielens"], "bench/results/r.json", "work/b",
+                                "ranking", "quick") == (
+        "work/b/ranking-quick-synthetic+movielens.json")
 
 
 def test_sessionize_once_on_a_dataset_yaml(my_clicks, tmp_path):
