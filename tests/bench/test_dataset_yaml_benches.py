@@ -112,7 +112,10 @@ def test_funnel_bench_on_a_dataset_yaml(my_clicks, tmp_path):
     assert set(figures["_targets"]) == {"final_hr@10_ge_best_channel", "final_hr@10_ge_als"}
     assert all(0.0 <= figures[k]["all"]["hr@10"] <= figures[k]["all"]["hr@50"] <= 1.0
                for k in ("final", "merged_candidates"))
-    assert os.path.exists(os.path.join(work, "quick", "my_clicks", "serving", "blend.json"))
+    # The blend `make serve` would read is the one the JSON reports.
+    with open(os.path.join(work, "quick", "my_clicks", "serving", "blend.json"),
+              encoding="utf-8") as f:
+        assert json.load(f)["weights"] == figures["_blend"]["weights"]
 
 
 def _popularity_bounds(examples_dir: str, k: int = 50) -> dict[str, tuple[float, float]]:
