@@ -1,5 +1,5 @@
 """feedrec: a TFX pipeline for a two-stage (recall, ranking) feed recommender."""
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="feedrec",
@@ -10,6 +10,9 @@ setup(
     packages=find_packages(include=["feature_contract*", "beam_jobs*", "models*", "components*", "pipelines*",
                                     "serving*", "bench*"]),
     package_data={"feature_contract": ["configs/*.yaml"]},
+    # The sessionize job's per-event loops in C (beam_jobs/compiled.py). optional:
+    # without a compiler the install goes on and the job runs the same loops in Python.
+    ext_modules=[Extension("beam_jobs._fastloops", ["beam_jobs/_fastloops.c"], optional=True)],
     # Pinned versions live in requirements.lock (installed by `make install`);
     # tfx, ml-pipelines-sdk and ml-metadata go in with --no-deps (see README).
     install_requires=[

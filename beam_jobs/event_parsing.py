@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from feature_contract import feature_config as fc
+from beam_jobs import compiled as compiled_loops
 from beam_jobs import raw_io
 from beam_jobs.example_encoding import encode_value
 
@@ -207,10 +208,15 @@ class EventParser:
     event carries a fifth field, the impression id as a str ("" when
     missing): (ts, event_code, item, context_values, impression_id). The
     four-field shape stays the default so the common case pays nothing.
+
+    `compiled` picks `parse_batch`'s loop: None = the compiled one when built
+    (beam_jobs.compiled), False = the Python one, True = the compiled one
+    or ImportError. Both give the same results.
     """
 
-    def __init__(self, config: fc.FeatureConfig):
+    def __init__(self, config: fc.FeatureConfig, compiled: bool | None = None):
         self._config = config
+        self._compiled = compiled_loops.wanted(compiled)
         self._event_codes = {raw: _EVENT_CODE[canon]
                              for raw, canon in config.event_values.items()}
         self._context = config.by_source(fc.SOURCE_EVENTS)
@@ -285,6 +291,9 @@ class EventParser:
         intern_context = contexts.setdefault if len(contexts) < _MAX_INTERNED_CONTEXTS else None
         parsed: list[tuple] = []
         rejected: list[tuple] = []
+        if fast and self._compiled:
+            rejected = self._parse_compiled(records, parsed)
+            return parsed, rejected
         for record in records:
             if fast and record.__class__ is bytes:
                 try:
@@ -318,6 +327,65 @@ class EventParser:
                 rejected.append((rej, record))
         return parsed, rejected
 
+    def parse_into(self, records: Iterable[Any], pending: dict[str, list]
+                   ) -> list[tuple]:
+        """`parse_batch`, each parsed event appended to pending[user] instead.
+
+        pending maps user -> list of events (new users are added in the order
+        they first appear, as `parse_batch` would list them); the sessionize
+        job collects its events per user this way without the (user, event)
+        pairs. Returns the rejects [(Reject, record)], in order.
+        """
+        if self._unit_seconds and self._compiled:
+            return self._parse_compiled(records, pending)
+        parsed, rejected = self.parse_batch(records)
+        for user, event in parsed:
+            events = pending.get(user)
+            if events is None:
+                events = pending[user] = []
+            events.append(event)
+        return rejected
+
+    def _parse_compiled(self, records: Iterable[Any], sink: list | dict) -> list[tuple]:
+        """`parse_batch`'s loop, compiled (beam_jobs/_fastloops.c: parse_events).
+
+        sink: a list of (user, event) pairs or a dict user -> events, appended to.
+        """
+        config = self._config
+        contexts = self._contexts
+        rejected: list[tuple] = []
+        parse = self.parse
+        if sink.__class__ is list:
+            def slow(record: Any) -> None:
+                try:
+                    sink.append(parse(record))
+                except Reject as rej:
+                    rejected.append((rej, record))
+        else:
+            def slow(record: Any) -> None:
+                try:
+                    user, event = parse(record)
+                except Reject as rej:
+                    rejected.append((rej, record))
+                    return
+                events = sink.get(user)
+                if events is None:
+                    events = sink[user] = []
+                events.append(event)
+
+        compiled_loops.module().parse_events(
+            records, _loads, config.user_column, config.item_column, config.event_column,
+            config.timestamp_column, config.min_timestamp, config.max_timestamp,
+            self._event_codes, self._context_norms,
+            contexts if len(contexts) < _MAX_INTERNED_CONTEXTS else None,
+            self._id_column, _to_str, slow, sink)
+        return rejected
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this parser runs the compiled loops (see `beam_jobs.compiled`)."""
+        return self._compiled
+
     def event_record(self, user: str, event: tuple) -> dict[str, Any]:
         """A parsed event back as a row (for join-failure dead letters)."""
         config = self._config
@@ -329,6 +397,20 @@ class EventParser:
         for spec, value in zip(self._context, context):
             row[spec.raw_column] = list(value) if isinstance(value, tuple) else value
         return row
+
+
+def known_times(events: list[tuple], items: Any, keep: bool) -> tuple | None:
+    """The timestamps of the events whose item is in `items` (all when None).
+
+    Returns (smallest, largest, the timestamps in event order if `keep` else
+    None), or None when no event's item is known. `_fastloops.known_times`
+    is its compiled twin.
+    """
+    known = ([event[0] for event in events] if items is None
+             else [event[0] for event in events if event[2] in items])
+    if not known:
+        return None
+    return min(known), max(known), (known if keep else None)
 
 
 def _id_order(event: tuple) -> tuple:

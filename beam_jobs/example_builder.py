@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from feature_contract import feature_config as fc
+from beam_jobs import compiled as compiled_loops
 from beam_jobs.event_parsing import (
     _CLICK, _DERIVED_ON_EVENT, _EVENT_NAME, _FOLLOW, _IMPRESSION, SideRowInfo, _derive,
     _numeric_default, _vocab_values)
 from beam_jobs.example_encoding import (
     _bytes_entry_from_pieces, _bytes_piece, _varint, bytes_entry, encode_value, example_bytes,
-    float_entry_maker, int64_entry, int64_entry_maker)
+    float_entry, float_entry_maker, int64_entry, int64_entry_maker)
 
 
 # b"\n" + varint(n): the head of a serialized tf.Example whose body is n bytes.
@@ -40,11 +41,15 @@ class UserExampleBuilder:
     """Builds every example of one user from the user's accepted events.
 
     Pure Python so the hot loop can be tested without a pipeline; the DoFn
-    below only feeds it and forwards its outputs.
+    below only feeds it and forwards its outputs. `compiled` picks the
+    per-event loop as `EventParser` does (None = the compiled one when
+    built); both write the same bytes.
     """
 
-    def __init__(self, config: fc.FeatureConfig):
+    def __init__(self, config: fc.FeatureConfig, compiled: bool | None = None):
         self._config = config
+        self._compiled = compiled_loops.wanted(compiled)
+        self._consts: tuple | None = None
         self._gap = float(config.session_gap_seconds)
         self._window = float(config.attribution_window)
         self._with_ids = config.impression_id_column is not None
@@ -83,6 +88,30 @@ class UserExampleBuilder:
         only_age = self._age_makers[0] if len(self._age_makers) == 1 else (None, None)
         self._age_fast = ((only_age[1], _numeric_default(only_age[0]))
                           if only_age[1] is not None else None)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this builder runs the compiled loop (see `beam_jobs.compiled`)."""
+        return self._compiled
+
+    def _compiled_consts(self) -> tuple:
+        """What the compiled loop reads from the builder (made on first use)."""
+        if self._consts is None:
+            ts_key = fc.TIMESTAMP_KEY.encode()
+            # The timestamp entry before its varint, per varint length (1..9 bytes).
+            ts_prefixes = (b"",) + tuple(
+                int64_entry(ts_key, [v])[:-length] for length, v in enumerate(
+                    [0] + [1 << (7 * k) for k in range(1, 9)], start=1))
+            age_prefix, age_default = None, 0.0
+            if self._age_fast is not None:
+                spec = self._age_makers[0][0]
+                age_prefix = float_entry(spec.name.encode(), [0.0])[:-4]
+                age_default = float(self._age_fast[1])
+            self._consts = (self._gap, self._history_key, self._history_len,
+                            self._context_cache, self._context_entries, self._derived_values,
+                            self._derived_cache, self._labels[(0, 0)], age_prefix, age_default,
+                            ts_prefixes, self._close_session, b"")
+        return self._consts
 
     def _context_entries(self, context: tuple, derived: tuple) -> bytes:
         key = (context, derived)
@@ -145,7 +174,6 @@ class UserExampleBuilder:
         data that eval's new items contradict.
         """
         split_at = math.inf if split_ts is None else split_ts
-        gap = self._gap
         user_key = bytes_entry(fc.USER_KEY.encode(), [user.encode()])
         new_user = self._new_user[1 if events[0][0] >= split_at else 0]
         per_user = user_key + new_user
@@ -155,10 +183,74 @@ class UserExampleBuilder:
         else:
             target = attribute_by_time(events, split_at, self._window)
         label_of = self._impression_labels(events, target, split_at, counts)
-        no_label = self._labels[(0, 0)]
         click_ts = [e[0] for e in events if e[1] == _CLICK]
         item_piece = self._item_piece
         click_pieces = [item_piece(e[2]) for e in events if e[1] == _CLICK]
+
+        context_counter: collections.Counter = collections.Counter()
+        age_values: list[Any] = []
+        tags = self._tags
+        retrieval_out = (outputs[tags[(fc.RETRIEVAL, fc.TRAIN)]],
+                         outputs[tags[(fc.RETRIEVAL, fc.EVAL)]])
+        ranking_out = (outputs[tags[(fc.RANKING, fc.TRAIN)]],
+                       outputs[tags[(fc.RANKING, fc.EVAL)]])
+        args = (events if events.__class__ is list else list(events), split_at, target,
+                label_of, click_ts, click_pieces, items, user_info.entries, per_user, outputs,
+                retrieval_out, ranking_out, counts, item_stats, context_counter)
+        result = None
+        # The compiled loop covers no item_age_hours feature or one numeric
+        # one (the usual setups); it returns None, touching nothing, for any
+        # input outside the shapes it handles.
+        if self._compiled and (self._age_fast or not self._age_specs):
+            result = compiled_loops.module().event_loop(self._compiled_consts(), *args)
+        if result is None:
+            result = self._event_loop(*args, age_values)
+        train_exposures, accepted = result
+        for split_index, split in enumerate(fc.SPLITS):
+            for code, name in _EVENT_NAME.items():
+                if accepted[split_index][code]:
+                    counts[f"accepted.{split}.{name}"] += accepted[split_index][code]
+            if accepted[split_index][_CLICK]:
+                counts[f"examples.{fc.RETRIEVAL}.{split}"] += accepted[split_index][_CLICK]
+            if accepted[split_index][_IMPRESSION]:
+                counts[f"examples.{fc.RANKING}.{split}"] += accepted[split_index][_IMPRESSION]
+        counts["users.with_events"] += 1
+        if events[0][0] >= split_at:
+            counts["users.new_in_eval"] += 1
+        # Vocabulary counts, train split, one per exposure (tags: one per tag).
+        if train_exposures:
+            for name, values in user_info.vocab:
+                counter = vocab[name]
+                for value in values:
+                    counter[value] += train_exposures
+        for (context, derived), n in context_counter.items():
+            for i, name in self._context_vocab:
+                for value in _vocab_values(context[i]):
+                    vocab[name][value] += n
+            for i, name in self._derived_vocab:
+                vocab[name][derived[i]] += n
+        for name, value in age_values:
+            vocab[name][value] += 1
+
+    def _event_loop(self, events: list[tuple], split_at: float, target: Sequence[int],
+                    label_of: Mapping[int, bytes], click_ts: Sequence[float],
+                    click_pieces: Sequence[bytes], items: Mapping[str, SideRowInfo],
+                    user_entries: bytes, per_user: bytes, outputs: Mapping[str, list],
+                    retrieval_out: tuple[list, list], ranking_out: tuple[list, list],
+                    counts: collections.Counter, item_stats: dict[str, list[int]],
+                    context_counter: collections.Counter, age_values: list[Any]
+                    ) -> tuple[int, list[list[int]]]:
+        """The per-event loop of `build`: sessions, item stats and one example per
+        impression / click, appended to ranking_out / retrieval_out[is_eval].
+
+        beam_jobs/_fastloops.c (event_loop) is its compiled twin and must
+        stay byte-for-byte equal to it (tests/beam_jobs/test_compiled_loops.py).
+
+        Returns:
+          (train exposures, accepted[split][event code]); split 0 = train.
+        """
+        gap = self._gap
+        no_label = self._labels[(0, 0)]
 
         history_key, history_len = self._history_key, self._history_len
         history_entry = b""
@@ -171,9 +263,6 @@ class UserExampleBuilder:
         # accepted[split][code], examples[split][kind]; split 0 = train.
         accepted = [[0, 0, 0], [0, 0, 0]]
         train_exposures = 0
-        context_counter: collections.Counter = collections.Counter()
-        age_values: list[Any] = []
-        tags = self._tags
         age_specs = self._age_specs
         # One numeric item_age_hours feature (the usual case) is encoded
         # inline; other age setups take the general `_append_age`.
@@ -184,11 +273,6 @@ class UserExampleBuilder:
         derived_cache = self._derived_cache
         timestamp_entry = self._timestamp_entry
         heads = _EXAMPLE_HEADS
-        user_entries = user_info.entries
-        retrieval_out = (outputs[tags[(fc.RETRIEVAL, fc.TRAIN)]],
-                         outputs[tags[(fc.RETRIEVAL, fc.EVAL)]])
-        ranking_out = (outputs[tags[(fc.RANKING, fc.TRAIN)]],
-                       outputs[tags[(fc.RANKING, fc.EVAL)]])
         for index, (ts, code, item, context) in enumerate(events):
             is_eval = ts >= split_at
             # Sessions: cut on an idle gap > threshold or at the split time.
@@ -259,31 +343,7 @@ class UserExampleBuilder:
             else:
                 ranking_out[is_eval].append(example)
         self._close_session(session_items, session_start, prev_eval, per_user, outputs, counts)
-        for split_index, split in enumerate(fc.SPLITS):
-            for code, name in _EVENT_NAME.items():
-                if accepted[split_index][code]:
-                    counts[f"accepted.{split}.{name}"] += accepted[split_index][code]
-            if accepted[split_index][_CLICK]:
-                counts[f"examples.{fc.RETRIEVAL}.{split}"] += accepted[split_index][_CLICK]
-            if accepted[split_index][_IMPRESSION]:
-                counts[f"examples.{fc.RANKING}.{split}"] += accepted[split_index][_IMPRESSION]
-        counts["users.with_events"] += 1
-        if events[0][0] >= split_at:
-            counts["users.new_in_eval"] += 1
-        # Vocabulary counts, train split, one per exposure (tags: one per tag).
-        if train_exposures:
-            for name, values in user_info.vocab:
-                counter = vocab[name]
-                for value in values:
-                    counter[value] += train_exposures
-        for (context, derived), n in context_counter.items():
-            for i, name in self._context_vocab:
-                for value in _vocab_values(context[i]):
-                    vocab[name][value] += n
-            for i, name in self._derived_vocab:
-                vocab[name][derived[i]] += n
-        for name, value in age_values:
-            vocab[name][value] += 1
+        return train_exposures, accepted
 
     def _impression_labels(self, events: Sequence[tuple], target: Sequence[int],
                            split_at: float, counts: collections.Counter) -> dict[int, bytes]:

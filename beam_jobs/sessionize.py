@@ -145,6 +145,7 @@ from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 from feature_contract import feature_config as fc
+from beam_jobs import compiled as compiled_loops
 from beam_jobs import raw_io, run_report, splits
 # The parsing, encoding and building pieces live in their own modules; their
 # public names are re-exported here, the job's historical import path.
@@ -152,7 +153,8 @@ from beam_jobs.event_parsing import (
     BAD_TIMESTAMP, DUPLICATE, DUPLICATE_KEY, EVENT_DEAD_LETTER_REASONS, EVENTS, ITEMS,
     MALFORMED, MISSING_ID, MISSING_KEY, OUT_OF_RANGE, SIDE_DEAD_LETTER_REASONS, UNKNOWN_EVENT,
     UNKNOWN_ITEM, UNKNOWN_USER, USERS, _CLICK, _IMPRESSION, EventParser, Reject, SideRowInfo,
-    SideTableParser, _as_record, normalize_value, normalizer, parse_timestamp, sort_and_dedupe)
+    SideTableParser, _as_record, known_times, normalize_value, normalizer, parse_timestamp,
+    sort_and_dedupe)
 from beam_jobs.example_builder import UserExampleBuilder, _example_tag
 from beam_jobs.example_encoding import (
     bytes_entry, encode_value, example_bytes, float_entry, float_entry_maker, int64_entry,
@@ -388,11 +390,8 @@ class _ParseEventsFn(_CountingDoFn):
         records = _records(element)
         by_user: dict[str, bytes] = {}
         with _gc_paused():
-            parsed, rejected = self._parser.parse_batch(records)
-            pending = self._pending
-            for user, event in parsed:
-                pending[user].append(event)
-            self._pending_events += len(parsed)
+            rejected = self._parser.parse_into(records, self._pending)
+            self._pending_events += len(records) - len(rejected)
             if self._pending_events >= GROUP_FLUSH_EVENTS:
                 by_user = self._group_by_user()
         for rej, record in rejected:
@@ -413,13 +412,15 @@ class _ParseEventsFn(_CountingDoFn):
         if self._emit_item_ids:
             self._item_ids.update(event[2] for events in by_user.values() for event in events)
         spans = self._spans
+        times_of = (compiled_loops.module().known_times if self._parser.compiled
+                    else known_times)
+        keep = self._keep_times
         for user, events in by_user.items():
-            known = ([event[0] for event in events] if items is None
-                     else [event[0] for event in events if event[2] in items])
-            if known and self._keep_times:
-                self._times[user] += known
-            if known:
-                lo, hi = min(known), max(known)
+            summary = times_of(events, items, keep)
+            if summary is not None:
+                lo, hi, known = summary
+                if keep:
+                    self._times[user] += known
                 span = spans.get(user)
                 if span is None:
                     spans[user] = [lo, hi]
@@ -738,9 +739,16 @@ class _BuildExamplesFn(_JoinDedupeFn):
         """Timestamps of the user's train examples: impressions, clicks, sessions."""
         limit = math.inf if split_at is None else split_at
         times = self._train_times
-        times[fc.RANKING].extend([int(e[0]) for e in events
-                                  if e[1] == _IMPRESSION and e[0] < limit])
-        times[fc.RETRIEVAL].extend([int(e[0]) for e in events if e[1] == _CLICK and e[0] < limit])
+        packed = (compiled_loops.module().train_times(events, limit)
+                  if self._builder.compiled and events.__class__ is list else None)
+        if packed is not None:  # the lists below as int64 bytes, from one C pass
+            times[fc.RANKING].frombytes(packed[0])
+            times[fc.RETRIEVAL].frombytes(packed[1])
+        else:
+            times[fc.RANKING].extend([int(e[0]) for e in events
+                                      if e[1] == _IMPRESSION and e[0] < limit])
+            times[fc.RETRIEVAL].extend([int(e[0]) for e in events
+                                        if e[1] == _CLICK and e[0] < limit])
         times[fc.ITEM2VEC].extend(self._builder.train_session_starts)
         self._builder.train_session_starts.clear()
 

@@ -1,0 +1,51 @@
+"""The optional compiled per-event loops of the sessionize job.
+
+`beam_jobs/_fastloops.c` holds C translations of the two loops that run once
+per raw event (the JSON-line fast path of `EventParser.parse_batch` and the
+per-event loop of `UserExampleBuilder.build`). setup.py builds it when a C
+compiler is present (`make install` on a machine with gcc); without one the
+build skips it and the job runs its Python twins, which write the same bytes
+(tests/beam_jobs/test_compiled_loops.py) only slower. FEEDREC_PURE_PYTHON=1
+turns the compiled loops off for a run.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+ENV_PURE_PYTHON = "FEEDREC_PURE_PYTHON"
+
+try:
+    from beam_jobs import _fastloops as _MODULE
+except ImportError:  # not built (no compiler at install time): the Python loops run
+    _MODULE = None
+
+
+def available() -> bool:
+    """Whether the compiled loops were built for this interpreter."""
+    return _MODULE is not None
+
+
+def wanted(use: bool | None) -> bool:
+    """Whether a parser / builder asked with `use` runs the compiled loops.
+
+    Args:
+      use: None = when built and FEEDREC_PURE_PYTHON is unset; False = never;
+        True = always (the equality tests).
+
+    Raises:
+      ImportError: use=True and the module was not built.
+    """
+    if use is None:
+        return _MODULE is not None and os.environ.get(ENV_PURE_PYTHON, "") in ("", "0")
+    if use and _MODULE is None:
+        raise ImportError("beam_jobs._fastloops is not built: reinstall with a C compiler "
+                          "(pip install -e . builds it)")
+    return bool(use)
+
+
+def module() -> ModuleType:
+    """The compiled module (call only after `wanted` returned True)."""
+    assert _MODULE is not None
+    return _MODULE
