@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -51,17 +52,6 @@ static PyObject *strip_str(PyObject *s) {
     return PyObject_CallMethod(s, "strip", NULL);
 }
 
-/* dict.get(key) as a new reference (None when missing); NULL on error. */
-static PyObject *dict_get(PyObject *dict, PyObject *key) {
-    PyObject *value = PyDict_GetItemWithError(dict, key);
-    if (value == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        value = Py_None;
-    }
-    Py_INCREF(value);
-    return value;
-}
-
 /* ---- EventParser fast path ---------------------------------------------- */
 
 /* Whether t holds only objects the collector does not track (str, float,
@@ -77,57 +67,195 @@ static int atomic_tuple(PyObject *t) {
     return 1;
 }
 
+/* What parse_events reads per record: the columns it needs (user, item,
+ * event, timestamp, the context columns in order, then the impression id
+ * column when there is one), as str objects for dict lookups and as bytes
+ * for the flat-line scanner. */
+typedef struct {
+    PyObject *loads, *codes, *norms, *contexts, *to_str;
+    double lo, hi;
+    int with_id;
+    Py_ssize_t n_cols;
+    PyObject **names;     /* borrowed str objects */
+    const char **cnames;  /* their UTF-8, borrowed from the str objects */
+    Py_ssize_t *lens;
+    PyObject **values;    /* per record: new references or NULL (missing) */
+} ParseCtx;
+
+enum { COL_USER, COL_ITEM, COL_EVENT, COL_TS, COL_CONTEXT };
+
+static void clear_values(ParseCtx *ctx) {
+    for (Py_ssize_t k = 0; k < ctx->n_cols; k++) Py_CLEAR(ctx->values[k]);
+}
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A JSON string of printable ASCII without escapes, p at the opening quote.
+ * Returns the position after the closing quote, or NULL (anything else). */
+static const char *scan_plain_string(const char *p, const char *end) {
+    p++;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') return p + 1;
+        if (c < 0x20 || c > 0x7E || c == '\\') return NULL;
+        p++;
+    }
+    return NULL;
+}
+
+/* Reads one record as a flat JSON object of printable ASCII: string keys
+ * and values without escapes, integers of at most 18 digits, true, false,
+ * null. Fills ctx->values for the columns it needs. Returns 1 when the
+ * whole record is such an object (so orjson would return the same values),
+ * 0 for anything else (floats, escapes, non-ASCII, nesting, a needed key
+ * twice, malformed text): then orjson reads it, and decides what is
+ * malformed. -1 on a Python error. Values are cleared unless it returns 1. */
+static int scan_flat(const char *p, Py_ssize_t size, ParseCtx *ctx) {
+    const char *end = p + size;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        p = skip_ws(p + 1, end);
+        return p == end;
+    }
+    for (;;) {
+        if (p >= end || *p != '"') goto fallback;
+        const char *key = p + 1;
+        const char *after = scan_plain_string(p, end);
+        if (after == NULL) goto fallback;
+        Py_ssize_t key_len = after - 1 - key;
+        p = skip_ws(after, end);
+        if (p >= end || *p != ':') goto fallback;
+        p = skip_ws(p + 1, end);
+        if (p >= end) goto fallback;
+        Py_ssize_t col = -1;
+        for (Py_ssize_t k = 0; k < ctx->n_cols; k++) {
+            if (ctx->lens[k] == key_len && memcmp(ctx->cnames[k], key, key_len) == 0) {
+                col = k;
+                break;
+            }
+        }
+        if (col >= 0 && ctx->values[col] != NULL) goto fallback;  /* a needed key twice */
+        PyObject *value = NULL;
+        char c = *p;
+        if (c == '"') {
+            const char *start = p + 1;
+            after = scan_plain_string(p, end);
+            if (after == NULL) goto fallback;
+            if (col >= 0) {
+                value = PyUnicode_DecodeASCII(start, after - 1 - start, NULL);
+                if (value == NULL) goto error;
+            }
+            p = after;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            const char *start = p;
+            int negative = c == '-';
+            if (negative) p++;
+            if (p >= end || *p < '0' || *p > '9') goto fallback;
+            if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') goto fallback;
+            long long number = 0;
+            int digits = 0;
+            while (p < end && *p >= '0' && *p <= '9') {
+                number = number * 10 + (*p - '0');
+                p++;
+                if (++digits > 18) goto fallback;
+            }
+            if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) goto fallback;
+            (void)start;
+            if (col >= 0) {
+                value = PyLong_FromLongLong(negative ? -number : number);
+                if (value == NULL) goto error;
+            }
+        } else if (c == 't' && end - p >= 4 && memcmp(p, "true", 4) == 0) {
+            value = Py_True;
+            p += 4;
+            Py_INCREF(value);
+        } else if (c == 'f' && end - p >= 5 && memcmp(p, "false", 5) == 0) {
+            value = Py_False;
+            p += 5;
+            Py_INCREF(value);
+        } else if (c == 'n' && end - p >= 4 && memcmp(p, "null", 4) == 0) {
+            value = Py_None;
+            p += 4;
+            Py_INCREF(value);
+        } else {
+            goto fallback;  /* arrays, objects, anything malformed */
+        }
+        if (col >= 0) ctx->values[col] = value;
+        else Py_XDECREF(value);
+        p = skip_ws(p, end);
+        if (p >= end) goto fallback;
+        if (*p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (*p != '}') goto fallback;
+        p = skip_ws(p + 1, end);
+        if (p != end) goto fallback;
+        return 1;
+    }
+fallback:
+    clear_values(ctx);
+    return 0;
+error:
+    clear_values(ctx);
+    return -1;
+}
+
 /* One record's fast path. Returns 1 (appended to parsed), 0 (not the common
  * shape: the caller takes the slow path) or -1 (error set). */
-static int parse_one(PyObject *record, PyObject *loads, PyObject *user_col, PyObject *item_col,
-                     PyObject *event_col, PyObject *ts_col, double lo, double hi,
-                     PyObject *codes, PyObject *norms, PyObject *contexts, PyObject *id_col,
-                     PyObject *to_str, PyObject *parsed) {
+static int parse_one(PyObject *record, ParseCtx *ctx, PyObject *parsed) {
     int result = 0;
-    PyObject *row = NULL, *user = NULL, *item = NULL, *raw_event = NULL, *raw_ts = NULL;
+    PyObject *row = NULL, *user = NULL, *item = NULL;
     PyObject *context = NULL, *event = NULL, *pair = NULL, *ts_obj = NULL;
+    PyObject **values = ctx->values;
     if (!PyBytes_CheckExact(record)) return 0;
-    row = PyObject_CallOneArg(loads, record);
-    if (row == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
-        PyErr_Clear();
-        return 0;
+    int scanned = scan_flat(PyBytes_AS_STRING(record), PyBytes_GET_SIZE(record), ctx);
+    if (scanned < 0) return -1;
+    if (scanned == 0) {
+        row = PyObject_CallOneArg(ctx->loads, record);
+        if (row == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+            PyErr_Clear();
+            return 0;
+        }
+        if (!PyDict_CheckExact(row)) goto done;
+        for (Py_ssize_t k = 0; k < ctx->n_cols; k++) {
+            PyObject *v = PyDict_GetItemWithError(row, ctx->names[k]);
+            if (v == NULL && PyErr_Occurred()) { result = -1; goto done; }
+            Py_XINCREF(v);
+            values[k] = v;
+        }
     }
-    if (!PyDict_CheckExact(row)) goto done;
-    if (!(user = dict_get(row, user_col)) || !(item = dict_get(row, item_col)) ||
-        !(raw_event = dict_get(row, event_col)) || !(raw_ts = dict_get(row, ts_col))) {
+    PyObject *raw_event = values[COL_EVENT], *raw_ts = values[COL_TS];
+    if (values[COL_USER] == NULL || !PyUnicode_CheckExact(values[COL_USER]) ||
+        values[COL_ITEM] == NULL || !PyUnicode_CheckExact(values[COL_ITEM]) ||
+        raw_event == NULL || !PyUnicode_CheckExact(raw_event) ||
+        raw_ts == NULL || !PyLong_CheckExact(raw_ts))
+        goto done;
+    if ((user = strip_str(values[COL_USER])) == NULL || (item = strip_str(values[COL_ITEM])) == NULL) {
         result = -1;
         goto done;
     }
-    if (!PyUnicode_CheckExact(user) || !PyUnicode_CheckExact(item) ||
-        !PyUnicode_CheckExact(raw_event) || !PyLong_CheckExact(raw_ts))
-        goto done;
-    {
-        PyObject *stripped = strip_str(user);
-        Py_SETREF(user, stripped);
-        if (user == NULL) { result = -1; goto done; }
-        stripped = strip_str(item);
-        Py_SETREF(item, stripped);
-        if (item == NULL) { result = -1; goto done; }
-    }
-    PyObject *code = PyDict_GetItemWithError(codes, raw_event);  /* borrowed */
+    PyObject *code = PyDict_GetItemWithError(ctx->codes, raw_event);  /* borrowed */
     if (code == NULL && PyErr_Occurred()) { result = -1; goto done; }
     double ts = PyLong_AsDouble(raw_ts);
     if (ts == -1.0 && PyErr_Occurred()) { result = -1; goto done; }
     if (PyUnicode_GET_LENGTH(user) == 0 || PyUnicode_GET_LENGTH(item) == 0 || code == NULL ||
-        !(lo <= ts && ts < hi))
+        !(ctx->lo <= ts && ts < ctx->hi))
         goto done;
-    Py_ssize_t n_norms = PyList_GET_SIZE(norms);
+    Py_ssize_t n_norms = PyList_GET_SIZE(ctx->norms);
     context = PyTuple_New(n_norms);
     if (context == NULL) { result = -1; goto done; }
     for (Py_ssize_t i = 0; i < n_norms; i++) {
         /* (raw column, default, categorical, normalizer) */
-        PyObject *norm = PyList_GET_ITEM(norms, i);
-        PyObject *v = PyDict_GetItemWithError(row, PyTuple_GET_ITEM(norm, 0));
-        if (v == NULL) {
-            if (PyErr_Occurred()) { result = -1; goto done; }
-            v = Py_None;
-        }
+        PyObject *norm = PyList_GET_ITEM(ctx->norms, i);
+        PyObject *v = values[COL_CONTEXT + i];
+        if (v == NULL) v = Py_None;
         PyObject *value;
         if (PyUnicode_CheckExact(v) && PyTuple_GET_ITEM(norm, 2) == Py_True) {
             value = strip_str(v);
@@ -142,21 +270,19 @@ static int parse_one(PyObject *record, PyObject *loads, PyObject *user_col, PyOb
         if (value == NULL) { result = -1; goto done; }
         PyTuple_SET_ITEM(context, i, value);
     }
-    if (contexts != Py_None) {
-        PyObject *shared = PyDict_SetDefault(contexts, context, context);  /* borrowed */
+    if (ctx->contexts != Py_None) {
+        PyObject *shared = PyDict_SetDefault(ctx->contexts, context, context);  /* borrowed */
         if (shared == NULL) { result = -1; goto done; }
         Py_INCREF(shared);
         Py_SETREF(context, shared);
     }
     ts_obj = PyFloat_FromDouble(ts);
     if (ts_obj == NULL) { result = -1; goto done; }
-    if (id_col == Py_None) {
+    if (!ctx->with_id) {
         event = PyTuple_Pack(4, ts_obj, code, item, context);
     } else {
-        PyObject *raw_id = dict_get(row, id_col);
-        if (raw_id == NULL) { result = -1; goto done; }
-        PyObject *impression_id = PyObject_CallOneArg(to_str, raw_id);
-        Py_DECREF(raw_id);
+        PyObject *raw_id = values[COL_CONTEXT + n_norms];
+        PyObject *impression_id = PyObject_CallOneArg(ctx->to_str, raw_id ? raw_id : Py_None);
         if (impression_id == NULL) { result = -1; goto done; }
         event = PyTuple_Pack(5, ts_obj, code, item, context, impression_id);
         Py_DECREF(impression_id);
@@ -166,15 +292,15 @@ static int parse_one(PyObject *record, PyObject *loads, PyObject *user_col, PyOb
      * cycle: untracked now, the collector does not walk the events a bundle
      * holds until its next flush (CPython itself untracks them lazily, but
      * only after walking each once). */
-    if (atomic_tuple(context)) {
+    int atomic = atomic_tuple(context);
+    if (atomic) {
         PyObject_GC_UnTrack(context);
         PyObject_GC_UnTrack(event);
     }
     if (PyList_CheckExact(parsed)) {
         pair = PyTuple_Pack(2, user, event);
         if (pair == NULL) { result = -1; goto done; }
-        if (PyTuple_GET_ITEM(event, 3) == context && atomic_tuple(context))
-            PyObject_GC_UnTrack(pair);
+        if (atomic) PyObject_GC_UnTrack(pair);
         if (PyList_Append(parsed, pair) < 0) { result = -1; goto done; }
     } else {  /* pending: user -> list of events, appended in place */
         PyObject *events = PyDict_GetItemWithError(parsed, user);  /* borrowed */
@@ -195,11 +321,10 @@ static int parse_one(PyObject *record, PyObject *loads, PyObject *user_col, PyOb
     }
     result = 1;
 done:
+    clear_values(ctx);
     Py_XDECREF(row);
     Py_XDECREF(user);
     Py_XDECREF(item);
-    Py_XDECREF(raw_event);
-    Py_XDECREF(raw_ts);
     Py_XDECREF(context);
     Py_XDECREF(event);
     Py_XDECREF(pair);
@@ -212,51 +337,86 @@ PyDoc_STRVAR(parse_events_doc,
 "             contexts, id_col, to_str, slow, parsed) -> None\n\n"
 "The fast path of EventParser.parse_batch compiled: for each record of the common\n"
 "shape appends (user, event) to parsed (a list), or event to parsed[user] (a dict\n"
-"of lists, EventParser.parse_into); calls slow(record) for every other one, in order.");
+"of lists, EventParser.parse_into); calls slow(record) for every other one, in order.\n"
+"Flat ASCII JSON lines are read by a scanner here, anything else by loads (orjson).");
 
 static PyObject *parse_events(PyObject *module, PyObject *args) {
-    PyObject *records, *loads, *user_col, *item_col, *event_col, *ts_col, *codes, *norms;
-    PyObject *contexts, *id_col, *to_str, *slow, *parsed;
-    double lo, hi;
-    if (!PyArg_ParseTuple(args, "OOUUUUddO!O!OOOOO", &records, &loads, &user_col, &item_col,
-                          &event_col, &ts_col, &lo, &hi, &PyDict_Type, &codes, &PyList_Type,
-                          &norms, &contexts, &id_col, &to_str, &slow, &parsed))
+    PyObject *records, *user_col, *item_col, *event_col, *ts_col, *id_col, *slow, *parsed;
+    ParseCtx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    if (!PyArg_ParseTuple(args, "OOUUUUddO!O!OOOOO", &records, &ctx.loads, &user_col, &item_col,
+                          &event_col, &ts_col, &ctx.lo, &ctx.hi, &PyDict_Type, &ctx.codes,
+                          &PyList_Type, &ctx.norms, &ctx.contexts, &id_col, &ctx.to_str, &slow,
+                          &parsed))
         return NULL;
     if (!PyList_CheckExact(parsed) && !PyDict_Check(parsed)) {
         PyErr_SetString(PyExc_TypeError, "parsed must be a list or a dict");
         return NULL;
     }
-    if (contexts != Py_None && !PyDict_CheckExact(contexts)) {
+    if (ctx.contexts != Py_None && !PyDict_CheckExact(ctx.contexts)) {
         PyErr_SetString(PyExc_TypeError, "contexts must be a dict or None");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(norms); i++) {
-        PyObject *norm = PyList_GET_ITEM(norms, i);
-        if (!PyTuple_CheckExact(norm) || PyTuple_GET_SIZE(norm) != 4) {
-            PyErr_SetString(PyExc_TypeError, "norms must hold 4-tuples");
+    if (id_col != Py_None && !PyUnicode_Check(id_col)) {
+        PyErr_SetString(PyExc_TypeError, "id_col must be a str or None");
+        return NULL;
+    }
+    Py_ssize_t n_norms = PyList_GET_SIZE(ctx.norms);
+    for (Py_ssize_t i = 0; i < n_norms; i++) {
+        PyObject *norm = PyList_GET_ITEM(ctx.norms, i);
+        if (!PyTuple_CheckExact(norm) || PyTuple_GET_SIZE(norm) != 4 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(norm, 0))) {
+            PyErr_SetString(PyExc_TypeError, "norms must hold (column, default, categorical, "
+                            "normalizer) tuples");
             return NULL;
         }
     }
-    PyObject *iter = PyObject_GetIter(records);
-    if (iter == NULL) return NULL;
+    ctx.with_id = id_col != Py_None;
+    ctx.n_cols = COL_CONTEXT + n_norms + ctx.with_id;
+    ctx.names = PyMem_Calloc(ctx.n_cols, sizeof(PyObject *));
+    ctx.cnames = PyMem_Calloc(ctx.n_cols, sizeof(char *));
+    ctx.lens = PyMem_Calloc(ctx.n_cols, sizeof(Py_ssize_t));
+    ctx.values = PyMem_Calloc(ctx.n_cols, sizeof(PyObject *));
+    PyObject *result = NULL, *iter = NULL;
+    if (!ctx.names || !ctx.cnames || !ctx.lens || !ctx.values) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    ctx.names[COL_USER] = user_col;
+    ctx.names[COL_ITEM] = item_col;
+    ctx.names[COL_EVENT] = event_col;
+    ctx.names[COL_TS] = ts_col;
+    for (Py_ssize_t i = 0; i < n_norms; i++)
+        ctx.names[COL_CONTEXT + i] = PyTuple_GET_ITEM(PyList_GET_ITEM(ctx.norms, i), 0);
+    if (ctx.with_id) ctx.names[COL_CONTEXT + n_norms] = id_col;
+    for (Py_ssize_t k = 0; k < ctx.n_cols; k++) {
+        ctx.cnames[k] = PyUnicode_AsUTF8AndSize(ctx.names[k], &ctx.lens[k]);
+        if (ctx.cnames[k] == NULL) goto finally;
+    }
+    iter = PyObject_GetIter(records);
+    if (iter == NULL) goto finally;
     PyObject *record;
     while ((record = PyIter_Next(iter)) != NULL) {
-        int ok = parse_one(record, loads, user_col, item_col, event_col, ts_col, lo, hi, codes,
-                           norms, contexts, id_col, to_str, parsed);
+        int ok = parse_one(record, &ctx, parsed);
         if (ok == 0) {
             PyObject *r = PyObject_CallOneArg(slow, record);
             if (r == NULL) ok = -1;
             Py_XDECREF(r);
         }
         Py_DECREF(record);
-        if (ok < 0) {
-            Py_DECREF(iter);
-            return NULL;
-        }
+        if (ok < 0) goto finally;
     }
-    Py_DECREF(iter);
-    if (PyErr_Occurred()) return NULL;
-    Py_RETURN_NONE;
+    if (PyErr_Occurred()) goto finally;
+    result = Py_None;
+    Py_INCREF(result);
+finally:
+    Py_XDECREF(iter);
+    if (ctx.values) clear_values(&ctx);
+    PyMem_Free(ctx.names);
+    PyMem_Free(ctx.cnames);
+    PyMem_Free(ctx.lens);
+    PyMem_Free(ctx.values);
+    return result;
 }
 
 /* ---- UserExampleBuilder per-event loop ---------------------------------- */
@@ -380,9 +540,34 @@ static PyObject *event_loop(PyObject *module, PyObject *args) {
         if (!PyFloat_CheckExact(PyList_GET_ITEM(click_ts, i)) ||
             !PyBytes_CheckExact(PyList_GET_ITEM(click_pieces, i)))
             Py_RETURN_NONE;
+    /* label_of as an array aligned with events (borrowed bytes; NULL = no label):
+     * one C index per impression instead of an int object and a dict lookup. */
+    PyObject **labels = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    if (labels == NULL) return PyErr_NoMemory();
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(label_of, &pos, &key, &value)) {
+            if (!PyLong_CheckExact(key) || !PyBytes_CheckExact(value)) {
+                PyMem_Free(labels);
+                Py_RETURN_NONE;
+            }
+            Py_ssize_t at = PyLong_AsSsize_t(key);
+            if (at == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                PyMem_Free(labels);
+                Py_RETURN_NONE;
+            }
+            if (at >= 0 && at < n) labels[at] = value;
+        }
+    }
+    if (!PyBytes_CheckExact(no_label)) {
+        PyMem_Free(labels);
+        Py_RETURN_NONE;
+    }
 
     PyObject *result = NULL, *session_items = NULL, *history_entry = NULL;
-    PyObject *index_obj = NULL, *context_key = NULL, *context_bytes = NULL;
+    PyObject *context_key = NULL, *context_bytes = NULL;
     PyObject *last_context = NULL;  /* borrowed from events, which outlive the loop */
     long long last_hour = -1;
     long accepted[2][3] = {{0, 0, 0}, {0, 0, 0}};
@@ -441,17 +626,7 @@ static PyObject *event_loop(PyObject *module, PyObject *args) {
         } else {
             exposure = 1;
             if (!is_eval && list_incr(stats, 0) < 0) goto error;
-            Py_XSETREF(index_obj, PyLong_FromSsize_t(index));
-            if (index_obj == NULL) goto error;
-            label = PyDict_GetItemWithError(label_of, index_obj);
-            if (label == NULL) {
-                if (PyErr_Occurred()) goto error;
-                label = no_label;
-            }
-            if (!PyBytes_CheckExact(label)) {
-                PyErr_SetString(PyExc_TypeError, "labels must be bytes");
-                goto error;
-            }
+            label = labels[index] != NULL ? labels[index] : no_label;
         }
         int counted = exposure && !is_eval;
         if (counted) {
@@ -593,9 +768,9 @@ static PyObject *event_loop(PyObject *module, PyObject *args) {
     result = Py_BuildValue("l[[lll][lll]]", train_exposures, accepted[0][0], accepted[0][1],
                            accepted[0][2], accepted[1][0], accepted[1][1], accepted[1][2]);
 error:
+    PyMem_Free(labels);
     Py_XDECREF(session_items);
     Py_XDECREF(history_entry);
-    Py_XDECREF(index_obj);
     Py_XDECREF(context_key);
     Py_XDECREF(context_bytes);
     return result;
@@ -691,11 +866,113 @@ static PyObject *train_times(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* ---- TFRecord framing ----------------------------------------------------- */
+
+/* CRC-32C (Castagnoli), as TFRecord files use: SSE4.2's crc32 instruction
+ * when the CPU has it, else a byte-wise table. */
+static uint32_t crc32c_table[256];
+
+static void crc32c_init_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t crc = i;
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+        crc32c_table[i] = crc;
+    }
+}
+
+static uint32_t crc32c_sw(const unsigned char *p, size_t n) {
+    uint32_t crc = 0xFFFFFFFFu;
+    while (n--) crc = crc32c_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(const unsigned char *p, size_t n) {
+    uint64_t crc = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        crc = _mm_crc32_u64(crc, word);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t crc32 = (uint32_t)crc;
+    while (n--) crc32 = _mm_crc32_u8(crc32, *p++);
+    return crc32 ^ 0xFFFFFFFFu;
+}
+static int have_sse42 = 0;
+#define CRC32C(p, n) (have_sse42 ? crc32c_hw((p), (n)) : crc32c_sw((p), (n)))
+#define DETECT_CRC32C() (have_sse42 = __builtin_cpu_supports("sse4.2"))
+#else
+#define CRC32C(p, n) crc32c_sw((p), (n))
+#define DETECT_CRC32C() ((void)0)
+#endif
+
+static uint32_t masked_crc32c(const unsigned char *p, size_t n) {
+    uint32_t crc = CRC32C(p, n);
+    return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
+}
+
+static void put_u32le(char *out, uint32_t v) {
+    for (int i = 0; i < 4; i++) out[i] = (char)((v >> (8 * i)) & 0xFF);
+}
+
+PyDoc_STRVAR(tfrecord_frames_doc,
+"tfrecord_frames(records) -> bytes\n\n"
+"raw_io.tfrecord_frames compiled: each record framed as TFRecord files hold it\n"
+"(8-byte length, its masked crc32c, the data, the data's masked crc32c).");
+
+static PyObject *tfrecord_frames(PyObject *module, PyObject *records) {
+    if (!PyList_CheckExact(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i);
+        if (!PyBytes_CheckExact(r)) {
+            PyErr_SetString(PyExc_TypeError, "records must be a list of bytes");
+            return NULL;
+        }
+        total += 16 + PyBytes_GET_SIZE(r);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i);
+        uint64_t len = (uint64_t)PyBytes_GET_SIZE(r);
+        for (int k = 0; k < 8; k++) w[k] = (char)((len >> (8 * k)) & 0xFF);
+        put_u32le(w + 8, masked_crc32c((const unsigned char *)w, 8));
+        memcpy(w + 12, PyBytes_AS_STRING(r), len);
+        put_u32le(w + 12 + len, masked_crc32c((const unsigned char *)w + 12, len));
+        w += 16 + len;
+    }
+    return out;
+}
+
+PyDoc_STRVAR(crc32c_doc,
+"crc32c(data, hardware=True) -> int\n\n"
+"CRC-32C of data; hardware=False forces the table path (tests check both).");
+
+static PyObject *crc32c(PyObject *module, PyObject *args) {
+    Py_buffer data;
+    int hardware = 1;
+    if (!PyArg_ParseTuple(args, "y*|p", &data, &hardware)) return NULL;
+    uint32_t crc = hardware ? CRC32C((const unsigned char *)data.buf, (size_t)data.len)
+                            : crc32c_sw((const unsigned char *)data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 static PyMethodDef methods[] = {
     {"parse_events", parse_events, METH_VARARGS, parse_events_doc},
     {"event_loop", event_loop, METH_VARARGS, event_loop_doc},
     {"known_times", known_times, METH_VARARGS, known_times_doc},
     {"train_times", train_times, METH_VARARGS, train_times_doc},
+    {"tfrecord_frames", tfrecord_frames, METH_O, tfrecord_frames_doc},
+    {"crc32c", crc32c, METH_VARARGS, crc32c_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -705,6 +982,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastloops(void) {
+    crc32c_init_table();
+    DETECT_CRC32C();
     one = PyLong_FromLong(1);
     if (one == NULL) return NULL;
     return PyModule_Create(&module);

@@ -37,6 +37,18 @@ def _example_tag(kind: str, split: str) -> str:
     return f"{kind}_{split}"
 
 
+# Summary count names, by split index (0 = train) and event code: built once,
+# not formatted per user.
+_ACCEPTED_KEYS = {(i, code): f"accepted.{split}.{name}"
+                  for i, split in enumerate(fc.SPLITS) for code, name in _EVENT_NAME.items()}
+_EXAMPLE_KEYS = {(i, kind): f"examples.{kind}.{split}"
+                 for i, split in enumerate(fc.SPLITS)
+                 for kind in (fc.RETRIEVAL, fc.RANKING, fc.ITEM2VEC)}
+_LABEL_KEYS = {(i, code): tuple(f"labels.{split}.{_EVENT_NAME[code]}.{name}" for name in (
+                   "attributed", "without_impression", "impressions_labelled"))
+               for i, split in enumerate(fc.SPLITS) for code in (_CLICK, _FOLLOW)}
+
+
 class UserExampleBuilder:
     """Builds every example of one user from the user's accepted events.
 
@@ -206,14 +218,15 @@ class UserExampleBuilder:
         if result is None:
             result = self._event_loop(*args, age_values)
         train_exposures, accepted = result
-        for split_index, split in enumerate(fc.SPLITS):
-            for code, name in _EVENT_NAME.items():
+        for split_index in (0, 1):
+            for code in _EVENT_NAME:
                 if accepted[split_index][code]:
-                    counts[f"accepted.{split}.{name}"] += accepted[split_index][code]
+                    counts[_ACCEPTED_KEYS[(split_index, code)]] += accepted[split_index][code]
             if accepted[split_index][_CLICK]:
-                counts[f"examples.{fc.RETRIEVAL}.{split}"] += accepted[split_index][_CLICK]
+                counts[_EXAMPLE_KEYS[(split_index, fc.RETRIEVAL)]] += accepted[split_index][_CLICK]
             if accepted[split_index][_IMPRESSION]:
-                counts[f"examples.{fc.RANKING}.{split}"] += accepted[split_index][_IMPRESSION]
+                counts[_EXAMPLE_KEYS[(split_index, fc.RANKING)]] += (
+                    accepted[split_index][_IMPRESSION])
         counts["users.with_events"] += 1
         if events[0][0] >= split_at:
             counts["users.new_in_eval"] += 1
@@ -379,13 +392,12 @@ class UserExampleBuilder:
         for code, indices in ((_CLICK, clicked), (_FOLLOW, followed)):
             for index in indices:
                 labelled[events[index][0] >= split_at][code] += 1
-        for split_index, split in enumerate(fc.SPLITS):
+        for split_index in (0, 1):
             for code in (_CLICK, _FOLLOW):
-                prefix = f"labels.{split}.{_EVENT_NAME[code]}."
-                for name, table in (("attributed", attributed), ("without_impression", without),
-                                    ("impressions_labelled", labelled)):
+                for key, table in zip(_LABEL_KEYS[(split_index, code)],
+                                      (attributed, without, labelled)):
                     if table[split_index][code]:
-                        counts[prefix + name] += table[split_index][code]
+                        counts[key] += table[split_index][code]
         labels = self._labels
         return {index: labels[(index in clicked, index in followed)]
                 for index in clicked | followed}
@@ -410,9 +422,9 @@ class UserExampleBuilder:
     def _close_session(self, session_items: list[str], start: float, is_eval: bool,
                        per_user: bytes, outputs: Mapping[str, list],
                        counts: collections.Counter) -> None:
-        split = fc.EVAL if is_eval else fc.TRAIN
         if not session_items:
             return
+        split = fc.EVAL if is_eval else fc.TRAIN
         counts[f"sessions.{split}"] += 1
         if len(session_items) < self._config.min_session_len:
             return
@@ -423,7 +435,7 @@ class UserExampleBuilder:
             per_user]))
         if not is_eval:
             self.train_session_starts.append(start_ts)
-        counts[f"examples.{fc.ITEM2VEC}.{split}"] += 1
+        counts[_EXAMPLE_KEYS[(int(is_eval), fc.ITEM2VEC)]] += 1
 
 
 def attribute_by_time(events: Sequence[tuple], split_at: float, window: float) -> list[int]:

@@ -1,6 +1,6 @@
 """Benchmark of the sessionize job on the DirectRunner.
 
-    python -m bench.sessionize_bench [--events 1000000] [Beam flags...]
+    python -m bench.sessionize_bench [--events 1000000] [--pairs 5] [Beam flags...]
 
 Generates a synthetic click log with `beam_jobs.synthetic.generate` (not
 timed), runs `beam_jobs.sessionize` on it in-process and writes
@@ -8,6 +8,10 @@ bench/results/sessionize.json: throughput, the job's own summary counts and
 peak RSS (this process plus its children, e.g. multi-process workers,
 sampled together), plus CPU seconds per 1M events and the machine's load
 average, since wall time on a shared machine depends on the neighbours.
+Then, with --pairs N (default 5), N more runs each with the compiled
+per-event loops (beam_jobs.compiled) and as pure Python
+(FEEDREC_PURE_PYTHON=1), alternately in fresh processes: both series, their
+medians and the paired difference (`compare_pure`).
 
 Beam flags default to DEFAULT_BEAM_ARGS, the fastest DirectRunner setting
 measured on the 2-core benchmark machine (see that constant); any Beam flag
@@ -27,14 +31,16 @@ import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from feature_contract import feature_config as fc  # noqa: E402
-from beam_jobs import sessionize, synthetic  # noqa: E402
+from beam_jobs import compiled, sessionize, synthetic  # noqa: E402
 from bench import stats  # noqa: E402
 
 # Measured at 1M events (CPU-seconds are load-independent, wall is not):
@@ -181,6 +187,53 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
                             before_job=round(rss_before_mb, 1)),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        # Whether the per-event loops ran compiled (beam_jobs/_fastloops.c) or in Python.
+        "compiled_loops": compiled.wanted(None),
+    }
+
+
+def compare_pure(pairs: int, num_events: int, seed: int, beam_args: list[str],
+                 work_dir: str) -> dict[str, Any]:
+    """Runs the bench `pairs` times compiled and as pure Python, alternately.
+
+    Each run is a fresh process, and the order flips every pair so a drifting
+    machine speed (the same code has measured 58k-83k events/s within minutes
+    here) is shared out evenly. Returns both series, their medians and the
+    paired difference compiled - pure with its 95% interval.
+    """
+    series: dict[str, list[dict[str, Any]]] = {"compiled": [], "pure": []}
+    for i in range(pairs):
+        for mode in (("compiled", "pure") if i % 2 == 0 else ("pure", "compiled")):
+            env = {k: v for k, v in os.environ.items() if k != compiled.ENV_PURE_PYTHON}
+            if mode == "pure":
+                env[compiled.ENV_PURE_PYTHON] = "1"
+            out = os.path.join(work_dir, f"{mode}_{i}.json")
+            subprocess.run([sys.executable, "-m", "bench.sessionize_bench",
+                            "--events", str(num_events), "--seed", str(seed), "--pairs", "0",
+                            "--output", out, *beam_args],
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           env=env, check=True, capture_output=True)
+            with open(out, encoding="utf-8") as f:
+                run = json.load(f)
+            if run["compiled_loops"] != (mode == "compiled"):
+                raise RuntimeError(f"a {mode} run reported compiled_loops="
+                                   f"{run['compiled_loops']}: is the extension built?")
+            series[mode].append({key: run[key] for key in (
+                "seconds", "events_per_s", "cpu_seconds_per_1m_events", "load_average_1min",
+                "peak_rss_mb")})
+    speed = {mode: [r["events_per_s"] for r in runs] for mode, runs in series.items()}
+    cpu = {mode: [r["cpu_seconds_per_1m_events"] for r in runs] for mode, runs in series.items()}
+    return {
+        "pairs": pairs,
+        "order": "compiled first in even pairs, pure first in odd ones; fresh processes",
+        "runs": series,
+        "median_events_per_s": {mode: float(np.median(v)) for mode, v in speed.items()},
+        "median_cpu_seconds_per_1m_events": {mode: float(np.median(v)) for mode, v in cpu.items()},
+        "compiled_minus_pure_events_per_s": stats.paired_difference(speed["compiled"],
+                                                                    speed["pure"]),
+        "compiled_minus_pure_cpu_seconds_per_1m": stats.paired_difference(cpu["compiled"],
+                                                                          cpu["pure"]),
+        "compiled_runs_at_or_above_target": sum(v >= 100_000 for v in speed["compiled"]),
     }
 
 
@@ -190,11 +243,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="kept if given, else a temp dir")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="compiled / pure-Python run pairs after the main run (0: none)")
     args, beam_args = parser.parse_known_args(argv)
     beam_args = beam_args or list(DEFAULT_BEAM_ARGS)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="sessionize_bench_")
     try:
         result = run_bench(args.events, work_dir, beam_args, args.seed)
+        if args.pairs and not compiled.available():
+            result["compiled_vs_pure"] = {
+                "skipped": "beam_jobs._fastloops is not built (no C compiler at install)"}
+        elif args.pairs:
+            result["compiled_vs_pure"] = compare_pure(args.pairs, args.events, args.seed,
+                                                      beam_args, work_dir)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -113,14 +113,20 @@ def _records(config):
     return records
 
 
-@pytest.mark.parametrize("config", [SYNTHETIC, IDS, BARE, MIXED], ids=lambda c: c.name)
-def test_parse_batch_compiled_equals_python(config):
-    records = _records(config) * 2  # again: the second pass meets interned contexts
+def _parse_both(config, records):
+    """parse_batch compiled and in Python; asserts equal events and rejects."""
     got = EventParser(config, compiled=True).parse_batch(records)
     want = EventParser(config, compiled=False).parse_batch(records)
     assert got[0] == want[0]
     assert [(r.reason, str(r), rec) for r, rec in got[1]] == [
         (r.reason, str(r), rec) for r, rec in want[1]]
+    return got, want
+
+
+@pytest.mark.parametrize("config", [SYNTHETIC, IDS, BARE, MIXED], ids=lambda c: c.name)
+def test_parse_batch_compiled_equals_python(config):
+    records = _records(config) * 2  # again: the second pass meets interned contexts
+    got, want = _parse_both(config, records)
     assert len(got[0]) > 20 and len(got[1]) > 10
     # The same contexts are shared (one object per distinct fast-path context,
     # which marshal then writes once per user) in both.
@@ -130,6 +136,52 @@ def test_parse_batch_compiled_equals_python(config):
 
     assert sharing(got[0]) == sharing(want[0])
     assert len(set(sharing(got[0]))) < len(got[0])
+
+
+def _mutants(rng, lines, n):
+    """Random byte edits of valid lines, biased to the bytes JSON gives meaning."""
+    alphabet = [bytes([c]) for c in b'{}[]",:\\ \t\n-+.0123456789eEtrufalsn'] + [
+        b"\x00", b"\x1f", b"\x7f", b"\xc3\xa9", b"\xff", b"1.5", b"null", b'"x"', b"1e3",
+        b"99999999999999999999", b'"timestamp":1', b'"user_id":"u9"', b"\\u0041", b"[1]"]
+    out = []
+    for _ in range(n):
+        line = bytearray(rng.choice(lines))
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(line) + 1)
+            op = rng.randrange(3)
+            if op == 0 and at < len(line):
+                del line[at]
+            elif op == 1:
+                line[at:at] = rng.choice(alphabet)
+            elif at < len(line):
+                line[at:at + 1] = rng.choice(alphabet)
+        out.append(bytes(line))
+    return out
+
+
+@pytest.mark.parametrize("config", [SYNTHETIC, IDS, MIXED], ids=lambda c: c.name)
+def test_the_flat_line_scanner_agrees_with_orjson_on_mutated_lines(config):
+    # The compiled parser reads flat ASCII lines itself and leaves every other
+    # line to orjson; on any input both must give what the Python loop gives.
+    rng = random.Random(len(config.name))
+    lines = [json.dumps(dict(row), separators=sep).encode()
+             for row in ({"timestamp": T0 + i, "user_id": f"u{i % 7}", "item_id": f"i{i}",
+                          "event": ("impression", "click", "follow")[i % 3], "network": "wifi",
+                          "os": " ios", "tab": "", "request_id": f"r{i}", "score": i,
+                          "labels": "a|b", "extra": None, "flag": True}
+                         for i in range(20))
+             for sep in ((",", ":"), (", ", ": "))]
+    lines += [b'{"timestamp": 1700000000, "user_id": "u1", "user_id": "u2", "item_id": "i",'
+              b' "event": "click"}',
+              b'{"extra": 1, "extra": [1, 2], "timestamp": 1700000000, "user_id": "u1",'
+              b' "item_id": "i", "event": "click", "network": -0}',
+              b' \t{"timestamp":1700000000,"user_id":"u1","item_id":"i","event":"click"}\r\n',
+              b'{}', b'{"timestamp":1700000000,"user_id":"u1","item_id":"i","event":"click",'
+              b'"network":"caf\xc3\xa9"}']
+    records = lines + _mutants(rng, lines, 4000)
+    got, want = _parse_both(config, records)
+    # Both outcomes are well represented: the mutants are not all rejects.
+    assert len(got[0]) > 400 and len(got[1]) > 1000
 
 
 @pytest.mark.parametrize("config", [SYNTHETIC, IDS, MIXED], ids=lambda c: c.name)
@@ -287,3 +339,28 @@ def test_train_times_are_the_int64_times_of_the_train_impressions_and_clicks():
         "q", [T0 + 1, T0 + 9]).tobytes()
     # A timestamp outside [0, 2**53) is left to the Python path.
     assert compiled.module().train_times([(-1.0, 0, "a", ())], 0.0) is None
+
+
+# ---- TFRecord framing ----------------------------------------------------------------
+def test_tfrecord_frames_compiled_equals_python():
+    from beam_jobs import raw_io
+    rng = random.Random(9)
+    records = [b"", b"x"] + [rng.randbytes(rng.choice((1, 7, 8, 9, 100, 611, 70_000)))
+                             for _ in range(300)]
+    framed = compiled.module().tfrecord_frames(records)
+    assert framed == raw_io._tfrecord_frames_py(records)
+    assert len(framed) == sum(16 + len(r) for r in records)
+    assert compiled.module().tfrecord_frames([]) == b""
+    with pytest.raises(TypeError):
+        compiled.module().tfrecord_frames([b"a", "not bytes"])
+
+
+def test_both_crc32c_paths_equal_google_crc32c():
+    import google_crc32c
+    rng = random.Random(2)
+    for data in [b"", b"a", b"123456789"] + [rng.randbytes(n) for n in range(1, 40)] + [
+            rng.randbytes(5000)]:
+        want = google_crc32c.value(data)
+        assert compiled.module().crc32c(data) == want
+        assert compiled.module().crc32c(data, False) == want
+    assert compiled.module().crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
