@@ -966,6 +966,200 @@ static PyObject *crc32c(PyObject *module, PyObject *args) {
     return PyLong_FromUnsignedLong(crc);
 }
 
+/* ---- attribution and labels ---------------------------------------------- */
+
+/* events as (ts, code, item) arrays, or 0 when a tuple is not the shape the
+ * twins below handle (then the caller runs the Python function). */
+static int event_columns(PyObject *events, double *ts, int *codes, PyObject **items) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *e = PyList_GET_ITEM(events, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) < 3 ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(e, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(e, 1)))
+            return 0;
+        long code = PyLong_AsLong(PyTuple_GET_ITEM(e, 1));
+        if (code < 0 || code > 2) {
+            PyErr_Clear();
+            return 0;
+        }
+        ts[i] = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(e, 0));
+        codes[i] = (int)code;
+        if (items != NULL) items[i] = PyTuple_GET_ITEM(e, 2);
+    }
+    return 1;
+}
+
+/* dict[key] = index (an int object). */
+static int dict_set_index(PyObject *dict, PyObject *key, Py_ssize_t index) {
+    PyObject *position = PyLong_FromSsize_t(index);
+    if (position == NULL) return -1;
+    int failed = PyDict_SetItem(dict, key, position);
+    Py_DECREF(position);
+    return failed;
+}
+
+PyDoc_STRVAR(attribute_by_time_doc,
+"attribute_by_time(events, split_at, window) -> list[int] | None\n\n"
+"example_builder.attribute_by_time compiled (None: events of another shape).");
+
+static PyObject *attribute_by_time(PyObject *module, PyObject *args) {
+    PyObject *events;
+    double split_at, window;
+    if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &events, &split_at, &window)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    double *ts = PyMem_Malloc(sizeof(double) * (size_t)(n + 1));
+    int *codes = PyMem_Malloc(sizeof(int) * (size_t)(n + 1));
+    PyObject **items = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n + 1));
+    Py_ssize_t *target = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    PyObject *last_impression = PyDict_New(), *last_click = PyDict_New(), *result = NULL;
+    if (!ts || !codes || !items || !target || !last_impression || !last_click) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto finally;
+    }
+    if (!event_columns(events, ts, codes, items)) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto finally;
+    }
+    int in_eval = 0;
+    for (Py_ssize_t index = 0; index < n; index++) {
+        double t = ts[index];
+        if (t >= split_at && !in_eval) {
+            in_eval = 1;
+            PyDict_Clear(last_impression);
+            PyDict_Clear(last_click);
+        }
+        target[index] = -1;
+        if (codes[index] == 0) {
+            if (dict_set_index(last_impression, items[index], index) < 0) goto finally;
+            continue;
+        }
+        Py_ssize_t impression = -1;
+        if (codes[index] == 2) {
+            PyObject *click = PyDict_GetItemWithError(last_click, items[index]);
+            if (click == NULL && PyErr_Occurred()) goto finally;
+            if (click != NULL) {
+                Py_ssize_t c = PyLong_AsSsize_t(click);
+                if (t - ts[c] <= window) impression = target[c];
+            }
+        }
+        if (impression < 0) {
+            PyObject *candidate = PyDict_GetItemWithError(last_impression, items[index]);
+            if (candidate == NULL && PyErr_Occurred()) goto finally;
+            if (candidate != NULL) {
+                Py_ssize_t c = PyLong_AsSsize_t(candidate);
+                if (t - ts[c] <= window) impression = c;
+            }
+        }
+        target[index] = impression;
+        if (codes[index] == 1 && dict_set_index(last_click, items[index], index) < 0)
+            goto finally;
+    }
+    result = PyList_New(n);
+    if (result == NULL) goto finally;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromSsize_t(target[i]);
+        if (v == NULL) {
+            Py_CLEAR(result);
+            goto finally;
+        }
+        PyList_SET_ITEM(result, i, v);
+    }
+finally:
+    PyMem_Free(ts);
+    PyMem_Free(codes);
+    PyMem_Free(items);
+    PyMem_Free(target);
+    Py_XDECREF(last_impression);
+    Py_XDECREF(last_click);
+    return result;
+}
+
+PyDoc_STRVAR(impression_labels_doc,
+"impression_labels(events, target, split_at, labels) ->\n"
+"    (label_of, attributed, without, labelled) | None\n\n"
+"example_builder.impression_labels compiled (None: inputs of another shape).");
+
+static PyObject *table_list(long table[2][3]) {
+    return Py_BuildValue("[[lll][lll]]", table[0][0], table[0][1], table[0][2], table[1][0],
+                         table[1][1], table[1][2]);
+}
+
+static PyObject *impression_labels(PyObject *module, PyObject *args) {
+    PyObject *events, *target_list, *labels;
+    double split_at;
+    if (!PyArg_ParseTuple(args, "O!O!dO!", &PyList_Type, &events, &PyList_Type, &target_list,
+                          &split_at, &PyDict_Type, &labels))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    if (PyList_GET_SIZE(target_list) != n) Py_RETURN_NONE;
+    double *ts = PyMem_Malloc(sizeof(double) * (size_t)(n + 1));
+    int *codes = PyMem_Malloc(sizeof(int) * (size_t)(n + 1));
+    unsigned char *flags = PyMem_Calloc((size_t)(n + 1), 1);  /* bit 0 clicked, bit 1 followed */
+    PyObject *result = NULL, *label_of = NULL, *keys[4] = {NULL, NULL, NULL, NULL};
+    long attributed[2][3] = {{0}}, without[2][3] = {{0}}, labelled[2][3] = {{0}};
+    if (!ts || !codes || !flags) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    if (!event_columns(events, ts, codes, NULL)) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto finally;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (codes[i] == 0) continue;
+        PyObject *t = PyList_GET_ITEM(target_list, i);
+        Py_ssize_t impression = PyLong_Check(t) ? PyLong_AsSsize_t(t) : -2;
+        if (impression == -1 && PyErr_Occurred()) goto finally;
+        if (impression < -1 || impression >= n) {  /* not a target list: the Python path */
+            result = Py_None;
+            Py_INCREF(result);
+            goto finally;
+        }
+        int is_eval = ts[i] >= split_at;
+        if (impression < 0) {
+            without[is_eval][codes[i]] += 1;
+            continue;
+        }
+        attributed[is_eval][codes[i]] += 1;
+        flags[impression] |= codes[i] == 1 ? 1 : 2;
+    }
+    for (int k = 0; k < 4; k++) {
+        keys[k] = PyTuple_Pack(2, (k & 1) ? Py_True : Py_False, (k & 2) ? Py_True : Py_False);
+        if (keys[k] == NULL) goto finally;
+    }
+    label_of = PyDict_New();
+    if (label_of == NULL) goto finally;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!flags[i]) continue;
+        int is_eval = ts[i] >= split_at;
+        if (flags[i] & 1) labelled[is_eval][1] += 1;
+        if (flags[i] & 2) labelled[is_eval][2] += 1;
+        PyObject *label = PyDict_GetItemWithError(labels, keys[flags[i]]);
+        if (label == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, keys[flags[i]]);
+            goto finally;
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        int failed = index == NULL || PyDict_SetItem(label_of, index, label) < 0;
+        Py_XDECREF(index);
+        if (failed) goto finally;
+    }
+    PyObject *a = table_list(attributed), *w = table_list(without), *l = table_list(labelled);
+    if (a && w && l) result = PyTuple_Pack(4, label_of, a, w, l);
+    Py_XDECREF(a);
+    Py_XDECREF(w);
+    Py_XDECREF(l);
+finally:
+    PyMem_Free(ts);
+    PyMem_Free(codes);
+    PyMem_Free(flags);
+    Py_XDECREF(label_of);
+    for (int k = 0; k < 4; k++) Py_XDECREF(keys[k]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse_events", parse_events, METH_VARARGS, parse_events_doc},
     {"event_loop", event_loop, METH_VARARGS, event_loop_doc},
@@ -973,6 +1167,8 @@ static PyMethodDef methods[] = {
     {"train_times", train_times, METH_VARARGS, train_times_doc},
     {"tfrecord_frames", tfrecord_frames, METH_O, tfrecord_frames_doc},
     {"crc32c", crc32c, METH_VARARGS, crc32c_doc},
+    {"attribute_by_time", attribute_by_time, METH_VARARGS, attribute_by_time_doc},
+    {"impression_labels", impression_labels, METH_VARARGS, impression_labels_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -193,7 +193,12 @@ class UserExampleBuilder:
             target = attribute_by_id(events, [e[4] for e in events], split_at)
             events = [e[:4] for e in events]
         else:
-            target = attribute_by_time(events, split_at, self._window)
+            target = None
+            if self._compiled and events.__class__ is list:
+                target = compiled_loops.module().attribute_by_time(events, split_at,
+                                                                   self._window)
+            if target is None:
+                target = attribute_by_time(events, split_at, self._window)
         label_of = self._impression_labels(events, target, split_at, counts)
         click_ts = [e[0] for e in events if e[1] == _CLICK]
         item_piece = self._item_piece
@@ -374,33 +379,20 @@ class UserExampleBuilder:
           impression index -> encoded click/follow label entries, for the
           impressions with at least one label 1 (the others get (0, 0)).
         """
-        clicked: set[int] = set()
-        followed: set[int] = set()
-        # attributed[split][code], without[split][code]; split 0 = train.
-        attributed = [[0, 0, 0], [0, 0, 0]]
-        without = [[0, 0, 0], [0, 0, 0]]
-        for (ts, code, _, _), impression in zip(events, target):
-            if code == _IMPRESSION:
-                continue
-            is_eval = ts >= split_at
-            if impression < 0:
-                without[is_eval][code] += 1
-                continue
-            attributed[is_eval][code] += 1
-            (clicked if code == _CLICK else followed).add(impression)
-        labelled = [[0, 0, 0], [0, 0, 0]]
-        for code, indices in ((_CLICK, clicked), (_FOLLOW, followed)):
-            for index in indices:
-                labelled[events[index][0] >= split_at][code] += 1
+        result = None
+        if self._compiled and events.__class__ is list and target.__class__ is list:
+            result = compiled_loops.module().impression_labels(events, target, split_at,
+                                                               self._labels)
+        if result is None:
+            result = impression_labels(events, target, split_at, self._labels)
+        label_of, attributed, without, labelled = result
         for split_index in (0, 1):
             for code in (_CLICK, _FOLLOW):
                 for key, table in zip(_LABEL_KEYS[(split_index, code)],
                                       (attributed, without, labelled)):
                     if table[split_index][code]:
                         counts[key] += table[split_index][code]
-        labels = self._labels
-        return {index: labels[(index in clicked, index in followed)]
-                for index in clicked | followed}
+        return label_of
 
     def _append_age(self, entries: list[bytes], age_values: list[Any],
                     item_info: SideRowInfo, ts: float, counted: bool) -> None:
@@ -436,6 +428,46 @@ class UserExampleBuilder:
         if not is_eval:
             self.train_session_starts.append(start_ts)
         counts[_EXAMPLE_KEYS[(int(is_eval), fc.ITEM2VEC)]] += 1
+
+
+def impression_labels(events: Sequence[tuple], target: Sequence[int], split_at: float,
+                      labels: Mapping[tuple[bool, bool], bytes]
+                      ) -> tuple[dict[int, bytes], list[list[int]], list[list[int]],
+                                 list[list[int]]]:
+    """Which impressions a user's clicks and follows label, and the tallies.
+
+    Args:
+      events: the user's events (four-field tuples).
+      target: per event, the impression it is attributed to or -1.
+      split_at: eval = ts >= split_at.
+      labels: (clicked, followed) -> the encoded label entries.
+
+    Returns:
+      (impression index -> label entries for the impressions with a label 1,
+      attributed, without_impression, impressions_labelled), each tally
+      indexed [split][event code] with split 0 = train.
+      `_fastloops.impression_labels` is its compiled twin.
+    """
+    clicked: set[int] = set()
+    followed: set[int] = set()
+    attributed = [[0, 0, 0], [0, 0, 0]]
+    without = [[0, 0, 0], [0, 0, 0]]
+    for (ts, code, _, _), impression in zip(events, target):
+        if code == _IMPRESSION:
+            continue
+        is_eval = ts >= split_at
+        if impression < 0:
+            without[is_eval][code] += 1
+            continue
+        attributed[is_eval][code] += 1
+        (clicked if code == _CLICK else followed).add(impression)
+    labelled = [[0, 0, 0], [0, 0, 0]]
+    for code, indices in ((_CLICK, clicked), (_FOLLOW, followed)):
+        for index in indices:
+            labelled[events[index][0] >= split_at][code] += 1
+    label_of = {index: labels[(index in clicked, index in followed)]
+                for index in clicked | followed}
+    return label_of, attributed, without, labelled
 
 
 def attribute_by_time(events: Sequence[tuple], split_at: float, window: float) -> list[int]:
