@@ -31,7 +31,7 @@ TFX_NO_DEPS := tfx==1.21.0 ml-pipelines-sdk==1.21.0 ml-metadata==1.17.1
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock setup.py
+$(STAMP): requirements.lock setup.py beam_jobs/_fastloops.c
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip 'setuptools<80' wheel $(QUIET_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)

@@ -11,15 +11,36 @@ turns the compiled loops off for a run.
 
 from __future__ import annotations
 
+import logging
 import os
 from types import ModuleType
 
 ENV_PURE_PYTHON = "FEEDREC_PURE_PYTHON"
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fastloops.c")
 
-try:
-    from beam_jobs import _fastloops as _MODULE
-except ImportError:  # not built (no compiler at install time): the Python loops run
-    _MODULE = None
+
+def _load() -> ModuleType | None:
+    """The built module, unless it is missing or older than its source.
+
+    An editable install builds the module once; a later pull that changes
+    the C file leaves the old build behind, whose loops would no longer be
+    the Python twins' translation. Such a build is not used (`make install`
+    rebuilds it: the install stamp depends on the C file).
+    """
+    try:
+        from beam_jobs import _fastloops
+    except ImportError:  # not built (no compiler at install time): the Python loops run
+        return None
+    built = getattr(_fastloops, "__file__", None)
+    if (built and os.path.exists(_SOURCE)
+            and os.path.getmtime(_SOURCE) > os.path.getmtime(built)):
+        logging.warning("beam_jobs/_fastloops.c is newer than its build %s: running the "
+                        "Python loops; `make install` (pip install -e .) rebuilds it", built)
+        return None
+    return _fastloops
+
+
+_MODULE = _load()
 
 
 def available() -> bool:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 
@@ -84,6 +85,17 @@ def test_asking_for_the_compiled_loops_without_the_module_is_an_import_error(mon
     assert compiled.wanted(None) is False
     with pytest.raises(ImportError, match="not built"):
         EventParser(SYNTHETIC, compiled=True)
+
+
+def test_a_build_older_than_its_c_source_is_not_used(tmp_path, monkeypatch):
+    source = tmp_path / "_fastloops.c"
+    source.write_text("/* edited after the build */")
+    built = os.path.getmtime(compiled.module().__file__)
+    monkeypatch.setattr(compiled, "_SOURCE", str(source))
+    os.utime(source, (built + 60, built + 60))
+    assert compiled._load() is None
+    os.utime(source, (built - 60, built - 60))
+    assert compiled._load() is compiled.module()
 
 
 # ---- parse_batch ---------------------------------------------------------------------
