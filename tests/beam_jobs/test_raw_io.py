@@ -240,3 +240,37 @@ def test_no_batches_still_write_one_empty_shard(tmp_path):
     files = _write(tmp_path, [])
     assert files == ["data-00000-of-00001.tfrecord.gz"]
     assert _records(str(tmp_path / "out" / files[0])) == []
+
+
+def test_the_gzip_writer_bounds_its_queue_and_keeps_the_bytes_in_order(monkeypatch):
+    import gzip
+    import io
+    import threading
+    import time
+
+    class Raw(io.BytesIO):
+        def close(self):
+            self.closed_value = self.getvalue()
+
+    raw = Raw()
+    writer = raw_io._GzipWriter(raw, level=1, chunk_bytes=16)
+    compress = writer._compress_and_write
+    gate = threading.Event()
+
+    def slow_compress(data):
+        gate.wait(5)  # the compression thread is stuck until the writer has queued a lot
+        compress(data)
+
+    monkeypatch.setattr(writer, "_compress_and_write", slow_compress)
+    releaser = threading.Timer(0.3, gate.set)
+    releaser.start()
+    chunks = [bytes([i]) * 16 for i in range(40)]
+    started = time.perf_counter()
+    for chunk in chunks:
+        writer.write(chunk)
+        assert len(writer._tasks) <= raw_io._MAX_QUEUED_CHUNKS
+    # The writer had to wait for the stuck thread rather than queue all 40 chunks.
+    assert time.perf_counter() - started >= 0.25
+    writer.close()
+    releaser.join()
+    assert gzip.decompress(raw.closed_value) == b"".join(chunks)
