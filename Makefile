@@ -62,6 +62,8 @@ test: install-bench system-deps
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25 tests \
 	    --ignore=tests/models/test_distributed.py
 	$(PYTHON) -m pytest -q --durations=5 tests/models/test_distributed.py
+	@# The sessionize job's tests again on its Python loops (the compiled ones ran above).
+	FEEDREC_PURE_PYTHON=1 $(PYTHON) -m pytest -q -n 2 tests/beam_jobs
 
 data: install
 	$(PYTHON) -m beam_jobs.datasets --data $(DATA) --work_dir $(WORK)

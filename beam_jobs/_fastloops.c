@@ -135,11 +135,10 @@ static int scan_flat(const char *p, Py_ssize_t size, ParseCtx *ctx) {
         Py_ssize_t col = -1;
         for (Py_ssize_t k = 0; k < ctx->n_cols; k++) {
             if (ctx->lens[k] == key_len && memcmp(ctx->cnames[k], key, key_len) == 0) {
-                col = k;
-                break;
+                if (ctx->values[k] != NULL) goto fallback;  /* a needed key twice */
+                if (col < 0) col = k;
             }
         }
-        if (col >= 0 && ctx->values[col] != NULL) goto fallback;  /* a needed key twice */
         PyObject *value = NULL;
         char c = *p;
         if (c == '"') {
@@ -185,8 +184,14 @@ static int scan_flat(const char *p, Py_ssize_t size, ParseCtx *ctx) {
         } else {
             goto fallback;  /* arrays, objects, anything malformed */
         }
-        if (col >= 0) ctx->values[col] = value;
-        else Py_XDECREF(value);
+        if (col >= 0) {
+            ctx->values[col] = value;
+            for (Py_ssize_t k = col + 1; k < ctx->n_cols; k++)  /* columns sharing the key */
+                if (ctx->lens[k] == key_len && memcmp(ctx->cnames[k], key, key_len) == 0) {
+                    Py_INCREF(value);
+                    ctx->values[k] = value;
+                }
+        } else Py_XDECREF(value);
         p = skip_ws(p, end);
         if (p >= end) goto fallback;
         if (*p == ',') {
@@ -208,7 +213,7 @@ error:
 
 /* One record's fast path. Returns 1 (appended to parsed), 0 (not the common
  * shape: the caller takes the slow path) or -1 (error set). */
-static int parse_one(PyObject *record, ParseCtx *ctx, PyObject *parsed) {
+static int parse_one(PyObject *record, ParseCtx *ctx, PyObject *parsed, Py_ssize_t *scanned_lines) {
     int result = 0;
     PyObject *row = NULL, *user = NULL, *item = NULL;
     PyObject *context = NULL, *event = NULL, *pair = NULL, *ts_obj = NULL;
@@ -216,6 +221,7 @@ static int parse_one(PyObject *record, ParseCtx *ctx, PyObject *parsed) {
     if (!PyBytes_CheckExact(record)) return 0;
     int scanned = scan_flat(PyBytes_AS_STRING(record), PyBytes_GET_SIZE(record), ctx);
     if (scanned < 0) return -1;
+    *scanned_lines += scanned;
     if (scanned == 0) {
         row = PyObject_CallOneArg(ctx->loads, record);
         if (row == NULL) {
@@ -334,11 +340,12 @@ done:
 
 PyDoc_STRVAR(parse_events_doc,
 "parse_events(records, loads, user_col, item_col, event_col, ts_col, lo, hi, codes, norms,\n"
-"             contexts, id_col, to_str, slow, parsed) -> None\n\n"
+"             contexts, id_col, to_str, slow, parsed) -> int\n\n"
 "The fast path of EventParser.parse_batch compiled: for each record of the common\n"
 "shape appends (user, event) to parsed (a list), or event to parsed[user] (a dict\n"
 "of lists, EventParser.parse_into); calls slow(record) for every other one, in order.\n"
-"Flat ASCII JSON lines are read by a scanner here, anything else by loads (orjson).");
+"Flat ASCII JSON lines are read by a scanner here, anything else by loads (orjson);\n"
+"returns how many records the scanner read.");
 
 static PyObject *parse_events(PyObject *module, PyObject *args) {
     PyObject *records, *user_col, *item_col, *event_col, *ts_col, *id_col, *slow, *parsed;
@@ -396,8 +403,9 @@ static PyObject *parse_events(PyObject *module, PyObject *args) {
     iter = PyObject_GetIter(records);
     if (iter == NULL) goto finally;
     PyObject *record;
+    Py_ssize_t scanned = 0;
     while ((record = PyIter_Next(iter)) != NULL) {
-        int ok = parse_one(record, &ctx, parsed);
+        int ok = parse_one(record, &ctx, parsed, &scanned);
         if (ok == 0) {
             PyObject *r = PyObject_CallOneArg(slow, record);
             if (r == NULL) ok = -1;
@@ -407,8 +415,7 @@ static PyObject *parse_events(PyObject *module, PyObject *args) {
         if (ok < 0) goto finally;
     }
     if (PyErr_Occurred()) goto finally;
-    result = Py_None;
-    Py_INCREF(result);
+    result = PyLong_FromSsize_t(scanned);
 finally:
     Py_XDECREF(iter);
     if (ctx.values) clear_values(&ctx);

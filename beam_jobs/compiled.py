@@ -34,8 +34,9 @@ def _load() -> ModuleType | None:
     built = getattr(_fastloops, "__file__", None)
     if (built and os.path.exists(_SOURCE)
             and os.path.getmtime(_SOURCE) > os.path.getmtime(built)):
-        logging.warning("beam_jobs/_fastloops.c is newer than its build %s: running the "
-                        "Python loops; `make install` (pip install -e .) rebuilds it", built)
+        logging.getLogger(__name__).warning(
+            "beam_jobs/_fastloops.c is newer than its build %s: running the Python loops; "
+            "`make install` (pip install -e .) rebuilds it", built)
         return None
     return _fastloops
 

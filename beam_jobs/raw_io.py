@@ -442,8 +442,9 @@ class _GzipWriter:
     by one background thread: zlib and file writes release the GIL, so on a
     second core this overlaps with building the next examples. The thread
     runs tasks in submission order, so the file's bytes are exactly those of
-    compressing everything in order; `close` waits for them and re-raises
-    the first failure. At most `_MAX_QUEUED_CHUNKS` chunks per file wait for
+    compressing everything in order; a failed chunk's error is raised by the
+    next `write` that submits a chunk, or by `close`, which waits for the
+    rest. At most `_MAX_QUEUED_CHUNKS` chunks per file wait for
     the thread: when examples are built faster than they compress, `write`
     waits for the oldest instead of holding the backlog in memory (unbounded,
     it held ~1.5 GB at 10M events once the per-event loops were compiled).

@@ -208,11 +208,14 @@ def compare_pure(pairs: int, num_events: int, seed: int, beam_args: list[str],
             if mode == "pure":
                 env[compiled.ENV_PURE_PYTHON] = "1"
             out = os.path.join(work_dir, f"{mode}_{i}.json")
-            subprocess.run([sys.executable, "-m", "bench.sessionize_bench",
-                            "--events", str(num_events), "--seed", str(seed), "--pairs", "0",
-                            "--output", out, *beam_args],
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           env=env, check=True, capture_output=True)
+            done = subprocess.run([sys.executable, "-m", "bench.sessionize_bench",
+                                   "--events", str(num_events), "--seed", str(seed),
+                                   "--pairs", "0", "--output", out, *beam_args],
+                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"the {mode} run {i} failed (exit {done.returncode}):\n"
+                                   + done.stderr[-4000:])
             with open(out, encoding="utf-8") as f:
                 run = json.load(f)
             if run["compiled_loops"] != (mode == "compiled"):
