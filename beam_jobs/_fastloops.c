@@ -151,7 +151,6 @@ static int scan_flat(const char *p, Py_ssize_t size, ParseCtx *ctx) {
             }
             p = after;
         } else if (c == '-' || (c >= '0' && c <= '9')) {
-            const char *start = p;
             int negative = c == '-';
             if (negative) p++;
             if (p >= end || *p < '0' || *p > '9') goto fallback;
@@ -164,7 +163,6 @@ static int scan_flat(const char *p, Py_ssize_t size, ParseCtx *ctx) {
                 if (++digits > 18) goto fallback;
             }
             if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) goto fallback;
-            (void)start;
             if (col >= 0) {
                 value = PyLong_FromLongLong(negative ? -number : number);
                 if (value == NULL) goto error;

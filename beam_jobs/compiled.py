@@ -1,8 +1,9 @@
 """The optional compiled per-event loops of the sessionize job.
 
-`beam_jobs/_fastloops.c` holds C translations of the two loops that run once
-per raw event (the JSON-line fast path of `EventParser.parse_batch` and the
-per-event loop of `UserExampleBuilder.build`). setup.py builds it when a C
+`beam_jobs/_fastloops.c` holds C translations of the loops that run once per
+raw event: the JSON-line fast path of `EventParser.parse_batch`, the per-event
+loop of `UserExampleBuilder.build`, label attribution and tallies, per-user
+time spans and TFRecord framing. setup.py builds it when a C
 compiler is present (`make install` on a machine with gcc); without one the
 build skips it and the job runs its Python twins, which write the same bytes
 (tests/beam_jobs/test_compiled_loops.py) only slower. FEEDREC_PURE_PYTHON=1

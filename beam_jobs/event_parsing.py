@@ -276,6 +276,9 @@ class EventParser:
         inline, which saves most of the per-record cost, and anything else
         goes through `parse`.
         """
+        if self._unit_seconds and self._compiled:
+            parsed = []
+            return parsed, self._parse_compiled(records, parsed)
         config = self._config
         user_col, item_col = config.user_column, config.item_column
         event_col, ts_col = config.event_column, config.timestamp_column
@@ -294,9 +297,6 @@ class EventParser:
         intern_context = contexts.setdefault if len(contexts) < _MAX_INTERNED_CONTEXTS else None
         parsed: list[tuple] = []
         rejected: list[tuple] = []
-        if fast and self._compiled:
-            rejected = self._parse_compiled(records, parsed)
-            return parsed, rejected
         for record in records:
             if fast and record.__class__ is bytes:
                 try:
