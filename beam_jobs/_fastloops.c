@@ -784,7 +784,7 @@ error:
 /* ---- per-user time summaries ---------------------------------------------- */
 
 PyDoc_STRVAR(known_times_doc,
-"known_times(events, items, keep) -> None | (lo, hi, times | None)\n\n"
+"known_times(events, items, keep) -> None | (lo, hi, times | None, known count)\n\n"
 "event_parsing.known_times compiled (events: a list of event tuples).");
 
 static PyObject *known_times(PyObject *module, PyObject *args) {
@@ -795,6 +795,7 @@ static PyObject *known_times(PyObject *module, PyObject *args) {
     if (keep && times == NULL) return NULL;
     PyObject *lo = NULL, *hi = NULL;  /* borrowed: the first smallest / largest */
     double lo_value = 0.0, hi_value = 0.0;
+    Py_ssize_t n_known = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
         PyObject *e = PyList_GET_ITEM(events, i);
         if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3 ||
@@ -813,12 +814,16 @@ static PyObject *known_times(PyObject *module, PyObject *args) {
         if (lo == NULL || value < lo_value) { lo = ts; lo_value = value; }
         if (hi == NULL || value > hi_value) { hi = ts; hi_value = value; }
         if (keep && PyList_Append(times, ts) < 0) goto error;
+        n_known++;
     }
     if (lo == NULL) {
         Py_XDECREF(times);
         Py_RETURN_NONE;
     }
-    PyObject *result = PyTuple_Pack(3, lo, hi, keep ? times : Py_None);
+    PyObject *count = PyLong_FromSsize_t(n_known);
+    if (count == NULL) goto error;
+    PyObject *result = PyTuple_Pack(4, lo, hi, keep ? times : Py_None, count);
+    Py_DECREF(count);
     Py_XDECREF(times);
     return result;
 error:

@@ -406,14 +406,14 @@ def known_times(events: list[tuple], items: Any, keep: bool) -> tuple | None:
     """The timestamps of the events whose item is in `items` (all when None).
 
     Returns (smallest, largest, the timestamps in event order if `keep` else
-    None), or None when no event's item is known. `_fastloops.known_times`
-    is its compiled twin.
+    None, how many events are known), or None when no event's item is
+    known. `_fastloops.known_times` is its compiled twin.
     """
     known = ([event[0] for event in events] if items is None
              else [event[0] for event in events if event[2] in items])
     if not known:
         return None
-    return min(known), max(known), (known if keep else None)
+    return min(known), max(known), (known if keep else None), len(known)
 
 
 def _id_order(event: tuple) -> tuple:
@@ -477,6 +477,9 @@ class SideRowInfo(NamedTuple):
     created_ts: float | None = None
 
 
+_MAX_CACHED_ENTRIES = 100_000  # per SideTableParser, over all its features
+
+
 class SideTableParser:
     """Raw users / items record -> (key, SideRowInfo)."""
 
@@ -488,23 +491,25 @@ class SideTableParser:
         self._key = config.users_key if source == USERS else config.items_key
         self._specs = config.by_source(fc.SOURCE_USERS if source == USERS else fc.SOURCE_ITEMS)
         vocab_names = {s.name for s in config.vocab_features}
-        self._vocab_specs = [s for s in self._specs if s.name in vocab_names]
         self._created = config.item_created_column if source == ITEMS else None
-        self._entry_cache: dict[tuple[str, Any], bytes] = {}
+        # Per feature: (spec, raw column, normalizer, its entry cache).
+        self._columns = [(s, s.raw_column, normalizer(s), {}) for s in self._specs]
+        self._vocab_index = [(i, s.name) for i, s in enumerate(self._specs)
+                             if s.name in vocab_names]
+        self._cached_entries = 0
 
-    def _entry(self, spec: fc.FeatureSpec, value: Any) -> bytes:
-        """encode_value, cached: most side-table columns repeat a few values.
+    def _entry(self, spec: fc.FeatureSpec, cache: dict[Any, bytes], value: Any) -> bytes:
+        """encode_value, cached per feature: side-table columns repeat few values.
 
-        Numeric values are not cached: 0.0 == -0.0 would share an entry.
+        A numeric zero is not cached: 0.0 == -0.0 would share an entry.
         """
-        if spec.type == fc.NUMERIC:
-            return encode_value(spec, value)
-        key = (spec.name, value)
-        entry = self._entry_cache.get(key)
+        entry = cache.get(value)
         if entry is None:
             entry = encode_value(spec, value)
-            if len(self._entry_cache) < 100_000:
-                self._entry_cache[key] = entry
+            if self._cached_entries < _MAX_CACHED_ENTRIES and (
+                    value or spec.type != fc.NUMERIC):
+                cache[value] = entry
+                self._cached_entries += 1
         return entry
 
     def parse(self, record: Any) -> tuple[str, SideRowInfo]:
@@ -513,9 +518,11 @@ class SideTableParser:
         key = _to_str(row.get(self._key))
         if not key:
             raise Reject(MISSING_KEY, f"no {self._key!r}")
-        values = {s.name: normalize_value(s, row.get(s.raw_column)) for s in self._specs}
-        entries = b"".join([self._entry(s, values[s.name]) for s in self._specs])
-        vocab = tuple((s.name, _vocab_values(values[s.name])) for s in self._vocab_specs)
+        get, entry = row.get, self._entry
+        values = [norm(get(column)) for _, column, norm, _ in self._columns]
+        entries = b"".join([entry(spec, cache, value)
+                            for (spec, _, _, cache), value in zip(self._columns, values)])
+        vocab = tuple((name, _vocab_values(values[i])) for i, name in self._vocab_index)
         created = None
         if self._created:
             try:

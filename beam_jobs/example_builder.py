@@ -200,9 +200,10 @@ class UserExampleBuilder:
             if target is None:
                 target = attribute_by_time(events, split_at, self._window)
         label_of = self._impression_labels(events, target, split_at, counts)
-        click_ts = [e[0] for e in events if e[1] == _CLICK]
+        clicks = [e for e in events if e[1] == _CLICK]  # one pass over all events
+        click_ts = [e[0] for e in clicks]
         item_piece = self._item_piece
-        click_pieces = [item_piece(e[2]) for e in events if e[1] == _CLICK]
+        click_pieces = [item_piece(e[2]) for e in clicks]
 
         context_counter: collections.Counter = collections.Counter()
         age_values: list[Any] = []

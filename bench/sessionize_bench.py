@@ -2,16 +2,19 @@
 
     python -m bench.sessionize_bench [--events 1000000] [--pairs 5] [Beam flags...]
 
-Generates a synthetic click log with `beam_jobs.synthetic.generate` (not
-timed), runs `beam_jobs.sessionize` on it in-process and writes
-bench/results/sessionize.json: throughput, the job's own summary counts and
-peak RSS (this process plus its children, e.g. multi-process workers,
-sampled together), plus CPU seconds per 1M events and the machine's load
-average, since wall time on a shared machine depends on the neighbours.
-Then, with --pairs N (default 5), N more runs each with the compiled
-per-event loops (beam_jobs.compiled) and as pure Python
-(FEEDREC_PURE_PYTHON=1), alternately in fresh processes: both series, their
-medians and the paired difference (`compare_pure`).
+Generates a synthetic click log with `beam_jobs.synthetic.generate` once (not
+timed), then, with --pairs N (default 5), runs `beam_jobs.sessionize` on it
+2N times, each in a fresh process: N runs with the compiled per-event loops
+(beam_jobs.compiled) and N as pure Python (FEEDREC_PURE_PYTHON=1),
+alternately, so the machine's drifting speed is shared out evenly
+(`fresh_runs`). The headline figures of bench/results/sessionize.json are the
+medians of the compiled runs; every run is listed with its throughput, CPU
+seconds per 1M events, peak RSS (the process plus its children, e.g.
+multi-process workers, sampled together), the load average and a
+machine-speed reference (`machine_reference_s`), since wall time on a shared
+machine depends on the neighbours. The paired difference compiled - pure
+comes with its 95% interval. With --pairs 0: one run in this process (the
+10M-event and multi-worker benches), its figures the headline.
 
 Beam flags default to DEFAULT_BEAM_ARGS, the fastest DirectRunner setting
 measured on the 2-core benchmark machine (see that constant); any Beam flag
@@ -124,12 +127,44 @@ def _dirty_paths() -> list[str] | None:
     return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
-def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 0) -> dict[str, Any]:
-    data_dir = os.path.join(work_dir, "data")
-    out_dir = os.path.join(work_dir, "out")
-    gen_start = time.perf_counter()
+def machine_reference_s(repeats: int = 3) -> float:
+    """Seconds of a fixed pure-Python workload (best of `repeats`).
+
+    Dict lookups, str building, tuple sorting and bytes joins, like the job's
+    Python parts: recorded next to each run so a slow stretch of the machine
+    shows in the JSON (the same code has measured 79k and 117k events/s
+    within the hour here). It is a reading, never used to correct a figure.
+    """
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        counts: dict[str, int] = {}
+        for i in range(200_000):
+            key = f"i{(i * 7919) % 5003}"
+            counts[key] = counts.get(key, 0) + 1
+        ranked = sorted((n, k, (k, n)) for k, n in counts.items())
+        b"".join(k.encode() for _, k, _ in ranked * 20)
+        best = min(best, time.perf_counter() - start)
+    return round(best, 4)
+
+
+def generate_log(data_dir: str, num_events: int, seed: int) -> dict[str, Any]:
+    """The synthetic log the runs read, written once: {"events", "seconds"}."""
+    start = time.perf_counter()
     generated = synthetic.generate(data_dir, num_events, seed=seed)
-    gen_seconds = time.perf_counter() - gen_start
+    return {"events": generated.get("num_events"),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 0,
+              data_dir: str | None = None) -> dict[str, Any]:
+    """One run of the job in this process (on `data_dir`'s log, else a new one)."""
+    if data_dir is None:
+        data_dir = os.path.join(work_dir, "data")
+        generated = generate_log(data_dir, num_events, seed)
+    else:
+        generated = {"events": None, "seconds": None}  # the parent wrote it
+    out_dir = os.path.join(work_dir, "out")
     config_path = fc.builtin_config_path("synthetic")
     argv = ["--config", config_path,
             "--events", os.path.join(data_dir, "events.jsonl.gz"),
@@ -139,10 +174,11 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
     # Before the run: the code measured (with "-dirty" if tracked files differ).
     commit = stats.git_commit()
     dirty_paths = _dirty_paths()
+    reference_s = machine_reference_s()
     load_before = os.getloadavg()
     cpu_before = os.times()
-    # What the process already holds (the generator's leftovers, imports):
-    # part of every RSS figure below, not the job's.
+    # What the process already holds (imports; the generator's leftovers when
+    # it ran here): part of every RSS figure below, not the job's.
     rss_before_mb = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
     with _RssSampler() as rss:
@@ -166,8 +202,8 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
         "runner": "DirectRunner",
         "beam_args": beam_args,
         "events": events["read"],
-        "generated_events": generated.get("num_events"),
-        "generator_seconds": round(gen_seconds, 2),
+        "generated_events": generated["events"],
+        "generator_seconds": generated["seconds"],
         "seconds": round(seconds, 2),
         "events_per_s": round(events["read"] / seconds, 1),
         "target_events_per_s": TARGET_EVENTS_PER_S,
@@ -176,6 +212,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
         "cpu_seconds_per_1m_events": round(cpu_seconds * 1e6 / events["read"], 2),
         "load_average_1min": {"before": round(load_before[0], 2),
                               "after": round(os.getloadavg()[0], 2)},
+        "machine_reference_s": reference_s,
         "read": events["read"],
         "accepted": events["accepted"],
         "dead_letter": events["dead_letter"],
@@ -193,24 +230,31 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
     }
 
 
-def compare_pure(pairs: int, num_events: int, seed: int, beam_args: list[str],
-                 work_dir: str) -> dict[str, Any]:
-    """Runs the bench `pairs` times compiled and as pure Python, alternately.
+# What each fresh run contributes to the series in the JSON.
+_RUN_FIELDS = ("seconds", "events_per_s", "cpu_seconds_per_1m_events", "load_average_1min",
+               "machine_reference_s", "peak_rss_mb")
 
-    Each run is a fresh process, and the order flips every pair so a drifting
-    machine speed (the same code has measured 58k-83k events/s within minutes
-    here) is shared out evenly. Returns both series, their medians and the
-    paired difference compiled - pure with its 95% interval.
+
+def fresh_runs(pairs: int, num_events: int, data_dir: str, beam_args: list[str],
+               work_dir: str, modes: tuple[str, ...] = ("compiled", "pure")
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Runs the job `pairs` times per mode on `data_dir`'s log, each in a fresh process.
+
+    The modes alternate and the order flips every pair, so a drifting machine
+    speed is shared out evenly. Returns (mode -> the runs' `_RUN_FIELDS`, the
+    full JSON of the first run, for the counts every run shares).
     """
-    series: dict[str, list[dict[str, Any]]] = {"compiled": [], "pure": []}
+    series: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    first: dict[str, Any] = {}
     for i in range(pairs):
-        for mode in (("compiled", "pure") if i % 2 == 0 else ("pure", "compiled")):
+        for mode in (modes if i % 2 == 0 else modes[::-1]):
             env = {k: v for k, v in os.environ.items() if k != compiled.ENV_PURE_PYTHON}
             if mode == "pure":
                 env[compiled.ENV_PURE_PYTHON] = "1"
             out = os.path.join(work_dir, f"{mode}_{i}.json")
             done = subprocess.run([sys.executable, "-m", "bench.sessionize_bench",
-                                   "--events", str(num_events), "--seed", str(seed),
+                                   "--events", str(num_events), "--data_dir", data_dir,
+                                   "--work_dir", os.path.join(work_dir, f"{mode}_{i}"),
                                    "--pairs", "0", "--output", out, *beam_args],
                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   env=env, capture_output=True, text=True)
@@ -219,16 +263,24 @@ def compare_pure(pairs: int, num_events: int, seed: int, beam_args: list[str],
                                    + done.stderr[-4000:])
             with open(out, encoding="utf-8") as f:
                 run = json.load(f)
+            shutil.rmtree(os.path.join(work_dir, f"{mode}_{i}"), ignore_errors=True)
             if run["compiled_loops"] != (mode == "compiled"):
                 raise RuntimeError(f"a {mode} run reported compiled_loops="
                                    f"{run['compiled_loops']}: is the extension built?")
-            series[mode].append({key: run[key] for key in (
-                "seconds", "events_per_s", "cpu_seconds_per_1m_events", "load_average_1min",
-                "peak_rss_mb")})
+            if run["read"] != num_events:
+                raise RuntimeError(f"the {mode} run {i} read {run['read']} events, "
+                                   f"not {num_events}")
+            first = first or run
+            series[mode].append({key: run[key] for key in _RUN_FIELDS})
+    return series, first
+
+
+def compare_pure(series: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Both series of `fresh_runs`, their medians and the paired difference compiled - pure."""
     speed = {mode: [r["events_per_s"] for r in runs] for mode, runs in series.items()}
     cpu = {mode: [r["cpu_seconds_per_1m_events"] for r in runs] for mode, runs in series.items()}
     return {
-        "pairs": pairs,
+        "pairs": len(series["compiled"]),
         "order": "compiled first in even pairs, pure first in odd ones; fresh processes",
         "runs": series,
         "median_events_per_s": {mode: float(np.median(v)) for mode, v in speed.items()},
@@ -241,29 +293,63 @@ def compare_pure(pairs: int, num_events: int, seed: int, beam_args: list[str],
     }
 
 
+def headline(runs: list[dict[str, Any]], first: dict[str, Any], mode: str,
+             generated: dict[str, Any]) -> dict[str, Any]:
+    """The JSON's top level from fresh runs of one mode: medians, the worst RSS."""
+    speeds = [r["events_per_s"] for r in runs]
+    result = dict(first)
+    result.update({
+        "headline": f"median of {len(runs)} fresh-process runs ({mode} loops) on one log",
+        "generated_events": generated["events"],
+        "generator_seconds": generated["seconds"],
+        "seconds": float(np.median([r["seconds"] for r in runs])),
+        "events_per_s": float(np.median(speeds)),
+        "events_per_s_range": [min(speeds), max(speeds)],
+        "runs_at_or_above_target": sum(v >= TARGET_EVENTS_PER_S for v in speeds),
+        "cpu_seconds_per_1m_events": float(np.median(
+            [r["cpu_seconds_per_1m_events"] for r in runs])),
+        "machine_reference_s": float(np.median([r["machine_reference_s"] for r in runs])),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in runs),
+                           key=lambda rss: rss["sampled_tree_total"]),
+    })
+    for key in ("cpu_seconds", "events_per_cpu_s", "load_average_1min"):
+        result.pop(key, None)  # per run only (in the series)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="kept if given, else a temp dir")
+    parser.add_argument("--data_dir", default=None,
+                        help="read this log instead of generating one (the fresh runs)")
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--pairs", type=int, default=5,
-                        help="compiled / pure-Python run pairs after the main run (0: none)")
+                        help="fresh-process runs per mode, compiled and pure alternately "
+                             "(0: one run in this process)")
     args, beam_args = parser.parse_known_args(argv)
     beam_args = beam_args or list(DEFAULT_BEAM_ARGS)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="sessionize_bench_")
     try:
-        result = run_bench(args.events, work_dir, beam_args, args.seed)
-        if args.pairs and not compiled.available():
-            result["compiled_vs_pure"] = {
-                "skipped": "beam_jobs._fastloops is not built (no C compiler at install)"}
-        elif args.pairs:
-            result["compiled_vs_pure"] = compare_pure(args.pairs, args.events, args.seed,
-                                                      beam_args, work_dir)
+        if not args.pairs:
+            result = run_bench(args.events, work_dir, beam_args, args.seed, args.data_dir)
+        else:
+            data_dir = args.data_dir or os.path.join(work_dir, "data")
+            generated = ({"events": None, "seconds": None} if args.data_dir
+                         else generate_log(data_dir, args.events, args.seed))
+            modes = ("compiled", "pure") if compiled.available() else ("pure",)
+            series, first = fresh_runs(args.pairs, args.events, data_dir, beam_args,
+                                       work_dir, modes)
+            result = headline(series[modes[0]], first, modes[0], generated)
+            result["compiled_vs_pure"] = (
+                compare_pure(series) if len(modes) == 2 else
+                {"skipped": "beam_jobs._fastloops is not built (no C compiler at install)",
+                 "runs": series})
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, sort_keys=False)
         f.write("\n")

@@ -365,8 +365,10 @@ def test_known_times_compiled_equals_python():
         for keep in (True, False):
             assert fast(events, items, keep) == known_times(events, items, keep)
     assert fast([], None, True) is None
-    lo, hi, times = fast(events, {"i1": 1}, True)
+    lo, hi, times, n_known = fast(events, {"i1": 1}, True)
     assert (lo, hi) == (min(times), max(times)) and len(times) < len(events)
+    assert n_known == sum(e[2] == "i1" for e in events) == len(times)
+    assert fast(events, None, False)[3] == len(events)
 
 
 def test_train_times_compiled_equals_the_python_lists_on_random_users():

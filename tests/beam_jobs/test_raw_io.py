@@ -3,6 +3,7 @@
 import gzip
 import io
 import os
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -274,3 +275,46 @@ def test_the_gzip_writer_bounds_its_queue_and_keeps_the_bytes_in_order(monkeypat
     writer.close()
     releaser.join()
     assert gzip.decompress(raw.closed_value) == b"".join(chunks)
+
+
+class _KeptBytes(io.BytesIO):
+    def close(self):
+        self.kept = self.getvalue()
+
+
+def _gzip_of(pieces, level=1, chunk_bytes=64):
+    raw = _KeptBytes()
+    writer = raw_io._GzipWriter(raw, level=level, chunk_bytes=chunk_bytes)
+    for piece in pieces:
+        writer.write(piece)
+    writer.close()
+    return raw.kept
+
+
+def test_the_gzip_bytes_do_not_depend_on_how_the_writes_were_cut():
+    # ISA-L's deflate (unlike zlib's) depends on where its input is cut, so the
+    # writer hands it exactly chunk_bytes at a time whatever the write sizes.
+    data = bytes((i * 7919) % 251 for i in range(5000)) * 3
+    one = _gzip_of([data])
+    assert _gzip_of([data[i:i + 1] for i in range(0, 700)] + [data[700:]]) == one
+    assert _gzip_of([data[i:i + 333] for i in range(0, len(data), 333)]) == one
+    assert _gzip_of([data[:64], data[64:128], b"", data[128:]]) == one
+    assert gzip.decompress(one) == data
+    assert _gzip_of([]) and gzip.decompress(_gzip_of([])) == b""
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_gzip_levels_isal_has_and_zlib_only_levels_write_the_same_records(level):
+    data = b"".join(b"record %d;" % i for i in range(3000))
+    assert gzip.decompress(_gzip_of([data], level=level)) == data
+
+
+def test_isal_is_the_deflater_when_installed_and_zlib_reads_its_files():
+    from isal import isal_zlib  # a dependency (setup.py), never skipped
+    assert type(raw_io._deflater(1)) is type(isal_zlib.compressobj(1, 8, 31))
+    assert type(raw_io._deflater(6)) is type(zlib.compressobj(6, 8, 31))
+    data = b"".join(b"%d," % i for i in range(20000))
+    written = _gzip_of([data], chunk_bytes=1 << 20)
+    assert zlib.decompress(written, 31) == data  # plain zlib reads ISA-L's gzip
+    reader = raw_io._GzipReader(io.BytesIO(written + gzip.compress(b"tail")), "x.gz")
+    assert b"".join(iter(lambda: reader.read(4096), b"")) == data + b"tail"

@@ -1,0 +1,111 @@
+"""SideTableParser: users / items rows -> (key, SideRowInfo), with hand-built entries.
+
+The parser caches each feature's encoded entry per value (side-table columns
+repeat a few values); these tests pin that a cached entry is the entry of
+that exact value: -0.0 and 0.0 stay apart, a full cache still encodes, and a
+bad numeric falls back to the feature's default.
+"""
+
+import struct
+
+import pytest
+
+from feature_contract import feature_config as fc
+from beam_jobs import event_parsing
+from beam_jobs.event_parsing import MISSING_KEY, Reject, SideTableParser
+
+CONFIG = fc.from_dict({"name": "side", "features": [
+    {"name": "user_id", "field": "user", "type": "categorical", "source": "users",
+     "vocab_size": 10},
+    {"name": "city", "field": "user", "type": "categorical", "source": "users",
+     "vocab_size": 10, "default": "none"},
+    {"name": "score", "field": "user", "type": "numeric", "source": "users",
+     "default": "1.5", "boundaries": [0.0, 1.0]},
+    {"name": "interests", "field": "user", "type": "tags", "source": "users",
+     "vocab_size": 10, "max_len": 2},
+    {"name": "item_id", "field": "item", "type": "categorical", "source": "items",
+     "vocab_size": 10},
+    {"name": "hour", "field": "context", "type": "categorical", "source": "derived",
+     "derive": "hour_of_day", "vocab_size": 24}]})
+
+
+def _varint(n):
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+
+def _entry(name, feature):
+    """A tf.Example feature map entry by the protobuf wire format, by hand."""
+    key = name.encode()
+    body = b"\n" + _varint(len(key)) + key + b"\x12" + _varint(len(feature)) + feature
+    return b"\n" + _varint(len(body)) + body
+
+
+def _bytes_feature(*values):
+    inner = b"".join(b"\n" + _varint(len(v)) + v for v in values)
+    return b"\n" + _varint(len(inner)) + inner
+
+
+def _float_feature(value):
+    packed = struct.pack("<f", value)
+    flist = b"\n" + _varint(len(packed)) + packed
+    return b"\x12" + _varint(len(flist)) + flist
+
+
+def _expected(user, city, score, interests):
+    return b"".join([_entry("user_id", _bytes_feature(user.encode())),
+                     _entry("city", _bytes_feature(city.encode())),
+                     _entry("score", _float_feature(score)),
+                     _entry("interests", _bytes_feature(*(t.encode() for t in interests)))])
+
+
+def test_rows_encode_to_hand_built_entries_and_vocab():
+    parser = SideTableParser(CONFIG, event_parsing.USERS)
+    key, info = parser.parse(b'{"user_id": " u1 ", "city": "paris", "score": 0.25, '
+                             b'"interests": "a|b|c"}')
+    assert key == "u1"
+    assert info.entries == _expected("u1", "paris", 0.25, ["a", "b"])
+    assert info.vocab == (("user_id", ("u1",)), ("city", ("paris",)),
+                          ("interests", ("a", "b")))
+    assert info.created_ts is None
+    # Missing / blank / unparsable values: the features' defaults.
+    _, info = parser.parse({"user_id": 7, "city": "  ", "score": "high"})
+    assert info.entries == _expected("7", "none", 1.5, [])
+    assert info.vocab == (("user_id", ("7",)), ("city", ("none",)), ("interests", ()))
+
+
+def test_cached_entries_equal_fresh_ones_and_zeros_keep_their_sign():
+    parser = SideTableParser(CONFIG, event_parsing.USERS)
+    rows = [{"user_id": "u", "city": "paris", "score": s, "interests": ["x"]}
+            for s in (0.0, -0.0, 0.0, 2.0, 2.0, -0.0)]
+    got = [parser.parse(row)[1].entries for row in rows]
+    fresh = [SideTableParser(CONFIG, event_parsing.USERS).parse(row)[1].entries for row in rows]
+    assert got == fresh
+    assert got[0] == _expected("u", "paris", 0.0, ["x"])
+    assert got[1] == _expected("u", "paris", -0.0, ["x"])
+    assert got[0] != got[1]  # the sign bit: 00 00 00 00 vs 00 00 00 80
+    assert got[1].endswith(b"\x00\x00\x00\x80" + _entry("interests", _bytes_feature(b"x")))
+
+
+def test_a_full_cache_still_encodes_every_row(monkeypatch):
+    monkeypatch.setattr(event_parsing, "_MAX_CACHED_ENTRIES", 3)
+    parser = SideTableParser(CONFIG, event_parsing.USERS)
+    for i in range(20):
+        _, info = parser.parse({"user_id": f"u{i}", "city": f"c{i % 4}", "score": i / 4,
+                                "interests": [f"t{i}"]})
+        assert info.entries == _expected(f"u{i}", f"c{i % 4}", i / 4, [f"t{i}"])
+    assert sum(len(cache) for *_, cache in parser._columns) == 3
+
+
+def test_a_row_without_its_key_is_rejected():
+    parser = SideTableParser(CONFIG, event_parsing.ITEMS)
+    with pytest.raises(Reject) as err:
+        parser.parse({"item_id": "  "})
+    assert err.value.reason == MISSING_KEY
+    key, info = parser.parse({"item_id": "i9"})
+    assert (key, info.entries) == ("i9", _entry("item_id", _bytes_feature(b"i9")))
