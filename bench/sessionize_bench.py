@@ -10,9 +10,9 @@ alternately, so the machine's drifting speed is shared out evenly
 (`fresh_runs`). The headline figures of bench/results/sessionize.json are the
 medians of the compiled runs; every run is listed with its throughput, CPU
 seconds per 1M events, peak RSS (the process plus its children, e.g.
-multi-process workers, sampled together), the load average and a
-machine-speed reference (`machine_reference_s`), since wall time on a shared
-machine depends on the neighbours. The paired difference compiled - pure
+multi-process workers, sampled together) and the load average, since wall
+time on a shared machine depends on the neighbours (the pure-Python runs,
+paired with the compiled ones, show the machine's speed at the time). The paired difference compiled - pure
 comes with its 95% interval. With --pairs 0: one run in this process (the
 10M-event and multi-worker benches), its figures the headline.
 
@@ -127,27 +127,6 @@ def _dirty_paths() -> list[str] | None:
     return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
-def machine_reference_s(repeats: int = 3) -> float:
-    """Seconds of a fixed pure-Python workload (best of `repeats`).
-
-    Dict lookups, str building, tuple sorting and bytes joins, like the job's
-    Python parts: recorded next to each run so a slow stretch of the machine
-    shows in the JSON (the same code has measured 79k and 117k events/s
-    within the hour here). It is a reading, never used to correct a figure.
-    """
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        counts: dict[str, int] = {}
-        for i in range(200_000):
-            key = f"i{(i * 7919) % 5003}"
-            counts[key] = counts.get(key, 0) + 1
-        ranked = sorted((n, k, (k, n)) for k, n in counts.items())
-        b"".join(k.encode() for _, k, _ in ranked * 20)
-        best = min(best, time.perf_counter() - start)
-    return round(best, 4)
-
-
 def generate_log(data_dir: str, num_events: int, seed: int) -> dict[str, Any]:
     """The synthetic log the runs read, written once: {"events", "seconds"}."""
     start = time.perf_counter()
@@ -174,7 +153,6 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
     # Before the run: the code measured (with "-dirty" if tracked files differ).
     commit = stats.git_commit()
     dirty_paths = _dirty_paths()
-    reference_s = machine_reference_s()
     load_before = os.getloadavg()
     cpu_before = os.times()
     # What the process already holds (imports; the generator's leftovers when
@@ -212,7 +190,6 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
         "cpu_seconds_per_1m_events": round(cpu_seconds * 1e6 / events["read"], 2),
         "load_average_1min": {"before": round(load_before[0], 2),
                               "after": round(os.getloadavg()[0], 2)},
-        "machine_reference_s": reference_s,
         "read": events["read"],
         "accepted": events["accepted"],
         "dead_letter": events["dead_letter"],
@@ -232,7 +209,7 @@ def run_bench(num_events: int, work_dir: str, beam_args: list[str], seed: int = 
 
 # What each fresh run contributes to the series in the JSON.
 _RUN_FIELDS = ("seconds", "events_per_s", "cpu_seconds_per_1m_events", "load_average_1min",
-               "machine_reference_s", "peak_rss_mb")
+               "peak_rss_mb")
 
 
 def fresh_runs(pairs: int, num_events: int, data_dir: str, beam_args: list[str],
@@ -308,7 +285,6 @@ def headline(runs: list[dict[str, Any]], first: dict[str, Any], mode: str,
         "runs_at_or_above_target": sum(v >= TARGET_EVENTS_PER_S for v in speeds),
         "cpu_seconds_per_1m_events": float(np.median(
             [r["cpu_seconds_per_1m_events"] for r in runs])),
-        "machine_reference_s": float(np.median([r["machine_reference_s"] for r in runs])),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in runs),
                            key=lambda rss: rss["sampled_tree_total"]),
     })

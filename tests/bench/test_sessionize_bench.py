@@ -39,7 +39,6 @@ def test_the_headline_is_the_median_of_fresh_compiled_runs_on_one_log(tmp_path):
     assert result["runs_at_or_above_target"] == sum(
         v >= sessionize_bench.TARGET_EVENTS_PER_S for v in speeds)
     assert result["compiled_loops"] is compiled.available()
-    assert all(r["machine_reference_s"] > 0 for r in runs)
     if not compiled.available():
         assert "skipped" in pairs
         return
