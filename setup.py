@@ -18,7 +18,7 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22", "tf-keras>=2.21,<2.22", "tensorflow-recommenders==0.7.7",
         "apache-beam[gcp]>=2.77,<2.78", "faiss-cpu", "tensorflow-serving-api>=2.19,<2.20",
-        "pyyaml", "isal>=1.6",
+        "pyyaml",
     ],
     extras_require={"bench": ["implicit", "gensim"],  # + deepctr==0.9.3 --no-deps
                     "test": ["pytest"]},

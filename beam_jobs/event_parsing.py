@@ -477,7 +477,7 @@ class SideRowInfo(NamedTuple):
     created_ts: float | None = None
 
 
-_MAX_CACHED_ENTRIES = 100_000  # per SideTableParser, over all its features
+_MAX_CACHED_ENTRIES = 20_000  # per side-table feature
 
 
 class SideTableParser:
@@ -496,20 +496,21 @@ class SideTableParser:
         self._columns = [(s, s.raw_column, normalizer(s), {}) for s in self._specs]
         self._vocab_index = [(i, s.name) for i, s in enumerate(self._specs)
                              if s.name in vocab_names]
-        self._cached_entries = 0
 
     def _entry(self, spec: fc.FeatureSpec, cache: dict[Any, bytes], value: Any) -> bytes:
         """encode_value, cached per feature: side-table columns repeat few values.
 
-        A numeric zero is not cached: 0.0 == -0.0 would share an entry.
+        Each feature caches at most _MAX_CACHED_ENTRIES values, so a column of
+        unique values (an id, a price) cannot crowd out the others. A numeric
+        zero is not cached (0.0 == -0.0 would share an entry), nor a NaN (a
+        "nan" default: never equal to itself, it would only fill the cache).
         """
         entry = cache.get(value)
         if entry is None:
             entry = encode_value(spec, value)
-            if self._cached_entries < _MAX_CACHED_ENTRIES and (
-                    value or spec.type != fc.NUMERIC):
+            if len(cache) < _MAX_CACHED_ENTRIES and (
+                    spec.type != fc.NUMERIC or (value and value == value)):
                 cache[value] = entry
-                self._cached_entries += 1
         return entry
 
     def parse(self, record: Any) -> tuple[str, SideRowInfo]:

@@ -44,38 +44,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import compiled as compiled_loops
 
-try:  # ISA-L's deflate: the same gzip format as zlib, several times faster
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - depends on the environment
-    _isal_zlib = None
-
 try:  # google-crc32c ships with apache-beam[gcp]; crcmod is the slow fallback
     import google_crc32c
 
     _crc32c = google_crc32c.value
 except ImportError:  # pragma: no cover - depends on the environment
     from apache_beam.io.tfrecordio import _default_crc32c_fn as _crc32c
-
-# gzip reading and writing go through ISA-L (PyPI `isal`, a dependency) when
-# it is installed, else through zlib: both read any gzip file, and ISA-L's
-# deflate writes the same format (measured on this job's examples: level 1 at
-# ~1.6 GB/s vs zlib's ~340 MB/s, files ~6% smaller; inflate ~2x zlib's). The
-# compressed bytes differ between the two, the records inside do not.
-_GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + (
-    (_isal_zlib.error,) if _isal_zlib is not None else ())
-
-
-def _inflater() -> Any:
-    """A decompressor of one gzip member."""
-    return (_isal_zlib or zlib).decompressobj(16 + zlib.MAX_WBITS)
-
-
-def _deflater(level: int) -> Any:
-    """A gzip compressor at `level`: ISA-L for the levels it has (0-3), else zlib."""
-    if _isal_zlib is not None and 0 <= level <= _isal_zlib.ISAL_BEST_COMPRESSION:
-        return _isal_zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
 
 JSONL, CSV = "jsonl", "csv"
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -274,7 +248,7 @@ class _GzipReader:
 
     def __init__(self, raw: Any, path: str):
         self._raw, self._path = raw, path
-        self._inflate = _inflater()
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._started = False
 
     def read(self, size: int) -> bytes:
@@ -293,11 +267,11 @@ class _GzipReader:
             out = []
             while chunk:
                 if self._inflate.eof:  # the next member of a concatenated gzip
-                    self._inflate = _inflater()
+                    self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 self._started = True
                 try:
                     out.append(self._inflate.decompress(chunk))
-                except _GZIP_ERRORS as err:
+                except zlib.error as err:
                     raise RawTableError(f"{self._path}: not a valid gzip file ({err})") from None
                 chunk = self._inflate.unused_data if self._inflate.eof else b""
             data = b"".join(out)
@@ -461,9 +435,8 @@ class _GzipWriter:
     """Gzip stream over a raw file handle at a chosen compression level.
 
     Beam's compressed files use zlib's default level (6); level 1 writes the
-    same gzip format several times faster (ISA-L's level 1 several times
-    faster again, see `_deflater`), which matters because compression is the
-    largest single cost of writing examples.
+    same gzip format several times faster, which matters because compression
+    is the largest single cost of writing examples.
 
     Data is buffered to `chunk_bytes` and each chunk compressed and written
     by one background thread: zlib and file writes release the GIL, so on a
@@ -479,13 +452,13 @@ class _GzipWriter:
 
     def __init__(self, raw: Any, level: int, chunk_bytes: int = 1 << 20):
         self._raw = raw
-        self._zlib = _deflater(level)
+        self._zlib = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         self._chunk_bytes = chunk_bytes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._tasks: collections.deque[concurrent.futures.Future] = collections.deque()
 
-    def _compress_and_write(self, data: bytes | memoryview) -> None:
+    def _compress_and_write(self, data: bytes) -> None:
         out = self._zlib.compress(data)
         if out:
             self._raw.write(out)
@@ -494,35 +467,25 @@ class _GzipWriter:
         self._raw.write(self._zlib.flush())
         self._raw.close()
 
-    def _submit(self, data: bytes | memoryview) -> None:
-        tasks = self._tasks
-        while tasks and tasks[0].done():
-            tasks.popleft().result()  # re-raises a failed chunk's error now
-        if len(tasks) >= _MAX_QUEUED_CHUNKS:
-            tasks.popleft().result()
-        tasks.append(_compressor().submit(self._compress_and_write, data))
+    def _submit_pending(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending, self._pending_bytes = [], 0
+            tasks = self._tasks
+            while tasks and tasks[0].done():
+                tasks.popleft().result()  # re-raises a failed chunk's error now
+            if len(tasks) >= _MAX_QUEUED_CHUNKS:
+                tasks.popleft().result()
+            tasks.append(_compressor().submit(self._compress_and_write, data))
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= self._chunk_bytes:
-            # Exactly `chunk_bytes` per compress call whatever the writes'
-            # sizes: ISA-L's output (unlike zlib's) depends on where the
-            # input is cut, and the file must not depend on how the records
-            # were batched (test_sessionize_equivalence).
-            pending = b"".join(self._pending)
-            size = self._chunk_bytes
-            whole = len(pending) - len(pending) % size
-            view = memoryview(pending)
-            for start in range(0, whole, size):
-                self._submit(view[start:start + size])  # no copy: views of `pending`
-            rest = pending[whole:]
-            self._pending, self._pending_bytes = ([rest] if rest else []), len(rest)
+            self._submit_pending()
 
     def close(self) -> None:
-        if self._pending:
-            self._submit(b"".join(self._pending))
-            self._pending, self._pending_bytes = [], 0
+        self._submit_pending()
         self._tasks.append(_compressor().submit(self._finish))
         tasks, self._tasks = self._tasks, collections.deque()
         for task in tasks:

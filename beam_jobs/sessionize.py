@@ -341,9 +341,10 @@ def _records(element: Any) -> Iterable[Any]:
 
 
 # Events cross the GroupByUser shuffle as one marshal blob per (user, input
-# batch), with a flag "every event's item is known": a GroupByKey on the Python runners encodes, decodes and re-encodes
-# every value, so one bytes value instead of a list of nested tuples cuts the
-# shuffle's cost several times (measured). marshal's format 4 is stable from
+# batch), with a flag "every event's item is known": a GroupByKey on the
+# Python runners encodes, decodes and re-encodes every value, so one bytes
+# value instead of a list of nested tuples cuts the shuffle's cost several
+# times (measured). marshal's format 4 is stable from
 # Python 3.4 on, and the blob never leaves the job's own workers.
 _MARSHAL_VERSION = 4
 _ITEM_OF = operator.itemgetter(2)  # an event tuple's item id

@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             series, first = fresh_runs(args.pairs, args.events, data_dir, beam_args,
                                        work_dir, modes)
             result = headline(series[modes[0]], first, modes[0], generated)
+            result["command"] = "python -m bench.sessionize_bench " + " ".join(
+                sys.argv[1:] if argv is None else argv)
             result["compiled_vs_pure"] = (
                 compare_pure(series) if len(modes) == 2 else
                 {"skipped": "beam_jobs._fastloops is not built (no C compiler at install)",

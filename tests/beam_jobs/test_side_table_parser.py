@@ -99,7 +99,24 @@ def test_a_full_cache_still_encodes_every_row(monkeypatch):
         _, info = parser.parse({"user_id": f"u{i}", "city": f"c{i % 4}", "score": i / 4,
                                 "interests": [f"t{i}"]})
         assert info.entries == _expected(f"u{i}", f"c{i % 4}", i / 4, [f"t{i}"])
-    assert sum(len(cache) for *_, cache in parser._columns) == 3
+    # Each feature caches at most 3 values: the 20 user ids cannot crowd out the cities.
+    sizes = {spec.name: len(cache) for spec, _, _, cache in parser._columns}
+    assert sizes == {"user_id": 3, "city": 3, "score": 3, "interests": 3}
+
+
+def test_a_nan_default_is_encoded_but_never_cached():
+    config = fc.from_dict({"name": "nan", "features": [
+        dict(CONFIG.to_dict()["features"][0]),
+        {"name": "score", "field": "user", "type": "numeric", "source": "users",
+         "default": "nan", "boundaries": [0.0, 1.0]},
+        {"name": "hour", "field": "context", "type": "categorical", "source": "derived",
+         "derive": "hour_of_day", "vocab_size": 24},
+        dict(CONFIG.to_dict()["features"][4])]})
+    parser = SideTableParser(config, event_parsing.USERS)
+    for i in range(5):
+        _, info = parser.parse({"user_id": "u", "score": "bad"})
+        assert info.entries.endswith(_entry("score", _float_feature(float("nan"))))
+    assert [len(cache) for spec, _, _, cache in parser._columns if spec.name == "score"] == [0]
 
 
 def test_a_row_without_its_key_is_rejected():

@@ -31,6 +31,8 @@ def test_the_headline_is_the_median_of_fresh_compiled_runs_on_one_log(tmp_path):
     modes = ["compiled", "pure"] if compiled.available() else ["pure"]
     assert sorted(os.listdir(work)) == sorted(
         ["data"] + [f"{m}_{i}.json" for m in modes for i in range(2)])
+    children = [json.loads((work / f"{m}_{i}.json").read_text()) for m in modes for i in range(2)]
+    assert all(child["generated_events"] is None and child["read"] == 3000 for child in children)
     runs = pairs["runs"][mode]
     assert len(runs) == 2
     speeds = [r["events_per_s"] for r in runs]
