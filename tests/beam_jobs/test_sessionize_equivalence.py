@@ -114,3 +114,32 @@ def test_memoized_dofn_specs_answers_like_beam_per_class_and_restores_it():
         userstate.get_dofn_specs(_Stateful())[0].clear()
         assert userstate.get_dofn_specs(_Stateful()) == ({_Stateful.COUNT}, set())
     assert userstate.get_dofn_specs is original
+
+
+def test_the_job_never_weighs_side_inputs_and_restores_the_runners_cache(raw_log, tmp_path,
+                                                                       monkeypatch):
+    # The embedded worker's side-input cache weighs each value it caches with
+    # objsize (a walk of every module's globals); the job turns the cache off.
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker import statecache
+
+    weighed = []
+    real = statecache.get_deep_size
+    monkeypatch.setattr(statecache, "get_deep_size",
+                        lambda *objs: weighed.append(len(objs)) or real(*objs))
+    before = worker_handlers.STATE_CACHE_SIZE_MB
+    assert before > 0
+    with sessionize._no_embedded_state_cache():
+        assert worker_handlers.STATE_CACHE_SIZE_MB == 0
+    assert worker_handlers.STATE_CACHE_SIZE_MB == before
+    raw, config_path = raw_log
+    run_job(raw, config_path, tmp_path / "out", monkeypatch, 0)
+    assert weighed == []
+    assert worker_handlers.STATE_CACHE_SIZE_MB == before
+    # The same pipeline on Beam's own setting weighs its side inputs (the
+    # check above can fail).
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        side = p | "Side" >> beam.Create([3])
+        _ = (p | beam.Create([1, 2])
+             | beam.Map(lambda x, s: x + s, s=beam.pvalue.AsSingleton(side)))
+    assert weighed
