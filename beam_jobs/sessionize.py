@@ -371,8 +371,8 @@ def _records(element: Any) -> Iterable[Any]:
 # batch), with a flag "every event's item is known": a GroupByKey on the
 # Python runners encodes, decodes and re-encodes every value, so one bytes
 # value instead of a list of nested tuples cuts the shuffle's cost several
-# times (measured). marshal's format 4 is stable from
-# Python 3.4 on, and the blob never leaves the job's own workers.
+# times (measured). marshal's format 4 is stable from Python 3.4 on, and the
+# blob never leaves the job's own workers.
 _MARSHAL_VERSION = 4
 _ITEM_OF = operator.itemgetter(2)  # an event tuple's item id
 
@@ -446,10 +446,11 @@ class _ParseEventsFn(_CountingDoFn):
         times_of = (compiled_loops.module().known_times if self._parser.compiled
                     else known_times)
         keep = self._keep_times
-        all_known: dict[str, bool] = {}
+        blobs: dict[str, tuple[bool, bytes]] = {}
         for user, events in by_user.items():
             summary = times_of(events, items, keep)
-            all_known[user] = summary is not None and summary[3] == len(events)
+            blobs[user] = (summary is not None and summary[3] == len(events),
+                           marshal.dumps(events, _MARSHAL_VERSION))
             if summary is not None:
                 lo, hi, known, _ = summary
                 if keep:
@@ -462,8 +463,7 @@ class _ParseEventsFn(_CountingDoFn):
                         span[0] = lo
                     if hi > span[1]:
                         span[1] = hi
-        return {user: (all_known[user], marshal.dumps(events, _MARSHAL_VERSION))
-                for user, events in by_user.items()}
+        return blobs
 
     def finish_bundle(self) -> Iterator[Any]:
         with _gc_paused():
