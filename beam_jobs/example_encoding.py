@@ -91,6 +91,40 @@ def int64_entry_maker(key: bytes) -> Any:
     return make
 
 
+def bytes_value_entry_maker(key: bytes) -> Any:
+    """A fast `lambda value: bytes_entry(key, [value])` for one bytes value.
+
+    Everything before the value depends only on its length, so the prefix is
+    built once per length: a side table's unique ids (user / item ids) each
+    cost one dict lookup and one concatenation.
+    """
+    prefixes: dict[int, bytes] = {}
+
+    def make(value: bytes) -> bytes:
+        prefix = prefixes.get(len(value))
+        if prefix is None:
+            entry = bytes_entry(key, [value])
+            prefix = prefixes[len(value)] = entry[:len(entry) - len(value)]
+        return prefix + value
+
+    return make
+
+
+def packed_bytes_entry_maker(key: bytes) -> Any:
+    """A fast `lambda packed: bytes_entry(key, values)` given `packed`, the
+    values' `_bytes_piece`s joined (a prefix built once per packed length)."""
+    prefixes: dict[int, bytes] = {}
+
+    def make(packed: bytes) -> bytes:
+        prefix = prefixes.get(len(packed))
+        if prefix is None:
+            entry = _bytes_entry_from_pieces(key, [packed])
+            prefix = prefixes[len(packed)] = entry[:len(entry) - len(packed)]
+        return prefix + packed
+
+    return make
+
+
 def float_entry_maker(key: bytes) -> Any:
     """A fast `lambda v: float_entry(key, [v])`: a fixed prefix + 4 bytes."""
     prefix = float_entry(key, [0.0])[:-4]

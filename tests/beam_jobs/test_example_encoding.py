@@ -99,6 +99,27 @@ def test_float_entry_maker_equals_float_entry(value):
     assert enc.float_entry_maker(b"age")(value) == enc.float_entry(b"age", [value])
 
 
+# The entry nests four lengths (value, BytesList, Feature, map entry); from
+# 115 to 130 bytes each of them crosses the 1- to 2-byte varint boundary in
+# turn (at 119, 124, 126, 128 for the key "s"), and 16,384 the 2- to 3-byte one.
+@pytest.mark.parametrize("length", [0, 1, *range(115, 131), 16_380, 16_384])
+def test_bytes_value_entry_maker_equals_protobuf_at_every_length(length):
+    make = enc.bytes_value_entry_maker(b"s")
+    value = b"v" * length
+    for _ in range(2):  # the first call builds the length's prefix, the second reuses it
+        assert enc.example_bytes([make(value)]) == proto_bytes("s", bytes_list=[value])
+    assert make(b"w" * length) == enc.bytes_entry(b"s", [b"w" * length])
+
+
+@pytest.mark.parametrize("values", [[], [b""], [b"a", b"bc"], [b"x" * 60, b"y" * 66],
+                                    [b"x" * 200, b"z"]])
+def test_packed_bytes_entry_maker_equals_protobuf(values):
+    make = enc.packed_bytes_entry_maker(b"tags")
+    packed = b"".join(enc._bytes_piece(v) for v in values)
+    for _ in range(2):
+        assert enc.example_bytes([make(packed)]) == proto_bytes("tags", bytes_list=values)
+
+
 def test_several_features_parse_back_in_the_given_order():
     entries = [enc.bytes_entry(b"user_id", [b"u1"]), enc.int64_entry(b"click", [1]),
                enc.float_entry(b"age", [2.5]), enc.bytes_entry(b"tags", [])]

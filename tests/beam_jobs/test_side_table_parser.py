@@ -119,6 +119,40 @@ def test_a_nan_default_is_encoded_but_never_cached():
     assert [len(cache) for spec, _, _, cache in parser._columns if spec.name == "score"] == [0]
 
 
+def test_raw_values_of_other_types_are_normalized_not_cached_as_strs():
+    # The categorical cache is keyed on the raw str: 7, 7.0 and True are
+    # equal dict keys whose strings differ, so they are never cached.
+    parser = SideTableParser(CONFIG, event_parsing.USERS)
+    for raw, want in [("7", "7"), (7, "7"), (7.0, "7"), (True, "True"), (" 7 ", "7"),
+                      ("7", "7"), (1, "1"), (True, "True"), (7.5, "7.5")]:
+        _, info = parser.parse({"user_id": raw, "city": "paris", "score": 0.5})
+        assert info.entries == _expected(want, "paris", 0.5, []), raw
+        assert info.vocab[0] == ("user_id", (want,))
+    cache = {spec.name: cache for spec, _, _, cache in parser._columns}["user_id"]
+    assert sorted(cache) == [" 7 ", "7"]
+
+
+@pytest.mark.parametrize("raw, want", [
+    ([" a ", " ", "b", "c"], ("a", "b")),  # a list of str: the fast path
+    (["a"], ("a",)),
+    ([], ()),
+    ([3, None, "b"], ("3", "b")),  # other items: normalize_value's _to_str
+    ([None, 2.0, " x "], ("2", "x")),
+    ([b"raw"], ("b'raw'",)),  # bytes have a strip() too; still str() as before
+    ("a|b|c", ("a", "b")),
+    ('["p", 4]', ("p", "4")),
+    (None, ()),
+])
+def test_tags_normalize_as_normalize_value_with_hand_built_entries(raw, want):
+    parser = SideTableParser(CONFIG, event_parsing.USERS)
+    spec = {s.name: s for s in CONFIG.features}["interests"]
+    assert event_parsing.normalize_value(spec, raw) == want
+    for _ in range(2):  # cold and cached tags
+        _, info = parser.parse({"user_id": "u", "city": "c", "score": 0.5, "interests": raw})
+        assert info.entries == _expected("u", "c", 0.5, list(want))
+        assert info.vocab[2] == ("interests", want)
+
+
 def test_a_row_without_its_key_is_rejected():
     parser = SideTableParser(CONFIG, event_parsing.ITEMS)
     with pytest.raises(Reject) as err:
