@@ -765,3 +765,38 @@ def test_synthetic_labels_sessions_and_histories_match_a_naive_derivation(tmp_pa
                for split in fc.SPLITS for c in want.get((fc.RETRIEVAL, split), [])))
     assert old_rule > sum(summary["labels"][s][fc.CLICK]["impressions_labelled"]
                           for s in fc.SPLITS)
+
+
+def test_side_rows_cross_the_shuffle_as_one_pickled_value_and_keep_the_smallest():
+    # _ParseSideTableFn -> (key, bytes) -> _pick_row: the parser's row comes
+    # back whole, and of duplicates the smallest entries win (ties: the
+    # smaller JSON text of the raw record); the others are dead-lettered
+    # with their record as read (a JSON line decoded to text, a dict as is).
+    fn = sessionize._ParseSideTableFn(CONFIG, "users")
+    fn.setup()
+    fn.start_bundle()
+    lines = [b'{"user_id": "u1", "age": 30}', b'{"user_id": "u1", "age": 20}',
+             {"user_id": "u1", "age": 20.0, "x": [1]}, b'{"user_id": "u2", "age": 20}',
+             b'{"user_id": "u1"']
+    out = list(fn.process(lines))
+    rows = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [key for key, _ in rows] == ["u1", "u1", "u1", "u2"]
+    assert all(isinstance(blob, bytes) for _, blob in rows)
+    assert fn._counts == {"users.read": 5, "users.dead_letter.malformed": 1}
+
+    parser = sessionize.SideTableParser(CONFIG, "users")
+    counts = collections.Counter()
+    info, dead = sessionize._pick_row("users", "u2", [rows[3][1]], counts)
+    assert info == parser.parse(lines[3])[1] and dead == []
+    # age 20 (float 20.0 either way) sorts before age 30; the two age-20
+    # rows tie on their entries, and the JSON text of the line (a quoted
+    # string, '"') sorts before that of the dict ('{'): the line is kept.
+    info, dead = sessionize._pick_row("users", "u1", [b for _, b in reversed(rows[:3])],
+                                      counts)
+    assert info == parser.parse(lines[1])[1] == parser.parse(lines[2])[1]
+    assert info != parser.parse(lines[0])[1]
+    assert dead == [
+        {"reason": "duplicate_key", "source": "users", "record": lines[2]},
+        {"reason": "duplicate_key", "source": "users", "record": '{"user_id": "u1", "age": 30}'}]
+    assert counts == {"users.accepted": 2, "users.dead_letter.duplicate_key": 2}
+    assert sessionize._pick_row("users", "u3", [], counts) == (None, [])
