@@ -32,23 +32,35 @@ class AttentionPooling(keras.layers.Layer):
 
     Args:
       units: hidden width of the scoring MLP.
+      positions: > 0: each position's distance from the row's latest valid
+        position (0 = latest, capped at positions - 1) adds a learned
+        vector inside the tanh, so the scores can weigh recency (the pooled
+        values stay the sequence's own vectors).
     Call:
       sequence: [B, L, d]; mask: [B, L] bool; query: [B, q].
     Returns:
       [B, d].
     """
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, positions: int = 0, **kwargs):
         super().__init__(**kwargs)
         if units < 1:
             raise ValueError(f"units must be >= 1, got {units}")
-        self.units = int(units)
+        if positions < 0:
+            raise ValueError(f"positions must be >= 0, got {positions}")
+        self.units, self.positions = int(units), int(positions)
+        self.position_table = (keras.layers.Embedding(self.positions, units, name="position")
+                               if self.positions else None)
         self.key_proj = keras.layers.Dense(units, use_bias=False, name="key")
         self.query_proj = keras.layers.Dense(units, name="query")
         self.score = keras.layers.Dense(1, use_bias=False, name="score")
 
     def call(self, sequence: tf.Tensor, mask: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
-        hidden = tf.tanh(self.key_proj(sequence) + self.query_proj(query)[:, None, :])
+        keys = self.key_proj(sequence) + self.query_proj(query)[:, None, :]
+        if self.position_table is not None:
+            from_end = tf.cumsum(tf.cast(mask, tf.int32), axis=1, reverse=True) - 1
+            keys += self.position_table(tf.clip_by_value(from_end, 0, self.positions - 1))
+        hidden = tf.tanh(keys)
         scores = tf.squeeze(self.score(hidden), -1)  # [B, L]
         mask = tf.cast(mask, scores.dtype)
         scores = scores - tf.reduce_max(scores - 1e9 * (1.0 - mask), axis=1, keepdims=True)
@@ -57,7 +69,7 @@ class AttentionPooling(keras.layers.Layer):
         return tf.einsum("bl,bld->bd", weights, sequence)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "positions": self.positions}
 
 
 def recent_mean(sequence: tf.Tensor, mask: tf.Tensor, count: int | None = None) -> tf.Tensor:
@@ -103,6 +115,9 @@ class FeatureTower(keras.Model):
       attention_units: 0 = mean-pool multi-valued features; > 0 = attention
         pooling with the single-valued embeddings as query.
       normalize: L2-normalize the output (cosine towers).
+      history_positions: attention pooling of each sequence feature (the
+        click history) also scores each position's distance from the row's
+        latest click (`AttentionPooling` positions = the feature's max_len).
       recent_clicks: > 0: each sequence feature (the click history, oldest
         first) also adds the mean of its last `recent_clicks` entries (both
         poolings are order-free, and the next click may follow the latest
@@ -127,7 +142,7 @@ class FeatureTower(keras.Model):
     def __init__(self, feature_config: Mapping[str, Any], vocabularies: Mapping[str, Sequence[str]],
                  feature_names: Sequence[str], embedding_dim: int, hidden_units: Sequence[int],
                  output_dim: int, attention_units: int = 0, normalize: bool = False,
-                 recent_clicks: int = 0,
+                 recent_clicks: int = 0, history_positions: bool = False,
                  shared_tables: Mapping[str, keras.layers.Embedding] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.feature_config = dict(feature_config)
@@ -137,6 +152,7 @@ class FeatureTower(keras.Model):
         self.hidden_units = [int(u) for u in hidden_units]
         self.attention_units, self.normalize = int(attention_units), bool(normalize)
         self.recent_clicks = int(recent_clicks)
+        self.history_positions = bool(history_positions)
         if self.recent_clicks < 0:
             raise ValueError(f"recent_clicks must be >= 0, got {recent_clicks}")
         config = fc.from_dict(self.feature_config)
@@ -194,8 +210,11 @@ class FeatureTower(keras.Model):
                                        embeddings_initializer=keras.initializers.RandomNormal(
                                            stddev=0.01), name=f"{n}_sequence_embedding"))
             for n in multi}
-        self.poolers = {n: AttentionPooling(self.attention_units, name=f"{n}_attention")
-                        for n in multi if attend}
+        self.poolers = {n: AttentionPooling(
+            self.attention_units, name=f"{n}_attention",
+            positions=(config.feature(n).max_len if self.history_positions
+                       and config.feature(n).type == fc.SEQUENCE else 0))
+            for n in multi if attend}
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
                     for i, u in enumerate(self.hidden_units)]
         self.out = keras.layers.Dense(self.output_dim, name="output")
@@ -228,4 +247,5 @@ class FeatureTower(keras.Model):
                 "hidden_units": self.hidden_units, "output_dim": self.output_dim,
                 "attention_units": self.attention_units, "normalize": self.normalize,
                 "recent_clicks": self.recent_clicks,
+                "history_positions": self.history_positions,
                 "name": self.name}

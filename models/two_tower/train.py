@@ -66,8 +66,9 @@ def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, lis
                                 share)
     user_tower = FeatureTower(cfg, vocabularies, user_names, config.embedding_dim,
                               config.hidden_units, config.dim, config.attention_units,
-                              normalize=True, recent_clicks=recent, shared_tables=shared,
-                              name="user_tower")
+                              normalize=True, recent_clicks=recent,
+                              history_positions=config.history_positions,
+                              shared_tables=shared, name="user_tower")
     item_tower = FeatureTower(cfg, vocabularies, item_names, config.embedding_dim,
                               config.hidden_units, config.dim, attention_units=0,
                               normalize=True, shared_tables=shared, name="item_tower")

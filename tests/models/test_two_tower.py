@@ -74,6 +74,34 @@ def test_attention_pooling_hand_computed_and_empty_rows():
     np.testing.assert_array_equal(out[1], [0.0, 0.0])  # new user: no history, no NaN
 
 
+def test_attention_pooling_positions_count_from_each_rows_latest_valid_position():
+    # Padding on either side: position 0 is each row's latest valid entry.
+    layer = AttentionPooling(2, positions=2)
+    seq = tf.constant([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], [[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])
+    mask = tf.constant([[True, True, False], [False, True, True]])
+    query = tf.constant([[1.0], [-1.0]])
+    out = layer(seq, mask, query).numpy()
+    wk, wq, bq, v, pos = (w.numpy() for w in (
+        layer.key_proj.kernel, layer.query_proj.kernel, layer.query_proj.bias,
+        layer.score.kernel, layer.position_table.embeddings))
+    assert pos.shape == (2, 2) and layer.get_config()["positions"] == 2
+    for row, (valid, from_end) in enumerate((([0, 1], [1, 0]), ([1, 2], [1, 0]))):
+        x = seq.numpy()[row, valid]
+        keys = x @ wk + (query.numpy()[row] @ wq + bq) + pos[from_end]
+        scores = np.tanh(keys) @ v[:, 0]
+        weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+        np.testing.assert_allclose(out[row], weights @ x, rtol=1e-5)
+    # Older positions than `positions` share the last row of the table.
+    long_seq, long_mask = tf.ones([1, 4, 2]) * tf.range(4.0)[None, :, None], tf.ones([1, 4], bool)
+    keys = (np.arange(4.0)[:, None] * np.ones(2)) @ wk + (np.array([1.0]) @ wq + bq)
+    scores = np.tanh(keys + pos[[1, 1, 1, 0]]) @ v[:, 0]
+    weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(layer(long_seq, long_mask, tf.constant([[1.0]])).numpy()[0],
+                               weights @ (np.arange(4.0)[:, None] * np.ones(2)), rtol=1e-5)
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        AttentionPooling(2, positions=-1)
+
+
 # One share_item_embedding choice: the recent_clicks tests below see only
 # their own axis (the share choice has its own tests).
 TRAINED_CONFIG = TwoTowerConfig(dim=16, embedding_dim=8, hidden_units=(32,), max_epochs=30,
@@ -263,6 +291,24 @@ def test_recent_clicks_tower_exports_and_restores(trained, tmp_path):
         copy(features)
         copy.set_weights(original.get_weights())
         np.testing.assert_allclose(copy(features).numpy(), out, atol=1e-6)
+
+
+def test_history_positions_only_on_the_history_and_restored_from_config(trained):
+    config = trained.config
+    names = tt_train.feature_names(config, TRAINED_CONFIG)[0]
+    tower = FeatureTower(config.to_dict(), trained.vocabularies, names, 4, (8,), 4,
+                         attention_units=3, history_positions=True)
+    history = config.history_feature.name
+    assert {n: p.positions for n, p in tower.poolers.items()} == {
+        n: (config.history_feature.max_len if n == history else 0) for n in tower.multi_names}
+    features = {k: tf.constant(v[:4]) for k, v in trained.queries.features.items()
+                if k in tower.feature_names}
+    out = tower(features).numpy()
+    copy = FeatureTower.from_config(tower.get_config())
+    copy(features)
+    copy.set_weights(tower.get_weights())
+    np.testing.assert_allclose(copy(features).numpy(), out, atol=1e-6)
+    assert TwoTowerConfig.from_hparams({"history_positions": True}).history_positions
 
 
 def test_recent_clicks_needs_a_sequence_and_another_feature(trained):
