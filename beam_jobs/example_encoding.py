@@ -11,7 +11,7 @@ the same features in the same order.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from feature_contract import feature_config as fc
@@ -91,38 +91,32 @@ def int64_entry_maker(key: bytes) -> Any:
     return make
 
 
-def bytes_value_entry_maker(key: bytes) -> Any:
-    """A fast `lambda value: bytes_entry(key, [value])` for one bytes value.
-
-    Everything before the value depends only on its length, so the prefix is
-    built once per length: a side table's unique ids (user / item ids) each
-    cost one dict lookup and one concatenation.
-    """
+def _tail_entry_maker(build: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """`build` made fast for entries that end in their argument, the rest
+    depending only on its length: the prefix is built once per length."""
     prefixes: dict[int, bytes] = {}
 
-    def make(value: bytes) -> bytes:
-        prefix = prefixes.get(len(value))
+    def make(tail: bytes) -> bytes:
+        prefix = prefixes.get(len(tail))
         if prefix is None:
-            entry = bytes_entry(key, [value])
-            prefix = prefixes[len(value)] = entry[:len(entry) - len(value)]
-        return prefix + value
+            entry = build(tail)
+            prefix = prefixes[len(tail)] = entry[:len(entry) - len(tail)]
+        return prefix + tail
 
     return make
 
 
-def packed_bytes_entry_maker(key: bytes) -> Any:
+def bytes_value_entry_maker(key: bytes) -> Callable[[bytes], bytes]:
+    """A fast `lambda value: bytes_entry(key, [value])` for one bytes value:
+    a side table's unique ids (user / item ids) each cost one dict lookup and
+    one concatenation."""
+    return _tail_entry_maker(lambda value: bytes_entry(key, [value]))
+
+
+def packed_bytes_entry_maker(key: bytes) -> Callable[[bytes], bytes]:
     """A fast `lambda packed: bytes_entry(key, values)` given `packed`, the
-    values' `_bytes_piece`s joined (a prefix built once per packed length)."""
-    prefixes: dict[int, bytes] = {}
-
-    def make(packed: bytes) -> bytes:
-        prefix = prefixes.get(len(packed))
-        if prefix is None:
-            entry = _bytes_entry_from_pieces(key, [packed])
-            prefix = prefixes[len(packed)] = entry[:len(entry) - len(packed)]
-        return prefix + packed
-
-    return make
+    values' `_bytes_piece`s joined."""
+    return _tail_entry_maker(lambda packed: _bytes_entry_from_pieces(key, [packed]))
 
 
 def float_entry_maker(key: bytes) -> Any:
