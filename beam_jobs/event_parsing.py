@@ -516,16 +516,22 @@ class SideTableParser:
         if spec.type == fc.CATEGORICAL:
             make = bytes_value_entry_maker(spec.name.encode())
 
-            # Keyed on the raw str: a repeated value skips its normalization
-            # too. Other raw types (7, 7.0, True: equal keys, different
-            # strings) are normalized every time.
+            # Keyed on the raw value, so a repeat skips its normalization too:
+            # a str as itself, any other hashable raw value (a JSON int, a
+            # missing column's None) with its type, since 7, 7.0 and True are
+            # equal keys with different strings. Unhashable values (a list)
+            # are normalized every time.
             def categorical(raw: Any) -> tuple[bytes, tuple[str, ...]]:
-                hit = cache.get(raw) if raw.__class__ is str else None
+                key = raw if raw.__class__ is str else (raw.__class__, raw)
+                try:
+                    hit = cache.get(key)
+                except TypeError:
+                    key = hit = None
                 if hit is None:
                     value = norm(raw)
                     hit = (make(value.encode()), (value,) if value else ())
-                    if raw.__class__ is str and len(cache) < limit:
-                        cache[raw] = hit
+                    if key is not None and raw == raw and len(cache) < limit:  # NaN: never hit
+                        cache[key] = hit
                 return hit
 
             return categorical

@@ -182,6 +182,13 @@ class FeatureTower(keras.Model):
                 # the sequences get their own tables, as attention pooling's do.
                 multi = [n for n in rest if config.feature(n).type == fc.SEQUENCE]
                 single = [n for n in rest if n not in multi]
+        if self.history_positions and not (attend and any(
+                config.feature(n).type == fc.SEQUENCE for n in multi)):
+            # Otherwise no pooling would read positions: a run would train
+            # the plain tower while its config says positions are on.
+            raise ValueError(f"history_positions needs attention pooling (attention_units > 0 "
+                             f"and a non-sequence feature) over a sequence feature in "
+                             f"{list(self.feature_names)}")
         if not single and not self.shared_names:
             raise ValueError(f"no feature of {list(self.feature_names)} is left to embed "
                              f"apart from the shared tables' sequences")

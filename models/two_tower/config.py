@@ -118,6 +118,13 @@ class TwoTowerConfig:
         _set_choices(self, "recent_clicks",
                      lambda c: isinstance(c, int) and not isinstance(c, bool) and c >= 0,
                      "distinct integers >= 0 (one or a list to choose from)")
+        for name in ("use_user_id", "history_positions"):
+            if not isinstance(getattr(self, name), bool):  # "false" from a YAML would be truthy
+                raise TwoTowerConfigError(f"{name} must be true or false, got "
+                                          f"{getattr(self, name)!r}")
+        if self.history_positions and not self.attention_units:
+            raise TwoTowerConfigError("history_positions needs attention_units > 0 (the "
+                                      "positions are scored by the history's attention)")
         _set_choices(self, "share_item_embedding", lambda c: isinstance(c, bool),
                      "true, false or a list of distinct booleans to choose from")
         for name in ("extra_negatives", "hard_negatives"):

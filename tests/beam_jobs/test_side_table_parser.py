@@ -119,17 +119,22 @@ def test_a_nan_default_is_encoded_but_never_cached():
     assert [len(cache) for spec, _, _, cache in parser._columns if spec.name == "score"] == [0]
 
 
-def test_raw_values_of_other_types_are_normalized_not_cached_as_strs():
-    # The categorical cache is keyed on the raw str: 7, 7.0 and True are
-    # equal dict keys whose strings differ, so they are never cached.
+def test_raw_values_of_other_types_are_cached_with_their_type():
+    # The categorical cache is keyed on the raw value: 7, 7.0 and True are
+    # equal dict keys whose strings differ, so a non-str value is keyed with
+    # its type; a NaN (never equal to itself) and an unhashable list are not
+    # cached. Each value twice: cold, then from the cache.
     parser = SideTableParser(CONFIG, event_parsing.USERS)
+    nan = float("nan")
     for raw, want in [("7", "7"), (7, "7"), (7.0, "7"), (True, "True"), (" 7 ", "7"),
-                      ("7", "7"), (1, "1"), (True, "True"), (7.5, "7.5")]:
-        _, info = parser.parse({"user_id": raw, "city": "paris", "score": 0.5})
-        assert info.entries == _expected(want, "paris", 0.5, []), raw
-        assert info.vocab[0] == ("user_id", (want,))
-    cache = {spec.name: cache for spec, _, _, cache in parser._columns}["user_id"]
-    assert sorted(cache) == [" 7 ", "7"]
+                      ("7", "7"), (1, "1"), (True, "True"), (7.5, "7.5"), (7, "7"),
+                      (nan, "nan"), (nan, "nan"), (["7"], "['7']"), (["7"], "['7']")]:
+        _, info = parser.parse({"user_id": "u", "city": raw, "score": 0.5})
+        assert info.entries == _expected("u", want, 0.5, []), raw
+        assert info.vocab[1] == ("city", (want,))
+    cache = {spec.name: cache for spec, _, _, cache in parser._columns}["city"]
+    assert set(cache) == {"7", " 7 ", (int, 7), (float, 7.0), (bool, True), (int, 1),
+                          (float, 7.5)}
 
 
 @pytest.mark.parametrize("raw, want", [

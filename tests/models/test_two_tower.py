@@ -308,7 +308,23 @@ def test_history_positions_only_on_the_history_and_restored_from_config(trained)
     copy(features)
     copy.set_weights(tower.get_weights())
     np.testing.assert_allclose(copy(features).numpy(), out, atol=1e-6)
-    assert TwoTowerConfig.from_hparams({"history_positions": True}).history_positions
+    # The trainer's model builder passes the option to the user tower only.
+    on = dataclasses.replace(TRAINED_CONFIG, history_positions=True)
+    model = tt_train.build_model(config, trained.vocabularies, on, recent_clicks=0)[0]
+    assert model.user_tower.poolers[history].positions == config.history_feature.max_len
+    assert model.user_tower.history_positions and not model.item_tower.history_positions
+    off = tt_train.build_model(config, trained.vocabularies, TRAINED_CONFIG, recent_clicks=0)[0]
+    assert off.user_tower.poolers[history].positions == 0
+    # Without attention no pooling would read the positions: refused, not ignored.
+    with pytest.raises(ValueError, match="history_positions needs attention pooling"):
+        FeatureTower(config.to_dict(), trained.vocabularies, names, 4, (8,), 4,
+                     attention_units=0, history_positions=True)
+    with pytest.raises(TwoTowerConfigError, match="history_positions needs attention_units"):
+        TwoTowerConfig(attention_units=0, history_positions=True)
+    with pytest.raises(TwoTowerConfigError, match="history_positions must be true or false"):
+        TwoTowerConfig.from_hparams({"history_positions": "false"})
+    with pytest.raises(TwoTowerConfigError, match="use_user_id must be true or false"):
+        TwoTowerConfig.from_hparams({"use_user_id": 1})
 
 
 def test_recent_clicks_needs_a_sequence_and_another_feature(trained):
