@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from feature_contract import feature_config as fc
@@ -116,7 +116,7 @@ def normalize_value(spec: fc.FeatureSpec, raw: Any) -> Any:
             values = [_to_str(v) for v in listed]  # a JSON list in a CSV cell
         else:
             values = _to_str(raw).split(spec.separator)
-        return tuple(v.strip() for v in values if v and v.strip())[:spec.max_len]
+        return tuple([t for v in values if v and (t := v.strip())][:spec.max_len])
     value = _to_str(raw)
     return value if value else spec.default
 
@@ -479,7 +479,6 @@ class SideRowInfo(NamedTuple):
 
 
 _MAX_CACHED_ENTRIES = 20_000  # per side-table feature
-_STR_ONLY = frozenset((str,))
 
 
 class SideTableParser:
@@ -503,7 +502,8 @@ class SideTableParser:
                              if s.name in vocab_names]
 
     @staticmethod
-    def _encoder(spec: fc.FeatureSpec, cache: dict[Any, Any]) -> Any:
+    def _encoder(spec: fc.FeatureSpec, cache: dict[Any, Any]
+                 ) -> Callable[[Any], tuple[bytes, tuple[str, ...]]]:
         """raw value -> (encode_value entry, `_vocab_values`), for one feature.
 
         Each feature caches at most _MAX_CACHED_ENTRIES values, so a column of
@@ -537,7 +537,6 @@ class SideTableParser:
             return categorical
         if spec.type == fc.TAGS:
             make = packed_bytes_entry_maker(spec.name.encode())
-            max_len = spec.max_len
 
             # Tag lists are mostly unique (15,714 of 25,000 synthetic users),
             # their tags are not: the cache holds one packed piece per tag.
@@ -550,11 +549,7 @@ class SideTableParser:
                 return packed
 
             def tags(raw: Any) -> tuple[bytes, tuple[str, ...]]:
-                if raw.__class__ is list and set(map(type, raw)) <= _STR_ONLY:
-                    # normalize_value's list branch, for a list of str.
-                    values = tuple([t for v in raw if (t := v.strip())][:max_len])
-                else:
-                    values = norm(raw)
+                values = norm(raw)
                 return make(b"".join([piece(t) for t in values])), values
 
             return tags

@@ -13,8 +13,9 @@ seconds per 1M events, peak RSS (the process plus its children, e.g.
 multi-process workers, sampled together) and the load average, since wall
 time on a shared machine depends on the neighbours (the pure-Python runs,
 paired with the compiled ones, show the machine's speed at the time). The
-paired difference compiled - pure comes with its 95% interval. With --pairs 0: one run in this process (the
-10M-event and multi-worker benches), its figures the headline.
+paired difference compiled - pure comes with its 95% interval. With --pairs 0:
+one run in this process (the 10M-event and multi-worker benches), its figures
+the headline.
 
 Beam flags default to DEFAULT_BEAM_ARGS, the fastest DirectRunner setting
 measured on the 2-core benchmark machine (see that constant); any Beam flag
