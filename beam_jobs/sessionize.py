@@ -13,7 +13,8 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
 
   ParseUsers / ParseItems (+ PickItemRow)  side rows -> encoded feature
       entries; malformed, missing_key and duplicate_key rows dead-lettered.
-      The items table becomes one pickled-dict singleton side input.
+      The items table becomes one pickled-dict singleton side input, the
+      users' keys one pickled-frozenset singleton (UserKeySet).
   ParseEvents  raw records -> typed events grouped per user within a batch,
       shuffled as one marshal blob per (user, batch); malformed, missing_id,
       unknown_event, bad_timestamp and out_of_range rows dead-lettered.
@@ -28,8 +29,8 @@ component calls inside its own pipeline, `build_pipeline` adds reading and
   No users / items table  (allowed when only id features read it) every
       user / item of the events is known, its row filled from the id
       (DistinctItems / ItemIdRows for items, inline for users).
-  GroupByUser + BuildExamples  one pass per user (CoGroupByKey of events and
-      the user's row): exact duplicates (user, item, event, timestamp, and
+  GroupByUser + BuildExamples  one pass per user (one GroupByKey of the
+      event blobs and the user's rows, a join): exact duplicates (user, item, event, timestamp, and
       impression id when the config names an id column) filtered, events of users or items without a row dead-lettered
       (unknown_user, unknown_item), then sessions, history, labels and every
       example kind, plus the train-split statistics.
@@ -179,7 +180,7 @@ _METRICS_NAMESPACE = "feedrec.sessionize"
 # none, and impressions labelled 1 (see example_builder.attribute_by_time).
 _LABEL_COUNTS = ("attributed", "without_impression", "impressions_labelled")
 COUNTS_TAG, DEAD_LETTER_TAG, STATS_TAG, SPAN_TAG = "counts", "dead_letter", "stats", "span"
-TIMES_TAG, ITEM_IDS_TAG = "train_times", "item_ids"
+TIMES_TAG, ITEM_IDS_TAG, KEYS_TAG = "train_times", "item_ids", "keys"
 # BuildExamples holds a bundle's examples until about this many events'
 # worth are pending and emits one list per example kind and split: one
 # runner element (and one TFRecord framing call) per ~16k examples instead
@@ -191,6 +192,11 @@ EXAMPLE_FLUSH_SIZE = 16_384
 # synthetic events at 4,096 records a batch; 262,144 pending events (on the
 # order of 100 MB of tuples held) make it ~25k, about one per user.
 GROUP_FLUSH_EVENTS = 262_144
+# PickItemRow emits the picked item rows in lists of this many (and the rest
+# at the end of its bundle): the item table's combine and the item catalogue
+# then take one element per list, not per item (Beam's per-element steps
+# cost more than their work there). Output order is unchanged.
+ITEM_ROWS_PER_LIST = 4_096
 
 
 class SessionizeError(ValueError):
@@ -338,6 +344,40 @@ def _no_embedded_state_cache() -> Iterator[None]:
         yield
     finally:
         worker_handlers.STATE_CACHE_SIZE_MB = previous
+
+
+@contextlib.contextmanager
+def _short_sampler_period() -> Iterator[None]:
+    """Bundles' state samplers wake every `_SAMPLER_PERIOD_MS` at most while on.
+
+    Each bundle starts a thread that samples which step is running (Beam's
+    per-step msec metrics); its sleep grows to 200 ms, and ending the bundle
+    joins it, so the bundle's thread waits out the rest of that sleep with
+    nothing to do: 0.47 s of wall per 1M-event run over its 56 bundles,
+    measured (0.08 s at 10 ms). The thread sleeps without the GIL and wakes
+    to take one lock, so waking more often costs nothing measurable, and the
+    metrics are sampled more finely, not less. Bundle processors look the
+    class up on the module at each bundle, so a subclass there is enough.
+    """
+    from apache_beam.runners.worker import statesampler  # pylint: disable=import-outside-toplevel
+
+    original = statesampler.StateSampler
+
+    class ShortPeriodStateSampler(original):  # type: ignore[misc, valid-type]
+        def __init__(self, prefix: str, counter_factory: Any,
+                     sampling_period_ms: int = _SAMPLER_PERIOD_MS):
+            super().__init__(prefix, counter_factory,
+                             min(sampling_period_ms, _SAMPLER_PERIOD_MS))
+
+    statesampler.StateSampler = ShortPeriodStateSampler
+    try:
+        yield
+    finally:
+        statesampler.StateSampler = original
+
+
+# The state sampler's longest sleep during a run (Beam's default 200 ms).
+_SAMPLER_PERIOD_MS = 10
 
 
 @contextlib.contextmanager
@@ -505,7 +545,7 @@ class _ItemTable:
 
 
 class _ItemTableFn(beam.CombineFn):
-    """(key, tuple(SideRowInfo)) pairs -> one pickled dict of SideRowInfo.
+    """Lists of (key, tuple(SideRowInfo)) pairs -> one pickled dict of SideRowInfo.
 
     Item rows, and the accumulators the runner encodes between the lifted
     combine's stages, hold plain tuples, which Beam's fast coder encodes
@@ -517,8 +557,8 @@ class _ItemTableFn(beam.CombineFn):
     def create_accumulator(self) -> dict[str, tuple]:
         return {}
 
-    def add_input(self, acc, key_info):
-        acc[key_info[0]] = key_info[1]
+    def add_input(self, acc, pairs):
+        acc.update(pairs)
         return acc
 
     def merge_accumulators(self, accumulators):
@@ -546,11 +586,14 @@ class _ParseSideTableFn(_CountingDoFn):
     dict record may hold.
     The record stays as read (bytes, not decoded: `_dead_letter` decodes the
     few that are dead-lettered).
+    With `emit_keys`, each batch's parsed keys also go to KEYS_TAG as one
+    list (the users' key set is built from those lists, not per row).
     """
 
-    def __init__(self, config: fc.FeatureConfig, source: str):
+    def __init__(self, config: fc.FeatureConfig, source: str, emit_keys: bool = False):
         self._config = config
         self._source = source
+        self._emit_keys = emit_keys
 
     def setup(self) -> None:
         self._parser = SideTableParser(self._config, self._source)
@@ -559,6 +602,7 @@ class _ParseSideTableFn(_CountingDoFn):
         records = _records(element)
         self._counts[f"{self._source}.read"] += len(records)
         parse = self._parser.parse
+        keys = []
         for record in records:
             try:
                 key, info = parse(record)
@@ -566,7 +610,10 @@ class _ParseSideTableFn(_CountingDoFn):
                 self._counts[f"{self._source}.dead_letter.{rej.reason}"] += 1
                 yield TaggedOutput(DEAD_LETTER_TAG, _dead_letter(rej.reason, self._source, record))
                 continue
+            keys.append(key)
             yield key, pickle.dumps((record, *info), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._emit_keys and keys:
+            yield TaggedOutput(KEYS_TAG, keys)
 
 
 def _pick_row(source: str, key: str, blobs: Iterable[bytes],
@@ -589,13 +636,46 @@ def _pick_row(source: str, key: str, blobs: Iterable[bytes],
 
 
 class _PickItemFn(_CountingDoFn):
+    """(key, rows) -> lists of (key, tuple(SideRowInfo)), ITEM_ROWS_PER_LIST at most.
+
+    Plain tuples, see _ItemTableFn. Lists keep the rows' order: the item
+    catalogue is written in it.
+    """
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._picked: list[tuple[str, tuple]] = []
+
     def process(self, element: tuple[str, Iterable]) -> Iterator[Any]:
         key, rows = element
         info, dead = _pick_row(ITEMS, key, rows, self._counts)
         for record in dead:
             yield TaggedOutput(DEAD_LETTER_TAG, record)
         if info is not None:
-            yield key, tuple(info)  # see _ItemTableFn
+            self._picked.append((key, tuple(info)))
+            if len(self._picked) >= ITEM_ROWS_PER_LIST:
+                yield self._picked
+                self._picked = []
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._picked:
+            yield _global(self._picked)
+        self._picked = []
+        yield from super().finish_bundle()
+
+
+def _split_grouped(values: Iterable[Any]) -> tuple[list[tuple[bool, bytes]], list[bytes]]:
+    """GroupByUser's values -> (ParseEvents' (all known, blob) pairs, the user's pickled rows).
+
+    Both sides of the join go through one GroupByKey: an events value is a
+    tuple, a users-table row a bytes value (`_ParseSideTableFn`), so a
+    value's type says which side it came from; each side keeps its order.
+    """
+    blobs: list[tuple[bool, bytes]] = []
+    rows: list[bytes] = []
+    for value in values:
+        (rows if value.__class__ is bytes else blobs).append(value)
+    return blobs, rows
 
 
 class _JoinDedupeFn(_CountingDoFn):
@@ -611,20 +691,20 @@ class _JoinDedupeFn(_CountingDoFn):
         self._with_ids = self._config.impression_id_column is not None
         self._id_rows = None if self._users_table else SideTableParser(self._config, USERS)
 
-    def join_and_dedupe(self, user: str, grouped: Mapping[str, Iterable],
-                        items: Mapping[str, Any]) -> tuple[SideRowInfo | None, list, list]:
+    def join_and_dedupe(self, user: str, blobs: Sequence[tuple[bool, bytes]],
+                        rows: Sequence[bytes], items: Mapping[str, Any]
+                        ) -> tuple[SideRowInfo | None, list, list]:
         """Returns (user row, sorted accepted events, dead-letter records).
 
-        Without a users table every user is known: the row holds only the
-        id features, filled from the event's user id.
+        blobs: ParseEvents' (all items known, marshal blob) per flush; rows:
+        the user's pickled users-table rows (`_ParseSideTableFn`). Without a
+        users table every user is known: the row holds only the id features,
+        filled from the event's user id.
         """
         if self._id_rows is not None:
             info, dead = self._id_rows.parse({self._config.users_key: user})[1], []
         else:
-            info, dead = _pick_row(USERS, user, grouped[USERS], self._counts)
-        blobs = grouped[EVENTS]  # (all items known, marshal blob) per ParseEvents flush
-        if not isinstance(blobs, list):
-            blobs = list(blobs)
+            info, dead = _pick_row(USERS, user, rows, self._counts)
         if len(blobs) == 1:  # the usual case since ParseEvents groups per flush
             all_known, blob = blobs[0]
             events = marshal.loads(blob)
@@ -767,9 +847,9 @@ class _BuildExamplesFn(_JoinDedupeFn):
         self._item_stats: dict[str, list[int]] = {}
         self._train_times = _int64_arrays()
 
-    def process(self, element: tuple[str, Mapping[str, Iterable]], split_ts: float | None,
+    def process(self, element: tuple[str, Iterable[Any]], split_ts: float | None,
                 items_blob: bytes) -> Iterator[Any]:
-        user, grouped = element
+        user, (blobs, rows) = element[0], _split_grouped(element[1])
         items = self._items.get(items_blob)
         # The builder appends to the bundle's pending lists directly: every
         # user's examples of one tag stay in user order, so a flushed list is
@@ -778,7 +858,7 @@ class _BuildExamplesFn(_JoinDedupeFn):
         outputs = self._pending
         split_at = splits.user_split_time(self._config.split, user, split_ts)
         with _gc_paused():
-            info, events, dead = self.join_and_dedupe(user, grouped, items)
+            info, events, dead = self.join_and_dedupe(user, blobs, rows, items)
             if events:
                 before = self._pending_count
                 self._builder.build(user, info, events, split_at, items, outputs, self._counts,
@@ -840,13 +920,13 @@ def _int64_arrays() -> dict[str, array.array]:
 
 
 class _KeySetFn(beam.CombineFn):
-    """Keys -> one pickled frozenset (a bytes singleton side input, see _ItemTable)."""
+    """Lists of keys -> one pickled frozenset (a bytes singleton side input, see _ItemTable)."""
 
     def create_accumulator(self) -> set[str]:
         return set()
 
-    def add_input(self, acc, key):
-        acc.add(key)
+    def add_input(self, acc, keys):
+        acc.update(keys)
         return acc
 
     def merge_accumulators(self, accumulators):
@@ -909,14 +989,20 @@ def vocabularies(config: fc.FeatureConfig, stats: Mapping[str, Any],
     return out
 
 
-def _item_example(key_info: tuple[str, tuple], stats: Mapping[str, Any]) -> Iterator[list[bytes]]:
-    key, info = key_info[0], SideRowInfo(*key_info[1])
-    counts = stats["items"].get(key)
-    if counts is None:
-        return
-    yield [example_bytes([info.entries,
-                          int64_entry(fc.ITEM_CLICKS_KEY.encode(), [counts[1]]),
-                          int64_entry(fc.ITEM_IMPRESSIONS_KEY.encode(), [counts[0]])])]
+def _item_examples(pairs: Sequence[tuple[str, tuple]],
+                   stats: Mapping[str, Any]) -> Iterator[list[bytes]]:
+    """A list of item rows -> one list of the catalogue's examples (items seen in train)."""
+    seen = stats["items"]
+    examples = []
+    for key, info in pairs:
+        counts = seen.get(key)
+        if counts is not None:
+            examples.append(example_bytes([
+                SideRowInfo(*info).entries,
+                int64_entry(fc.ITEM_CLICKS_KEY.encode(), [counts[1]]),
+                int64_entry(fc.ITEM_IMPRESSIONS_KEY.encode(), [counts[0]])]))
+    if examples:
+        yield examples
 
 
 def summarize(config: fc.FeatureConfig, counts: Mapping[str, int],
@@ -1042,19 +1128,23 @@ class SessionizeOutputs(NamedTuple):
 
 
 class ParseSideTable(beam.PTransform):
-    """Raw users/items records -> ((key, pickled (raw, *SideRowInfo)), dead letters, counts).
+    """Raw users/items records -> ((key, pickled (raw, *SideRowInfo)), dead letters, counts
+    [, key lists]).
 
     `_pick_row` reads the rows back (see `_ParseSideTableFn`).
     """
 
-    def __init__(self, config: fc.FeatureConfig, source: str):
+    def __init__(self, config: fc.FeatureConfig, source: str, emit_keys: bool = False):
+        """Args: config; source: users / items; emit_keys: also each batch's
+        parsed keys as one list (KEYS_TAG)."""
         super().__init__()
-        self._config, self._source = config, source
+        self._config, self._source, self._emit_keys = config, source, emit_keys
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        tags = (DEAD_LETTER_TAG, COUNTS_TAG) + ((KEYS_TAG,) if self._emit_keys else ())
         return records | "Parse" >> beam.ParDo(
-            _ParseSideTableFn(self._config, self._source)).with_outputs(
-                DEAD_LETTER_TAG, COUNTS_TAG, main="rows")
+            _ParseSideTableFn(self._config, self._source, self._emit_keys)).with_outputs(
+                *tags, main="rows")
 
 
 class Sessionize(beam.PTransform):
@@ -1107,15 +1197,14 @@ class Sessionize(beam.PTransform):
         dead.append(events[DEAD_LETTER_TAG])
 
         if USERS in tables:
-            users = inputs[USERS] | "ParseUsers" >> ParseSideTable(config, USERS)
-            user_rows = users.rows
+            users = inputs[USERS] | "ParseUsers" >> ParseSideTable(config, USERS, emit_keys=True)
+            user_rows, user_key_lists = users.rows, users[KEYS_TAG]
             counts.append(users[COUNTS_TAG])
             dead.append(users[DEAD_LETTER_TAG])
         else:
             user_rows = pipeline | "NoUsersTable" >> beam.Create([])
-        user_keys = (user_rows
-                     | "UserKeys" >> beam.Map(lambda kv: kv[0])
-                     | "UserKeySet" >> beam.CombineGlobally(_KeySetFn()))
+            user_key_lists = user_rows
+        user_keys = user_key_lists | "UserKeySet" >> beam.CombineGlobally(_KeySetFn())
         user_spans = events[SPAN_TAG] | "AcceptedUserSpans" >> beam.FlatMap(
             _accepted_spans, keys_blob=AsSingleton(user_keys), users_table=USERS in tables)
         span = (user_spans
@@ -1124,8 +1213,12 @@ class Sessionize(beam.PTransform):
         split_ts = self._split_time(pipeline, span, user_spans)
 
         tags = [_example_tag(k, s) for k in fc.EXAMPLE_KINDS for s in fc.SPLITS]
-        built = ({EVENTS: events.events, USERS: user_rows}
-                 | "GroupByUser" >> beam.CoGroupByKey()
+        # A CoGroupByKey without its per-element steps (a tag map on each
+        # side, a regroup per user: 75k Beam steps per 1M synthetic events):
+        # the two sides' values tell themselves apart (see _split_grouped).
+        built = ((events.events, user_rows)
+                 | "EventsAndUserRows" >> beam.Flatten()
+                 | "GroupByUser" >> beam.GroupByKey()
                  | "BuildExamples" >> beam.ParDo(
                      _BuildExamplesFn(config, USERS in tables), split_ts=AsSingleton(split_ts),
                      items_blob=items_blob).with_outputs(
@@ -1136,9 +1229,10 @@ class Sessionize(beam.PTransform):
         stats_view = AsSingleton(stats)
 
         item_examples = item_rows | "ItemCatalogue" >> beam.FlatMap(
-            _item_example, stats=stats_view)
+            _item_examples, stats=stats_view)
         counts.append(item_examples
-                      | "CountItemExamples" >> beam.combiners.Count.Globally()
+                      | "ItemExampleListSizes" >> beam.Map(len)
+                      | "CountItemExamples" >> beam.CombineGlobally(sum)
                       | "ItemCountDict" >> beam.Map(lambda n: {"examples.items": n}))
         vocab = (stats | "Vocabularies" >> beam.FlatMap(
             lambda s, blob: vocabularies(config, s, pickle.loads(blob)).items(),
@@ -1180,7 +1274,7 @@ class Sessionize(beam.PTransform):
 
 
 class _IdRowFn(beam.DoFn):
-    """id -> (id, tuple(SideRowInfo)) of only the id features, for a table not given."""
+    """id -> [(id, tuple(SideRowInfo))] of only the id features, for a table not given."""
 
     def __init__(self, config: fc.FeatureConfig, source: str):
         self._config, self._source = config, source
@@ -1189,9 +1283,9 @@ class _IdRowFn(beam.DoFn):
         self._parser = SideTableParser(self._config, self._source)
         self._key = self._config.items_key if self._source == ITEMS else self._config.users_key
 
-    def process(self, key: str) -> Iterator[tuple[str, tuple]]:
+    def process(self, key: str) -> Iterator[list[tuple[str, tuple]]]:
         key, info = self._parser.parse({self._key: key})
-        yield key, tuple(info)  # a plain tuple, as _PickItemFn's (see _ItemTableFn)
+        yield [(key, tuple(info))]  # a list of plain tuples, as _PickItemFn's
 
 
 def _validation_sizes(times: beam.PCollection, split: fc.SplitSpec
@@ -1424,7 +1518,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     gc.freeze()
     try:
         with (_quiet_user_error_tracebacks(), _memoized_dofn_specs(), _memoized_view_as(),
-              _no_embedded_state_cache(), _gc_thresholds(_RUN_GC_THRESHOLD),
+              _no_embedded_state_cache(), _short_sampler_period(),
+              _gc_thresholds(_RUN_GC_THRESHOLD),
               beam.Pipeline(options=options) as p):
             build_pipeline(p, args, config)
     finally:

@@ -4,7 +4,9 @@ BuildExamples buffers a bundle's examples and emits one list per example kind
 and split (`sessionize.EXAMPLE_FLUSH_SIZE`); with the size 0 it emits each
 user's lists at once, the path the job had before. ParseEvents holds parsed
 events per user until `sessionize.GROUP_FLUSH_EVENTS` are pending; with 0 it
-emits one blob per user and input batch, as before. All runs read the same
+emits one blob per user and input batch, as before. PickItemRow emits item
+rows in lists of `sessionize.ITEM_ROWS_PER_LIST`; with 1, one per item, as
+the item catalogue was written before. All runs read the same
 synthetic log (with bad rows, so dead letters are compared too) and must
 leave byte-identical output trees: examples, items, vocabularies, item
 frequencies, summary.json and dead letters.
@@ -23,9 +25,10 @@ from feature_contract import feature_config as fc
 from beam_jobs import sessionize, synthetic
 
 
-def run_job(raw, config_path, out, monkeypatch, flush_size, group_flush=0):
+def run_job(raw, config_path, out, monkeypatch, flush_size, group_flush=0, item_rows=1):
     monkeypatch.setattr(sessionize, "EXAMPLE_FLUSH_SIZE", flush_size)
     monkeypatch.setattr(sessionize, "GROUP_FLUSH_EVENTS", group_flush)
+    monkeypatch.setattr(sessionize, "ITEM_ROWS_PER_LIST", item_rows)
     sessionize.run(["--config", str(config_path),
                     "--events", str(raw / "events.jsonl.gz"),
                     "--users", str(raw / "users.jsonl.gz"),
@@ -61,8 +64,8 @@ def test_batched_outputs_equal_the_per_user_path_byte_for_byte(raw_log, tmp_path
     run_job(raw, config_path, tmp_path / "per_user", monkeypatch, 0)
     # 500 examples / 1,500 events flush several times inside a bundle (the
     # input batches hold 700 records); the defaults flush at the end.
-    run_job(raw, config_path, tmp_path / "small", monkeypatch, 500, 1_500)
-    run_job(raw, config_path, tmp_path / "default", monkeypatch, 16_384, 262_144)
+    run_job(raw, config_path, tmp_path / "small", monkeypatch, 500, 1_500, 7)
+    run_job(raw, config_path, tmp_path / "default", monkeypatch, 16_384, 262_144, 4_096)
     reference = tree(tmp_path / "per_user")
     assert any(p.startswith(f"{fc.RANKING}/") for p in reference)
     assert any(p.startswith("dead_letter/") for p in reference)
@@ -72,6 +75,7 @@ def test_batched_outputs_equal_the_per_user_path_byte_for_byte(raw_log, tmp_path
     assert events["read"] == (events["accepted"] + sum(events["dead_letter"].values())
                               + sum(events["filtered"].values()))
     assert sum(events["dead_letter"].values()) > 0
+    assert summary["examples"]["items"] > 2 * 7  # several lists of 7 item rows
     for name in ("small", "default"):
         got = tree(tmp_path / name)
         assert sorted(got) == sorted(reference), name
@@ -143,3 +147,37 @@ def test_the_job_never_weighs_side_inputs_and_restores_the_runners_cache(raw_log
         _ = (p | beam.Create([1, 2])
              | beam.Map(lambda x, s: x + s, s=beam.pvalue.AsSingleton(side)))
     assert weighed
+
+
+def test_the_job_samples_bundles_with_a_short_period_and_restores_beams_sampler(
+        raw_log, tmp_path, monkeypatch):
+    # Ending a bundle joins its sampler thread, which may be inside a sleep
+    # of up to Beam's 200 ms; during a run the samplers sleep 10 ms at most.
+    from apache_beam.runners.worker import statesampler
+
+    original = statesampler.StateSampler
+    periods = []
+    real_init = original.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        periods.append(self.sampling_period_ms)
+
+    monkeypatch.setattr(original, "__init__", spy)
+    raw, config_path = raw_log
+    run_job(raw, config_path, tmp_path / "out", monkeypatch, 0)
+    assert statesampler.StateSampler is original
+    assert len(periods) > 10  # one sampler per bundle processor
+    assert set(periods) == {sessionize._SAMPLER_PERIOD_MS} == {10}
+    # Beam's own default, outside the run (the check above can fail).
+    periods.clear()
+    statesampler.StateSampler("stage", None)
+    assert periods == [200]
+
+
+def test_group_by_user_values_split_by_side_in_order():
+    # Events values are (all known, blob) pairs, users-table rows bytes.
+    values = [(True, b"e1"), b"row1", (False, b"e2"), b"row2", (True, b"")]
+    assert sessionize._split_grouped(values) == (
+        [(True, b"e1"), (False, b"e2"), (True, b"")], [b"row1", b"row2"])
+    assert sessionize._split_grouped(iter([])) == ([], [])
