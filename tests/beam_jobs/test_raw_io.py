@@ -317,36 +317,3 @@ def test_a_gzip_member_with_a_header_crc_reads_whatever_the_read_sizes():
     for size in (1, 3, 5, 11, 4096):
         reader = raw_io._GzipReader(io.BytesIO(gzip.compress(b"x,y\n") + member), "t.csv.gz")
         assert b"".join(iter(lambda: reader.read(size), b"")) == b"x,y\na,b\n1,2\n"
-
-
-def test_gzip_reader_reads_ahead_in_order_and_raises_after_the_good_pieces():
-    whole = gzip.compress(_lines(3000))
-    calls = []
-
-    class Raw(io.BytesIO):
-        def read(self, size=-1):
-            calls.append(size)
-            return super().read(size)
-
-    # Whole file: the pieces joined are the text; the first read returns one
-    # piece and has already started reading the next (two raw reads).
-    reader = raw_io._GzipReader(Raw(whole), "e.jsonl.gz")
-    first = reader.read(1000)
-    assert first and len(calls) >= 1
-    reader._ahead.result()
-    assert len(calls) >= 2
-    rest = b"".join(iter(lambda: reader.read(1000), b""))
-    assert first + rest == _lines(3000)
-    assert reader._ahead is None  # nothing in flight after the end
-    # Truncated: every good piece first, then the error, from read().
-    reader = raw_io._GzipReader(io.BytesIO(whole[:len(whole) // 2]), "t.jsonl.gz")
-    got = []
-    with pytest.raises(raw_io.RawTableError, match="t.jsonl.gz: truncated gzip file"):
-        while True:
-            got.append(reader.read(500))
-    assert _lines(3000).startswith(b"".join(got)) and len(b"".join(got)) > 0
-    # close() waits for the piece in flight and drops its error.
-    reader = raw_io._GzipReader(io.BytesIO(whole[:len(whole) // 2]), "t.jsonl.gz")
-    assert reader.read(len(whole) // 2 - 10)
-    reader.close()
-    assert reader._ahead is None
