@@ -95,6 +95,13 @@ Issue #15: BuildExamples emits a bundle's examples as one list per kind and
 split per EXAMPLE_FLUSH_SIZE events (was one per user and kind), and run()
 memoizes Beam's get_dofn_specs (_memoized_dofn_specs): 200k events, same
 conditions, 11.7-13.9 -> 9.5-9.7 CPU-s, outputs byte-identical (test).
+A later round cut Beam steps that carried none of the job's work (counted
+per PCollection): GroupByUser is a GroupByKey over the flattened event blobs
+and user rows, not a CoGroupByKey (its tag maps and per-user regroup: ~75k
+steps per 1M events); the users' key set comes from one key list per parsed
+batch; item rows travel in lists (ITEM_ROWS_PER_LIST); bundles' state
+samplers sleep 10 ms at most (_short_sampler_period). Paired fresh-process
+runs on 1M events: -0.65 s per run (bench/results/sessionize_ab_beam_steps.json).
 Second #15 round (1M events on the shared machine, back to back: 42.6 ->
 37.4 CPU-s from the first two): the GC's young-generation threshold raised
 for the run (`_gc_thresholds`: 1,637 young collections and 2.7 CPU-s of GC
@@ -357,7 +364,9 @@ def _short_sampler_period() -> Iterator[None]:
     measured (0.08 s at 10 ms). The thread sleeps without the GIL and wakes
     to take one lock, so waking more often costs nothing measurable, and the
     metrics are sampled more finely, not less. Bundle processors look the
-    class up on the module at each bundle, so a subclass there is enough.
+    class up on the module at each bundle, so a subclass there is enough;
+    it reaches bundles run in this process (the in-process runners), not
+    those of worker processes or remote runners, which keep Beam's default.
     """
     from apache_beam.runners.worker import statesampler  # pylint: disable=import-outside-toplevel
 
@@ -819,7 +828,7 @@ class _MergeStatsFn(beam.CombineFn):
 
 
 class _BuildExamplesFn(_JoinDedupeFn):
-    """(user, {events, users}) -> example batches per kind and split.
+    """(user, event blobs and user rows) -> example batches per kind and split.
 
     Joins, deduplicates and builds in one pass so the events are decoded
     once after the GroupByKey; bundle-level train statistics go to STATS_TAG
