@@ -1212,7 +1212,7 @@ class Sessionize(beam.PTransform):
             dead.append(users[DEAD_LETTER_TAG])
         else:
             user_rows = pipeline | "NoUsersTable" >> beam.Create([])
-            user_key_lists = user_rows
+            user_key_lists = user_rows  # empty too: no key lists, an empty key set
         user_keys = user_key_lists | "UserKeySet" >> beam.CombineGlobally(_KeySetFn())
         user_spans = events[SPAN_TAG] | "AcceptedUserSpans" >> beam.FlatMap(
             _accepted_spans, keys_blob=AsSingleton(user_keys), users_table=USERS in tables)
