@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from models.two_tower.config import TwoTowerConfig
 from models.two_tower.model import HardNegativeSampler, mixed_softmax_loss
 from models.two_tower.train import batch_candidates
 
@@ -104,6 +105,14 @@ def test_logq_of_each_negative_kind():
     assert set(hard_rows[2]) <= {2, 3, 4}
     none = batch_candidates(np.random.default_rng(0), positives, click_q, 2, None, 3)
     assert none[2].shape == (3, 0) and none[3].shape == (3, 0)
+    # the default (extra_negatives 0): the shared candidates are the batch's
+    # positives alone, with their click-frequency Q; hard negatives as before
+    shared, shared_q, hard_rows, hard_q = batch_candidates(
+        np.random.default_rng(0), positives, click_q, 0, hard, 1)
+    np.testing.assert_array_equal(shared, positives)
+    np.testing.assert_allclose(shared_q, [4 / 16, 1 / 16, 2 / 16], rtol=1e-6)
+    assert hard_rows.shape == (3, 1) and hard_q.shape == (3, 1)
+    assert TwoTowerConfig().extra_negatives == 0
 
 
 def test_hard_negatives_uniform_over_their_pool():
