@@ -111,7 +111,9 @@ def test_logq_of_each_negative_kind():
         np.random.default_rng(0), positives, click_q, 0, hard, 1)
     np.testing.assert_array_equal(shared, positives)
     np.testing.assert_allclose(shared_q, [4 / 16, 1 / 16, 2 / 16], rtol=1e-6)
-    assert hard_rows.shape == (3, 1) and hard_q.shape == (3, 1)
+    np.testing.assert_allclose(hard_q, np.full((3, 1), 1 / 3))
+    assert set(hard_rows[0]) <= {2, 3, 4} and set(hard_rows[1]) <= {0, 1, 2}
+    assert set(hard_rows[2]) <= {2, 3, 4}
     assert TwoTowerConfig().extra_negatives == 0
 
 
