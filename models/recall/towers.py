@@ -133,8 +133,11 @@ class FeatureTower(keras.Model):
         recent-click mean, the history back inside FieldEmbedding), so the
         trained weights do not load into it; serve the exported SavedModel,
         which holds the shared weights.
+      dropout: rate of Dropout on the MLP's input (the pooled embeddings)
+        and on each hidden layer's output, in training only; 0 = none.
     Call:
       features: dict name -> raw tensor.
+      training: Dropout is applied only when true.
     Returns:
       [B, output_dim] float32.
     """
@@ -143,7 +146,8 @@ class FeatureTower(keras.Model):
                  feature_names: Sequence[str], embedding_dim: int, hidden_units: Sequence[int],
                  output_dim: int, attention_units: int = 0, normalize: bool = False,
                  recent_clicks: int = 0, history_positions: bool = False,
-                 shared_tables: Mapping[str, keras.layers.Embedding] | None = None, **kwargs):
+                 shared_tables: Mapping[str, keras.layers.Embedding] | None = None,
+                 dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.feature_config = dict(feature_config)
         self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
@@ -153,6 +157,9 @@ class FeatureTower(keras.Model):
         self.attention_units, self.normalize = int(attention_units), bool(normalize)
         self.recent_clicks = int(recent_clicks)
         self.history_positions = bool(history_positions)
+        self.dropout = float(dropout)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if self.recent_clicks < 0:
             raise ValueError(f"recent_clicks must be >= 0, got {recent_clicks}")
         config = fc.from_dict(self.feature_config)
@@ -225,8 +232,10 @@ class FeatureTower(keras.Model):
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
                     for i, u in enumerate(self.hidden_units)]
         self.out = keras.layers.Dense(self.output_dim, name="output")
+        self.drop = [keras.layers.Dropout(self.dropout, name=f"dropout_{i}")
+                     for i in range(len(self.hidden_units) + 1)] if self.dropout else []
 
-    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def call(self, features: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         ids = self.ids({n: features[n] for n in self.feature_names})
         flats = []
         if self.embed is not None:
@@ -243,8 +252,10 @@ class FeatureTower(keras.Model):
             if n in self.recent_names:
                 parts.append(recent_mean(vectors, mask, self.recent_clicks))
         x = tf.concat(parts, axis=1)
-        for layer in self.mlp:
-            x = layer(x)
+        for i, layer in enumerate(self.mlp):
+            x = layer(self.drop[i](x, training=training) if self.drop else x)
+        if self.drop:
+            x = self.drop[-1](x, training=training)
         x = self.out(x)
         return tf.math.l2_normalize(x, axis=1) if self.normalize else x
 
@@ -254,5 +265,5 @@ class FeatureTower(keras.Model):
                 "hidden_units": self.hidden_units, "output_dim": self.output_dim,
                 "attention_units": self.attention_units, "normalize": self.normalize,
                 "recent_clicks": self.recent_clicks,
-                "history_positions": self.history_positions,
+                "history_positions": self.history_positions, "dropout": self.dropout,
                 "name": self.name}

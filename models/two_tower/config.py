@@ -79,6 +79,10 @@ class TwoTowerConfig:
         better on validation on three of four protocol / dataset pairs and
         worse on one (README), so the validation split decides.
       batch_size, learning_rate, seed: training loop.
+      weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
+        on every trainable weight, embedding tables included; 0 = plain Adam.
+      dropout: Dropout rate in both towers' MLPs (their input and each hidden
+        layer's output), in training only; 0 = none.
       max_epochs: cap on passes over the fit examples (training stops
         earlier when the validation HR@50 stops improving).
       patience: epochs without a validation improvement before stopping.
@@ -100,6 +104,8 @@ class TwoTowerConfig:
     share_item_embedding: tuple[bool, ...] = (False, True)
     batch_size: int = 512
     learning_rate: float = 0.003
+    weight_decay: float = 0.0
+    dropout: float = 0.0
     max_epochs: int = 20
     # 2: with patience 5 no epoch after the patience-2 stop improved validation
     # in any of 20 trainings (bench/results/recall_patience5.json; see
@@ -138,6 +144,10 @@ class TwoTowerConfig:
                 raise TwoTowerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise TwoTowerConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TwoTowerConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.weight_decay < 0:
+            raise TwoTowerConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         check_schedule(self, TwoTowerConfigError)
 
     @classmethod

@@ -104,10 +104,11 @@ class TwoTowerModel(keras.Model):
             (query b's are rows b*K .. b*K+K-1).
           hard_ids: [B, K] int ids; hard_probability: [B, K] per-draw Q.
         """
-        queries = self.user_tower(user_features)
-        shared = self.item_tower(shared_features)
+        # training=True: the towers' Dropout (if any) acts in the loss only.
+        queries = self.user_tower(user_features, training=True)
+        shared = self.item_tower(shared_features, training=True)
         # Explicit width: with K = 0 the reshape of an empty tensor cannot infer it.
-        hard = tf.reshape(self.item_tower(hard_features),
+        hard = tf.reshape(self.item_tower(hard_features, training=True),
                           [tf.shape(hard_ids)[0], tf.shape(hard_ids)[1],
                            self.item_tower.output_dim])
         return mixed_softmax_loss(queries, shared, shared_ids, shared_probability, hard,

@@ -68,10 +68,11 @@ def build_model(feature_config: fc.FeatureConfig, vocabularies: Mapping[str, lis
                               config.hidden_units, config.dim, config.attention_units,
                               normalize=True, recent_clicks=recent,
                               history_positions=config.history_positions,
-                              shared_tables=shared, name="user_tower")
+                              shared_tables=shared, dropout=config.dropout, name="user_tower")
     item_tower = FeatureTower(cfg, vocabularies, item_names, config.embedding_dim,
                               config.hidden_units, config.dim, attention_units=0,
-                              normalize=True, shared_tables=shared, name="item_tower")
+                              normalize=True, shared_tables=shared, dropout=config.dropout,
+                              name="item_tower")
     return TwoTowerModel(user_tower, item_tower, config.temperature), user_names, item_names
 
 
@@ -102,6 +103,14 @@ def _shared_item_table(feature_config: fc.FeatureConfig, vocabularies: Mapping[s
         ids.num_rows(n), config.embedding_dim,
         embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
         name=f"{n}_shared_embedding") for n in shared}
+
+
+def make_optimizer(config: TwoTowerConfig) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW when `config.weight_decay` > 0 (decoupled: each step
+    also shrinks every weight by learning_rate * weight_decay of itself)."""
+    if config.weight_decay:
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(config.learning_rate)
 
 
 def _hard_sampler(feature_config: fc.FeatureConfig, catalogue: data.Catalogue
@@ -221,7 +230,7 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         with steps.scope():
             model, user_names, item_names = build_model(feature_config, vocabularies, config,
                                                         recent, share)
-            optimizer = keras.optimizers.Adam(config.learning_rate)
+            optimizer = make_optimizer(config)
         steps.build(model, optimizer, training.tensors(fit_arrays, user_names, np.arange(1)),
                     training.tensors(catalogue.features, item_names, np.arange(1)))
 

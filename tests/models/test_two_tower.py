@@ -245,6 +245,56 @@ def test_recent_clicks_with_mean_pooling_gives_the_history_its_own_table(trained
         FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, recent_clicks=-1)
 
 
+def test_tower_dropout_acts_in_training_only_and_restores_from_config(trained):
+    config = trained.config
+    vocabularies = {k: list(v) for k, v in trained.result.model.user_tower.vocabularies.items()}
+    names = trained.result.user_names
+    features = {k: tf.constant(v[:16]) for k, v in trained.arrays.items() if k in names}
+    plain = FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4)
+    dropped = FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, dropout=0.5)
+    plain(features), dropped(features)
+    dropped.set_weights(plain.get_weights())  # Dropout adds no weights
+    np.testing.assert_allclose(dropped(features).numpy(), plain(features).numpy(), atol=1e-6)
+    np.testing.assert_allclose(dropped(features, training=False).numpy(),
+                               plain(features, training=True).numpy(), atol=1e-6)
+    tf.random.set_seed(0)
+    assert np.abs(dropped(features, training=True).numpy() - plain(features).numpy()).max() > 1e-3
+    assert dropped.get_config()["dropout"] == 0.5 and plain.get_config()["dropout"] == 0.0
+    restored = FeatureTower.from_config(dropped.get_config())
+    restored(features)
+    restored.set_weights(dropped.get_weights())
+    np.testing.assert_allclose(restored(features).numpy(), plain(features).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        FeatureTower(config.to_dict(), vocabularies, names, 4, (8,), 4, dropout=1.0)
+    with pytest.raises(TwoTowerConfigError, match=r"dropout must be in \[0, 1\), got -0.1"):
+        TwoTowerConfig(dropout=-0.1)
+
+
+def test_two_tower_loss_sees_dropout_and_weight_decay_shrinks_each_step(trained):
+    model, _, _ = tt_train.build_model(trained.config, trained.vocabularies,
+                                       dataclasses.replace(TRAINED_CONFIG, dropout=0.3), 0, False)
+    user = {k: tf.constant(v[:8]) for k, v in trained.arrays.items()
+            if k in model.user_tower.feature_names}
+    items = {k: tf.constant(v[:8]) for k, v in trained.catalogue.features.items()}
+    ids, q = tf.range(8), tf.fill([8], 1 / 200)
+    hard = {k: v[:0] for k, v in items.items()}
+    args = (user, items, ids, q, hard, tf.zeros([8, 0], tf.int64), tf.zeros([8, 0]))
+    tf.random.set_seed(1)
+    # Dropout draws a new mask each call: the training loss is not a function of the weights alone.
+    assert abs(float(model.compute_loss(*args)) - float(model.compute_loss(*args))) > 1e-4
+    # AdamW: a zero gradient (Adam's own step is 0) still shrinks w by lr * weight_decay * w.
+    w = tf.Variable([1.0, -2.0])
+    optimizer = tt_train.make_optimizer(TwoTowerConfig(learning_rate=0.1, weight_decay=0.5))
+    optimizer.apply_gradients([(tf.zeros(2), w)])
+    np.testing.assert_allclose(w.numpy(), [0.95, -1.9], rtol=1e-6)
+    plain = tt_train.make_optimizer(TwoTowerConfig(learning_rate=0.1))
+    w.assign([1.0, -2.0])
+    plain.apply_gradients([(tf.zeros(2), w)])
+    np.testing.assert_allclose(w.numpy(), [1.0, -2.0])
+    with pytest.raises(TwoTowerConfigError, match="weight_decay must be >= 0, got -1"):
+        TwoTowerConfig(weight_decay=-1)
+
+
 def test_recent_clicks_choice_is_the_best_validation_and_each_starts_alike(trained):
     result = trained.result
     choice = result.stats["recent_clicks"]
