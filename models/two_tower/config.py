@@ -82,7 +82,10 @@ class TwoTowerConfig:
       weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         on every trainable weight, embedding tables included; 0 = plain Adam.
       dropout: Dropout rate in both towers' MLPs (their input and each hidden
-        layer's output), in training only; 0 = none.
+        layer's output), in training only; 0 = none. 0.2 by default: on
+        validation (5 seeds, paired) it beat none on both synthetic protocols
+        (+0.016 / +0.015 HR@50) and tied MovieLens (-0.0001 / +0.0006); 0.4
+        lost on MovieLens (-0.011 / -0.017) and tied synthetic (README).
       max_epochs: cap on passes over the fit examples (training stops
         earlier when the validation HR@50 stops improving).
       patience: epochs without a validation improvement before stopping.
@@ -105,7 +108,7 @@ class TwoTowerConfig:
     batch_size: int = 512
     learning_rate: float = 0.003
     weight_decay: float = 0.0
-    dropout: float = 0.0
+    dropout: float = 0.2
     max_epochs: int = 20
     # 2: with patience 5 no epoch after the patience-2 stop improved validation
     # in any of 20 trainings (bench/results/recall_patience5.json; see

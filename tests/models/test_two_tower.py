@@ -260,6 +260,7 @@ def test_tower_dropout_acts_in_training_only_and_restores_from_config(trained):
     tf.random.set_seed(0)
     assert np.abs(dropped(features, training=True).numpy() - plain(features).numpy()).max() > 1e-3
     assert dropped.get_config()["dropout"] == 0.5 and plain.get_config()["dropout"] == 0.0
+    assert TwoTowerConfig().dropout == 0.2  # the validation-chosen default (README)
     restored = FeatureTower.from_config(dropped.get_config())
     restored(features)
     restored.set_weights(dropped.get_weights())
