@@ -89,10 +89,10 @@ from serving.blend import BLEND_FILE  # noqa: E402
 from serving.recommender import RecommenderSettings  # noqa: E402
 # The replay itself is serving code (the pipeline's BlendFitter runs it too);
 # the names stay importable from here for the bench's tests and scripts.
-from serving.replay import (BLEND_REQUESTS, FINAL_K, MODELS_CONFIG, RANKER_ONLY,  # noqa: E402,F401
-                            Replayed, ReplayRecommender, Request, build_recommender,
-                            fit_validation_blend, replay, requests_of, serving_client,
-                            subsample, target_rows)
+from serving.replay import (BLEND_FOLDS, BLEND_REQUESTS, FINAL_K, MODELS_CONFIG,  # noqa: E402,F401
+                            RANKER_ONLY, Replayed, ReplayRecommender, Request,
+                            build_recommender, fit_validation_blend, replay, requests_of,
+                            serving_client, subsample, target_rows)
 
 FunnelRecommender = ReplayRecommender  # the bench's earlier name
 
@@ -414,6 +414,10 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
                            "for requests without history",
         "references": "popularity and ALS (bench.recall_bench.PEER_SETTINGS) on the retrieval "
                       "Split-train, history excluded, ALS folding each request's history in",
+        "final_order": f"serving.replay.fit_validation_blend: the blend fitted on replayed "
+                       f"validation requests (never eval) is served when its {BLEND_FOLDS}-fold "
+                       f"held-out validation HR@{TOP} beats every channel's own list; otherwise "
+                       "the best channel's order (serving.blend.channel_order); `_blend.chosen`",
         "targets": f"final HR@{TOP} >= the best channel's own HR@{TOP}, and >= ALS HR@{TOP}; "
                    "'met' on the means, with the paired difference over requests (95% "
                    "Student-t; covers request sampling, not training seeds)",

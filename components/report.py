@@ -229,13 +229,21 @@ BLEND_DATASET = "this run (validation requests)"
 def blend_rows(fit: Mapping[str, Any]) -> list[dict[str, Any]]:
     """BlendFitter's fit.json as funnel rows: validation HR@10 of each order it replayed.
 
-    The blend's own figure is in sample (its weights were fitted on these
-    requests); the ranker's order, the merge order and each channel's list
-    are not fitted to them.
+    The served order ("final") is the blend or, when the blend's held-out
+    HR@10 did not beat every channel's, the best channel's order; the
+    blend's in-sample figure is flattered (its weights were fitted on these
+    requests), its held-out one is cross-validated; the ranker's order, the
+    merge order and each channel's list are not fitted to them.
     """
     figures = fit.get("validation_hr@10") or {}
-    named = [("final (blend, in sample)", "final", "blend_in_sample"),
-             ("merged, ranker order", "merged", "ranker_only"),
+    # Since the held-out check (serving.replay.choose_final_order) the served
+    # order is "chosen" and the blend's own figures are rows of their own;
+    # an older fit.json has the blend only, which was served.
+    named = ([(f"final ({fit.get('chosen', 'blend')})", "final", "chosen"),
+              ("blend, in sample", "blend", "blend_in_sample"),
+              ("blend, held out", "blend", "blend_held_out")] if "chosen" in figures else
+             [("final (blend, in sample)", "final", "blend_in_sample")])
+    named += [("merged, ranker order", "merged", "ranker_only"),
              ("merged, merge order", "merged", "merge_order")]
     named += [(key.split(":", 1)[1], "channel", key) for key in sorted(figures)
               if key.startswith("channel:")]
@@ -260,6 +268,8 @@ def blend_lines(blend: Any, fit: Mapping[str, Any] | None) -> list[str]:
             f"fitted on {fit.get('requests_used')} of {fit.get('requests')} validation requests "
             f"(mean log-likelihood {_fmt(fit.get('mean_log_likelihood'))} vs uniform "
             f"{_fmt(fit.get('uniform_log_likelihood'))})",
+            f"serving: {fit.get('chosen', 'blend')} (the blend is served only when its "
+            "held-out validation HR@10 beats every channel's own list)",
             f"weights: {weights}"]
 
 
@@ -365,8 +375,8 @@ def _plots(directory: str, ranking: Mapping[str, dict], rocs: Mapping[str, tuple
     funnel = {d: [r for r in rows if r["hr@10"] is not None] for d, rows in (funnel or {}).items()}
     funnel = {d: rows for d, rows in funnel.items() if rows}
     if funnel:
-        colors = {"final": "tab:red", "merged": "tab:gray", "channel": "tab:blue",
-                  "reference": "tab:green"}
+        colors = {"final": "tab:red", "blend": "tab:orange", "merged": "tab:gray",
+                  "channel": "tab:blue", "reference": "tab:green"}
         fig, axes = plt.subplots(1, len(funnel), figsize=(4.5 * len(funnel), 3.5), squeeze=False)
         for ax, (dataset, rows) in zip(axes[0], funnel.items()):
             where = np.arange(len(rows))

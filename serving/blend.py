@@ -50,6 +50,11 @@ def log_rank(name: str) -> str:
     return f"log_rank:{name}"
 
 
+# channel_order's weight on in:<channel>: above any log_rank (log(1 + rank) < 100
+# for every rank a list can hold), so the channel's rows all come first.
+CHANNEL_ORDER_IN_WEIGHT = 100.0
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), _EPS, 1.0 - _EPS)
     return np.log(p) - np.log1p(-p)
@@ -160,6 +165,19 @@ class Blend:
     def read(cls, path: str) -> "Blend":
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())
+
+
+def channel_order(name: str, fitted: Mapping[str, Any] | None = None) -> Blend:
+    """The blend that ranks the merged candidates in channel `name`'s own order.
+
+    score = 100 * in:<name> - log_rank:<name>: the channel's rows first, by
+    their rank there (strictly decreasing), then every other candidate
+    (score 0) in merge order (the recommender's sort is stable). What
+    fit_validation_blend serves when the fitted blend does not beat the
+    channel on held-out validation requests.
+    """
+    return Blend(((in_channel(name), CHANNEL_ORDER_IN_WEIGHT), (log_rank(name), -1.0)),
+                 dict(fitted or {}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from models import validation
 from models.recall import data, protocols, training as recall_training
 from models.recall.evaluate import take_queries
 from serving import config_files, model_server
-from serving.blend import CLICK_LOGIT, Blend, Group, fit_blend
+from serving.blend import CLICK_LOGIT, Blend, Group, channel_order, fit_blend
 from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles
 from serving.client import ModelServerClient
 from serving.indexes import IndexSet
@@ -44,6 +44,9 @@ TOP = 10  # the blend's validation figures are HR@10
 # Validation requests the blend is fitted on: a few thousand listwise groups
 # pin ~10 weights; more only lengthens the replay.
 BLEND_REQUESTS = 3000
+# Folds of the blend's cross-validation on the validation requests: the
+# blend is served only when its held-out HR@10 beats every channel's.
+BLEND_FOLDS = 5
 RANKER_ONLY = Blend(((CLICK_LOGIT, 1.0),))  # the ranker's order, with the features recorded
 
 
@@ -219,10 +222,57 @@ def hr_at(lists: Sequence[np.ndarray], targets: Sequence[np.ndarray], k: int = T
     return float(np.mean([bool(np.isin(rows[:k], t).any()) for rows, t in zip(lists, targets)]))
 
 
+def cross_validated_lists(replayed: Sequence[Replayed], groups: Sequence[Group],
+                          names: Sequence[str], folds: int, seed: int) -> list[np.ndarray]:
+    """Each request's final list by a blend fitted on the other folds' requests.
+
+    Requests go to `folds` folds at random (seeded); a fold whose complement
+    leaves no usable request keeps the merge order (no fit to rank by).
+
+    Args:
+      replayed: the replayed requests, features recorded.
+      groups: their blend groups (same order).
+      names: the feature names fitted.
+    """
+    fold_of = np.random.default_rng(seed).permutation(len(replayed)) % folds
+    lists: list[np.ndarray] = [r.merged for r in replayed]
+    for fold in range(folds):
+        held = np.flatnonzero(fold_of == fold)
+        try:
+            blend = fit_blend([g for g, f in zip(groups, fold_of) if f != fold], names)
+        except ValueError:  # nothing usable outside this fold: merge order
+            continue
+        for i in held:
+            lists[i] = replayed[i].ranked_by(blend)
+    return lists
+
+
+def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[str, float]
+                       ) -> tuple[Blend, str]:
+    """The fitted blend when its held-out HR@10 beats every channel's, else the
+    best channel's own order (serving.blend.channel_order; ties: the first
+    name in sorted order).
+
+    Why: the blend's weights are fitted to the validation requests, so its
+    in-sample HR@10 flatters it; a blend that cannot beat a single channel
+    on requests it was not fitted to adds weights and noise, and the funnel
+    would serve a list no better than that channel's at best.
+
+    Returns:
+      (the blend to serve, "blend" or "channel:<name>").
+    """
+    if not channel_hr:
+        return blend, "blend"
+    best = max(sorted(channel_hr), key=lambda c: channel_hr[c])
+    if blend_held_out > channel_hr[best]:
+        return blend, "blend"
+    return channel_order(best), f"channel:{best}"
+
+
 def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
                          items_table: str, users_table: str | None, work: str,
-                         requests: int = BLEND_REQUESTS, seed: int = 0, log=print
-                         ) -> tuple[Blend, dict[str, Any]]:
+                         requests: int = BLEND_REQUESTS, seed: int = 0, log=print,
+                         folds: int = BLEND_FOLDS) -> tuple[Blend, dict[str, Any]]:
     """Fits the final-list blend on requests replayed from the validation period.
 
     The validation period is the recall trainers' own carve (the latest
@@ -232,10 +282,14 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     (RANKER_ONLY) and every candidate's blend features recorded; the item
     popularity the features see is counted from the clicks before the
     validation period, so no validation click inflates its own item's count.
+    The blend is then cross-validated over `folds` folds of those requests
+    and served only when its held-out HR@10 beats each channel's own list;
+    otherwise the best channel's order is (choose_final_order).
 
     Returns:
-      (the blend, its record: weights, likelihoods, validation HR@10 of the
-      ranker's order, the blend's (in-sample) and each channel's).
+      (the blend to serve, its record: the chosen order, the fitted weights,
+      likelihoods, validation HR@10 of the ranker's order, the blend's (in
+      sample and held out) and each channel's).
     """
     carve = recall_training.carve_validation(train, validation.DEFAULT_VALIDATION_FRACTION,
                                              "funnel blend")
@@ -246,21 +300,34 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     t0 = time.time()
     replayed = [replay(recommender, request) for request in requests_of(queries, config)]
     targets = target_rows(queries, recommender.catalogue.ids)
-    groups = [Group(r.features, np.isin(r.merged, t)) for r, t in zip(replayed, targets)
-              if r.features is not None]
+    kept = [i for i, r in enumerate(replayed) if r.features is not None]
+    groups = [Group(replayed[i].features, np.isin(replayed[i].merged, targets[i])) for i in kept]
     names = sorted({name for g in groups for name in g.features})
-    blend = fit_blend(groups, names, provenance={
+    fitted = fit_blend(groups, names, provenance={
         "validation_cutoff": carve.cutoff, "popularity": "clicks before the validation cutoff"})
     channels = sorted({name for r in replayed for name in r.channels})
+    channel_hr = {c: hr_at([r.channels.get(c, np.zeros(0, np.int64)) for r in replayed], targets)
+                  for c in channels}
+    # Scored on every replayed request, as the channels are (one without
+    # recorded features has an empty list, as ranked_by gives it).
+    held_lists = [r.merged[:0] for r in replayed]
+    for i, rows in zip(kept, cross_validated_lists([replayed[i] for i in kept], groups, names,
+                                                   folds, seed)):
+        held_lists[i] = rows
+    held_out = hr_at(held_lists, targets)
+    blend, chosen = choose_final_order(fitted, held_out, channel_hr)
+    blend = Blend(blend.weights, {**fitted.fitted, "chosen": chosen})
     record = {
-        "weights": dict(blend.weights), **blend.fitted,
+        "weights": dict(blend.weights), "chosen": chosen, "fitted_weights": dict(fitted.weights),
+        **fitted.fitted, "folds": folds,
         "replay_seconds": time.time() - t0,
         f"validation_hr@{TOP}": {
             "ranker_only": hr_at([r.final for r in replayed], targets),
-            "blend_in_sample": hr_at([r.ranked_by(blend) for r in replayed], targets),
+            "blend_in_sample": hr_at([r.ranked_by(fitted) for r in replayed], targets),
+            "blend_held_out": held_out,
+            "chosen": hr_at([r.ranked_by(blend) for r in replayed], targets),
             "merge_order": hr_at([r.merged for r in replayed], targets),
-            **{f"channel:{c}": hr_at([r.channels.get(c, np.zeros(0, np.int64))
-                                      for r in replayed], targets) for c in channels}}}
-    log(f"blend fitted on {len(groups)} validation requests: validation HR@{TOP} "
-        f"{record[f'validation_hr@{TOP}']}")
+            **{f"channel:{c}": v for c, v in channel_hr.items()}}}
+    log(f"blend fitted on {len(groups)} validation requests, serving {chosen}: validation "
+        f"HR@{TOP} {record[f'validation_hr@{TOP}']}")
     return blend, record

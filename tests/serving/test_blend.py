@@ -43,6 +43,24 @@ def test_seen_rows_keep_their_channel_rank():
     assert merged.rows.tolist() == [6] and merged.pair_ranks.tolist() == [1]
 
 
+def test_channel_order_scores_by_hand_and_reproduces_the_channel_list():
+    # Merge of a = [5, 3, 7] and b = [3, 9, 2]: rows 5, 3, 9, 7, 2 (round robin).
+    merged = merge_rows([("a", np.array([5, 3, 7])), ("b", np.array([3, 9, 2]))],
+                        np.zeros(0, np.int64), 10)
+    assert merged.rows.tolist() == [5, 3, 9, 7, 2]
+    feats = candidate_features(merged.pair_rows, merged.pair_channels, merged.pair_ranks,
+                               merged.names, merged.rows, None, np.zeros(5))
+    order = bl.channel_order("b")
+    assert dict(order.weights) == {"in:b": 100.0, "log_rank:b": -1.0}
+    assert not order.uses_ranker
+    # b's rows score 100 - log(1 + rank): 3 -> 100, 9 -> 100 - log 2, 2 -> 100 - log 3;
+    # rows outside b score 0.
+    np.testing.assert_allclose(order.score(feats),
+                               [0.0, 100.0, 100 - math.log(2), 0.0, 100 - math.log(3)])
+    ranked = merged.rows[np.argsort(-order.score(feats), kind="stable")]
+    assert ranked.tolist() == [3, 9, 2, 5, 7]  # b's own list, then the rest in merge order
+
+
 def test_score_weights_present_features_and_ignores_unknown_names():
     blend = Blend((("click_logit", 2.0), ("in:gone", 5.0), ("log_clicks", -1.0)))
     score = blend.score({"click_logit": np.array([1.0, 0.0]), "log_clicks": np.array([3.0, 1.0]),

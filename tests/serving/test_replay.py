@@ -17,7 +17,7 @@ from components import blend_fitter
 from components.artifacts import FeatureVocabulary, FinalBlend
 from feature_contract import feature_config as fc
 from serving import replay as rp
-from serving.blend import BLEND_FILE, Blend
+from serving.blend import BLEND_FILE, Blend, Group, channel_order
 from serving.recommender import RecommenderSettings
 from tests.components.helpers import executor_fn, new_artifact
 
@@ -81,12 +81,53 @@ def test_fit_ranks_the_planted_two_tower_item_first(config, world, serving_dir, 
     assert figures["blend_in_sample"] == 1.0 and figures["channel:two_tower"] == 1.0
     # Every toy candidate is in the two-tower list (its in: feature is constant,
     # weight 0); a better rank there must raise the score.
-    weights = dict(blend.weights)
+    weights = record["fitted_weights"]
     assert weights["log_rank:two_tower"] < -1.0 and weights["in:two_tower"] == 0.0
+    # Held out, the blend can at best tie the two-tower list (1.0): a tie
+    # serves the channel's own order, which finds every planted click too.
+    assert figures["blend_held_out"] == 1.0
+    assert record["chosen"] == "channel:two_tower"
+    assert blend.weights == channel_order("two_tower").weights
+    assert record["weights"] == {"in:two_tower": 100.0, "log_rank:two_tower": -1.0}
+    assert blend.fitted["chosen"] == "channel:two_tower"
+    assert figures["chosen"] == 1.0
     assert record["mean_log_likelihood"] > record["uniform_log_likelihood"]
     # Popularity came from the 40 fit clicks: i3..i9, 5 or 6 clicks each.
     counts = open(tmp_path / "fit_item_frequencies.tsv").read().splitlines()
     assert counts[1:] == [f"i{3 + k}\t0\t{6 if k < 5 else 5}" for k in range(7)]
+
+
+def test_choose_final_order_serves_the_blend_only_when_it_beats_every_channel_held_out():
+    fitted = Blend((("log_rank:a", -1.0),))
+    channels = {"a": 0.30, "b": 0.31, "c": 0.31}
+    assert rp.choose_final_order(fitted, 0.311, channels) == (fitted, "blend")
+    # A tie with the best channel serves the channel; of tied channels the
+    # first name in sorted order.
+    assert rp.choose_final_order(fitted, 0.31, channels) == (channel_order("b"), "channel:b")
+    assert rp.choose_final_order(fitted, 0.2, channels) == (channel_order("b"), "channel:b")
+    assert rp.choose_final_order(fitted, 0.0, {}) == (fitted, "blend")
+
+
+def _toy_replayed(f: list[float]) -> rp.Replayed:
+    merged = np.arange(len(f))
+    return rp.Replayed(merged, [], {}, merged, {"f": np.asarray(f, np.float64)})
+
+
+def test_cross_validated_lists_rank_each_request_by_a_blend_fitted_without_it():
+    # Request 0's click is its f = 1 candidate (row 0), request 1's its f = 0
+    # candidate (row 0 too, f reversed). Fitted on request 0 alone the weight
+    # of f is positive, on request 1 alone negative: held out, each request is
+    # ranked by the other's blend and its click falls to second place, while
+    # a blend fitted on both would rank each click first half of the time.
+    replayed = [_toy_replayed([1.0, 0.0]), _toy_replayed([0.0, 1.0])]
+    groups = [Group(r.features, np.array([True, False])) for r in replayed]
+    lists = rp.cross_validated_lists(replayed, groups, ["f"], folds=2, seed=0)
+    assert [rows.tolist() for rows in lists] == [[1, 0], [1, 0]]
+    assert rp.hr_at(lists, [np.array([0]), np.array([0])], k=1) == 0.0
+    # One request, two folds: the other fold has nothing to fit on, so the
+    # request keeps its merge order.
+    alone = rp.cross_validated_lists(replayed[:1], groups[:1], ["f"], folds=2, seed=0)
+    assert alone[0].tolist() == [0, 1]
 
 
 def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=None,
@@ -165,18 +206,26 @@ def test_report_shows_the_published_blend_and_its_validation_figures(
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch)
     fit = json.load(open(os.path.join(out.uri, blend_fitter.FIT_FILE)))
     rows = report.blend_rows(fit)
-    assert [(r["list"], r["kind"]) for r in rows][:3] == [
-        ("final (blend, in sample)", "final"), ("merged, ranker order", "merged"),
-        ("merged, merge order", "merged")]
-    assert {r["list"] for r in rows[3:]} == {"item2vec", "two_tower", "youtubenet"}
+    assert [(r["list"], r["kind"], r["hr@10"]) for r in rows][:3] == [
+        ("final (channel:two_tower)", "final", 1.0), ("blend, in sample", "blend", 1.0),
+        ("blend, held out", "blend", 1.0)]
+    assert [(r["list"], r["kind"]) for r in rows][3:5] == [
+        ("merged, ranker order", "merged"), ("merged, merge order", "merged")]
+    assert {r["list"] for r in rows[5:]} == {"item2vec", "two_tower", "youtubenet"}
+    # A fit.json from before the held-out check: the blend was what served.
+    old = {"validation_hr@10": {"blend_in_sample": 0.5, "merge_order": 0.25}}
+    assert [(r["list"], r["hr@10"]) for r in report.blend_rows(old)] == [
+        ("final (blend, in sample)", 0.5), ("merged, merge order", 0.25)]
     artifact = new_artifact(PipelineReport, str(tmp_path), "report")
     executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
                                          final_blend=out)
     text = open(os.path.join(artifact.uri, "report.md")).read()
     assert f"- published to {serving_dir}/blend.json" in text
     assert "- fitted on 20 of 20 validation requests" in text
-    assert ("| this run (validation requests) | final (blend, in sample) | 1.0000 | - | - | - |"
+    assert ("| this run (validation requests) | final (channel:two_tower) | 1.0000 | - | - | - |"
             in text)
+    assert ("- serving: channel:two_tower (the blend is served only when its held-out "
+            "validation HR@10 beats every channel's own list)") in text
     assert ("| this run (validation requests) | two_tower | 1.0000 | - | - | - |" in text)
     with open(os.path.join(artifact.uri, "funnel_hr_at_10.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
