@@ -78,6 +78,12 @@ class TwoTowerConfig:
         about an item also shapes every history holding it. It measured
         better on validation on three of four protocol / dataset pairs and
         worse on one (README), so the validation split decides.
+      future_targets: each training example's target is drawn, every epoch,
+        uniformly from its own clicked item and the same user's next
+        future_targets - 1 clicks (fit period only), so one history learns to
+        point at the user's coming clicks rather than at one next click
+        (PinnerFormer's dense future-action objective, Pancha et al. 2022).
+        1 = the next click only. Validation still scores the next click.
       batch_size, learning_rate, seed: training loop.
       weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         on every trainable weight, embedding tables included; 0 = plain Adam.
@@ -105,6 +111,7 @@ class TwoTowerConfig:
     use_user_id: bool = False
     history_positions: bool = False
     share_item_embedding: tuple[bool, ...] = (False, True)
+    future_targets: int = 1
     batch_size: int = 512
     learning_rate: float = 0.003
     weight_decay: float = 0.0
@@ -119,7 +126,7 @@ class TwoTowerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("dim", "embedding_dim", "batch_size"):
+        for name in ("dim", "embedding_dim", "batch_size", "future_targets"):
             if getattr(self, name) < 1:
                 raise TwoTowerConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if any(u < 1 for u in self.hidden_units):

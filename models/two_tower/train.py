@@ -181,6 +181,49 @@ def batch_candidates(rng: np.random.Generator, positives: np.ndarray, click_prob
     return shared, shared_q, hard_rows, hard_q
 
 
+def future_targets(user_keys: np.ndarray, timestamps: np.ndarray, rows: np.ndarray,
+                   window: int) -> np.ndarray:
+    """Each example's own target and its user's next clicks, as catalogue rows.
+
+    Args:
+      user_keys: [N] the examples' users (any sortable ids).
+      timestamps: [N] their click times.
+      rows: [N] their target items' catalogue rows.
+      window: columns of the result (1: the own target only).
+    Returns:
+      [N, window] int64: column 0 is `rows`; column k the target of the same
+      user's k-th later example (by time, then input order), -1 past the
+      user's last. The valid entries of a row are contiguous from column 0.
+    """
+    n = len(rows)
+    out = np.full((n, window), -1, np.int64)
+    out[:, 0] = rows
+    if window == 1 or n == 0:
+        return out
+    _, users = np.unique(np.asarray(user_keys), return_inverse=True)
+    order = np.lexsort((np.arange(n), np.asarray(timestamps), users))
+    sorted_users = users[order]
+    for k in range(1, window):
+        same = sorted_users[k:] == sorted_users[:-k]
+        out[order[:-k][same], k] = rows[order[k:][same]]
+    return out
+
+
+def sample_targets(rng: np.random.Generator, future: np.ndarray, batch: np.ndarray
+                   ) -> np.ndarray:
+    """One target per example of `batch`, uniform over its valid future_targets columns.
+
+    With one column the own targets are returned and `rng` is not drawn from,
+    so a run without future targets is the same run as before they existed.
+    """
+    if future.shape[1] == 1:
+        return future[batch, 0]
+    candidates = future[batch]
+    counts = (candidates >= 0).sum(axis=1)  # >= 1: column 0 is always valid
+    pick = np.minimum((rng.random(len(batch)) * counts).astype(np.int64), counts - 1)
+    return candidates[np.arange(len(batch)), pick]
+
+
 def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
         catalogue: data.Catalogue, vocabularies: Mapping[str, list[str]],
         config: TwoTowerConfig, steps: InProcessSteps | None = None) -> TwoTowerResult:
@@ -216,6 +259,9 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
     if len(keep) == 0:
         raise ValueError("no retrieval example has a target item in the catalogue")
     fit_arrays, rows = data.take(carve.fit, keep), rows[keep]
+    # (The validation queries above already needed the user column.)
+    future = future_targets(fit_arrays[fc.USER_KEY], fit_arrays[fc.TIMESTAMP_KEY], rows,
+                            config.future_targets)
     probability = data.click_probabilities(catalogue)
     hard = _hard_sampler(feature_config, catalogue)
 
@@ -250,8 +296,8 @@ def fit(feature_config: fc.FeatureConfig, arrays: Mapping[str, np.ndarray],
             pending = []
             for batch in training.minibatches(len(rows), config.batch_size, rng):
                 shared, shared_q, hard_rows, hard_q = batch_candidates(
-                    rng, rows[batch], probability, config.extra_negatives, hard,
-                    config.hard_negatives)
+                    rng, sample_targets(rng, future, batch), probability,
+                    config.extra_negatives, hard, config.hard_negatives)
                 pending.append(steps.dispatch(step, (
                     training.tensors(fit_arrays, user_names, batch),
                     training.tensors(catalogue.features, item_names, shared),

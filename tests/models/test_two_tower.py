@@ -416,6 +416,81 @@ def test_recent_clicks_choice_needs_a_gain_above_min_delta(trained, monkeypatch)
     assert choose([0.50], (0, 5)) == (0, (0,))
 
 
+def test_future_targets_by_hand():
+    # u1 clicks rows 11 (t=1), 12 (t=2), 10 (t=3); u2 rows 20 (t=1), 21 (t=5).
+    users = np.array([b"u1", b"u2", b"u1", b"u1", b"u2"], object)
+    times = np.array([3, 1, 1, 2, 5])
+    rows = np.array([10, 20, 11, 12, 21])
+    got = tt_train.future_targets(users, times, rows, 3)
+    assert got.tolist() == [[10, -1, -1], [20, 21, -1], [11, 12, 10], [12, 10, -1],
+                            [21, -1, -1]]
+    assert tt_train.future_targets(users, times, rows, 1).tolist() == [[r] for r in rows]
+    # Equal times keep the input order.
+    tied = tt_train.future_targets(np.array([b"u", b"u"], object), np.array([7, 7]),
+                                   np.array([4, 5]), 2)
+    assert tied.tolist() == [[4, 5], [5, -1]]
+
+
+class _FixedDraws:
+    """An rng whose random(n) returns the given values (and counts the calls)."""
+
+    def __init__(self, values):
+        self.values, self.calls = np.asarray(values, np.float64), 0
+
+    def random(self, n):
+        self.calls += 1
+        return self.values[:n]
+
+
+def test_sample_targets_uniform_over_the_valid_columns_by_hand():
+    future = np.array([[10, -1, -1], [11, 12, 10], [12, 10, -1]])
+    # u * count, floored: row 1 (3 valid) 0.0 -> col 0, 0.5 -> 1, 0.99 -> 2;
+    # row 2 (2 valid) 0.6 -> 1; row 0 (1 valid) any -> 0.
+    draws = _FixedDraws([0.99, 0.0, 0.6])
+    assert tt_train.sample_targets(draws, future, np.array([0, 1, 2])).tolist() == [10, 11, 10]
+    draws = _FixedDraws([0.5, 0.99])
+    assert tt_train.sample_targets(draws, future, np.array([1, 1])).tolist() == [12, 10]
+    # One column: the own targets, and the rng is not drawn from (same runs as before).
+    draws = _FixedDraws([0.5])
+    assert tt_train.sample_targets(draws, future[:, :1], np.array([2, 0])).tolist() == [12, 10]
+    assert draws.calls == 0
+
+
+def test_future_targets_feed_the_batches_positives(trained, monkeypatch):
+    seen = {"sampled": [], "positives": []}
+    real_sample, real_candidates = tt_train.sample_targets, tt_train.batch_candidates
+
+    def sample(rng, future, batch):
+        out = real_sample(rng, future, batch)
+        seen["sampled"].append(out)
+        seen["future"] = future
+        return out
+
+    def candidates(rng, positives, *args):
+        seen["positives"].append(positives)
+        return real_candidates(rng, positives, *args)
+
+    monkeypatch.setattr(tt_train, "sample_targets", sample)
+    monkeypatch.setattr(tt_train, "batch_candidates", candidates)
+    tt_train.fit(trained.config, trained.arrays, trained.catalogue, trained.vocabularies,
+                 dataclasses.replace(TRAINED_CONFIG, future_targets=3, max_epochs=1,
+                                     recent_clicks=(0,)))
+    assert seen["future"].shape[1] == 3 and (seen["future"][:, 1] >= 0).any()
+    assert len(seen["positives"]) == len(seen["sampled"]) > 0
+    for got, want in zip(seen["positives"], seen["sampled"]):
+        np.testing.assert_array_equal(got, want)
+    # Some example's positive was a later click of its user, not its own.
+    future = seen["future"]
+    assert not np.array_equal(np.sort(np.concatenate(seen["sampled"])), np.sort(future[:, 0]))
+
+
+def test_future_targets_config():
+    assert TwoTowerConfig().future_targets == 1
+    assert TwoTowerConfig.from_hparams({"future_targets": 5}).future_targets == 5
+    with pytest.raises(TwoTowerConfigError, match="future_targets must be >= 1, got 0"):
+        TwoTowerConfig(future_targets=0)
+
+
 def test_recent_clicks_config():
     assert TwoTowerConfig().recent_clicks == (0, 5)
     assert TwoTowerConfig.from_hparams({"recent_clicks": 3}).recent_clicks == (3,)
