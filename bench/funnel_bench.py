@@ -85,7 +85,7 @@ from models.ranking import train as ranking_train  # noqa: E402
 from models.recall import data, metrics, protocols  # noqa: E402
 from models.recall.evaluate import take_queries  # noqa: E402
 from serving import model_server  # noqa: E402
-from serving.blend import BLEND_FILE  # noqa: E402
+from serving.blend import BLEND_FILE, CLICK_LOGIT  # noqa: E402
 from serving.recommender import RecommenderSettings  # noqa: E402
 # The replay itself is serving code (the pipeline's BlendFitter runs it too);
 # the names stay importable from here for the bench's tests and scripts.
@@ -370,9 +370,12 @@ def run_dataset(spec: str, args: argparse.Namespace, log=print) -> dict[str, Any
     figures = funnel_figures(replayed, queries, item_ids, references, channel_names,
                              recommender.settings.num_candidates)
     # The ranker alone, as before the blend: the same requests' candidates
-    # re-ordered by the click logit the replay recorded.
+    # re-ordered by the click logit the replay recorded. A served order that
+    # weighs no ranker output (a channel's order) makes no ranking Predict,
+    # so there is no logit to re-order by: None, not the merge order.
     figures["ranker_only"] = list_figures(
-        topk_matrix([r.ranked_by(RANKER_ONLY) for r in replayed], FINAL_K), queries, item_ids)
+        topk_matrix([r.ranked_by(RANKER_ONLY) for r in replayed], FINAL_K), queries, item_ids
+    ) if any(r.features and CLICK_LOGIT in r.features for r in replayed) else None
     figures["_blend"] = blend_record
     figures["_data"] = {
         "sessionized": out_dir, "catalogue": len(item_ids),

@@ -239,7 +239,9 @@ def blend_rows(fit: Mapping[str, Any]) -> list[dict[str, Any]]:
     # Since the held-out check (serving.replay.choose_final_order) the served
     # order is "chosen" and the blend's own figures are rows of their own;
     # an older fit.json has the blend only, which was served.
-    named = ([(f"final ({fit.get('chosen', 'blend')})", "final", "chosen"),
+    chosen = fit.get("chosen", "blend")
+    named = ([(f"final ({'blend, in sample' if chosen == 'blend' else chosen})", "final",
+               "chosen"),
               ("blend, in sample", "blend", "blend_in_sample"),
               ("blend, held out", "blend", "blend_held_out")] if "chosen" in figures else
              [("final (blend, in sample)", "final", "blend_in_sample")])
@@ -263,14 +265,19 @@ def blend_lines(blend: Any, fit: Mapping[str, Any] | None) -> list[str]:
     """What BlendFitter did: published where with which weights (fit), or why not."""
     if fit is None:
         return [f"not published: {blend.get_string_custom_property('reason')}"]
-    weights = ", ".join(f"{name} {_fmt(w)}" for name, w in sorted(fit.get("weights", {}).items()))
-    return [f"published to {blend.get_string_custom_property('published_path')}",
-            f"fitted on {fit.get('requests_used')} of {fit.get('requests')} validation requests "
-            f"(mean log-likelihood {_fmt(fit.get('mean_log_likelihood'))} vs uniform "
-            f"{_fmt(fit.get('uniform_log_likelihood'))})",
-            f"serving: {fit.get('chosen', 'blend')} (the blend is served only when its "
-            "held-out validation HR@10 beats every channel's own list)",
-            f"weights: {weights}"]
+    def listed(weights: Mapping[str, float]) -> str:
+        return ", ".join(f"{name} {_fmt(w)}" for name, w in sorted(weights.items()))
+
+    lines = [f"published to {blend.get_string_custom_property('published_path')}",
+             f"fitted on {fit.get('requests_used')} of {fit.get('requests')} validation requests "
+             f"(mean log-likelihood {_fmt(fit.get('mean_log_likelihood'))} vs uniform "
+             f"{_fmt(fit.get('uniform_log_likelihood'))})"]
+    if "chosen" in fit:  # written since the held-out check (serving.replay.choose_final_order)
+        lines.append(f"serving: {fit['chosen']} (the blend is served only when its held-out "
+                     "validation HR@10 beats every channel's order)")
+        if fit["chosen"] != "blend":
+            lines.append(f"fitted blend (not served): {listed(fit.get('fitted_weights', {}))}")
+    return lines + [f"weights: {listed(fit.get('weights', {}))}"]
 
 
 def funnel_targets(results: Mapping[str, Any], only: str = "") -> list[str]:

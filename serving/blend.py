@@ -174,7 +174,8 @@ def channel_order(name: str, fitted: Mapping[str, Any] | None = None) -> Blend:
     their rank there (strictly decreasing), then every other candidate
     (score 0) in merge order (the recommender's sort is stable). What
     fit_validation_blend serves when the fitted blend does not beat the
-    channel on held-out validation requests.
+    channel on held-out validation requests (`fitted`: the provenance of
+    the blend it was preferred to).
     """
     return Blend(((in_channel(name), CHANNEL_ORDER_IN_WEIGHT), (log_rank(name), -1.0)),
                  dict(fitted or {}))

@@ -234,6 +234,8 @@ def cross_validated_lists(replayed: Sequence[Replayed], groups: Sequence[Group],
       groups: their blend groups (same order).
       names: the feature names fitted.
     """
+    if folds < 2:
+        raise ValueError(f"cross-validation needs folds >= 2, got {folds}")
     fold_of = np.random.default_rng(seed).permutation(len(replayed)) % folds
     lists: list[np.ndarray] = [r.merged for r in replayed]
     for fold in range(folds):
@@ -249,9 +251,13 @@ def cross_validated_lists(replayed: Sequence[Replayed], groups: Sequence[Group],
 
 def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[str, float]
                        ) -> tuple[Blend, str]:
-    """The fitted blend when its held-out HR@10 beats every channel's, else the
-    best channel's own order (serving.blend.channel_order; ties: the first
-    name in sorted order).
+    """The fitted blend when its held-out HR@10 beats every channel order's,
+    else the best channel's order (serving.blend.channel_order; ties: the
+    first name in sorted order).
+
+    channel_hr: HR@10 of each channel's order as it would be served (the
+    merged candidates ranked by channel_order: the channel's own list, then,
+    where it has fewer than 10 rows, the other candidates in merge order).
 
     Why: the blend's weights are fitted to the validation requests, so its
     in-sample HR@10 flatters it; a blend that cannot beat a single channel
@@ -266,7 +272,7 @@ def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[
     best = max(sorted(channel_hr), key=lambda c: channel_hr[c])
     if blend_held_out > channel_hr[best]:
         return blend, "blend"
-    return channel_order(best), f"channel:{best}"
+    return channel_order(best, blend.fitted), f"channel:{best}"
 
 
 def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
@@ -308,6 +314,10 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     channels = sorted({name for r in replayed for name in r.channels})
     channel_hr = {c: hr_at([r.channels.get(c, np.zeros(0, np.int64)) for r in replayed], targets)
                   for c in channels}
+    # What serving a channel's order would give: its own list first, then
+    # (for a request it returns few or no rows for) the rest in merge order.
+    served_hr = {c: hr_at([r.ranked_by(channel_order(c)) for r in replayed], targets)
+                 for c in channels}
     # Scored on every replayed request, as the channels are (one without
     # recorded features has an empty list, as ranked_by gives it).
     held_lists = [r.merged[:0] for r in replayed]
@@ -315,8 +325,8 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
                                                    folds, seed)):
         held_lists[i] = rows
     held_out = hr_at(held_lists, targets)
-    blend, chosen = choose_final_order(fitted, held_out, channel_hr)
-    blend = Blend(blend.weights, {**fitted.fitted, "chosen": chosen})
+    blend, chosen = choose_final_order(fitted, held_out, served_hr)
+    blend = Blend(blend.weights, {**blend.fitted, "chosen": chosen})
     record = {
         "weights": dict(blend.weights), "chosen": chosen, "fitted_weights": dict(fitted.weights),
         **fitted.fitted, "folds": folds,
@@ -327,7 +337,8 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
             "blend_held_out": held_out,
             "chosen": hr_at([r.ranked_by(blend) for r in replayed], targets),
             "merge_order": hr_at([r.merged for r in replayed], targets),
-            **{f"channel:{c}": v for c, v in channel_hr.items()}}}
+            **{f"channel:{c}": v for c, v in channel_hr.items()},
+            **{f"channel_order:{c}": v for c, v in served_hr.items()}}}
     log(f"blend fitted on {len(groups)} validation requests, serving {chosen}: validation "
         f"HR@{TOP} {record[f'validation_hr@{TOP}']}")
     return blend, record

@@ -126,6 +126,9 @@ class TwoTowerConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.future_targets, int) or isinstance(self.future_targets, bool):
+            raise TwoTowerConfigError(f"future_targets must be an integer >= 1, got "
+                                      f"{self.future_targets!r}")
         for name in ("dim", "embedding_dim", "batch_size", "future_targets"):
             if getattr(self, name) < 1:
                 raise TwoTowerConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -489,6 +489,9 @@ def test_future_targets_config():
     assert TwoTowerConfig.from_hparams({"future_targets": 5}).future_targets == 5
     with pytest.raises(TwoTowerConfigError, match="future_targets must be >= 1, got 0"):
         TwoTowerConfig(future_targets=0)
+    for bad in (2.5, 2.0, True):
+        with pytest.raises(TwoTowerConfigError, match="future_targets must be an integer >= 1"):
+            TwoTowerConfig(future_targets=bad)
 
 
 def test_recent_clicks_config():

@@ -90,7 +90,7 @@ def test_fit_ranks_the_planted_two_tower_item_first(config, world, serving_dir, 
     assert blend.weights == channel_order("two_tower").weights
     assert record["weights"] == {"in:two_tower": 100.0, "log_rank:two_tower": -1.0}
     assert blend.fitted["chosen"] == "channel:two_tower"
-    assert figures["chosen"] == 1.0
+    assert figures["chosen"] == 1.0 and figures["channel_order:two_tower"] == 1.0
     assert record["mean_log_likelihood"] > record["uniform_log_likelihood"]
     # Popularity came from the 40 fit clicks: i3..i9, 5 or 6 clicks each.
     counts = open(tmp_path / "fit_item_frequencies.tsv").read().splitlines()
@@ -106,6 +106,9 @@ def test_choose_final_order_serves_the_blend_only_when_it_beats_every_channel_he
     assert rp.choose_final_order(fitted, 0.31, channels) == (channel_order("b"), "channel:b")
     assert rp.choose_final_order(fitted, 0.2, channels) == (channel_order("b"), "channel:b")
     assert rp.choose_final_order(fitted, 0.0, {}) == (fitted, "blend")
+    # The channel order carries the provenance of the blend it was preferred to.
+    fitted = Blend((("log_rank:a", -1.0),), {"requests": 7})
+    assert rp.choose_final_order(fitted, 0.0, channels)[0].fitted == {"requests": 7}
 
 
 def _toy_replayed(f: list[float]) -> rp.Replayed:
@@ -117,8 +120,9 @@ def test_cross_validated_lists_rank_each_request_by_a_blend_fitted_without_it():
     # Request 0's click is its f = 1 candidate (row 0), request 1's its f = 0
     # candidate (row 0 too, f reversed). Fitted on request 0 alone the weight
     # of f is positive, on request 1 alone negative: held out, each request is
-    # ranked by the other's blend and its click falls to second place, while
-    # a blend fitted on both would rank each click first half of the time.
+    # ranked by the other's blend and its click falls to second place (a
+    # blend fitted on both weighs f about 0 and keeps the merge order, which
+    # ranks both clicks first: in sample would say 1.0).
     replayed = [_toy_replayed([1.0, 0.0]), _toy_replayed([0.0, 1.0])]
     groups = [Group(r.features, np.array([True, False])) for r in replayed]
     lists = rp.cross_validated_lists(replayed, groups, ["f"], folds=2, seed=0)
@@ -128,6 +132,8 @@ def test_cross_validated_lists_rank_each_request_by_a_blend_fitted_without_it():
     # request keeps its merge order.
     alone = rp.cross_validated_lists(replayed[:1], groups[:1], ["f"], folds=2, seed=0)
     assert alone[0].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="cross-validation needs folds >= 2, got 1"):
+        rp.cross_validated_lists(replayed, groups, ["f"], folds=1, seed=0)
 
 
 def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=None,
@@ -225,7 +231,8 @@ def test_report_shows_the_published_blend_and_its_validation_figures(
     assert ("| this run (validation requests) | final (channel:two_tower) | 1.0000 | - | - | - |"
             in text)
     assert ("- serving: channel:two_tower (the blend is served only when its held-out "
-            "validation HR@10 beats every channel's own list)") in text
+            "validation HR@10 beats every channel's order)") in text
+    assert "- fitted blend (not served): " in text and "- weights: in:two_tower 100" in text
     assert ("| this run (validation requests) | two_tower | 1.0000 | - | - | - |" in text)
     with open(os.path.join(artifact.uri, "funnel_hr_at_10.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
