@@ -218,6 +218,12 @@ def test_report_shows_the_published_blend_and_its_validation_figures(
     assert [(r["list"], r["kind"]) for r in rows][3:5] == [
         ("merged, ranker order", "merged"), ("merged, merge order", "merged")]
     assert {r["list"] for r in rows[5:]} == {"item2vec", "two_tower", "youtubenet"}
+    # A served blend's final row is its in-sample figure, labelled so.
+    served = {"chosen": "blend", "validation_hr@10": {
+        "chosen": 0.4, "blend_in_sample": 0.4, "blend_held_out": 0.35, "channel:a": 0.3}}
+    assert [(r["list"], r["kind"], r["hr@10"]) for r in report.blend_rows(served)] == [
+        ("final (blend, in sample)", "final", 0.4), ("blend, in sample", "blend", 0.4),
+        ("blend, held out", "blend", 0.35), ("a", "channel", 0.3)]
     # A fit.json from before the held-out check: the blend was what served.
     old = {"validation_hr@10": {"blend_in_sample": 0.5, "merge_order": 0.25}}
     assert [(r["list"], r["hr@10"]) for r in report.blend_rows(old)] == [
