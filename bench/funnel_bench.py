@@ -419,8 +419,10 @@ def protocol_record(args: argparse.Namespace) -> dict[str, Any]:
                       "Split-train, history excluded, ALS folding each request's history in",
         "final_order": f"serving.replay.fit_validation_blend: the blend fitted on replayed "
                        f"validation requests (never eval) is served when its {BLEND_FOLDS}-fold "
-                       f"held-out validation HR@{TOP} beats every channel's own list; otherwise "
-                       "the best channel's order (serving.blend.channel_order); `_blend.chosen`",
+                       f"held-out validation HR@{TOP} beats every channel's order as served "
+                       "(serving.blend.channel_order: the channel's own list, then the other "
+                       "candidates in merge order); otherwise the best channel's order; "
+                       "`_blend.chosen`",
         "targets": f"final HR@{TOP} >= the best channel's own HR@{TOP}, and >= ALS HR@{TOP}; "
                    "'met' on the means, with the paired difference over requests (95% "
                    "Student-t; covers request sampling, not training seeds)",

@@ -289,8 +289,9 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     popularity the features see is counted from the clicks before the
     validation period, so no validation click inflates its own item's count.
     The blend is then cross-validated over `folds` folds of those requests
-    and served only when its held-out HR@10 beats each channel's own list;
-    otherwise the best channel's order is (choose_final_order).
+    and served only when its held-out HR@10 beats each channel's order as
+    served (serving.blend.channel_order); otherwise the best channel's order
+    is (choose_final_order).
 
     Returns:
       (the blend to serve, its record: the chosen order, the fitted weights,
@@ -327,15 +328,17 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     held_out = hr_at(held_lists, targets)
     blend, chosen = choose_final_order(fitted, held_out, served_hr)
     blend = Blend(blend.weights, {**blend.fitted, "chosen": chosen})
+    in_sample = hr_at([r.ranked_by(fitted) for r in replayed], targets)
     record = {
         "weights": dict(blend.weights), "chosen": chosen, "fitted_weights": dict(fitted.weights),
         **fitted.fitted, "folds": folds,
         "replay_seconds": time.time() - t0,
         f"validation_hr@{TOP}": {
             "ranker_only": hr_at([r.final for r in replayed], targets),
-            "blend_in_sample": hr_at([r.ranked_by(fitted) for r in replayed], targets),
+            "blend_in_sample": in_sample,
             "blend_held_out": held_out,
-            "chosen": hr_at([r.ranked_by(blend) for r in replayed], targets),
+            # The served order's figure: the blend's in sample, or the channel order's.
+            "chosen": in_sample if chosen == "blend" else served_hr[chosen.split(":", 1)[1]],
             "merge_order": hr_at([r.merged for r in replayed], targets),
             **{f"channel:{c}": v for c, v in channel_hr.items()},
             **{f"channel_order:{c}": v for c, v in served_hr.items()}}}
