@@ -96,7 +96,7 @@ bench-serving: install system-deps
 	$(PYTHON) -m bench.serving_bench
 
 serve: install
-	$(PYTHON) -m serving.serve --work_dir $(WORK) $(SERVE_FLAGS)
+	$(PYTHON) -m serving.serve --work_dir $(WORK) $(if $(filter file,$(origin DATA)),,--data $(DATA)) $(SERVE_FLAGS)
 
 query: install
 	@test -n "$(U)" || { echo "usage: make query U=<user id>" >&2; exit 2; }

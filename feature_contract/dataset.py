@@ -79,6 +79,11 @@ def is_dataset_file(data: str) -> bool:
     return data.endswith((".yaml", ".yml")) or os.sep in data
 
 
+def is_url(glob: str) -> bool:
+    """Whether `glob` names a location on a filesystem with a scheme (gs://, s3://, ...)."""
+    return bool(_URL.match(glob))
+
+
 def resolve_glob(glob: str, base_dir: str) -> str:
     """`glob` as a location any Beam filesystem can read.
 

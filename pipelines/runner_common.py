@@ -33,8 +33,9 @@ from absl import logging as absl_logging
 from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
-from beam_jobs import datasets
+from beam_jobs import datasets, raw_io
 from components.statistics import ValidationConfig, ValidationConfigError
+from feature_contract import dataset as dataset_file
 from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
@@ -104,6 +105,29 @@ class Built:
     metadata_path: str
     pipeline_name: str
     serving_dir: str
+    # The raw tables' globs (table -> glob or None), checked before the run.
+    tables: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    source: str = ""
+
+
+def check_local_tables(tables: Mapping[str, str | None], source: str) -> None:
+    """Every local table glob matches a readable file, before anything runs.
+
+    A glob over a remote filesystem (scheme://) is left to the job, whose
+    reader checks it where the data lives (the building machine may not be
+    able to list it).
+
+    Raises:
+      ValueError: a local glob matches no file or a file of no known format;
+        the message names the dataset, the table and the glob.
+    """
+    for table, pattern in tables.items():
+        if pattern is None or dataset_file.is_url(pattern):
+            continue
+        try:
+            raw_io.check_table_matches(table, pattern)
+        except raw_io.RawTableError as err:
+            raise ValueError(f"{source}: {err}") from err
 
 
 # FnApiRunner is what DirectRunner ends up using for a batch pipeline, after
@@ -284,7 +308,8 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         data_checks=data_checks(args, dataset.validation, dataset.source),
         training_cluster=training_cluster,
         funnel_results=replay, funnel_sha256=replay_sha256)
-    return Built(pipeline, metadata_path, args.pipeline_name, serving_dir)
+    return Built(pipeline, metadata_path, args.pipeline_name, serving_dir,
+                 dict(dataset.tables), dataset.source)
 
 
 def _connection(built: Built):
@@ -332,6 +357,9 @@ def run_main(runner_factory: Callable[[], Any], description: str,
     with interruption.stop_on_signals():
         try:
             built = build(args, beam_args)
+            # Before the first component starts: an empty glob would otherwise
+            # surface as a traceback from inside ClickLogExampleGen.
+            check_local_tables(built.tables, built.source)
         except ValueError as err:
             # A bad --data, dataset YAML or flag value: the message names it
             # (file and key); a traceback would only bury it.

@@ -26,12 +26,21 @@ from feature_contract import feature_config as fc
 log = logging.getLogger(__name__)
 
 
-def read_table(path: str) -> Iterable[dict[str, Any]]:
+Table = str | Sequence[str]  # one file, or a table's files (a dataset YAML's glob, matched)
+
+
+def read_table(path: Table) -> Iterable[dict[str, Any]]:
     """Rows of a .jsonl / .csv table, optionally .gz (format from the name).
+
+    `path` may list several files (a table split into parts), read in order.
 
     Raises:
       ValueError: the extension is neither, or a JSON line is malformed.
     """
+    if not isinstance(path, str):
+        for part in path:
+            yield from read_table(part)
+        return
     name = path[:-3] if path.endswith(".gz") else path
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -211,7 +220,7 @@ class ItemCatalogue:
         return [self.ids[r] for r in self.popular_rows(feature, value, limit, excluded)]
 
     @classmethod
-    def from_table(cls, path: str, config: fc.FeatureConfig,
+    def from_table(cls, path: Table, config: fc.FeatureConfig,
                    frequencies: Mapping[str, int] | None = None) -> "ItemCatalogue":
         """Reads the raw items table; duplicate ids keep the first row."""
         specs = [f for f in config.field_features(fc.ITEM) if f.source == fc.SOURCE_ITEMS]
@@ -234,7 +243,7 @@ class ItemCatalogue:
                    np.array([freq.get(i, 0) for i in ids], dtype=np.int64))
 
 
-def read_user_profiles(path: str, config: fc.FeatureConfig) -> dict[str, dict[str, Any]]:
+def read_user_profiles(path: Table, config: fc.FeatureConfig) -> dict[str, dict[str, Any]]:
     """Raw users table -> user id -> {feature name: value} for `source: users` features."""
     specs = config.by_source(fc.SOURCE_USERS)
     out = {}
@@ -245,7 +254,7 @@ def read_user_profiles(path: str, config: fc.FeatureConfig) -> dict[str, dict[st
     return out
 
 
-def read_recent_clicks(path: str, config: fc.FeatureConfig, max_clicks: int
+def read_recent_clicks(path: Table, config: fc.FeatureConfig, max_clicks: int
                        ) -> tuple[dict[str, list[str]], int]:
     """Events table -> user id -> the last `max_clicks` clicked item ids, oldest first.
 

@@ -1,4 +1,4 @@
-"""`make query USER=u1`: ask the running recommender (make serve) for a user's feed.
+"""`make query U=u1`: ask the running recommender (make serve) for a user's feed.
 
   python -m serving.query --user u1 [--k 10] [--context '{"network": "wifi"}'] [--url http://127.0.0.1:8600]
   python -m serving.query --user u1 --click i42     # ingest a click first, then recommend

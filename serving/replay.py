@@ -249,15 +249,20 @@ def cross_validated_lists(replayed: Sequence[Replayed], groups: Sequence[Group],
     return lists
 
 
-def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[str, float]
-                       ) -> tuple[Blend, str]:
+def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[str, float],
+                       own_hr: Mapping[str, float] | None = None) -> tuple[Blend, str]:
     """The fitted blend when its held-out HR@10 beats every channel order's,
-    else the best channel's order (serving.blend.channel_order; ties: the
+    else the best channel's order (serving.blend.channel_order; tied channel
+    orders: the channel whose own list scores higher in own_hr, then the
     first name in sorted order).
 
     channel_hr: HR@10 of each channel's order as it would be served (the
     merged candidates ranked by channel_order: the channel's own list, then,
     where it has fewer than 10 rows, the other candidates in merge order).
+    own_hr: HR@10 of each channel's own list alone. It breaks ties because a
+    channel that returns rows for few requests (popularity for new users
+    only) is served mostly in merge order, and would otherwise be chosen,
+    by its name, over a channel that ranks every request as well.
 
     Why: the blend's weights are fitted to the validation requests, so its
     in-sample HR@10 flatters it; a blend that cannot beat a single channel
@@ -269,7 +274,8 @@ def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[
     """
     if not channel_hr:
         return blend, "blend"
-    best = max(sorted(channel_hr), key=lambda c: channel_hr[c])
+    own = own_hr or {}
+    best = max(sorted(channel_hr), key=lambda c: (channel_hr[c], own.get(c, 0.0)))
     if blend_held_out > channel_hr[best]:
         return blend, "blend"
     return channel_order(best, blend.fitted), f"channel:{best}"
@@ -326,7 +332,7 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
                                                    folds, seed)):
         held_lists[i] = rows
     held_out = hr_at(held_lists, targets)
-    blend, chosen = choose_final_order(fitted, held_out, served_hr)
+    blend, chosen = choose_final_order(fitted, held_out, served_hr, channel_hr)
     blend = Blend(blend.weights, {**blend.fitted, "chosen": chosen})
     in_sample = hr_at([r.ranked_by(fitted) for r in replayed], targets)
     record = {

@@ -8,7 +8,8 @@ Serves from <work_dir>/serving/ (what the pipeline pushes there):
   items.jsonl.gz, users.jsonl.gz    raw side tables (catalogue, profiles to seed the store);
                                     else the newest <work_dir>/raw/<data>*/ tables
   item_frequencies.tsv              popularity; else the newest under <work_dir>/tfx/
-  feature_config.yaml               optional; else the built-in config of --data
+  feature_config.yaml               optional; else the config of --data (a built-in name or
+                                    your dataset YAML, whose data: globs then name the tables)
 Without --model_server the embedded model server is started on --port/--rest_api_port
 and the recommender calls it in-process (--transport grpc: over its loopback port);
 with --model_server, the recommender uses that server over gRPC (e.g. real TF
@@ -50,13 +51,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from feature_contract import dataset as dataset_file  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
 from serving import model_server  # noqa: E402
 from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listener  # noqa: E402
@@ -221,23 +223,45 @@ def infer_dataset(work_dir: str, known: Sequence[str] = ("synthetic", "movielens
     return next(k for k in known if newest.startswith(k))
 
 
-def find_inputs(serving_dir: str, work_dir: str, data: str) -> dict[str, str | None]:
+def find_inputs(serving_dir: str, work_dir: str, data: str,
+                tables: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """Items / users / events tables and item_frequencies.tsv for serving.
 
-    Looks in serving_dir first (a deployment copies them there), then where
-    `make run` leaves them: the raw tables in <work_dir>/raw/<data>*/ and the
+    Looks in serving_dir first (a deployment copies them there), then, for a
+    dataset YAML, its `data:` globs (`tables`: table -> glob or None; every
+    file a glob matches, sorted, is one table), else where `make run` leaves
+    a built-in dataset's: the raw tables in <work_dir>/raw/<data>*/; and the
     newest item_frequencies.tsv of the pipeline's catalogue under
-    <work_dir>/tfx/. Returns name -> path or None.
+    <work_dir>/tfx/. Returns name -> path, list of paths, or None.
+
+    Raises:
+      SystemExit: a YAML's glob names a remote filesystem (serving reads
+        local files: copy the tables into serving_dir) or matches no file.
     """
     def newest(patterns: list[str]) -> str | None:
         found = [p for pat in patterns for p in glob.glob(pat, recursive=True)]
         return max(found, key=os.path.getmtime) if found else None
 
-    out = {}
+    def matched(table: str) -> list[str] | None:
+        pattern = (tables or {}).get(table)
+        if pattern is None:
+            return None
+        if dataset_file.is_url(pattern):
+            raise SystemExit(f"{table} table {pattern!r}: serving reads local files; copy the "
+                             f"table into {serving_dir} as {table}.jsonl[.gz] / .csv[.gz]")
+        files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+        if not files:
+            raise SystemExit(f"{table} table: no file matches {pattern!r}")
+        return files
+
+    out: dict[str, Any] = {}
     for table in ("items", "users", "events"):
         out[table] = _first_existing(*(os.path.join(serving_dir, f"{table}.{e}")
-                                       for e in _TABLE_EXTENSIONS)) or newest(
-            [os.path.join(work_dir, "raw", f"{data}*", f"{table}.{e}") for e in _TABLE_EXTENSIONS])
+                                       for e in _TABLE_EXTENSIONS))
+        if out[table] is None:
+            out[table] = matched(table) if tables is not None else newest(
+                [os.path.join(work_dir, "raw", f"{data}*", f"{table}.{e}")
+                 for e in _TABLE_EXTENSIONS])
     out["item_frequencies"] = _first_existing(os.path.join(serving_dir, "item_frequencies.tsv")) \
         or newest([os.path.join(work_dir, "tfx", "**", "item_frequencies.tsv")])
     return out
@@ -417,8 +441,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work_dir", default="work")
     parser.add_argument("--serving_dir", default=None, help="default <work_dir>/serving")
     parser.add_argument("--data", default=None,
-                        help="built-in feature config name; default: the dataset most recently "
-                             "prepared under <work_dir>/raw, else synthetic")
+                        help="a built-in dataset name or your dataset YAML (its feature config, "
+                             "and its tables read where its data: globs point); default: the "
+                             "built-in dataset most recently prepared under <work_dir>/raw, "
+                             "else synthetic")
     parser.add_argument("--feature_config", default=None)
     parser.add_argument("--model_server", default=None,
                         help="host:port of a running model server (e.g. TF Serving); "
@@ -490,14 +516,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not os.path.isdir(models_root) or not os.listdir(models_root):
         raise SystemExit(f"no pushed models under {models_root}: run `make run` first "
                          "(or `make bench-serving`, which builds small demo models)")
-    config = fc.load(_first_existing(args.feature_config or "",
-                                     os.path.join(serving_dir, "feature_config.yaml"))
-                     or fc.builtin_config_path(args.data or infer_dataset(args.work_dir)))
-    found = find_inputs(serving_dir, args.work_dir, config.name)
+    dataset = None
+    if args.data and dataset_file.is_dataset_file(args.data):
+        # A dataset YAML: its feature config, and its tables where its globs say.
+        try:
+            dataset = dataset_file.load(args.data)
+        except fc.FeatureConfigError as err:  # DatasetError too; the message names the file
+            raise SystemExit(f"error: {err}") from None
+    explicit = _first_existing(args.feature_config or "")
+    if explicit:
+        config = fc.load(explicit)
+    elif dataset is not None:
+        config = dataset.config
+    else:
+        config = fc.load(_first_existing(os.path.join(serving_dir, "feature_config.yaml"))
+                         or fc.builtin_config_path(args.data or infer_dataset(args.work_dir)))
+    found = find_inputs(serving_dir, args.work_dir, config.name,
+                        dict(dataset.tables) if dataset is not None else None)
     log.info("serving inputs: %s", found)
     if found["items"] is None:
         raise SystemExit(f"no items table (items.jsonl[.gz] / items.csv[.gz]) in {serving_dir} "
-                         f"or {args.work_dir}/raw/{config.name}*/")
+                         f"or {args.work_dir}/raw/{config.name}*/; for your own dataset pass "
+                         "its YAML: --data mine.yaml (make serve DATA=mine.yaml)")
     history = config.history_feature
     if args.reseed_only and not args.redis_url:
         raise SystemExit("--reseed_only needs --redis_url (the in-process store lives and dies "

@@ -230,6 +230,30 @@ def test_runner_names_a_bad_dataset(data, message, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == message
 
 
+def test_a_glob_matching_no_file_is_one_error_line_before_anything_runs(tmp_path, capsys):
+    class NeverRun:
+        def run(self, pipeline):
+            raise AssertionError("must not run")
+
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    code = runner_common.run_main(NeverRun, "test", ["--data", yaml_path,
+                                                     "--work_dir", str(tmp_path / "w")])
+    assert code == 2
+    glob = str(tmp_path / "ds" / "logs" / "events-*.csv")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {yaml_path}: events table: no file matches {glob!r}")
+
+
+def test_only_local_table_globs_are_checked_before_the_run(tmp_path):
+    (tmp_path / "events-1.csv").write_text("a\n1\n")
+    tables = {"events": str(tmp_path / "events-*.csv"), "users": None,
+              "items": "gs://other/items.jsonl"}
+    runner_common.check_local_tables(tables, "mine.yaml")  # gs:// is the job's to check
+    with pytest.raises(ValueError, match=r"^mine\.yaml: users table: no file matches"):
+        runner_common.check_local_tables({**tables, "users": str(tmp_path / "u*.jsonl")},
+                                         "mine.yaml")
+
+
 def test_build_from_a_dataset_yaml(tmp_path):
     yaml_path = _write_dataset_yaml(tmp_path / "ds")
     parser = argparse.ArgumentParser()

@@ -1,4 +1,5 @@
 """The online recommender over the embedded model server and real FAISS indexes."""
+import gzip
 import json
 import os
 import shutil
@@ -195,6 +196,40 @@ def test_serve_finds_pipeline_outputs(tmp_path):
                      "item_frequencies": str(freq / "item_frequencies.tsv")}
     (serving_dir / "items.csv").write_text("item_id\n")  # a deployment copy wins
     assert find_inputs(str(serving_dir), str(work), "movielens")["items"] == str(serving_dir / "items.csv")
+
+
+def test_serve_finds_a_dataset_yamls_tables(tmp_path):
+    from serving.serve import find_inputs
+    serving_dir = tmp_path / "serving"
+    serving_dir.mkdir()
+    (tmp_path / "logs").mkdir()
+    for name in ("events-2.csv", "events-1.csv", "notes.txt"):
+        (tmp_path / "logs" / name).write_text("x\n")
+    tables = {"events": str(tmp_path / "logs" / "events-*.csv"), "users": None,
+              "items": str(tmp_path / "posts.jsonl")}
+    (tmp_path / "posts.jsonl").write_text("{}\n")
+    found = find_inputs(str(serving_dir), str(tmp_path / "work"), "mine", tables)
+    assert found["events"] == [str(tmp_path / "logs" / "events-1.csv"),
+                               str(tmp_path / "logs" / "events-2.csv")]  # sorted
+    assert found["users"] is None and found["items"] == [str(tmp_path / "posts.jsonl")]
+    (serving_dir / "items.csv").write_text("item_id\n")  # a deployment copy still wins
+    assert find_inputs(str(serving_dir), str(tmp_path), "mine", tables)["items"] == \
+        str(serving_dir / "items.csv")
+    with pytest.raises(SystemExit, match=r"^users table: no file matches '.*/u\*\.csv'$"):
+        find_inputs(str(serving_dir), str(tmp_path), "mine",
+                    {**tables, "users": str(tmp_path / "u*.csv")})
+    with pytest.raises(SystemExit, match=r"^events table 'gs://b/e\*\.csv': serving reads local"):
+        find_inputs(str(serving_dir), str(tmp_path), "mine", {**tables, "events": "gs://b/e*.csv"})
+
+
+def test_read_table_reads_a_tables_parts_in_order(tmp_path):
+    from serving.catalogue import read_table
+    (tmp_path / "a.csv").write_text("item_id,n\ni1,1\ni2,2\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write('{"item_id": "i3", "n": 3}\n')
+    rows = list(read_table([str(tmp_path / "a.csv"), str(tmp_path / "b.jsonl.gz")]))
+    assert rows == [{"item_id": "i1", "n": "1"}, {"item_id": "i2", "n": "2"},
+                    {"item_id": "i3", "n": 3}]
 
 
 def test_query_cli_against_the_http_api(recommender, capsys):

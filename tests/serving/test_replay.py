@@ -106,6 +106,13 @@ def test_choose_final_order_serves_the_blend_only_when_it_beats_every_channel_he
     assert rp.choose_final_order(fitted, 0.31, channels) == (channel_order("b"), "channel:b")
     assert rp.choose_final_order(fitted, 0.2, channels) == (channel_order("b"), "channel:b")
     assert rp.choose_final_order(fitted, 0.0, {}) == (fitted, "blend")
+    # Tied served orders: the channel whose own list scores higher wins the tie
+    # (here "c", though "b" sorts first); no own figure counts as 0.
+    own = {"a": 0.5, "b": 0.02, "c": 0.30}
+    assert rp.choose_final_order(fitted, 0.31, channels, own) == (channel_order("c"), "channel:c")
+    assert rp.choose_final_order(fitted, 0.31, channels, {"b": 0.1}) == \
+        (channel_order("b"), "channel:b")
+    assert rp.choose_final_order(fitted, 0.312, channels, own) == (fitted, "blend")
     # The channel order carries the provenance of the blend it was preferred to.
     fitted = Blend((("log_rank:a", -1.0),), {"requests": 7})
     assert rp.choose_final_order(fitted, 0.0, channels)[0].fitted == {"requests": 7}

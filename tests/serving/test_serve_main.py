@@ -1,5 +1,6 @@
 """`python -m serving.serve` as `make serve` runs it: start, answer, stop on SIGTERM."""
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -65,6 +66,71 @@ def test_serve_answers_recommend_and_stops_cleanly(world, tmp_path, transport):
         proc.terminate()
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
+
+
+def _own_dataset(world, tmp_path) -> str:
+    """The toy world's tables moved out of the serving dir into a dataset YAML's layout:
+    items in two parts, users renamed, clicks of u1 in two CSV event files."""
+    data = tmp_path / "mydata"
+    (data / "catalog").mkdir(parents=True)
+    (data / "logs").mkdir()
+    serving_dir = tmp_path / "serving"
+    with gzip.open(serving_dir / "items.jsonl.gz", "rt") as f:
+        items = f.readlines()
+    for part, rows in enumerate((items[:150], items[150:])):
+        with gzip.open(data / "catalog" / f"part-{part}.jsonl.gz", "wt") as f:
+            f.writelines(rows)
+    os.remove(serving_dir / "items.jsonl.gz")
+    shutil.move(serving_dir / "users.jsonl.gz", data / "members.jsonl.gz")
+    for part, items_clicked in enumerate((range(0, 5), range(5, 10))):
+        with open(data / "logs" / f"events-{part}.csv", "w") as f:
+            f.write("timestamp,user_id,item_id,event\n")
+            f.writelines(f"{1000 + 10 * part + i},u1,i{i},click\n" for i in items_clicked)
+    with open(os.path.join(REPO, "feature_contract", "configs", "synthetic.yaml")) as f:
+        text = f.read()
+    yaml_path = data / "mine.yaml"
+    yaml_path.write_text(text + "data:\n  events: logs/events-*.csv\n"
+                                "  users: members.jsonl.gz\n  items: catalog/part-*.jsonl.gz\n")
+    return str(yaml_path)
+
+
+def test_serve_reads_a_dataset_yamls_tables_where_its_globs_point(world, tmp_path):
+    serving_dir = tmp_path / "serving"
+    shutil.copytree(world["root"], serving_dir)
+    yaml_path = _own_dataset(world, tmp_path)
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.serve", "--serving_dir", str(serving_dir),
+         "--data", yaml_path, "--port", "0", "--rest_api_port", "0",
+         "--recommender_port", "0", "--ready_file", str(ready)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = _wait_ready(proc, ready)["recommender_port"]
+        items = _post(port, "/recommend", {"user_id": "u1", "k": 200})["items"]
+        assert len(items) == 200
+        # u1's clicks in both event files were seeded, so none of them is served again.
+        assert not {i["item_id"] for i in items} & {f"i{i}" for i in range(10)}
+        # Items from both catalogue parts are served.
+        rows = {int(i["item_id"][1:]) for i in items}
+        assert min(rows) < 150 <= max(rows)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "seeded recent clicks of 1 users from ['" in output, output
+
+
+def test_serve_names_a_dataset_glob_that_matches_nothing(world, tmp_path):
+    serving_dir = tmp_path / "serving"
+    shutil.copytree(world["root"], serving_dir)
+    yaml_path = _own_dataset(world, tmp_path)
+    shutil.rmtree(tmp_path / "mydata" / "catalog")
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.serve", "--serving_dir", str(serving_dir),
+         "--data", yaml_path], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    pattern = str(tmp_path / "mydata" / "catalog" / "part-*.jsonl.gz")
+    assert done.stderr.strip().splitlines()[-1] == f"items table: no file matches {pattern!r}"
 
 
 def test_workers_share_the_port_and_the_redis_store(world, tmp_path, redis_url):
