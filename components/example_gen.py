@@ -44,6 +44,7 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
 from beam_jobs import datasets
+from beam_jobs.run_report import DataQualityError
 from feature_contract import feature_config as fc
 from components import adapters
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
@@ -195,9 +196,15 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
         local_config = os.path.join(local, CONFIG_FILE)
         with open(local_config, "w", encoding="utf-8") as f:
             f.write(text)
-        with beam_pipeline as pipeline:
-            adapters.sessionize(pipeline, local_config, events, users or None, items or None,
-                                staging)
+        try:
+            with beam_pipeline as pipeline:
+                adapters.sessionize(pipeline, local_config, events, users or None,
+                                    items or None, staging)
+        except DataQualityError as err:
+            # The orchestrator removes a failed execution's outputs, staging
+            # included, so the dead letters the message points at are moved
+            # out of it first.
+            raise DataQualityError(keep_dead_letters(str(err), staging, summary.uri)) from None
         distribute_outputs(staging, {fc.RANKING: ranking_examples,
                                      fc.RETRIEVAL: retrieval_examples,
                                      fc.ITEM2VEC: item2vec_examples},
@@ -205,3 +212,29 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
 
 
 ClickLogExampleGen.DRIVER_CLASS = InputFingerprintDriver
+
+FAILED_RUNS_DIR = "dead_letter_of_failed_runs"
+
+
+def keep_dead_letters(message: str, staging: str, summary_uri: str) -> str:
+    """Copies a failed run's dead letters beside the component's outputs; `message` pointing there.
+
+    The copy goes to <component dir>/dead_letter_of_failed_runs/<execution>/
+    (the summary artifact's grandparent holds every output of the component;
+    its last path part is the execution id). Returns `message` with the
+    staging path replaced by the copy's (unchanged when nothing was written).
+    """
+    source = os.path.join(staging, "dead_letter")  # where the sessionize job writes them
+    if not tf.io.gfile.isdir(source):
+        return message
+    uri = summary_uri.rstrip("/")
+    kept = os.path.join(os.path.dirname(os.path.dirname(uri)), FAILED_RUNS_DIR,
+                        os.path.basename(uri))
+    for folder, _, files in tf.io.gfile.walk(source):
+        target = os.path.join(kept, os.path.relpath(folder, source))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name),
+                             overwrite=True)
+    return message.replace(source, kept)
+

@@ -34,8 +34,11 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from beam_jobs import datasets, raw_io
+from beam_jobs.run_report import DataQualityError
 from components.statistics import ValidationConfig, ValidationConfigError
 from feature_contract import dataset as dataset_file
+from feature_contract import feature_config as fc
+from models.validation import ValidationError
 from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
 
@@ -108,6 +111,30 @@ class Built:
     # The raw tables' globs (table -> glob or None), checked before the run.
     tables: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     source: str = ""
+    config: fc.FeatureConfig | None = None
+
+
+# Raised from inside a component when the data, not the code, is at fault.
+DATA_ERRORS = (DataQualityError, ValidationError)
+
+
+def check_trainable(config: fc.FeatureConfig, source: str) -> None:
+    """The config's events can label ranking examples: some raw event value maps to an impression.
+
+    The ranking stage trains one example per impression (clicks and follows
+    are its labels); a click-only log would reach the first ranking trainer
+    with no examples. A recall-only mode is not built.
+
+    Raises:
+      ValueError: no event value maps to `impression`; names the mapping.
+    """
+    if fc.IMPRESSION not in set(config.event_values.values()):
+        raise ValueError(
+            f"{source}: no event value maps to {fc.IMPRESSION!r} (event_values "
+            f"{dict(config.event_values)}): the ranking models train on impressions (one "
+            "example each, labelled by the clicks and follows attributed to it), so a log "
+            "without impressions cannot run this pipeline (a recall-only mode is not built); "
+            "if the log records what was shown (e.g. a 'show' event), map that to impression")
 
 
 def check_local_tables(tables: Mapping[str, str | None], source: str) -> None:
@@ -309,7 +336,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         training_cluster=training_cluster,
         funnel_results=replay, funnel_sha256=replay_sha256)
     return Built(pipeline, metadata_path, args.pipeline_name, serving_dir,
-                 dict(dataset.tables), dataset.source)
+                 dict(dataset.tables), dataset.source, dataset.config)
 
 
 def _connection(built: Built):
@@ -360,6 +387,7 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             # Before the first component starts: an empty glob would otherwise
             # surface as a traceback from inside ClickLogExampleGen.
             check_local_tables(built.tables, built.source)
+            check_trainable(built.config, built.source)
         except ValueError as err:
             # A bad --data, dataset YAML or flag value: the message names it
             # (file and key); a traceback would only bury it.
@@ -373,6 +401,13 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             before = run_count(built)
             with progress.reporting(_connection(built)):
                 runner_factory().run(built.pipeline)
+        except DATA_ERRORS as err:
+            # The data cannot train what the pipeline builds (the sessionize
+            # job's stop rules, too few examples to carve a validation split):
+            # the message says what and where; a traceback from inside a
+            # component would only bury it.
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
         finally:
             if lock is not None:
                 lock.close()

@@ -171,3 +171,19 @@ class ConfigTextTest(parameterized.TestCase):
         path = fc.builtin_config_path("movielens")
         with open(path, encoding="utf-8") as f:
             self.assertEqual(config_text(None, path), f.read())
+
+
+def test_a_failed_runs_dead_letters_are_kept_outside_its_outputs(tmp_path):
+    from components.example_gen import FAILED_RUNS_DIR, keep_dead_letters
+    summary_uri = tmp_path / "ClickLogExampleGen" / "summary" / "7"
+    staging = summary_uri / "_staging"
+    (staging / "dead_letter").mkdir(parents=True)
+    (staging / "dead_letter" / "dead_letter-00000-of-00001.jsonl").write_text('{"reason": "x"}\n')
+    message = f"events: 55% dead-lettered. The records and reasons are in {staging}/dead_letter/; fix"
+    kept = tmp_path / "ClickLogExampleGen" / FAILED_RUNS_DIR / "7"
+    assert keep_dead_letters(message, str(staging), str(summary_uri)) == (
+        f"events: 55% dead-lettered. The records and reasons are in {kept}/; fix")
+    assert (kept / "dead_letter-00000-of-00001.jsonl").read_text() == '{"reason": "x"}\n'
+    # Nothing written (e.g. an empty events table): the message stays as it is.
+    assert keep_dead_letters("events table 'x' has no rows", str(tmp_path / "none"),
+                             str(summary_uri)) == "events table 'x' has no rows"

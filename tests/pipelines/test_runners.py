@@ -254,6 +254,55 @@ def test_only_local_table_globs_are_checked_before_the_run(tmp_path):
                                          "mine.yaml")
 
 
+@pytest.mark.parametrize("error", [
+    "DataQualityError: events: 55.1% of the events rows were dead-lettered",
+    "ValidationError: no training examples to carve a validation split from",
+])
+def test_a_data_error_inside_the_run_is_one_error_line(error, tmp_path, capsys):
+    from beam_jobs.run_report import DataQualityError
+    from models.validation import ValidationError
+    kind, message = error.split(": ", 1)
+    exception = {"DataQualityError": DataQualityError, "ValidationError": ValidationError}[kind]
+
+    class FailingRun:
+        def run(self, pipeline):
+            raise exception(message)
+
+    code = runner_common.run_main(FailingRun, "test", [
+        "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
+        "--work_dir", str(tmp_path), "--funnel_results", ""])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {error}"
+
+
+def test_a_bug_inside_the_run_still_raises(tmp_path):
+    class Broken:
+        def run(self, pipeline):
+            raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        runner_common.run_main(Broken, "test", [
+            "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
+            "--work_dir", str(tmp_path), "--funnel_results", ""])
+
+
+def test_a_click_only_config_stops_before_the_run(tmp_path):
+    config = fc.load(fc.builtin_config_path("synthetic"))
+    runner_common.check_trainable(config, "synthetic")  # maps impression: passes
+    click_only = fc.from_dict({**_config_dict("synthetic"), "event_values": {"view": "click"}})
+    with pytest.raises(ValueError) as err:
+        runner_common.check_trainable(click_only, "mine.yaml")
+    assert str(err.value).startswith(
+        "mine.yaml: no event value maps to 'impression' (event_values {'view': 'click'}): the "
+        "ranking models train on impressions")
+
+
+def _config_dict(name: str) -> dict:
+    import yaml
+    with open(fc.builtin_config_path(name), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 def test_build_from_a_dataset_yaml(tmp_path):
     yaml_path = _write_dataset_yaml(tmp_path / "ds")
     parser = argparse.ArgumentParser()
