@@ -79,6 +79,10 @@ class RankingSettings:
         a head refuses the model.
       confidence_intervals: the Evaluators compute 95% jackknife intervals
         (reported, not gated on).
+      enabled: build the ranking stage (trainers, gates, serving checks,
+        pushes). Off for a log without impressions, which has no ranking
+        examples: the run then trains, checks and pushes the recall models
+        only, and serving orders by the recall channels (no ranker pushed).
     """
 
     baseline: str = "nfm"
@@ -91,6 +95,7 @@ class RankingSettings:
     auc_tolerance: float = eval_config.DEFAULT_AUC_TOLERANCE
     allow_unevaluable_heads: bool = False
     confidence_intervals: bool = True
+    enabled: bool = True
 
     def hparams_json(self, model: str) -> str:
         # Sorted keys: the same settings give the same string, so caching holds.
@@ -180,18 +185,23 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
     unknown = sorted(set(recall.models) - set(RECALL_MODELS))
     if unknown:
         raise ValueError(f"unknown recall models {unknown}; want a subset of {RECALL_MODELS}")
-    if ranking.candidate == ranking.baseline:
+    if not ranking.enabled and not recall.models:
+        raise ValueError("nothing to train: the ranking stage is off (no impressions) and no "
+                         "recall model is asked for")
+    if ranking.enabled and ranking.candidate == ranking.baseline:
         raise ValueError(f"candidate and baseline are both {ranking.candidate!r}")
     example_gen = ClickLogExampleGen(feature_config=dataset.config_yaml, events=dataset.events,
                                      users=dataset.users, items=dataset.items)
     ranking_examples = example_gen.outputs["ranking_examples"]
     vocabulary = example_gen.outputs["vocabulary"]
     components: list = [example_gen]
-    report_inputs: dict[str, Any] = {"summary": example_gen.outputs["summary"],
-                                     "ranking_examples": ranking_examples}
+    report_inputs: dict[str, Any] = {"summary": example_gen.outputs["summary"]}
+    if ranking.enabled:
+        report_inputs["ranking_examples"] = ranking_examples
     data_verdict: dict[str, Any] = {}
-    if data_checks is not None:
-        # On the ranking examples: the only kind carrying every feature and the labels.
+    if data_checks is not None and ranking.enabled:
+        # On the ranking examples: the only kind carrying every feature and the labels
+        # (a recall-only run has none to check).
         if drift_baseline not in DRIFT_BASELINES:
             raise ValueError(f"drift_baseline {drift_baseline!r} not in {DRIFT_BASELINES}")
         previous = previous_statistics_resolver(
@@ -250,24 +260,25 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         if len(evaluations) == 2:
             report_inputs[f"{role}_second_evaluation"] = evaluations[1]
 
-    baseline = ranking_trainer(ranking.baseline)
-    components.append(baseline)
-    report_inputs.update({"baseline_model": baseline.outputs["model"],
-                          "baseline_metrics": baseline.outputs["metrics"]})
-    gate("candidate", ranking.candidate, ranking_trainer(ranking.candidate),
-         {fc.CLICK_LABEL: (eval_config.ranking_gate(
-             ranking.min_auc, slice_features=ranking.slice_features,
-             auc_tolerance=ranking.auc_tolerance,
-             confidence_intervals=ranking.confidence_intervals), True)},
-         RANKING_SERVED_NAME)
-    if ranking.multitask:
-        gate("multitask", ranking.multitask, ranking_trainer(ranking.multitask),
-             eval_config.multitask_gates({fc.CLICK_LABEL: ranking.min_auc,
-                                          fc.FOLLOW_LABEL: ranking.min_follow_auc},
-                                         slice_features=ranking.slice_features,
-                                         auc_tolerance=ranking.auc_tolerance,
-                                         confidence_intervals=ranking.confidence_intervals),
-             MULTITASK_SERVED_NAME)
+    if ranking.enabled:
+        baseline = ranking_trainer(ranking.baseline)
+        components.append(baseline)
+        report_inputs.update({"baseline_model": baseline.outputs["model"],
+                              "baseline_metrics": baseline.outputs["metrics"]})
+        gate("candidate", ranking.candidate, ranking_trainer(ranking.candidate),
+             {fc.CLICK_LABEL: (eval_config.ranking_gate(
+                 ranking.min_auc, slice_features=ranking.slice_features,
+                 auc_tolerance=ranking.auc_tolerance,
+                 confidence_intervals=ranking.confidence_intervals), True)},
+             RANKING_SERVED_NAME)
+        if ranking.multitask:
+            gate("multitask", ranking.multitask, ranking_trainer(ranking.multitask),
+                 eval_config.multitask_gates({fc.CLICK_LABEL: ranking.min_auc,
+                                              fc.FOLLOW_LABEL: ranking.min_follow_auc},
+                                             slice_features=ranking.slice_features,
+                                             auc_tolerance=ranking.auc_tolerance,
+                                             confidence_intervals=ranking.confidence_intervals),
+                 MULTITASK_SERVED_NAME)
 
     for model in recall.models:
         kind_examples = example_gen.outputs[
@@ -301,7 +312,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
         blend_fitter = BlendFitter(
             retrieval_examples=example_gen.outputs["retrieval_examples"], vocabulary=vocabulary,
             serving_dir=serving_dir, items=dataset.items, users=dataset.users or "",
-            num_requests=blend_requests, min_requests=blend_min_requests, ranking_pushed=report_inputs["candidate_pushed"],
+            num_requests=blend_requests, min_requests=blend_min_requests,
+            ranking_pushed=report_inputs.get("candidate_pushed"),
             **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models})
         components.append(blend_fitter)
         report_inputs["final_blend"] = blend_fitter.outputs["blend"]

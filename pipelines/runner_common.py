@@ -118,23 +118,23 @@ class Built:
 DATA_ERRORS = (DataQualityError, ValidationError)
 
 
-def check_trainable(config: fc.FeatureConfig, source: str) -> None:
-    """The config's events can label ranking examples: some raw event value maps to an impression.
+def has_impressions(config: fc.FeatureConfig) -> bool:
+    """Whether some raw event value of the config maps to an impression.
 
     The ranking stage trains one example per impression (clicks and follows
-    are its labels); a click-only log would reach the first ranking trainer
-    with no examples. A recall-only mode is not built.
-
-    Raises:
-      ValueError: no event value maps to `impression`; names the mapping.
+    are its labels); a log without them (views or clicks only) runs the
+    recall stage alone (RankingSettings.enabled False).
     """
-    if fc.IMPRESSION not in set(config.event_values.values()):
-        raise ValueError(
-            f"{source}: no event value maps to {fc.IMPRESSION!r} (event_values "
-            f"{dict(config.event_values)}): the ranking models train on impressions (one "
-            "example each, labelled by the clicks and follows attributed to it), so a log "
-            "without impressions cannot run this pipeline (a recall-only mode is not built); "
-            "if the log records what was shown (e.g. a 'show' event), map that to impression")
+    return fc.IMPRESSION in set(config.event_values.values())
+
+
+def recall_only_notice(config: fc.FeatureConfig, source: str) -> str:
+    """The line the runner prints when it leaves the ranking stage out."""
+    return (f"{source}: no event value maps to {fc.IMPRESSION!r} (event_values "
+            f"{dict(config.event_values)}): recall only. The ranking models train on "
+            "impressions, so their trainers, gates and pushes and the data checks (which read "
+            "the ranking examples) are left out; serving orders by the recall channels. If the "
+            "log records what was shown (e.g. a 'show' event), map that to impression.")
 
 
 def check_local_tables(tables: Mapping[str, str | None], source: str) -> None:
@@ -319,7 +319,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     ranking = dataclasses.replace(profile.ranking,
                                   hparams=_merge(dict(profile.ranking.hparams), overrides),
                                   multitask=None if args.no_multitask else profile.ranking.multitask,
-                                  **gate)
+                                  enabled=has_impressions(dataset.config), **gate)
     models = tuple(m for m in args.recall_models.split(",") if m)
     recall = dataclasses.replace(profile.recall, models=models,
                                  hparams=_merge(dict(profile.recall.hparams), overrides))
@@ -387,12 +387,13 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             # Before the first component starts: an empty glob would otherwise
             # surface as a traceback from inside ClickLogExampleGen.
             check_local_tables(built.tables, built.source)
-            check_trainable(built.config, built.source)
         except ValueError as err:
             # A bad --data, dataset YAML or flag value: the message names it
             # (file and key); a traceback would only bury it.
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if built.config is not None and not has_impressions(built.config):
+        print(recall_only_notice(built.config, built.source))
     with interruption.stop_on_signals(
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)

@@ -50,8 +50,10 @@ def _iso(ts: int) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat()
 
 
-def write_events(synthetic_dir: str, path: str) -> int:
-    """The synthetic events as CSV with this dataset's columns; returns the row count."""
+def write_events(synthetic_dir: str, path: str, click_only: bool = False) -> int:
+    """The synthetic events as CSV with this dataset's columns; returns the row count.
+
+    click_only: clicks alone (a log without impressions or follows)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rows = 0
     with gzip.open(os.path.join(synthetic_dir, synthetic.EVENTS_FILE), "rt") as src, \
@@ -60,17 +62,22 @@ def write_events(synthetic_dir: str, path: str) -> int:
         writer.writerow(["when", "member", "post", "action", "net"])
         for line in src:
             event = json.loads(line)
+            if click_only and event["event"] != "click":
+                continue
             writer.writerow([_iso(event["timestamp"]), event["user_id"], event["item_id"],
                              EVENT_NAMES[event["event"]], event["network"]])
             rows += 1
     return rows
 
 
-def write(folder: str, num_events: int, seed: int = 0) -> str:
-    """Writes the dataset (YAML + tables) into folder; returns the YAML's path."""
+def write(folder: str, num_events: int, seed: int = 0, click_only: bool = False) -> str:
+    """Writes the dataset (YAML + tables) into folder; returns the YAML's path.
+
+    click_only: the events are the clicks alone and the config maps no event
+    to an impression (a click log such as a view log)."""
     source = os.path.join(folder, "_synthetic")
     synthetic.generate(source, num_events, seed=seed)
-    write_events(source, os.path.join(folder, EVENTS_FILE))
+    write_events(source, os.path.join(folder, EVENTS_FILE), click_only)
     with gzip.open(os.path.join(source, synthetic.ITEMS_FILE), "rt") as src, \
             open(os.path.join(folder, "posts.jsonl"), "w", encoding="utf-8") as dst:
         for line in src:
@@ -79,5 +86,6 @@ def write(folder: str, num_events: int, seed: int = 0) -> str:
                                   "city": item["city"]}) + "\n")
     path = os.path.join(folder, "my_clicks.yaml")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(CONFIG)
+        f.write(CONFIG.replace("event_values: {view: impression, tap: click, like: follow}",
+                               "event_values: {tap: click}") if click_only else CONFIG)
     return path

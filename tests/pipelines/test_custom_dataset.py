@@ -108,6 +108,28 @@ def test_custom_run_prints_progress_per_component(custom_run):
         assert printed.count(f"] {node} started\n") == 1, node
 
 
+def test_a_click_only_log_runs_the_recall_stage_alone(tmp_path):
+    yaml_path = custom_dataset.write(str(tmp_path / "dataset"), NUM_EVENTS, click_only=True)
+    work_dir = str(tmp_path / "work")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = local_runner.main(["--data", yaml_path, "--work_dir", work_dir,
+                                  "--profile", "tiny", "--recall_models", "two_tower"])
+    printed = out.getvalue()
+    assert code == 0, printed
+    assert (f"{yaml_path}: no event value maps to 'impression' (event_values {{'tap': 'click'}}):"
+            " recall only.") in printed
+    summary = _latest(work_dir)
+    assert set(summary.executions) == {
+        "ClickLogExampleGen", "RecallTrainer.two_tower", "ServingValidator.two_tower",
+        "Pusher.two_tower", "FaissIndexBuilder.two_tower", "BlendFitter", "PipelineReporter"}
+    assert {e.state for e in summary.executions.values()} == {"COMPLETE"}
+    counts = summary.executions["ClickLogExampleGen"].outputs["summary"][0].properties
+    assert counts["examples.ranking.train"] + counts["examples.ranking.eval"] == 0
+    assert counts["examples.retrieval.train"] > 0
+    assert summary.output("Pusher.two_tower", "pushed_model").properties["pushed"] == 1
+
+
 # ---- the cache follows the data ------------------------------------------------
 
 @component

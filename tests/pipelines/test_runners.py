@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 
 import pytest
 from absl.testing import parameterized
@@ -286,15 +287,27 @@ def test_a_bug_inside_the_run_still_raises(tmp_path):
             "--work_dir", str(tmp_path), "--funnel_results", ""])
 
 
-def test_a_click_only_config_stops_before_the_run(tmp_path):
-    config = fc.load(fc.builtin_config_path("synthetic"))
-    runner_common.check_trainable(config, "synthetic")  # maps impression: passes
+def test_a_config_without_impressions_builds_the_recall_stage_alone(tmp_path):
+    assert runner_common.has_impressions(fc.load(fc.builtin_config_path("synthetic")))
     click_only = fc.from_dict({**_config_dict("synthetic"), "event_values": {"view": "click"}})
-    with pytest.raises(ValueError) as err:
-        runner_common.check_trainable(click_only, "mine.yaml")
-    assert str(err.value).startswith(
-        "mine.yaml: no event value maps to 'impression' (event_values {'view': 'click'}): the "
-        "ranking models train on impressions")
+    assert not runner_common.has_impressions(click_only)
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    with open(yaml_path, encoding="utf-8") as f:
+        text = f.read()
+    with open(yaml_path, "w", encoding="utf-8") as f:
+        f.write(re.sub(r"(?m)^event_values: .*$", "event_values: {view: click}", text))
+    ids = set(_build(yaml_path, tmp_path / "w", "--recall_models", "two_tower"))
+    assert not {i for i in ids if i.startswith(("Ranking", "Evaluator", "DataValidator"))}, ids
+    assert {"RecallTrainer.two_tower", "Pusher.two_tower", "BlendFitter"} <= ids
+    # With impressions the ranking stage is there.
+    assert "RankingGate.nfwfm" in _build(_write_dataset_yaml(tmp_path / "ds2"), tmp_path / "w2")
+
+
+def test_no_ranking_and_no_recall_model_is_nothing_to_train(tmp_path):
+    with pytest.raises(ValueError, match="^nothing to train"):
+        create_pipeline("p", str(tmp_path), dataset_file.builtin(
+            "synthetic", "e.jsonl", None, "i.jsonl"), str(tmp_path / "s"),
+            RankingSettings(enabled=False), RecallSettings(models=()))
 
 
 def _config_dict(name: str) -> dict:
