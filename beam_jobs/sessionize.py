@@ -1497,7 +1497,7 @@ class _DropUserErrorTracebacks(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_user_error_tracebacks() -> Iterator[None]:
+def quiet_user_error_tracebacks() -> Iterator[None]:
     logger = logging.getLogger("apache_beam.runners.common")
     quiet = _DropUserErrorTracebacks()
     logger.addFilter(quiet)
@@ -1526,7 +1526,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     # collected after the run, once unfrozen.
     gc.freeze()
     try:
-        with (_quiet_user_error_tracebacks(), _memoized_dofn_specs(), _memoized_view_as(),
+        with (quiet_user_error_tracebacks(), _memoized_dofn_specs(), _memoized_view_as(),
               _no_embedded_state_cache(), _short_sampler_period(),
               _gc_thresholds(_RUN_GC_THRESHOLD),
               beam.Pipeline(options=options) as p):

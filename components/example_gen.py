@@ -28,6 +28,7 @@ again.
 
 import json
 import os
+import re
 import tempfile
 
 import apache_beam as beam
@@ -45,6 +46,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from beam_jobs import datasets
 from beam_jobs.run_report import DataQualityError
+from beam_jobs.sessionize import quiet_user_error_tracebacks
 from feature_contract import feature_config as fc
 from components import adapters
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
@@ -197,14 +199,16 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
         with open(local_config, "w", encoding="utf-8") as f:
             f.write(text)
         try:
-            with beam_pipeline as pipeline:
+            # A stop rule is the data's fault: its message, not Beam's logged traceback.
+            with quiet_user_error_tracebacks(), beam_pipeline as pipeline:
                 adapters.sessionize(pipeline, local_config, events, users or None,
                                     items or None, staging)
         except DataQualityError as err:
             # The orchestrator removes a failed execution's outputs, staging
             # included, so the dead letters the message points at are moved
-            # out of it first.
-            raise DataQualityError(keep_dead_letters(str(err), staging, summary.uri)) from None
+            # out of it first; Beam's " [while running '<step>']" suffix goes.
+            message = re.sub(r" \[while running '[^']*'\]$", "", str(err))
+            raise DataQualityError(keep_dead_letters(message, staging, summary.uri)) from None
         distribute_outputs(staging, {fc.RANKING: ranking_examples,
                                      fc.RETRIEVAL: retrieval_examples,
                                      fc.ITEM2VEC: item2vec_examples},

@@ -8,8 +8,9 @@ Serves from <work_dir>/serving/ (what the pipeline pushes there):
   items.jsonl.gz, users.jsonl.gz    raw side tables (catalogue, profiles to seed the store);
                                     else the newest <work_dir>/raw/<data>*/ tables
   item_frequencies.tsv              popularity; else the newest under <work_dir>/tfx/
-  feature_config.yaml               optional; else the config of --data (a built-in name or
-                                    your dataset YAML, whose data: globs then name the tables)
+  feature_config.yaml               optional; else the config of --data (a built-in name);
+                                    a dataset YAML given as --data wins over it (its config,
+                                    and its data: globs name the tables not copied here)
 Without --model_server the embedded model server is started on --port/--rest_api_port
 and the recommender calls it in-process (--transport grpc: over its loopback port);
 with --model_server, the recommender uses that server over gRPC (e.g. real TF
@@ -249,10 +250,13 @@ def find_inputs(serving_dir: str, work_dir: str, data: str,
         if dataset_file.is_url(pattern):
             raise SystemExit(f"{table} table {pattern!r}: serving reads local files; copy the "
                              f"table into {serving_dir} as {table}.jsonl[.gz] / .csv[.gz]")
-        files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-        if not files:
-            raise SystemExit(f"{table} table: no file matches {pattern!r}")
-        return files
+        # The job's own matching (Beam's FileSystems: `**` crosses folders), so
+        # serving reads the very files the models were trained from.
+        from beam_jobs import raw_io
+        try:
+            return raw_io.check_table_matches(table, pattern)
+        except raw_io.RawTableError as err:
+            raise SystemExit(str(err)) from None
 
     out: dict[str, Any] = {}
     for table in ("items", "users", "events"):
@@ -417,8 +421,15 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
                          "stopped the others")
 
 
-def read_blend(path: str | None, serving_dir: str) -> Blend | None:
-    """The blend to rank with: `path`, else <serving_dir>/blend.json if present, else None.
+# No blend and no ranker to order by (a recall-only run whose blend was not
+# published): the merged candidates as they come, and nothing waits on a ranker.
+MERGE_ORDER = Blend((), {"chosen": "merge_order",
+                         "reason": "no blend.json and no ranking model pushed"})
+
+
+def read_blend(path: str | None, serving_dir: str, ranker_pushed: bool = True) -> Blend | None:
+    """The blend to rank with: `path`, else <serving_dir>/blend.json if present, else None
+    (the ranker's click score alone), or MERGE_ORDER when no ranker was pushed either.
 
     Raises:
       ValueError: a named file is missing, or a blend file is not a blend.
@@ -426,6 +437,10 @@ def read_blend(path: str | None, serving_dir: str) -> Blend | None:
     if path is None:
         path = os.path.join(serving_dir, BLEND_FILE)
         if not os.path.exists(path):
+            if not ranker_pushed:
+                log.info("no %s and no ranking model pushed: the final list is in merge order",
+                         path)
+                return MERGE_ORDER
             log.info("no %s: ranking by the ranker's click score alone", path)
             return None
     elif not os.path.exists(path):
@@ -433,6 +448,15 @@ def read_blend(path: str | None, serving_dir: str) -> Blend | None:
     blend = Blend.read(path)
     log.info("final list ranked by the blend in %s: %s", path, dict(blend.weights))
     return blend
+
+
+def ranker_pushed(args: argparse.Namespace, models_root: str) -> bool:
+    """Whether a ranking model may be served: always with a remote --model_server (its
+    models are not ours to list), else when <models_root>/<ranking model> holds a version."""
+    if args.model_server:
+        return True
+    folder = os.path.join(models_root, args.ranking_model)
+    return os.path.isdir(folder) and any(v.isdigit() for v in os.listdir(folder))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -584,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    num_candidates=args.num_candidates,
                                    follow_weight=args.follow_weight,
                                    rules=RequestRules(max_k=args.max_k),
-                                   blend=read_blend(args.blend, serving_dir))
+                                   blend=read_blend(args.blend, serving_dir, ranker_pushed(
+                                       args, models_root)))
     recommender = Recommender(config, client, store, indexes, catalogue, settings)
     counts = (ConnectionCounts(args.balance_file, args.worker_index)
               if args.worker and args.balance_file else None)

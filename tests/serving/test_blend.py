@@ -218,3 +218,23 @@ def test_serve_reads_the_serving_dirs_blend_or_a_named_one(tmp_path):
     assert read_blend(str(other), str(tmp_path)).weights == (("click_logit", 1.0),)
     with pytest.raises(ValueError, match=r"--blend .*missing.json: no such file"):
         read_blend(str(tmp_path / "missing.json"), str(tmp_path))
+
+
+def test_without_a_blend_or_a_pushed_ranker_serve_keeps_the_merge_order(tmp_path):
+    import argparse
+    from serving.serve import MERGE_ORDER, ranker_pushed, read_blend
+    merge = read_blend(None, str(tmp_path), ranker_pushed=False)
+    assert merge is MERGE_ORDER and merge.weights == () and not merge.uses_ranker
+    # A blend file still wins; so does a ranker that was pushed.
+    assert read_blend(None, str(tmp_path), ranker_pushed=True) is None
+    (tmp_path / bl.BLEND_FILE).write_text(Blend((("in:two_tower", 2.0),)).to_json())
+    assert read_blend(None, str(tmp_path), ranker_pushed=False).weights == (("in:two_tower", 2.0),)
+    models = tmp_path / "models"
+    local = argparse.Namespace(model_server=None, ranking_model="ranking")
+    assert not ranker_pushed(local, str(models))  # no models folder
+    (models / "ranking").mkdir(parents=True)
+    assert not ranker_pushed(local, str(models))  # a folder without a version
+    (models / "ranking" / "17").mkdir()
+    assert ranker_pushed(local, str(models))
+    remote = argparse.Namespace(model_server="tfs:8500", ranking_model="ranking")
+    assert ranker_pushed(remote, str(tmp_path / "none"))  # a remote server's models are not listed
