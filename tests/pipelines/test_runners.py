@@ -303,6 +303,22 @@ def test_a_config_without_impressions_builds_the_recall_stage_alone(tmp_path):
     assert "RankingGate.nfwfm" in _build(_write_dataset_yaml(tmp_path / "ds2"), tmp_path / "w2")
 
 
+def test_kubeflow_compiles_a_click_only_log_to_the_recall_stage_alone(tmp_path):
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    with open(yaml_path, encoding="utf-8") as f:
+        text = f.read()
+    with open(yaml_path, "w", encoding="utf-8") as f:
+        f.write(re.sub(r"(?m)^event_values: .*$", "event_values: {view: click}", text))
+    path = kubeflow_v2_runner.compile_pipeline(
+        str(tmp_path / "build"), "feedrec", "gs://bucket/root", yaml_path, "gs://bucket/raw",
+        "gs://bucket/serving", "img", recall_models=["two_tower"])
+    with open(path) as f:
+        spec = f.read()
+    assert "RecallTrainer.two_tower" in spec and "Pusher.two_tower" in spec
+    for absent in ("RankingTrainer", "Evaluator", "DataValidator", "RankingGate"):
+        assert absent not in spec, absent
+
+
 def test_no_ranking_and_no_recall_model_is_nothing_to_train(tmp_path):
     with pytest.raises(ValueError, match="^nothing to train"):
         create_pipeline("p", str(tmp_path), dataset_file.builtin(
