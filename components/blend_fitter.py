@@ -17,8 +17,8 @@ With no ranking model served yet (a first run whose gate refused the
 candidate) the blend is fitted without the ranker's features: the
 recommender then ranks by the channels and popularity instead of failing
 (serving.recommender); the next run with a pushed ranker refits with it.
-Nothing is published (and the reason recorded) when the raw items table is
-not exactly one file (the serving catalogue reads one), when no validation
+Nothing is published (and the reason recorded) when the raw items glob
+matches no file (a table split over files is read whole), when no validation
 request has its target among the candidates, or when fewer than
 `min_requests` do (a dozen weights fitted on a few dozen requests take
 extreme values: seen at 30 requests on a 6,000-event run); an earlier
@@ -40,11 +40,16 @@ RANKING_SERVED_NAME = "ranking"
 FIT_FILE = "fit.json"
 
 
-def single_table(pattern: str) -> str | None:
-    """The one file a raw-table glob matches, or None (none, or several)."""
-    import glob
-    found = sorted(glob.glob(pattern)) if pattern else []
-    return found[0] if len(found) == 1 else None
+def table_files(pattern: str) -> list[str] | None:
+    """The files a raw-table glob matches, sorted, as the sessionize job matches them (Beam's
+    FileSystems); None for no glob or no match. The serving readers take a table's parts."""
+    from beam_jobs import raw_io
+    if not pattern:
+        return None
+    try:
+        return raw_io.check_table_matches("table", pattern)
+    except raw_io.RawTableError:
+        return None
 
 
 def publish(text: str, path: str) -> None:
@@ -105,17 +110,16 @@ def BlendFitter(  # noqa: N802
     del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
     ranking_dir = os.path.join(serving_dir, "models", RANKING_SERVED_NAME)
     ranker = os.path.isdir(ranking_dir) and any(v.isdigit() for v in os.listdir(ranking_dir))
-    items_table = single_table(items)
+    items_table = table_files(items)
     if items_table is None:
-        _refuse(blend, f"the items glob {items!r} is not exactly one file; the serving "
-                       "catalogue reads one")
+        _refuse(blend, f"the items glob {items!r} matches no file")
         return
     config = fc.load(os.path.join(vocabulary.uri, "feature_config.yaml"))
     train = data.load_examples(inputs.split_pattern(retrieval_examples.uri, fc.TRAIN), config,
                                fc.RETRIEVAL)
     try:
         fitted, record = fit_validation_blend(
-            train, config, serving_dir, items_table, single_table(users), blend.uri,
+            train, config, serving_dir, items_table, table_files(users), blend.uri,
             num_requests, seed, log=print)
     except ValueError as err:  # no usable validation request
         _refuse(blend, f"blend not fitted: {err}")

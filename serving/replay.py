@@ -30,7 +30,7 @@ from models.recall import data, protocols, training as recall_training
 from models.recall.evaluate import take_queries
 from serving import config_files, model_server
 from serving.blend import CLICK_LOGIT, Blend, Group, channel_order, fit_blend
-from serving.catalogue import ItemCatalogue, read_item_frequencies, read_user_profiles
+from serving.catalogue import ItemCatalogue, Table, read_item_frequencies, read_user_profiles
 from serving.client import ModelServerClient
 from serving.indexes import IndexSet
 from serving.recommender import Recommender, RecommenderSettings, RowProtos, merge_rows
@@ -88,8 +88,8 @@ def serving_client(serving_dir: str) -> tuple[ModelServerClient, ModelManager]:
     return ModelServerClient.from_stub(model_server.InProcessStub(core)), manager
 
 
-def build_recommender(config: fc.FeatureConfig, serving_dir: str, items_table: str,
-                      users_table: str | None, frequencies_tsv: str | None,
+def build_recommender(config: fc.FeatureConfig, serving_dir: str, items_table: Table,
+                      users_table: Table | None, frequencies_tsv: str | None,
                       settings: RecommenderSettings = RecommenderSettings()
                       ) -> ReplayRecommender:
     """The Recommender `make serve` builds, over serving_dir and the raw tables."""
@@ -282,7 +282,7 @@ def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[
 
 
 def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
-                         items_table: str, users_table: str | None, work: str,
+                         items_table: Table, users_table: Table | None, work: str,
                          requests: int = BLEND_REQUESTS, seed: int = 0, log=print,
                          folds: int = BLEND_FOLDS) -> tuple[Blend, dict[str, Any]]:
     """Fits the final-list blend on requests replayed from the validation period.

@@ -203,13 +203,22 @@ def _sharded_items(world, tmp_path):
     return str(tmp_path / "items-*.jsonl.gz")
 
 
-def test_component_refuses_a_sharded_items_table(config, world, serving_dir, planted, tmp_path,
-                                                 monkeypatch):
+def test_component_reads_a_sharded_items_table_and_refuses_an_empty_glob(
+        config, world, serving_dir, planted, tmp_path, monkeypatch):
+    single = _run_fitter(planted, config, world, serving_dir, tmp_path / "one", monkeypatch)
+    # The same catalogue in two files (duplicate ids keep their first row): the same blend.
     pattern = _sharded_items(world, tmp_path)
-    out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=pattern)
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path / "two", monkeypatch,
+                      items=pattern)
+    assert out.get_int_custom_property("published") == 1
+    assert Blend.read(os.path.join(out.uri, BLEND_FILE)) == \
+        Blend.read(os.path.join(single.uri, BLEND_FILE))
+    missing = str(tmp_path / "nothing-*.jsonl.gz")
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path / "none", monkeypatch,
+                      items=missing)
     assert out.get_int_custom_property("published") == 0
     assert out.get_string_custom_property("reason") == (
-        f"the items glob {pattern!r} is not exactly one file; the serving catalogue reads one")
+        f"the items glob {missing!r} matches no file")
 
 
 def test_report_shows_the_published_blend_and_its_validation_figures(
@@ -255,12 +264,11 @@ def test_report_says_why_no_blend_was_published(config, world, serving_dir, plan
                                                 monkeypatch):
     from components import report
     from components.artifacts import PipelineReport
-    pattern = _sharded_items(world, tmp_path)
+    pattern = str(tmp_path / "nothing-*.jsonl.gz")
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=pattern)
     artifact = new_artifact(PipelineReport, str(tmp_path), "report")
     executor_fn(report.PipelineReporter)(report=artifact, publish_dir=str(tmp_path / "pub"),
                                          final_blend=out)
     text = open(os.path.join(artifact.uri, "report.md")).read()
-    assert (f"- not published: the items glob {pattern!r} is not exactly one file; the serving "
-            "catalogue reads one") in text
+    assert f"- not published: the items glob {pattern!r} matches no file" in text
     assert "this run (validation requests)" not in text
