@@ -108,10 +108,9 @@ class Built:
     metadata_path: str
     pipeline_name: str
     serving_dir: str
-    # The raw tables' globs (table -> glob or None), checked before the run.
-    tables: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
-    source: str = ""
-    config: fc.FeatureConfig | None = None
+    # What the run reads: its table globs are checked and its config's events
+    # announced (recall only) before the run.
+    dataset: dataset_file.Dataset | None = None
 
 
 # Raised from inside a component when the data, not the code, is at fault.
@@ -335,8 +334,7 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
         data_checks=data_checks(args, dataset.validation, dataset.source),
         training_cluster=training_cluster,
         funnel_results=replay, funnel_sha256=replay_sha256)
-    return Built(pipeline, metadata_path, args.pipeline_name, serving_dir,
-                 dict(dataset.tables), dataset.source, dataset.config)
+    return Built(pipeline, metadata_path, args.pipeline_name, serving_dir, dataset)
 
 
 def _connection(built: Built):
@@ -386,14 +384,15 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             built = build(args, beam_args)
             # Before the first component starts: an empty glob would otherwise
             # surface as a traceback from inside ClickLogExampleGen.
-            check_local_tables(built.tables, built.source)
+            check_local_tables(built.dataset.tables, built.dataset.source)
         except ValueError as err:
             # A bad --data, dataset YAML or flag value: the message names it
             # (file and key); a traceback would only bury it.
             print(f"error: {err}", file=sys.stderr)
             return 2
-    if built.config is not None and not has_impressions(built.config):
-        print(recall_only_notice(built.config, built.source))
+    config = built.dataset.config
+    if not has_impressions(config):
+        print(recall_only_notice(config, built.dataset.source))
     with interruption.stop_on_signals(
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)

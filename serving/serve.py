@@ -72,6 +72,7 @@ from serving.httpd import (HardenedHTTPServer, HttpError, HttpLimits,  # noqa: E
 from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import ModelIncompatible, Recommender, RecommenderSettings  # noqa: E402
 from serving.request_checks import BadRequest, RequestRules  # noqa: E402
+from serving.servables import list_versions  # noqa: E402
 from serving.store import StoreUnavailable, make_store  # noqa: E402
 from serving.lifecycle import freeze_heap, termination_event, wait_for_termination  # noqa: E402
 
@@ -452,11 +453,10 @@ def read_blend(path: str | None, serving_dir: str, ranker_pushed: bool = True) -
 
 def ranker_pushed(args: argparse.Namespace, models_root: str) -> bool:
     """Whether a ranking model may be served: always with a remote --model_server (its
-    models are not ours to list), else when <models_root>/<ranking model> holds a version."""
-    if args.model_server:
-        return True
-    folder = os.path.join(models_root, args.ranking_model)
-    return os.path.isdir(folder) and any(v.isdigit() for v in os.listdir(folder))
+    models are not ours to list), else when <models_root>/<ranking model> holds a complete
+    version (servables.list_versions: what the embedded model server would load)."""
+    return bool(args.model_server) or bool(
+        list_versions(os.path.join(models_root, args.ranking_model)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

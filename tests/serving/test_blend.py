@@ -235,6 +235,8 @@ def test_without_a_blend_or_a_pushed_ranker_serve_keeps_the_merge_order(tmp_path
     (models / "ranking").mkdir(parents=True)
     assert not ranker_pushed(local, str(models))  # a folder without a version
     (models / "ranking" / "17").mkdir()
+    assert not ranker_pushed(local, str(models))  # a version still being written
+    (models / "ranking" / "17" / "saved_model.pb").write_bytes(b"")
     assert ranker_pushed(local, str(models))
     remote = argparse.Namespace(model_server="tfs:8500", ranking_model="ranking")
     assert ranker_pushed(remote, str(tmp_path / "none"))  # a remote server's models are not listed
