@@ -1,7 +1,9 @@
 """What a finished sessionize run tells its user: the stop rules and the printed summary.
 
 `check_summary` turns a summary.json that says the data is unfit into an
-error (an empty table; more dead letters than `max_dead_letter_fraction`),
+error (an empty table; more dead letters than `max_dead_letter_fraction`;
+`check_impressions`, a pipeline's rule: no impression though the config
+maps some),
 so a bad run ends with a message and a non-zero exit code instead of rc 0
 and a model trained on what little was left. `format_summary` is the few
 lines the CLI prints at the end.
@@ -60,6 +62,40 @@ def check_summary(summary: Mapping[str, Any], tables: Mapping[str, str | None],
             "; ".join(over) + f". The records and reasons are in {dead_letter_dir}; fix the "
             "data or the feature config (column names, timestamp_unit, min_timestamp / "
             "max_timestamp), or raise max_dead_letter_fraction")
+
+
+def check_impressions(summary: Mapping[str, Any], event_values: Mapping[str, str],
+                      dead_letter_dir: str = "dead_letter/") -> None:
+    """Raises when the config maps raw values to impressions but no accepted event is one.
+
+    A pipeline builds its ranking stage from such a config (one example per
+    impression), which would then stop at its first trainer with no example;
+    the likely causes are an event value missing from event_values (its rows
+    dead-lettered as unknown_event) or a log that has no impressions at all
+    (views or clicks only), which the recall stage alone serves. Not a rule of
+    the standalone job: its other outputs are still what the config asks for.
+
+    Raises:
+      DataQualityError: with the accepted events by type and the fixes.
+    """
+    mapped = sorted(raw for raw, kind in event_values.items() if kind == fc.IMPRESSION)
+    events = summary[EVENTS]
+    by_split = events["accepted_by_split"]
+    if not mapped or not events["accepted"] or sum(
+            by_split[s].get(fc.IMPRESSION, 0) for s in by_split):
+        return
+    accepted = {kind: sum(by_split[s].get(kind, 0) for s in by_split) for kind in fc.EVENT_TYPES}
+    unknown = events["dead_letter"].get("unknown_event", 0)
+    raise DataQualityError(
+        f"none of the {events['accepted']} accepted events is an impression ("
+        + ", ".join(f"{kind} {n}" for kind, n in accepted.items() if n)
+        + f"), though event_values maps {mapped} to impression: the ranking stage would have "
+        "no example. "
+        + (f"{unknown} events were dead-lettered as unknown_event (their raw values are in "
+           f"{dead_letter_dir}): map the log's impression value in event_values. "
+           if unknown else "")
+        + "For a log without impressions (views or clicks only), map no value to impression "
+          "in event_values: the run then trains the recall stage alone")
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:

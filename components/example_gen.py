@@ -45,6 +45,7 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
 from beam_jobs import datasets
+from beam_jobs import run_report
 from beam_jobs.run_report import DataQualityError
 from beam_jobs.sessionize import quiet_user_error_tracebacks
 from feature_contract import feature_config as fc
@@ -203,6 +204,9 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
             with quiet_user_error_tracebacks(), beam_pipeline as pipeline:
                 adapters.sessionize(pipeline, local_config, events, users or None,
                                     items or None, staging)
+            with tf.io.gfile.GFile(os.path.join(staging, SUMMARY_FILE)) as f:
+                run_report.check_impressions(json.load(f), fc.load(local_config).event_values,
+                                             os.path.join(staging, "dead_letter", ""))
         except DataQualityError as err:
             # The orchestrator removes a failed execution's outputs, staging
             # included, so the dead letters the message points at are moved

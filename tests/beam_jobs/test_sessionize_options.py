@@ -210,6 +210,32 @@ def test_dead_letter_limit_message_lists_reasons_most_frequent_first():
     run_report.check_summary(s, {})
 
 
+def test_no_impression_under_a_config_that_maps_some_names_the_fixes():
+    by_split = {"train": {"impression": 0, "click": 7, "follow": 1},
+                "eval": {"impression": 0, "click": 2, "follow": 0}}
+    s = {"events": {**_summary_block(10), "accepted_by_split": by_split}}
+    with pytest.raises(run_report.DataQualityError) as err:
+        run_report.check_impressions(s, {"view": "impression", "show": "impression",
+                                         "click": "click", "like": "follow"}, "out/dl/")
+    assert str(err.value) == (
+        "none of the 10 accepted events is an impression (click 9, follow 1), though "
+        "event_values maps ['show', 'view'] to impression: the ranking stage would have no "
+        "example. For a log without impressions (views or clicks only), map no value to "
+        "impression in event_values: the run then trains the recall stage alone")
+    s["events"]["dead_letter"] = {"unknown_event": 4, "malformed": 1}
+    with pytest.raises(run_report.DataQualityError, match=r"example\. 4 events were "
+                       r"dead-lettered as unknown_event \(their raw values are in out/dl/\): "
+                       r"map the log's impression value in event_values\. For a log"):
+        run_report.check_impressions(s, {"view": "impression"}, "out/dl/")
+    # No rule without a mapped impression (the recall stage alone), with one impression, or
+    # with no accepted event (check_summary's empty-table rule speaks first).
+    run_report.check_impressions(s, {"view": "click"})
+    by_split["eval"]["impression"] = 1
+    run_report.check_impressions(s, {"view": "impression"})
+    run_report.check_impressions({"events": {**_summary_block(0), "accepted_by_split": {}}},
+                                 {"view": "impression"})
+
+
 def _files_job(tmp_path, events_csv, cfg):
     raw = tmp_path / "raw"
     raw.mkdir()

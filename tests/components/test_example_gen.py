@@ -187,3 +187,55 @@ def test_a_failed_runs_dead_letters_are_kept_outside_its_outputs(tmp_path):
     # Nothing written (e.g. an empty events table): the message stays as it is.
     assert keep_dead_letters("events table 'x' has no rows", str(tmp_path / "none"),
                              str(summary_uri)) == "events table 'x' has no rows"
+
+
+def test_a_config_mapping_impressions_on_a_log_without_any_stops_with_the_fixes(tmp_path):
+    """The ranking stage is built from the config; a log with no impression would stop at its
+    first trainer with 'no training examples': the job's check says why, and what to change."""
+    import apache_beam as beam
+    import yaml
+    from beam_jobs.run_report import DataQualityError
+    from components.example_gen import ClickLogExampleGen
+    from tests.components.helpers import executor_fn
+    config = {"name": "clicks", "split": {"mode": "random_users", "eval_fraction": 0.5, "seed": 0},
+              "features": [
+                  {"name": "user_id", "field": "user", "type": "categorical", "source": "users"},
+                  {"name": "item_id", "field": "item", "type": "categorical", "source": "items"},
+                  {"name": "hour", "field": "context", "type": "categorical", "source": "derived",
+                   "derive": "hour_of_day", "vocab_size": 24}],
+              # "view" is the log's impression, but the mapping forgot it.
+              "event_values": {"impression": "impression", "click": "click"},
+              "max_dead_letter_fraction": 0.5}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"timestamp": 1_700_000_000 + 60 * i, "user_id": f"u{i % 3}", "item_id": f"i{i % 5}",
+             "event": "click" if i % 4 else "view"} for i in range(12)]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = str(tmp_path / "out")
+    outputs = {name: new_artifact(cls, root, name) for name, cls in [
+        ("ranking_examples", standard_artifacts.Examples),
+        ("retrieval_examples", standard_artifacts.Examples),
+        ("item2vec_examples", standard_artifacts.Examples),
+        ("vocabulary", FeatureVocabulary), ("catalogue", ItemCatalogue),
+        ("summary", SessionizeSummary)]}
+    with pytest.raises(DataQualityError) as err:
+        executor_fn(ClickLogExampleGen)(
+            **outputs, config_path=str(tmp_path / "config.yaml"),
+            events=str(tmp_path / "events.jsonl"), beam_pipeline=beam.Pipeline(runner="FnApiRunner"))
+    message = str(err.value)
+    # 9 clicks accepted, the 3 views dead-lettered; their records were kept for the message.
+    assert message.startswith(
+        "none of the 9 accepted events is an impression (click 9), though event_values maps "
+        "['impression'] to impression: the ranking stage would have no example. 3 events were "
+        "dead-lettered as unknown_event (their raw values are in ")
+    assert message.endswith(
+        "): map the log's impression value in event_values. For a log without impressions "
+        "(views or clicks only), map no value to impression in event_values: the run then "
+        "trains the recall stage alone")
+    folder = message.split("(their raw values are in ", 1)[1].split(")", 1)[0]
+    assert "dead_letter_of_failed_runs" in folder and os.path.isdir(folder), folder
+    dead = [json.loads(line) for p in tf.io.gfile.glob(os.path.join(folder, "*.jsonl"))
+            for line in tf.io.gfile.GFile(p).read().splitlines()]
+    assert sorted(json.loads(d["record"])["timestamp"] for d in dead) == [
+        1_700_000_000, 1_700_000_240, 1_700_000_480]
+    assert {(d["reason"], json.loads(d["record"])["event"]) for d in dead} == {
+        ("unknown_event", "view")}
