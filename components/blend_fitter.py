@@ -77,6 +77,7 @@ def BlendFitter(  # noqa: N802
         num_requests: Parameter[int] = 3000,
         min_requests: Parameter[int] = 100,
         seed: Parameter[int] = 0,
+        use_ranker: Parameter[int] = 1,
         ranking_pushed: InputArtifact[standard_artifacts.PushedModel] = None,
         item2vec_index: InputArtifact[PushedIndex] = None,
         youtubenet_index: InputArtifact[PushedIndex] = None,
@@ -97,6 +98,9 @@ def BlendFitter(  # noqa: N802
       min_requests: fewest usable requests (target among the candidates) a
         published blend is fitted on.
       seed: the sample's seed.
+      use_ranker: 0 in a run without a ranking stage (a log without
+        impressions): a ranker in serving_dir was pushed by an earlier run on
+        other data, so it is not called and the blend is fitted without it.
       ranking_pushed, *_index: the pushes this step must follow (their
         outcome is read from serving_dir itself: an earlier version serves
         when this run's was not pushed).
@@ -108,8 +112,9 @@ def BlendFitter(  # noqa: N802
     from serving.replay import fit_validation_blend
 
     del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
+    from serving.servables import list_versions
     ranking_dir = os.path.join(serving_dir, "models", RANKING_SERVED_NAME)
-    ranker = os.path.isdir(ranking_dir) and any(v.isdigit() for v in os.listdir(ranking_dir))
+    ranker = bool(use_ranker) and bool(list_versions(ranking_dir))
     items_table = table_files(items)
     if items_table is None:
         _refuse(blend, f"the items glob {items!r} matches no file")
@@ -120,7 +125,7 @@ def BlendFitter(  # noqa: N802
     try:
         fitted, record = fit_validation_blend(
             train, config, serving_dir, items_table, table_files(users), blend.uri,
-            num_requests, seed, log=print)
+            num_requests, seed, log=print, use_ranker=bool(use_ranker))
     except ValueError as err:  # no usable validation request
         _refuse(blend, f"blend not fitted: {err}")
         return
@@ -139,4 +144,6 @@ def BlendFitter(  # noqa: N802
     blend.set_int_custom_property(PUBLISHED_KEY, 1)
     blend.set_string_custom_property(PATH_KEY, path)
     blend.set_string_custom_property(REASON_KEY, "published" if ranker else (
-        f"published without the ranker's features: no ranking model served under {ranking_dir}"))
+        "published without the ranker's features: "
+        + (f"no ranking model served under {ranking_dir}" if use_ranker else
+           "the run has no ranking stage (use_ranker 0)")))

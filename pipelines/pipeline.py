@@ -313,6 +313,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
             retrieval_examples=example_gen.outputs["retrieval_examples"], vocabulary=vocabulary,
             serving_dir=serving_dir, items=dataset.items, users=dataset.users or "",
             num_requests=blend_requests, min_requests=blend_min_requests,
+            # A recall-only run must not call a ranker an earlier run pushed.
+            use_ranker=int(ranking.enabled),
             ranking_pushed=report_inputs.get("candidate_pushed"),
             **{f"{model}_index": report_inputs[f"{model}_index"] for model in recall.models})
         components.append(blend_fitter)

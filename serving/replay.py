@@ -47,6 +47,8 @@ BLEND_REQUESTS = 3000
 # Folds of the blend's cross-validation on the validation requests: the
 # blend is served only when its held-out HR@10 beats every channel's.
 BLEND_FOLDS = 5
+# The served names of the ranking models (serving_configs/models.config).
+RANKING_SERVED_NAMES = ("ranking", "ranking_multitask")
 RANKER_ONLY = Blend(((CLICK_LOGIT, 1.0),))  # the ranker's order, with the features recorded
 
 
@@ -74,14 +76,17 @@ class ReplayRecommender(Recommender):
         return self.last_features
 
 
-def serving_client(serving_dir: str) -> tuple[ModelServerClient, ModelManager]:
+def serving_client(serving_dir: str, leave_out: Sequence[str] = ()
+                   ) -> tuple[ModelServerClient, ModelManager]:
     """An in-process client of the embedded model server over serving_dir/models.
 
     serving_configs/models.config names the models, as for `make serve`; the
     models this bench does not train (ranking_multitask) have no version and
-    are simply not loaded.
+    are simply not loaded. Models named in `leave_out` are not served even
+    when pushed: asked for, they are NOT_FOUND, as a model never pushed.
     """
-    entries = config_files.read_model_config(MODELS_CONFIG, os.path.join(serving_dir, "models"))
+    entries = [e for e in config_files.read_model_config(
+        MODELS_CONFIG, os.path.join(serving_dir, "models")) if e.name not in set(leave_out)]
     manager = ModelManager(entries)
     manager.poll_once()
     core = model_server.ModelServerCore(manager)
@@ -90,10 +95,11 @@ def serving_client(serving_dir: str) -> tuple[ModelServerClient, ModelManager]:
 
 def build_recommender(config: fc.FeatureConfig, serving_dir: str, items_table: Table,
                       users_table: Table | None, frequencies_tsv: str | None,
-                      settings: RecommenderSettings = RecommenderSettings()
-                      ) -> ReplayRecommender:
-    """The Recommender `make serve` builds, over serving_dir and the raw tables."""
-    client, _ = serving_client(serving_dir)
+                      settings: RecommenderSettings = RecommenderSettings(),
+                      leave_out: Sequence[str] = ()) -> ReplayRecommender:
+    """The Recommender `make serve` builds, over serving_dir and the raw tables
+    (`leave_out`: pushed models it must not call, see serving_client)."""
+    client, _ = serving_client(serving_dir, leave_out)
     catalogue = ItemCatalogue.from_table(
         items_table, config, read_item_frequencies(frequencies_tsv) if frequencies_tsv else None)
     history = config.history_feature
@@ -284,7 +290,8 @@ def choose_final_order(blend: Blend, blend_held_out: float, channel_hr: Mapping[
 def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_dir: str,
                          items_table: Table, users_table: Table | None, work: str,
                          requests: int = BLEND_REQUESTS, seed: int = 0, log=print,
-                         folds: int = BLEND_FOLDS) -> tuple[Blend, dict[str, Any]]:
+                         folds: int = BLEND_FOLDS, use_ranker: bool = True
+                         ) -> tuple[Blend, dict[str, Any]]:
     """Fits the final-list blend on requests replayed from the validation period.
 
     The validation period is the recall trainers' own carve (the latest
@@ -297,7 +304,10 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     The blend is then cross-validated over `folds` folds of those requests
     and served only when its held-out HR@10 beats each channel's order as
     served (serving.blend.channel_order); otherwise the best channel's order
-    is (choose_final_order).
+    is (choose_final_order). With use_ranker False the ranking models are not
+    called even when pushed (a recall-only run: a ranker left in serving_dir
+    by an earlier run was trained on other data): the blend is fitted without
+    their features, as when none is served.
 
     Returns:
       (the blend to serve, its record: the chosen order, the fitted weights,
@@ -308,8 +318,9 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
                                              "funnel blend")
     queries = subsample(protocols.time_split(carve.validation, config), requests, seed)
     counts = write_click_counts(carve.fit, config, os.path.join(work, "fit_item_frequencies.tsv"))
+    leave_out = () if use_ranker else RANKING_SERVED_NAMES
     recommender = build_recommender(config, serving_dir, items_table, users_table, counts,
-                                    RecommenderSettings(blend=RANKER_ONLY))
+                                    RecommenderSettings(blend=RANKER_ONLY), leave_out)
     t0 = time.time()
     replayed = [replay(recommender, request) for request in requests_of(queries, config)]
     targets = target_rows(queries, recommender.catalogue.ids)
@@ -338,6 +349,10 @@ def fit_validation_blend(train: data.Arrays, config: fc.FeatureConfig, serving_d
     record = {
         "weights": dict(blend.weights), "chosen": chosen, "fitted_weights": dict(fitted.weights),
         **fitted.fitted, "folds": folds,
+        # Requests the ranker scored: 0 when none is served or use_ranker is False.
+        "ranker_scored_requests": sum(r.features is not None and CLICK_LOGIT in r.features
+                                      for r in replayed),
+        "use_ranker": bool(use_ranker),
         "replay_seconds": time.time() - t0,
         f"validation_hr@{TOP}": {
             "ranker_only": hr_at([r.final for r in replayed], targets),

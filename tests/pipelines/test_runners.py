@@ -296,11 +296,16 @@ def test_a_config_without_impressions_builds_the_recall_stage_alone(tmp_path):
         text = f.read()
     with open(yaml_path, "w", encoding="utf-8") as f:
         f.write(re.sub(r"(?m)^event_values: .*$", "event_values: {view: click}", text))
-    ids = set(_build(yaml_path, tmp_path / "w", "--recall_models", "two_tower"))
+    built = _build(yaml_path, tmp_path / "w", "--recall_models", "two_tower")
+    ids = set(built)
     assert not {i for i in ids if i.startswith(("Ranking", "Evaluator", "DataValidator"))}, ids
     assert {"RecallTrainer.two_tower", "Pusher.two_tower", "BlendFitter"} <= ids
-    # With impressions the ranking stage is there.
-    assert "RankingGate.nfwfm" in _build(_write_dataset_yaml(tmp_path / "ds2"), tmp_path / "w2")
+    # No ranker of an earlier run is called to fit its blend.
+    assert built["BlendFitter"].exec_properties["use_ranker"] == 0
+    # With impressions the ranking stage is there, and the blend uses its ranker.
+    built = _build(_write_dataset_yaml(tmp_path / "ds2"), tmp_path / "w2", "--recall_models",
+                   "two_tower")
+    assert "RankingGate.nfwfm" in built and built["BlendFitter"].exec_properties["use_ranker"] == 1
 
 
 def test_kubeflow_compiles_a_click_only_log_to_the_recall_stage_alone(tmp_path):

@@ -144,7 +144,7 @@ def test_cross_validated_lists_rank_each_request_by_a_blend_fitted_without_it():
 
 
 def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, items=None,
-                min_requests=20):
+                min_requests=20, use_ranker=1):
     monkeypatch.setattr("models.recall.data.load_examples", lambda *a, **k: planted)
     vocab = new_artifact(FeatureVocabulary, str(tmp_path), "vocab")
     with open(os.path.join(vocab.uri, "feature_config.yaml"), "w") as f:
@@ -154,7 +154,7 @@ def _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, item
     executor_fn(blend_fitter.BlendFitter)(
         retrieval_examples=examples, vocabulary=vocab, blend=out, serving_dir=serving_dir,
         items=items or world["items"], users=world["users"], num_requests=100,
-        min_requests=min_requests, seed=0)
+        min_requests=min_requests, seed=0, use_ranker=use_ranker)
     return out
 
 
@@ -184,6 +184,26 @@ def test_component_fits_without_the_ranker_when_none_is_served(config, world, se
     figures = fit["validation_hr@10"]
     assert figures["ranker_only"] == figures["merge_order"]
     assert figures["blend_in_sample"] == 1.0
+
+
+def test_a_run_without_a_ranking_stage_does_not_call_a_pushed_ranker(
+        config, world, serving_dir, planted, tmp_path, monkeypatch):
+    """A recall-only run (a log without impressions) in a serving dir where an earlier run
+    pushed a ranker: that ranker was trained on other data, so the blend is fitted without it."""
+    with_ranker = _run_fitter(planted, config, world, serving_dir, tmp_path / "a", monkeypatch)
+    fit = json.load(open(os.path.join(with_ranker.uri, blend_fitter.FIT_FILE)))
+    assert fit["ranker_scored_requests"] == 20 and fit["use_ranker"] is True
+    assert with_ranker.get_string_custom_property("reason") == "published"
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path / "b", monkeypatch,
+                      use_ranker=0)
+    assert out.get_string_custom_property("reason") == (
+        "published without the ranker's features: the run has no ranking stage (use_ranker 0)")
+    fit = json.load(open(os.path.join(out.uri, blend_fitter.FIT_FILE)))
+    assert fit["ranker_scored_requests"] == 0 and fit["use_ranker"] is False
+    assert "click_logit" not in fit["fitted_weights"]
+    figures = fit["validation_hr@10"]
+    assert figures["ranker_only"] == figures["merge_order"]
+    assert os.path.isdir(os.path.join(serving_dir, "models", "ranking"))  # left as it was
 
 
 def test_component_refuses_too_few_usable_requests(config, world, serving_dir, planted, tmp_path,
