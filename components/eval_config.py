@@ -178,10 +178,15 @@ def failing_reasons(evaluation_uri: str) -> list[str]:
     """Human-readable reasons a validation failed ([] when it passed).
 
     E.g. "auc diff vs baseline (overall) = -0.0318: change vs baseline must be >= -0.001".
+    On a slice whose labels are all one class TFMA still judges an AUC (0.0);
+    that value is no figure, so the reason says why the slice has none:
+    "auc (overall): not evaluable (0 positives in eval); must be >= 0.5".
     """
     result = model_eval_lib.load_validation_result(evaluation_uri)
     if result.validation_ok:
         return []
+    unevaluable = {row["slice"]: row["not_evaluable"] for row in metric_rows(evaluation_uri)
+                   if row["not_evaluable"] and not row["is_diff"]}
     reasons = []
     for per_slice in result.metric_validations_per_slice:
         where = ",".join(f"{c.column}={_slice_value(c)}"
@@ -190,9 +195,13 @@ def failing_reasons(evaluation_uri: str) -> list[str]:
             key = failure.metric_key
             what = key.name + (f"[{key.output_name}]" if key.output_name else "")
             what += " diff vs baseline" if key.is_diff else ""
+            threshold = _threshold_text(failure.metric_threshold)
+            if where in unevaluable:
+                reasons.append(f"{what} ({where}): not evaluable ({unevaluable[where]}); "
+                               f"{threshold}")
+                continue
             value = failure.metric_value.double_value.value
-            reasons.append(f"{what} ({where}) = {value:.4f}: "
-                           f"{_threshold_text(failure.metric_threshold)}")
+            reasons.append(f"{what} ({where}) = {value:.4f}: {threshold}")
     return reasons or ["validation failed (see the evaluation artifact)"]
 
 

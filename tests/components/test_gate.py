@@ -268,6 +268,16 @@ def test_head_without_positives_is_not_evaluable_and_refused(data, within, follo
     assert "AUC 0.0000" not in text and "| 0.0000 |" not in text
 
 
+def test_a_floor_on_a_head_without_positives_says_it_is_not_evaluable(data):
+    """TFMA fails the floor on the 0.0 it records; the reason (in the run's summary and the
+    report) names why there is no AUC instead of printing that 0.0 as one."""
+    evaluation, blessing = _evaluate(data, "follow_floor", eval_config.head_gate(
+        0.5, "follow", confidence_intervals=False), with_baseline=False)
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert eval_config.failing_reasons(evaluation.uri) == [
+        "auc (overall): not evaluable (0 positives in eval); must be >= 0.5"]
+
+
 def test_head_without_positives_allowed_when_configured(data, within, follow):
     gate = _gate(data, "allowed", [within, follow], allow_unevaluable_heads=True)
     assert gate.get_int_custom_property("blessed") == 1
