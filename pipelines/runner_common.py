@@ -41,6 +41,7 @@ from feature_contract import feature_config as fc
 from models.validation import ValidationError
 from pipelines import interruption, mlmd_summary, profiles, progress
 from pipelines.pipeline import RECALL_MODELS, create_pipeline
+from serving import serving_dirs
 
 DEFAULT_PIPELINE_NAME = "feedrec"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -397,6 +398,11 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)
         try:
+            try:
+                claim_serving_dir(built, args.data, lock is not None)
+            except serving_dirs.ServingDirError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             clean_interrupted_runs(built, lock is not None)
             before = run_count(built)
             with progress.reporting(_connection(built)):
@@ -412,6 +418,25 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             if lock is not None:
                 lock.close()
     return print_summary(built, before)
+
+
+def claim_serving_dir(built: Built, data: str, holds_lock: bool) -> None:
+    """Makes <work_dir>/serving this dataset's before anything is pushed (serving.serving_dirs).
+
+    Another dataset's serving dir is parked beside it and this one's taken
+    back, with one line saying so; never while another run holds the lock
+    (its pushers write to the dir in place).
+    """
+    stamp = serving_dirs.Stamp(built.dataset.name, os.path.abspath(data)
+                               if dataset_file.is_dataset_file(data) else data)
+    current = serving_dirs.read_stamp(built.serving_dir)
+    if current is not None and current.dataset != stamp.dataset and not holds_lock:
+        raise serving_dirs.ServingDirError(
+            f"{built.serving_dir} serves {current.dataset!r} and another run of "
+            f"{built.pipeline_name} is in progress (lock beside {built.metadata_path}): run "
+            f"{stamp.dataset!r} after it, or in another --work_dir")
+    for move in serving_dirs.claim(built.serving_dir, stamp):
+        print(move)
 
 
 def clean_interrupted_runs(built: Built, holds_lock: bool) -> None:

@@ -11,6 +11,9 @@ Serves from <work_dir>/serving/ (what the pipeline pushes there):
   feature_config.yaml               optional; else the config of --data (a built-in name);
                                     a dataset YAML given as --data wins over it (its config,
                                     and its data: globs name the tables not copied here)
+  dataset.json                      the stamp of the run that pushed there: with no --data,
+                                    its --data is served; with --data of another dataset,
+                                    <work_dir>/serving.<dataset> is (serving.serving_dirs)
 Without --model_server the embedded model server is started on --port/--rest_api_port
 and the recommender calls it in-process (--transport grpc: over its loopback port);
 with --model_server, the recommender uses that server over gRPC (e.g. real TF
@@ -73,6 +76,7 @@ from serving.indexes import IndexSet, set_search_threads  # noqa: E402
 from serving.recommender import ModelIncompatible, Recommender, RecommenderSettings  # noqa: E402
 from serving.request_checks import BadRequest, RequestRules  # noqa: E402
 from serving.servables import list_versions  # noqa: E402
+from serving import serving_dirs  # noqa: E402
 from serving.store import StoreUnavailable, make_store  # noqa: E402
 from serving.lifecycle import freeze_heap, termination_event, wait_for_termination  # noqa: E402
 
@@ -428,6 +432,54 @@ MERGE_ORDER = Blend((), {"chosen": "merge_order",
                          "reason": "no blend.json and no ranking model pushed"})
 
 
+def _dataset_name(data: str) -> str:
+    if dataset_file.is_dataset_file(data):
+        return dataset_file.load(data).name
+    return fc.load(fc.builtin_config_path(data)).name
+
+
+def pick_serving_dir(serving_dir: str, data: str | None, explicit: bool = False
+                     ) -> tuple[str, str | None]:
+    """The serving dir and --data to serve (serving.serving_dirs).
+
+    With no --data, the dataset the serving dir is stamped with (its run's
+    --data). With --data, that dataset's serving dir: serving_dir itself, or
+    the one parked beside it while another dataset's run used the work dir
+    (not for an explicit --serving_dir, which must be that dataset's).
+
+    Returns:
+      (serving dir, data), data None when neither the flag nor a stamp names it.
+    Raises:
+      SystemExit: the dataset has no serving dir here; the message says which
+        dataset is served and how to serve the asked one.
+    """
+    try:
+        stamp = serving_dirs.read_stamp(serving_dir)
+        if data is None:
+            if stamp is None:
+                return serving_dir, None
+            if dataset_file.is_dataset_file(stamp.data) and not os.path.exists(stamp.data):
+                raise SystemExit(f"error: {serving_dir} serves {stamp.dataset!r}, run with --data "
+                                 f"{stamp.data}, which no longer exists: pass --data")
+            log.info("serving %r (the dataset %s is stamped with)", stamp.data, serving_dir)
+            return serving_dir, stamp.data
+        name = _dataset_name(data)
+        found = serving_dirs.find(serving_dir, name)
+    except (fc.FeatureConfigError, serving_dirs.ServingDirError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if found == serving_dir:
+        return serving_dir, data
+    if found is None or explicit:
+        raise SystemExit(
+            f"error: {serving_dir} serves {stamp.dataset!r}, not {name!r}"
+            + ("" if explicit else f", and no serving dir of {name!r} is kept beside it "
+               f"({serving_dirs.parked(serving_dir, name)})")
+            + f": run the pipeline on {data} first (make run DATA={data})")
+    log.info("serving %r from %s (%s holds %r's models)", name, found, serving_dir,
+             stamp.dataset)
+    return found, data
+
+
 def read_blend(path: str | None, serving_dir: str, ranker_pushed: bool = True) -> Blend | None:
     """The blend to rank with: `path`, else <serving_dir>/blend.json if present, else None
     (the ranker's click score alone), or MERGE_ORDER when no ranker was pushed either.
@@ -467,8 +519,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", default=None,
                         help="a built-in dataset name or your dataset YAML (its feature config, "
                              "and its tables read where its data: globs point); default: the "
-                             "built-in dataset most recently prepared under <work_dir>/raw, "
-                             "else synthetic")
+                             "--data of the run that pushed to the serving dir (its "
+                             "dataset.json), else the built-in dataset most recently prepared "
+                             "under <work_dir>/raw, else synthetic")
     parser.add_argument("--feature_config", default=None)
     parser.add_argument("--model_server", default=None,
                         help="host:port of a running model server (e.g. TF Serving); "
@@ -535,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.faiss_omp_threads:
         set_search_threads(args.faiss_omp_threads)
-    serving_dir = args.serving_dir or os.path.join(args.work_dir, "serving")
+    serving_dir, args.data = pick_serving_dir(
+        args.serving_dir or os.path.join(args.work_dir, "serving"), args.data,
+        explicit=bool(args.serving_dir))
     models_root = os.path.join(serving_dir, "models")
     if not os.path.isdir(models_root) or not os.listdir(models_root):
         raise SystemExit(f"no pushed models under {models_root}: run `make run` first "

@@ -510,3 +510,50 @@ def test_default_profile_tunes_every_rankers_learning_rate_and_hparams_can_fix_i
     assert runner_common._merge({"nfm": {"learning_rates": [0.1, 0.2], "patience": 2}},
                                 {"nfm": {"learning_rate": 0.5, "learning_rates": [0.3]}}) == {
         "nfm": {"learning_rates": [0.3], "learning_rate": 0.5, "patience": 2}}
+
+
+def test_a_run_on_another_dataset_parks_the_served_models_first(tmp_path, capsys):
+    """<work_dir>/serving holds movielens's models: a synthetic run keeps them aside before it
+    pushes anything (serving.serving_dirs), and says so."""
+    from serving import serving_dirs
+    serving = tmp_path / "serving"
+    serving_dirs.write_stamp(str(serving), serving_dirs.Stamp("movielens", "movielens"))
+    (serving / "models" / "ranking" / "5").mkdir(parents=True)
+    seen = {}
+
+    class Run:
+        def run(self, pipeline):
+            seen["stamp"] = serving_dirs.read_stamp(str(serving))
+            seen["served"] = sorted(os.listdir(serving))
+
+    code = runner_common.run_main(Run, "test", [
+        "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
+        "--work_dir", str(tmp_path), "--funnel_results", ""])
+    assert code == 0
+    assert seen == {"stamp": serving_dirs.Stamp("synthetic", "synthetic"),
+                    "served": ["dataset.json"]}
+    assert (tmp_path / "serving.movielens" / "models" / "ranking" / "5").is_dir()
+    assert f"{serving} held 'movielens''s models: kept aside as {serving}.movielens" in \
+        capsys.readouterr().out.splitlines()
+
+
+def test_no_dataset_switch_while_another_run_holds_the_lock(tmp_path, capsys, monkeypatch):
+    from pipelines import interruption
+    from serving import serving_dirs
+    serving = tmp_path / "serving"
+    serving_dirs.write_stamp(str(serving), serving_dirs.Stamp("movielens", "movielens"))
+    monkeypatch.setattr(interruption, "run_lock", lambda path: None)  # held by another process
+
+    class NeverRun:
+        def run(self, pipeline):
+            raise AssertionError("must not run")
+
+    code = runner_common.run_main(NeverRun, "test", [
+        "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
+        "--work_dir", str(tmp_path), "--funnel_results", ""])
+    assert code == 2
+    metadata = tmp_path / "tfx" / "feedrec" / "metadata.sqlite"
+    assert capsys.readouterr().err.strip() == (
+        f"error: {serving} serves 'movielens' and another run of feedrec is in progress (lock "
+        f"beside {metadata}): run 'synthetic' after it, or in another --work_dir")
+    assert serving_dirs.read_stamp(str(serving)).dataset == "movielens"
