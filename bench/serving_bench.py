@@ -49,8 +49,9 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
 from bench import stats  # noqa: E402
+from feature_contract import dataset as dataset_file  # noqa: E402
 from feature_contract import feature_config as fc  # noqa: E402
-from serving import toy_models  # noqa: E402
+from serving import serving_dirs, toy_models  # noqa: E402
 from serving.blend import BLEND_FILE, Blend  # noqa: E402
 from serving.catalogue import ItemCatalogue, read_item_frequencies  # noqa: E402
 from serving.client import ModelServerClient, make_predict_request  # noqa: E402
@@ -251,6 +252,26 @@ def prepare(work_dir: str, scratch: str, config: fc.FeatureConfig,
     info["versions"] = {name: list_versions(os.path.join(out, "models", name))
                         for name in sorted(os.listdir(os.path.join(out, "models")))}
     return out, info
+
+
+def bench_config(work_dir: str, data: str | None) -> fc.FeatureConfig:
+    """The feature config of the models the bench serves.
+
+    <work_dir>/serving/feature_config.yaml when present; else the config of
+    `data`, which defaults to the --data the last run stamped the serving dir
+    with (serving.serving_dirs: the serve child reads the same stamp from the
+    private copy), else synthetic (the toy world's).
+    """
+    source = os.path.join(work_dir, "serving")
+    config_path = os.path.join(source, "feature_config.yaml")
+    if os.path.exists(config_path):
+        return fc.load(config_path)
+    if data is None:
+        stamp = serving_dirs.read_stamp(source)
+        data = stamp.data if stamp is not None else "synthetic"
+    if dataset_file.is_dataset_file(data):
+        return dataset_file.load(data).config
+    return fc.load(fc.builtin_config_path(data))
 
 
 def build_requests(serving_dir: str, config: fc.FeatureConfig, target: str):
@@ -481,9 +502,7 @@ def abuse_point(services: "Services", body: dict, scratch: str, duration_s: floa
 
 def run_abuse_only(args: argparse.Namespace) -> None:
     """The abuse point alone, on the main figures' serve shape, merged into args.output."""
-    config_path = os.path.join(args.work_dir, "serving", "feature_config.yaml")
-    config = fc.load(config_path if os.path.exists(config_path)
-                     else fc.builtin_config_path(args.data))
+    config = bench_config(args.work_dir, args.data)
     scratch = tempfile.mkdtemp(prefix="serving_bench_")
     redis_server = None
     run = {**run_record(["--only_abuse"]),
@@ -529,7 +548,10 @@ def run_record(argv: Sequence[str]) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work")
-    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--data", default=None,
+                        help="the served models' dataset (a built-in name or a dataset YAML); "
+                             "default: the one the last run stamped work/serving with, else "
+                             "synthetic")
     parser.add_argument("--duration_s", type=float, default=4.0, help="per load point")
     parser.add_argument("--max_requests", type=int, default=5000, help="per load point")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -560,9 +582,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # worker gets, so the Predict/in-process ratio compares like with like.
     tf_threads = worker_thread_share(args.workers) if args.workers > 1 else 0
     set_tensorflow_threads(tf_threads, tf_threads)
-    config_path = os.path.join(args.work_dir, "serving", "feature_config.yaml")
-    config = fc.load(config_path if os.path.exists(config_path)
-                     else fc.builtin_config_path(args.data))
+    config = bench_config(args.work_dir, args.data)
     scratch = tempfile.mkdtemp(prefix="serving_bench_")
     results: dict = {"_run": run_record(sys.argv[1:] if argv is None else argv),
                      "command": "make bench-serving (python -m bench.serving_bench)",

@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from absl import logging as absl_logging
 from tfx.orchestration import metadata
@@ -397,16 +397,18 @@ def run_main(runner_factory: Callable[[], Any], description: str,
     with interruption.stop_on_signals(
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)
+        serving_lock = None
         try:
+            runner = runner_factory()
             try:
-                claim_serving_dir(built, args.data, lock is not None)
+                serving_lock = claim_serving_dir(built, args.data, runner)
             except serving_dirs.ServingDirError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             clean_interrupted_runs(built, lock is not None)
             before = run_count(built)
             with progress.reporting(_connection(built)):
-                runner_factory().run(built.pipeline)
+                runner.run(built.pipeline)
         except DATA_ERRORS as err:
             # The data cannot train what the pipeline builds (the sessionize
             # job's stop rules, too few examples to carve a validation split):
@@ -415,28 +417,31 @@ def run_main(runner_factory: Callable[[], Any], description: str,
             print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
             return 2
         finally:
-            if lock is not None:
-                lock.close()
+            for held in (lock, serving_lock):
+                if held is not None:
+                    held.close()
     return print_summary(built, before)
 
 
-def claim_serving_dir(built: Built, data: str, holds_lock: bool) -> None:
+def claim_serving_dir(built: Built, data: str, runner: Any) -> IO[str] | None:
     """Makes <work_dir>/serving this dataset's before anything is pushed (serving.serving_dirs).
 
     Another dataset's serving dir is parked beside it and this one's taken
-    back, with one line saying so; never while another run holds the lock
-    (its pushers write to the dir in place).
+    back, with one line saying so. Returns the serving dirs' lock, held
+    (shared) until the caller closes it at the end of the run: no other
+    dataset's run moves the dir while this one pushes, whatever its pipeline
+    name. None under the tfx CLI's `pipeline create / update / compile`,
+    which call the runner with its run() patched out: nothing will be pushed,
+    so nothing is moved (`tfx run create` runs this file unpatched).
     """
+    if hasattr(type(runner).run, "__wrapped__"):  # the CLI's DagRunnerPatcher
+        return None
     stamp = serving_dirs.Stamp(built.dataset.name, os.path.abspath(data)
                                if dataset_file.is_dataset_file(data) else data)
-    current = serving_dirs.read_stamp(built.serving_dir)
-    if current is not None and current.dataset != stamp.dataset and not holds_lock:
-        raise serving_dirs.ServingDirError(
-            f"{built.serving_dir} serves {current.dataset!r} and another run of "
-            f"{built.pipeline_name} is in progress (lock beside {built.metadata_path}): run "
-            f"{stamp.dataset!r} after it, or in another --work_dir")
-    for move in serving_dirs.claim(built.serving_dir, stamp):
+    moves, lock = serving_dirs.claim(built.serving_dir, stamp)
+    for move in moves:
         print(move)
+    return lock
 
 
 def clean_interrupted_runs(built: Built, holds_lock: bool) -> None:

@@ -272,8 +272,28 @@ def find_inputs(serving_dir: str, work_dir: str, data: str,
                 [os.path.join(work_dir, "raw", f"{data}*", f"{table}.{e}")
                  for e in _TABLE_EXTENSIONS])
     out["item_frequencies"] = _first_existing(os.path.join(serving_dir, "item_frequencies.tsv")) \
-        or newest([os.path.join(work_dir, "tfx", "**", "item_frequencies.tsv")])
+        or newest([p for p in glob.glob(os.path.join(work_dir, "tfx", "**",
+                                                      "item_frequencies.tsv"), recursive=True)
+                   if _counted_from(p) in (None, data)])
     return out
+
+
+def _counted_from(frequencies: str) -> str | None:
+    """The dataset a pipeline's item_frequencies.tsv was counted from, None when unknown.
+
+    It sits in ClickLogExampleGen's catalogue (<component>/catalogue/<execution>/);
+    the same execution's summary (<component>/summary/<execution>/summary.json)
+    names the feature config. Several datasets' runs share <work_dir>/tfx, so
+    the newest file may be another dataset's.
+    """
+    execution = os.path.dirname(frequencies)
+    summary = os.path.join(os.path.dirname(os.path.dirname(execution)), "summary",
+                           os.path.basename(execution), "summary.json")
+    try:
+        with open(summary, encoding="utf-8") as f:
+            return json.load(f).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -469,12 +489,14 @@ def pick_serving_dir(serving_dir: str, data: str | None, explicit: bool = False
         raise SystemExit(f"error: {err}") from None
     if found == serving_dir:
         return serving_dir, data
-    if found is None or explicit:
+    if found is None:
         raise SystemExit(
-            f"error: {serving_dir} serves {stamp.dataset!r}, not {name!r}"
-            + ("" if explicit else f", and no serving dir of {name!r} is kept beside it "
-               f"({serving_dirs.parked(serving_dir, name)})")
-            + f": run the pipeline on {data} first (make run DATA={data})")
+            f"error: {serving_dir} serves {stamp.dataset!r}, not {name!r}, and no serving dir "
+            f"of {name!r} is kept beside it ({serving_dirs.parked(serving_dir, name)}): run the "
+            f"pipeline on {data} first (make run DATA={data})")
+    if explicit:
+        raise SystemExit(f"error: --serving_dir {serving_dir} serves {stamp.dataset!r}, not "
+                         f"{name!r}; {name!r}'s is {found}")
     log.info("serving %r from %s (%s holds %r's models)", name, found, serving_dir,
              stamp.dataset)
     return found, data
@@ -588,13 +610,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.faiss_omp_threads:
         set_search_threads(args.faiss_omp_threads)
-    serving_dir, args.data = pick_serving_dir(
-        args.serving_dir or os.path.join(args.work_dir, "serving"), args.data,
-        explicit=bool(args.serving_dir))
+    in_place = args.serving_dir or os.path.join(args.work_dir, "serving")
+    serving_dir, args.data = pick_serving_dir(in_place, args.data,
+                                              explicit=bool(args.serving_dir))
+    # Held while serving: no run on another dataset moves the dir from under
+    # the pollers (serving.serving_dirs); released when the process ends.
+    try:
+        serving_hold = serving_dirs.hold(in_place)  # noqa: F841 - kept open on purpose
+    except serving_dirs.ServingDirError as err:
+        raise SystemExit(f"error: {err}") from None
     models_root = os.path.join(serving_dir, "models")
     if not os.path.isdir(models_root) or not os.listdir(models_root):
+        aside = sorted(glob.glob(glob.escape(os.path.normpath(in_place)) + ".*" + os.sep))
         raise SystemExit(f"no pushed models under {models_root}: run `make run` first "
-                         "(or `make bench-serving`, which builds small demo models)")
+                         "(or `make bench-serving`, which builds small demo models)"
+                         + (f"; other datasets' serving dirs kept aside: "
+                            f"{', '.join(a.rstrip(os.sep) for a in aside)} (--data <dataset>)"
+                            if aside else ""))
     dataset = None
     if args.data and dataset_file.is_dataset_file(args.data):
         # A dataset YAML: its feature config, and its tables where its globs say.

@@ -15,6 +15,12 @@ switching datasets in one work dir keeps each one's serving state and
 deletes nothing. `make serve` finds the dir of the dataset it is asked for
 (`find`), and with no --data serves the stamped one.
 
+Moving needs <serving_dir>.lock exclusively; runs (for their whole length,
+whatever their pipeline name) and `make serve` (while it serves) hold it
+shared, so no dir moves under a run's pushers or a live server's pollers: a
+switch is refused with a message instead. Real TF Serving started on
+work/serving/models is not a holder: stop it before switching datasets.
+
 A dir without a stamp (written before stamps existed) is taken as the
 running dataset's, as runs did before. Only local paths: a deployment on a
 cluster gives each dataset its own serving path.
@@ -23,10 +29,13 @@ cluster gives each dataset its own serving path.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import tempfile
+import time
+from typing import IO
 
 STAMP_FILE = "dataset.json"
 
@@ -82,29 +91,60 @@ def _is_empty(path: str) -> bool:
     return not os.path.isdir(path) or not os.listdir(path)
 
 
-def claim(serving_dir: str, stamp: Stamp) -> list[str]:
-    """Makes serving_dir the given dataset's before its run pushes there.
+def lock_path(serving_dir: str) -> str:
+    """The lock file beside the serving dir (it stays in place when the dir moves)."""
+    return os.path.normpath(serving_dir) + ".lock"
 
-    Another dataset's dir is moved to parked(serving_dir, its dataset); this
-    dataset's parked dir, if any, is moved back into place; the stamp is
-    (re)written, so it also records the latest --data.
 
-    Returns:
-      one line per move made (empty when none was needed).
-    Raises:
-      ServingDirError: something is in the way (the message names it); checked
-        before anything moves, so a refused claim changes nothing.
+def _open_lock(serving_dir: str) -> IO[str]:
+    path = lock_path(serving_dir)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until the caller closes it
+
+
+def _lock_shared(f: IO[str], serving_dir: str, tries: int = 100) -> None:
+    """A shared hold; a claim holds the lock exclusively only while it moves folders."""
+    for _ in range(tries):
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.05)
+    f.close()
+    raise ServingDirError(f"{serving_dir} is being switched to another dataset by a run "
+                          f"(lock {lock_path(serving_dir)}); try again once that run has started")
+
+
+def hold(serving_dir: str) -> IO[str]:
+    """A shared hold on the work dir's serving dirs for as long as the file stays open.
+
+    `make serve` and the runners hold it: while any holder lives, no claim
+    moves a serving dir from under it (a running server polls its paths and
+    would load the other dataset's models into its own catalogue and store).
     """
+    f = _open_lock(serving_dir)
+    _lock_shared(f, serving_dir)
+    return f
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    park: str | None  # where the dir in place goes
+    take_back: str | None  # the dataset's own parked dir to move into place
+    drop_stamp: bool  # another dataset's stamp on a dir with nothing else in it
+
+
+def _plan(serving_dir: str, stamp: Stamp) -> _Plan:
+    """What claim must move; every refusal is raised here, before anything moves."""
     current = read_stamp(serving_dir)
     other = current is not None and current.dataset != stamp.dataset
-    park = other and not _holds_only_the_stamp(serving_dir)
-    target = parked(serving_dir, current.dataset) if park else None
+    park = parked(serving_dir, current.dataset) if (
+        other and not _holds_only_the_stamp(serving_dir)) else None
     own = parked(serving_dir, stamp.dataset)
-    take_back = (current is None or other) and os.path.isdir(own)
-    # Every check before the first move: a refused claim changes nothing.
-    if park and os.path.exists(target):
+    take_back = own if (current is None or other) and os.path.isdir(own) else None
+    if park and os.path.exists(park):
         raise ServingDirError(
-            f"{serving_dir} serves {current.dataset!r}, and {target}, where it would be kept "
+            f"{serving_dir} serves {current.dataset!r}, and {park}, where it would be kept "
             f"while {stamp.dataset!r} runs, exists already: move one of them away")
     if take_back:
         own_stamp = read_stamp(own)
@@ -117,20 +157,65 @@ def claim(serving_dir: str, stamp: Stamp) -> list[str]:
             raise ServingDirError(
                 f"{serving_dir} has no {STAMP_FILE} (its dataset is unknown) and {own} holds "
                 f"{stamp.dataset!r}'s serving dir: move one of them away")
+    return _Plan(park, take_back, other and park is None)
+
+
+def claim(serving_dir: str, stamp: Stamp) -> tuple[list[str], IO[str]]:
+    """Makes serving_dir the given dataset's before its run pushes there.
+
+    Another dataset's dir is moved to parked(serving_dir, its dataset); this
+    dataset's parked dir, if any, is moved back into place; the stamp is
+    (re)written, so it also records the latest --data. Moving needs the lock
+    (lock_path) exclusively: refused while a server or another run holds it.
+
+    Returns:
+      (one line per move made, empty when none was needed; the lock file,
+      held shared: the run keeps it open until it ends).
+    Raises:
+      ServingDirError: something is in the way or the dir is in use (the
+        message names it); checked before anything moves, so a refused
+        claim changes nothing.
+    """
+    f = _open_lock(serving_dir)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        exclusive = True
+    except BlockingIOError:
+        exclusive = False
+    try:
+        plan = _plan(serving_dir, stamp)
+    except ServingDirError:
+        f.close()
+        raise
+    if (plan.park or plan.take_back or plan.drop_stamp) and not exclusive:
+        f.close()
+        current = read_stamp(serving_dir)
+        raise ServingDirError(
+            f"{serving_dir} serves {current.dataset if current else 'another dataset'!r} and is "
+            f"in use (`make serve` or another run holds {lock_path(serving_dir)}): switching it "
+            f"to {stamp.dataset!r} would pull its models from under them. Stop them first, or "
+            "run in another --work_dir")
     moves = []
-    if park:
-        os.replace(serving_dir, target)
-        moves.append(f"{serving_dir} held {current.dataset!r}'s models: kept aside as {target}")
-    elif other:
+    if plan.park:
+        current = read_stamp(serving_dir)
+        os.replace(serving_dir, plan.park)
+        moves.append(f"{serving_dir} held {current.dataset!r}'s models: kept aside as "
+                     f"{plan.park}")
+    elif plan.drop_stamp:
         os.remove(os.path.join(serving_dir, STAMP_FILE))  # a run that pushed nothing
-    if take_back:
+    if plan.take_back:
         if os.path.isdir(serving_dir):
             os.rmdir(serving_dir)
-        os.replace(own, serving_dir)
+        os.replace(plan.take_back, serving_dir)
         moves.append(f"{stamp.dataset!r}'s models from an earlier run are back in place: "
-                     f"{own} -> {serving_dir}")
-    write_stamp(serving_dir, stamp)
-    return moves
+                     f"{plan.take_back} -> {serving_dir}")
+    if read_stamp(serving_dir) != stamp:
+        write_stamp(serving_dir, stamp)
+    if exclusive:
+        fcntl.flock(f, fcntl.LOCK_SH)  # moves done: other holders may join
+    else:
+        _lock_shared(f, serving_dir)
+    return moves, f
 
 
 def _holds_only_the_stamp(serving_dir: str) -> bool:

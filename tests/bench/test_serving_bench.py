@@ -85,3 +85,14 @@ def test_without_a_ranker_a_recall_only_push_falls_back_to_toy_models(tmp_path, 
     with pytest.raises(ValueError, match="holds no saved_model.pb"):
         serving_bench.prepare(work, str(tmp_path / "scratch2"), config,
                               os.path.join(ranker, "variables"))
+
+
+def test_the_bench_builds_requests_with_the_config_of_the_stamped_dataset(tmp_path):
+    """The serve child reads the copy's stamp; the bench's own requests must use that config."""
+    from bench.serving_bench import bench_config
+    from serving import serving_dirs
+    serving = tmp_path / "serving"
+    assert bench_config(str(tmp_path), None).name == "synthetic"  # nothing run: the toy world's
+    serving_dirs.write_stamp(str(serving), serving_dirs.Stamp("movielens", "movielens"))
+    assert bench_config(str(tmp_path), None).name == "movielens"
+    assert bench_config(str(tmp_path), "synthetic").name == "synthetic"  # the flag wins

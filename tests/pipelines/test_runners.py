@@ -537,12 +537,13 @@ def test_a_run_on_another_dataset_parks_the_served_models_first(tmp_path, capsys
         capsys.readouterr().out.splitlines()
 
 
-def test_no_dataset_switch_while_another_run_holds_the_lock(tmp_path, capsys, monkeypatch):
-    from pipelines import interruption
+def test_no_dataset_switch_while_the_serving_dirs_are_held(tmp_path, capsys):
+    """Another run (any pipeline name) or `make serve` holds <work_dir>/serving.lock."""
     from serving import serving_dirs
     serving = tmp_path / "serving"
     serving_dirs.write_stamp(str(serving), serving_dirs.Stamp("movielens", "movielens"))
-    monkeypatch.setattr(interruption, "run_lock", lambda path: None)  # held by another process
+    (serving / "models" / "ranking" / "5").mkdir(parents=True)
+    held = serving_dirs.hold(str(serving))
 
     class NeverRun:
         def run(self, pipeline):
@@ -550,10 +551,29 @@ def test_no_dataset_switch_while_another_run_holds_the_lock(tmp_path, capsys, mo
 
     code = runner_common.run_main(NeverRun, "test", [
         "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
-        "--work_dir", str(tmp_path), "--funnel_results", ""])
+        "--work_dir", str(tmp_path), "--funnel_results", "", "--pipeline_name", "other"])
+    held.close()
     assert code == 2
-    metadata = tmp_path / "tfx" / "feedrec" / "metadata.sqlite"
     assert capsys.readouterr().err.strip() == (
-        f"error: {serving} serves 'movielens' and another run of feedrec is in progress (lock "
-        f"beside {metadata}): run 'synthetic' after it, or in another --work_dir")
+        f"error: {serving} serves 'movielens' and is in use (`make serve` or another run holds "
+        f"{serving}.lock): switching it to 'synthetic' would pull its models from under them. "
+        "Stop them first, or run in another --work_dir")
     assert serving_dirs.read_stamp(str(serving)).dataset == "movielens"
+
+
+def test_the_tfx_clis_compile_moves_nothing(tmp_path):
+    """`tfx pipeline create` runs the runner with run() patched out: nothing is pushed."""
+    from tfx.tools.cli.handler import local_dag_runner_patcher
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from serving import serving_dirs
+    serving = tmp_path / "serving"
+    serving_dirs.write_stamp(str(serving), serving_dirs.Stamp("movielens", "movielens"))
+    (serving / "models" / "ranking" / "5").mkdir(parents=True)
+    patcher = local_dag_runner_patcher.LocalDagRunnerPatcher()
+    with patcher.patch():
+        code = runner_common.run_main(LocalDagRunner, "test", [
+            "--data", "synthetic", "--num_events", "300", "--profile", "tiny",
+            "--work_dir", str(tmp_path), "--funnel_results", ""])
+    assert code == 0 and patcher.run_called
+    assert serving_dirs.read_stamp(str(serving)).dataset == "movielens"
+    assert (serving / "models" / "ranking" / "5").is_dir()

@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 
@@ -196,6 +197,19 @@ def test_serve_finds_pipeline_outputs(tmp_path):
                      "item_frequencies": str(freq / "item_frequencies.tsv")}
     (serving_dir / "items.csv").write_text("item_id\n")  # a deployment copy wins
     assert find_inputs(str(serving_dir), str(work), "movielens")["items"] == str(serving_dir / "items.csv")
+    # A newer run on another dataset in the same work dir: its counts are not movielens's.
+    (freq.parent.parent / "summary" / "7").mkdir(parents=True)
+    (freq.parent.parent / "summary" / "7" / "summary.json").write_text('{"config": "movielens"}')
+    other = work / "tfx" / "feedrec" / "ExampleGen" / "catalogue" / "9"
+    other.mkdir(parents=True)
+    (other / "item_frequencies.tsv").write_text("s1\t5\t3\n")
+    (freq.parent.parent / "summary" / "9").mkdir(parents=True)
+    (freq.parent.parent / "summary" / "9" / "summary.json").write_text('{"config": "synthetic"}')
+    os.utime(other / "item_frequencies.tsv", (time.time() + 60, time.time() + 60))
+    assert find_inputs(str(serving_dir), str(work), "movielens")["item_frequencies"] == str(
+        freq / "item_frequencies.tsv")
+    assert find_inputs(str(serving_dir), str(work), "synthetic")["item_frequencies"] == str(
+        other / "item_frequencies.tsv")
 
 
 def test_serve_finds_a_dataset_yamls_tables(tmp_path):

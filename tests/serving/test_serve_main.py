@@ -208,3 +208,31 @@ def test_workers_on_a_recommender_port_in_use_is_a_clear_error(world, tmp_path, 
         output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port} for the recommender" in output
+
+
+def test_serve_without_data_serves_what_the_serving_dirs_stamp_names(world, tmp_path):
+    """After `make run DATA=mine.yaml`, a plain `make serve` serves mine.yaml (its config and
+    tables, none of which are in the serving dir) because the run stamped the dir."""
+    from serving import serving_dirs
+    work = tmp_path / "work"
+    serving_dir = tmp_path / "serving"  # _own_dataset's layout; moved under the work dir
+    shutil.copytree(world["root"], serving_dir)
+    yaml_path = _own_dataset(world, tmp_path)
+    work.mkdir()
+    shutil.move(serving_dir, work / "serving")
+    serving_dirs.write_stamp(str(work / "serving"), serving_dirs.Stamp("synthetic", yaml_path))
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.serve", "--work_dir", str(work), "--port", "0",
+         "--rest_api_port", "0", "--recommender_port", "0", "--ready_file", str(ready)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = _wait_ready(proc, ready)["recommender_port"]
+        items = _post(port, "/recommend", {"user_id": "u1", "k": 20})["items"]
+        assert len(items) == 20 and not {i["item_id"] for i in items} & {
+            f"i{i}" for i in range(10)}  # u1's clicks from the YAML's event files
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert f"serving '{yaml_path}' (the dataset {work / 'serving'} is stamped with)" in output

@@ -12,6 +12,13 @@ SYN = sd.Stamp("synthetic", "synthetic")
 MINE = sd.Stamp("mine", "/data/mine.yaml")
 
 
+def claim(serving_dir, stamp):
+    """claim's moves; its lock released at once, as a run's is at its end."""
+    moves, lock = sd.claim(serving_dir, stamp)
+    lock.close()
+    return moves
+
+
 def _push(serving_dir, name, version):
     path = os.path.join(serving_dir, "models", name, str(version))
     os.makedirs(path)
@@ -25,13 +32,13 @@ def _tree(root):
 
 def test_switching_datasets_parks_each_ones_models_and_takes_them_back(tmp_path):
     serving = str(tmp_path / "serving")
-    assert sd.claim(serving, SYN) == []  # a fresh work dir: just the stamp
+    assert claim(serving, SYN) == []  # a fresh work dir: just the stamp
     assert json.load(open(os.path.join(serving, "dataset.json"))) == {
         "data": "synthetic", "dataset": "synthetic"}
     _push(serving, "ranking", 1)
     _push(serving, "user_tower_two_tower", 1)
 
-    assert sd.claim(serving, MINE) == [
+    assert claim(serving, MINE) == [
         f"{serving} held 'synthetic''s models: kept aside as {serving}.synthetic"]
     # Nothing of synthetic's is left where mine's run pushes.
     assert _tree(serving) == ["dataset.json"] and sd.read_stamp(serving) == MINE
@@ -40,7 +47,7 @@ def test_switching_datasets_parks_each_ones_models_and_takes_them_back(tmp_path)
         "models/user_tower_two_tower/1/saved_model.pb"]
     _push(serving, "user_tower_two_tower", 7)
 
-    assert sd.claim(serving, SYN) == [
+    assert claim(serving, SYN) == [
         f"{serving} held 'mine''s models: kept aside as {serving}.mine",
         f"'synthetic''s models from an earlier run are back in place: {serving}.synthetic -> "
         f"{serving}"]
@@ -50,7 +57,7 @@ def test_switching_datasets_parks_each_ones_models_and_takes_them_back(tmp_path)
                                         "models/user_tower_two_tower/7/saved_model.pb"]
     assert not os.path.exists(serving + ".synthetic")
     # The same dataset again: nothing moves; the stamp records the latest --data.
-    assert sd.claim(serving, sd.Stamp("synthetic", "synthetic")) == []
+    assert claim(serving, sd.Stamp("synthetic", "synthetic")) == []
     assert sd.find(serving, "synthetic") == serving and sd.find(serving, "mine") == serving + ".mine"
     assert sd.find(serving, "movielens") is None
 
@@ -59,25 +66,25 @@ def test_an_unstamped_dir_is_taken_as_the_running_datasets(tmp_path):
     serving = str(tmp_path / "serving")
     _push(serving, "ranking", 3)  # written before stamps existed
     assert sd.find(serving, "anything") == serving
-    assert sd.claim(serving, MINE) == []
+    assert claim(serving, MINE) == []
     assert sd.read_stamp(serving) == MINE and _tree(serving) == [
         "dataset.json", "models/ranking/3/saved_model.pb"]
 
 
 def test_a_stamp_alone_is_replaced_not_parked(tmp_path):
     serving = str(tmp_path / "serving")
-    sd.claim(serving, SYN)  # a run that stopped before its first push
-    assert sd.claim(serving, MINE) == [] and sd.read_stamp(serving) == MINE
+    claim(serving, SYN)  # a run that stopped before its first push
+    assert claim(serving, MINE) == [] and sd.read_stamp(serving) == MINE
     assert not os.path.exists(serving + ".synthetic")
 
 
 def test_what_is_in_the_way_is_named_and_left_alone(tmp_path):
     serving = str(tmp_path / "serving")
-    sd.claim(serving, SYN)
+    claim(serving, SYN)
     _push(serving, "ranking", 1)
     os.makedirs(serving + ".synthetic")  # someone's own folder
     with pytest.raises(sd.ServingDirError) as err:
-        sd.claim(serving, MINE)
+        claim(serving, MINE)
     assert str(err.value) == (
         f"{serving} serves 'synthetic', and {serving}.synthetic, where it would be kept while "
         "'mine' runs, exists already: move one of them away")
@@ -87,7 +94,7 @@ def test_what_is_in_the_way_is_named_and_left_alone(tmp_path):
     sd.write_stamp(serving + ".mine", SYN)
     with pytest.raises(sd.ServingDirError, match=r"mine should hold 'mine''s serving dir but its "
                                                  r"stamp says synthetic$"):
-        sd.claim(serving, MINE)
+        claim(serving, MINE)
     # Refused before anything moved.
     assert sd.read_stamp(serving) == SYN and _tree(serving) == [
         "dataset.json", "models/ranking/1/saved_model.pb"]
@@ -100,7 +107,7 @@ def test_what_is_in_the_way_is_named_and_left_alone(tmp_path):
 
 def test_serve_picks_the_stamped_dataset_or_the_asked_ones_dir(tmp_path, monkeypatch):
     serving = str(tmp_path / "serving")
-    sd.claim(serving, SYN)
+    claim(serving, SYN)
     _push(serving, "ranking", 1)
     # No --data: the dataset the dir is stamped with.
     assert pick_serving_dir(serving, None) == (serving, "synthetic")
@@ -111,12 +118,14 @@ def test_serve_picks_the_stamped_dataset_or_the_asked_ones_dir(tmp_path, monkeyp
         f"error: {serving} serves 'synthetic', not 'movielens', and no serving dir of "
         f"'movielens' is kept beside it ({serving}.movielens): run the pipeline on movielens "
         "first (make run DATA=movielens)")
-    sd.claim(serving, sd.Stamp("movielens", "movielens"))
+    claim(serving, sd.Stamp("movielens", "movielens"))
     _push(serving, "ranking", 2)
     # synthetic's run is parked: asked for by name, serve finds it there.
     assert pick_serving_dir(serving, "synthetic") == (serving + ".synthetic", "synthetic")
-    with pytest.raises(SystemExit, match=r"serves 'movielens', not 'synthetic': run the"):
+    with pytest.raises(SystemExit) as err:
         pick_serving_dir(serving, "synthetic", explicit=True)
+    assert str(err.value) == (f"error: --serving_dir {serving} serves 'movielens', not "
+                              f"'synthetic'; 'synthetic''s is {serving}.synthetic")
     # A stamp whose dataset YAML is gone cannot be served without --data.
     sd.write_stamp(serving, sd.Stamp("mine", str(tmp_path / "gone.yaml")))
     with pytest.raises(SystemExit, match=r"run with --data .*gone\.yaml, which no longer "
@@ -124,3 +133,28 @@ def test_serve_picks_the_stamped_dataset_or_the_asked_ones_dir(tmp_path, monkeyp
         pick_serving_dir(serving, None)
     # No stamp at all: serve's own inference, as before.
     assert pick_serving_dir(str(tmp_path / "old"), None) == (str(tmp_path / "old"), None)
+
+
+def test_no_switch_while_a_server_or_a_run_holds_the_dirs(tmp_path):
+    """A live `make serve` polls work/serving: moving it would feed its catalogue and store
+    another dataset's models. Holders share the lock; a claim that moves needs it alone."""
+    serving = str(tmp_path / "serving")
+    claim(serving, SYN)
+    _push(serving, "ranking", 1)
+    server = sd.hold(serving)  # a running `make serve` (any dataset's)
+    with pytest.raises(sd.ServingDirError) as err:
+        claim(serving, MINE)
+    assert str(err.value) == (
+        f"{serving} serves 'synthetic' and is in use (`make serve` or another run holds "
+        f"{serving}.lock): switching it to 'mine' would pull its models from under them. Stop "
+        "them first, or run in another --work_dir")
+    assert sd.read_stamp(serving) == SYN and not os.path.exists(serving + ".synthetic")
+    # The same dataset moves nothing: its run may start beside the server.
+    moves, run = sd.claim(serving, SYN)
+    assert moves == []
+    server.close()
+    with pytest.raises(sd.ServingDirError, match="is in use"):  # the run still holds it
+        claim(serving, MINE)
+    run.close()
+    assert claim(serving, MINE) == [
+        f"{serving} held 'synthetic''s models: kept aside as {serving}.synthetic"]
