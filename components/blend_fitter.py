@@ -22,7 +22,10 @@ matches no file (a table split over files is read whole), when no validation
 request has its target among the candidates, or when fewer than
 `min_requests` do (a dozen weights fitted on a few dozen requests take
 extreme values: seen at 30 requests on a 6,000-event run); an earlier
-blend.json then stays, as an earlier model version does.
+blend.json then stays, as an earlier model version does, except in a run
+without a ranking stage (use_ranker 0) where the earlier blend weighs a
+ranker, or there is none and a ranker is pushed: the merge order is
+published instead, so serving calls no ranker trained on other data.
 """
 
 import json
@@ -108,16 +111,34 @@ def BlendFitter(  # noqa: N802
     from feature_contract import feature_config as fc
     from models import inputs
     from models.recall import data
-    from serving.blend import BLEND_FILE
+    from serving.blend import BLEND_FILE, Blend
     from serving.replay import fit_validation_blend
 
     del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
     from serving.servables import list_versions
     ranking_dir = os.path.join(serving_dir, "models", RANKING_SERVED_NAME)
     ranker = bool(use_ranker) and bool(list_versions(ranking_dir))
+    published = os.path.join(serving_dir, BLEND_FILE)
+
+    def refuse(reason: str) -> None:
+        _refuse(blend, reason)
+        if use_ranker:
+            return
+        # No ranking stage in this run: an earlier blend that weighs a ranker,
+        # or (with none) the pushed ranker alone, would order this run's lists
+        # by a ranker trained on other data. Merge order replaces them.
+        earlier = Blend.read(published) if os.path.exists(published) else None
+        if earlier.uses_ranker if earlier is not None else list_versions(ranking_dir):
+            publish(Blend((), {"chosen": "merge_order", "reason": reason}).to_json(), published)
+            blend.set_int_custom_property(PUBLISHED_KEY, 1)
+            blend.set_string_custom_property(PATH_KEY, published)
+            blend.set_string_custom_property(
+                REASON_KEY, f"merge order published ({reason}): the run has no ranking stage "
+                            "and what was served would order by a ranker (use_ranker 0)")
+
     items_table = table_files(items)
     if items_table is None:
-        _refuse(blend, f"the items glob {items!r} matches no file")
+        refuse(f"the items glob {items!r} matches no file")
         return
     config = fc.load(os.path.join(vocabulary.uri, "feature_config.yaml"))
     train = data.load_examples(inputs.split_pattern(retrieval_examples.uri, fc.TRAIN), config,
@@ -127,10 +148,10 @@ def BlendFitter(  # noqa: N802
             train, config, serving_dir, items_table, table_files(users), blend.uri,
             num_requests, seed, log=print, use_ranker=bool(use_ranker))
     except ValueError as err:  # no usable validation request
-        _refuse(blend, f"blend not fitted: {err}")
+        refuse(f"blend not fitted: {err}")
         return
     if record["requests_used"] < min_requests:
-        _refuse(blend, f"only {record['requests_used']} validation requests have their click "
+        refuse(f"only {record['requests_used']} validation requests have their click "
                        f"among the candidates (min_requests {min_requests}): too few to fit "
                        "the blend's weights on")
         return
@@ -139,10 +160,9 @@ def BlendFitter(  # noqa: N802
         f.write(text)
     with open(os.path.join(blend.uri, FIT_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, sort_keys=True)
-    path = os.path.join(serving_dir, BLEND_FILE)
-    publish(text, path)
+    publish(text, published)
     blend.set_int_custom_property(PUBLISHED_KEY, 1)
-    blend.set_string_custom_property(PATH_KEY, path)
+    blend.set_string_custom_property(PATH_KEY, published)
     blend.set_string_custom_property(REASON_KEY, "published" if ranker else (
         "published without the ranker's features: "
         + (f"no ranking model served under {ranking_dir}" if use_ranker else

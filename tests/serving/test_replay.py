@@ -206,6 +206,34 @@ def test_a_run_without_a_ranking_stage_does_not_call_a_pushed_ranker(
     assert os.path.isdir(os.path.join(serving_dir, "models", "ranking"))  # left as it was
 
 
+def test_a_run_without_a_ranking_stage_replaces_a_ranker_blend_it_cannot_refit(
+        config, world, serving_dir, planted, tmp_path, monkeypatch):
+    """Refused (too few requests) in a recall-only run: the earlier blend, which orders by the
+    ranker, must not keep serving; merge order does. With a ranking stage the earlier stays."""
+    path = os.path.join(serving_dir, BLEND_FILE)
+    earlier = Blend((("click_logit", 1.0), ("log_clicks", 0.5)))
+    blend_fitter.publish(earlier.to_json(), path)
+    kept = _run_fitter(planted, config, world, serving_dir, tmp_path / "a", monkeypatch,
+                       min_requests=1000)
+    assert kept.get_int_custom_property("published") == 0 and Blend.read(path) == earlier
+    out = _run_fitter(planted, config, world, serving_dir, tmp_path / "b", monkeypatch,
+                      min_requests=1000, use_ranker=0)
+    assert out.get_int_custom_property("published") == 1
+    assert out.get_string_custom_property("reason") == (
+        "merge order published (only 20 validation requests have their click among the "
+        "candidates (min_requests 1000): too few to fit the blend's weights on): the run has no "
+        "ranking stage and what was served would order by a ranker (use_ranker 0)")
+    served = Blend.read(path)
+    assert served.weights == () and not served.uses_ranker
+    assert served.fitted["chosen"] == "merge_order"
+    # A served blend that weighs no ranker is left as it is.
+    no_ranker = Blend((("log_clicks", 1.0),))
+    blend_fitter.publish(no_ranker.to_json(), path)
+    _run_fitter(planted, config, world, serving_dir, tmp_path / "c", monkeypatch,
+                min_requests=1000, use_ranker=0)
+    assert Blend.read(path) == no_ranker
+
+
 def test_component_refuses_too_few_usable_requests(config, world, serving_dir, planted, tmp_path,
                                                     monkeypatch):
     out = _run_fitter(planted, config, world, serving_dir, tmp_path, monkeypatch, min_requests=21)
