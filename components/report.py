@@ -594,6 +594,9 @@ def PipelineReporter(  # noqa: N802
         multitask_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
         candidate_infra: InputArtifact[standard_artifacts.InfraBlessing] = None,
         multitask_infra: InputArtifact[standard_artifacts.InfraBlessing] = None,
+        item2vec_infra: InputArtifact[standard_artifacts.InfraBlessing] = None,
+        youtubenet_infra: InputArtifact[standard_artifacts.InfraBlessing] = None,
+        two_tower_infra: InputArtifact[standard_artifacts.InfraBlessing] = None,
         candidate_pushed: InputArtifact[standard_artifacts.PushedModel] = None,
         multitask_pushed: InputArtifact[standard_artifacts.PushedModel] = None,
         item2vec_metrics: InputArtifact[TrainingMetrics] = None,
@@ -673,7 +676,10 @@ def PipelineReporter(  # noqa: N802
     sections["serving"] = {
         name: (infra.get_int_custom_property("blessed") == 1,
                infra.get_string_custom_property("reason"))
-        for name, infra in (("candidate", candidate_infra), ("multitask", multitask_infra))
+        for name, infra in (("candidate", candidate_infra), ("multitask", multitask_infra),
+                            ("item2vec user tower", item2vec_infra),
+                            ("youtubenet user tower", youtubenet_infra),
+                            ("two_tower user tower", two_tower_infra))
         if infra is not None}
     pushed = {}
     for name, artifact in (("ranking candidate", candidate_pushed),

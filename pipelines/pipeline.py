@@ -304,6 +304,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, dataset: Dataset, se
                                   index_name=model).with_id(f"FaissIndexBuilder.{model}")
         components.extend([trainer, validator, pusher, index])
         report_inputs.update({f"{model}_metrics": trainer.outputs["metrics"],
+                              f"{model}_infra": validator.outputs["blessing"],
                               f"{model}_pushed": pusher.outputs["pushed_model"],
                               f"{model}_index": index.outputs["pushed_index"]})
 

@@ -195,6 +195,16 @@ def test_run_a_report_published(run_a, work_dir):
         assert os.path.exists(os.path.join(os.path.dirname(path), png)), png
     assert "## Training (early stopping" in text
     assert f"report: {path}" in out
+    # Every serving check of the run has its row: the ranking models' and the user towers'.
+    validators = {node.split(".", 1)[1]: execution.outputs["blessing"][0].properties
+                  for node, execution in summary.executions.items()
+                  if node.startswith("ServingValidator.")}
+    assert {"nfwfm", "multitask_nfwfm", "two_tower"} <= set(validators), validators
+    rows = {"nfwfm": "candidate", "multitask_nfwfm": "multitask"}
+    for model, infra in validators.items():
+        blessed = "yes" if infra["blessed"] == 1 else "no"
+        row = f"| {rows.get(model, model + ' user tower')} | {blessed} | {infra.get('reason', '')} |"
+        assert row in text, row
 
 
 def test_run_a_trainers_report_early_stopping(run_a):
