@@ -23,6 +23,7 @@ report is written to the artifact and copied to <publish_dir>/<unix time>/
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -425,6 +426,15 @@ def data_rows(counts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def constant_logloss(examples: int | None, positives: int | None) -> float | None:
+    """Log loss of predicting the eval click rate p for every example: the entropy
+    -(p ln p + (1 - p) ln(1 - p)); None without both classes (or counts)."""
+    if not examples or positives is None or not 0 < positives < examples:
+        return None
+    p = positives / examples
+    return float(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -454,12 +464,22 @@ def render(sections: Mapping[str, Any]) -> str:
     lines += sections.get("data_checks", [])
     if sections.get("ranking"):
         lines += ["## Ranking models (trainer eval split)", "",
-                  "| model | role | click AUC | click gAUC | click logloss | follow AUC |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| model | role | click AUC | click gAUC | click logloss | base-rate logloss "
+                  "| follow AUC |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        worse = []
         for role, (name, m) in sections["ranking"].items():
             click, follow = m.get(fc.CLICK_LABEL) or {}, m.get(fc.FOLLOW_LABEL) or {}
+            constant = constant_logloss(click.get("examples"), click.get("positives"))
             lines.append(f"| {name} | {role} | {_fmt(click.get('auc'))} | {_fmt(click.get('gauc'))}"
-                         f" | {_fmt(click.get('logloss'))} | {_fmt(follow.get('auc'))} |")
+                         f" | {_fmt(click.get('logloss'))} | {_fmt(constant)} "
+                         f"| {_fmt(follow.get('auc'))} |")
+            if constant is not None and isinstance(click.get("logloss"), float) and \
+                    click["logloss"] > constant:
+                worse.append(f"- {name}: click logloss {click['logloss']:.4f} is worse than "
+                             f"predicting the eval click rate for every impression "
+                             f"({constant:.4f}): its probabilities are miscalibrated (the gate "
+                             "checks the order, AUC, not the probabilities)")
+        lines += ["", *worse] if worse else []
         lines.append("")
     if sections.get("training"):
         lines += ["## Training (early stopping on validation carved from the train split)", "",

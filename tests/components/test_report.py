@@ -194,3 +194,19 @@ def test_reporter_plots_learning_curves_and_tolerates_old_metrics(tmp_path):
     assert "| nfm | baseline | 0.6000 |" in text
     assert "![Learning curve: multitask_nfwfm (best epoch 2)](learning_curve_multitask_nfwfm.png)" \
         in text
+
+
+def test_ranking_table_shows_the_base_rate_logloss_and_flags_a_model_worse_than_it():
+    from components.report import constant_logloss
+    # 10 clicks in 200 eval impressions: p = 0.05, -(0.05 ln 0.05 + 0.95 ln 0.95) = 0.198515.
+    assert constant_logloss(200, 10) == pytest.approx(0.1985152, abs=1e-6)
+    assert constant_logloss(200, 0) is None and constant_logloss(None, 3) is None
+    better = {"click": {**RANKING_METRICS["click"], "logloss": 0.1500}}
+    text = render({"generated": "now", "ranking": {"baseline": ("nfm", better),
+                                                   "candidate": ("nfwfm", RANKING_METRICS)}})
+    assert "| nfm | baseline | 0.6600 | 0.6000 | 0.1500 | 0.1985 | - |" in text
+    assert "| nfwfm | candidate | 0.6600 | 0.6000 | 0.2500 | 0.1985 | - |" in text
+    assert ("- nfwfm: click logloss 0.2500 is worse than predicting the eval click rate for "
+            "every impression (0.1985): its probabilities are miscalibrated (the gate checks "
+            "the order, AUC, not the probabilities)") in text
+    assert "- nfm: click logloss" not in text
