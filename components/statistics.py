@@ -267,21 +267,40 @@ def split_anomalies(split: str, stats: Mapping[str, Any], config: ValidationConf
     return out
 
 
+def time_split_features(feature_config: fc.FeatureConfig) -> tuple[str, ...]:
+    """Features whose train-vs-eval skew a time split makes by construction.
+
+    hour_of_day and day_of_week are derived from the event time, and a time
+    split gives eval the latest period: on a log of a week, eval's weekdays
+    are not train's (an L-infinity skew of ~0.7 blocked every push of such a
+    log), on a log of a day its hours. That measures the split, not a
+    training / serving mismatch, so their skew is not checked; drift (this
+    run vs the previous data, split by split) still compares them. None under
+    random_users, whose eval spans the whole log.
+    """
+    if feature_config.split.mode == fc.SPLIT_RANDOM_USERS:
+        return ()
+    return tuple(f.name for f in feature_config.features if f.source == fc.SOURCE_DERIVED
+                 and f.derive in (fc.DERIVE_HOUR, fc.DERIVE_WEEKDAY))
+
+
 def distance_anomalies(kind: str, where: str, a: Mapping[str, Any], b: Mapping[str, Any],
-                       config: ValidationConfig) -> list[dict[str, Any]]:
+                       config: ValidationConfig, skip: Sequence[str] = ()
+                       ) -> list[dict[str, Any]]:
     """Skew or drift checks of every feature the two statistics share.
 
     Args:
       kind: SKEW or DRIFT (chooses the thresholds).
       where: the split (drift) or "train-vs-eval" (skew), for the report.
       a, b: one split's statistics each.
+      skip: features not checked (time_split_features, for skew).
     """
     thresholds = ({L_INFINITY: config.skew_l_infinity, JENSEN_SHANNON: config.skew_jensen_shannon}
                   if kind == SKEW else
                   {L_INFINITY: config.drift_l_infinity, JENSEN_SHANNON: config.drift_jensen_shannon})
     out = []
     for name in a["features"]:
-        if name not in b["features"]:
+        if name not in b["features"] or name in skip:
             continue
         measured = feature_distance(a["features"][name], b["features"][name])
         if measured is None:
@@ -315,13 +334,15 @@ def _too_small(a: Mapping[str, Any], b: Mapping[str, Any], config: ValidationCon
 
 def find_anomalies(current: Mapping[str, Mapping[str, Any]],
                    previous: Mapping[str, Mapping[str, Any]] | None,
-                   config: ValidationConfig) -> list[dict[str, Any]]:
+                   config: ValidationConfig, skew_exempt: Sequence[str] = ()
+                   ) -> list[dict[str, Any]]:
     """Every check over a run's statistics.
 
     Args:
       current: split -> statistics of this run.
       previous: split -> statistics of the previous run, or None (no drift check).
       config: thresholds.
+      skew_exempt: features left out of the skew check (time_split_features).
     Returns:
       Anomaly dicts (kind, split, feature, value, threshold, description,
       blocking), in split then check order.
@@ -331,7 +352,8 @@ def find_anomalies(current: Mapping[str, Mapping[str, Any]],
         out.extend(split_anomalies(split, stats, config))
     for kind, where, a, b in comparisons(current, previous):
         if not _too_small(a, b, config):
-            out.extend(distance_anomalies(kind, where, a, b, config))
+            out.extend(distance_anomalies(kind, where, a, b, config,
+                                          skew_exempt if kind == SKEW else ()))
     for anomaly in out:
         anomaly["blocking"] = anomaly["kind"] not in config.allowed_anomalies
     return out
@@ -340,11 +362,13 @@ def find_anomalies(current: Mapping[str, Mapping[str, Any]],
 def skipped_checks(current: Mapping[str, Mapping[str, Any]],
                    previous: Mapping[str, Mapping[str, Any]] | None,
                    config: ValidationConfig,
-                   no_previous: str = "no previous statistics (first run)") -> list[str]:
+                   no_previous: str = "no previous statistics (first run)",
+                   skew_exempt: Sequence[str] = ()) -> list[str]:
     """Why a skew or drift check did not run (shown with the anomalies).
 
     Args:
       no_previous: why `previous` is None.
+      skew_exempt: features left out of the skew check (time_split_features).
     """
     out = [] if previous is not None else [f"drift: {no_previous}"]
     for kind, where, a, b in comparisons(current, previous):
@@ -352,6 +376,10 @@ def skipped_checks(current: Mapping[str, Mapping[str, Any]],
             out.append(f"{kind} {where}: not checked, "
                        f"{min(a['num_examples'], b['num_examples'])} examples < "
                        f"min_examples_for_distances {config.min_examples_for_distances}")
+        elif kind == SKEW and skew_exempt:
+            out.append(f"{kind} {where} of {', '.join(skew_exempt)}: not checked, derived from "
+                       "the event time, whose train and eval periods a time split separates "
+                       "(drift still compares them with the previous data)")
     return out
 
 
@@ -459,6 +487,11 @@ def record_verdict(anomalies_artifact, found: Sequence[Mapping[str, Any]], notes
     blocking = [a for a in found if a["blocking"]]
     blessed = not blocking
     reason = "; ".join(a["description"] for a in blocking)
+    if blocking:
+        kinds = sorted({a["kind"] for a in blocking})
+        reason += (f" (to push anyway: --allow_data_anomalies {','.join(kinds)}, or "
+                   f"allowed_anomalies: [{', '.join(kinds)}] in the dataset YAML's validation: "
+                   "section)")
     with tf.io.gfile.GFile(os.path.join(anomalies_artifact.uri, ANOMALIES_FILE), "w") as f:
         json.dump({"blessed": blessed, "anomalies": list(found), "notes": list(notes),
                    "baseline_statistics": baseline_uri,
@@ -507,8 +540,9 @@ def DataValidator(  # noqa: N802 - TFX component names are CamelCase
     statistics.set_string_custom_property(DATASET_KEY, feature_config.name)
     statistics.set_string_custom_property(EXAMPLES_URI_KEY, examples.uri)
     previous, why_not = baseline_of(baseline_statistics, feature_config.name)
-    record_verdict(anomalies, find_anomalies(current, previous, config),
-                   skipped_checks(current, previous, config, why_not),
+    exempt = time_split_features(feature_config)
+    record_verdict(anomalies, find_anomalies(current, previous, config, exempt),
+                   skipped_checks(current, previous, config, why_not, exempt),
                    baseline_statistics.uri if previous is not None else None, config)
 
 

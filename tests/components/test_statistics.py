@@ -15,6 +15,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from components import statistics as cs
 from components.artifacts import DataAnomalies, DataStatistics, FeatureVocabulary
+from feature_contract import feature_config as fc
 from tests.beam_jobs.test_statistics import TINY_CONFIG, VOCABULARIES, example
 from tests.components.helpers import executor_fn, new_artifact
 
@@ -121,6 +122,38 @@ def test_skew_is_checked_only_on_enough_examples():
     assert cs.find_anomalies(current, None, off) == []
 
 
+def test_a_time_splits_weekday_and_hour_skew_is_not_checked_but_their_drift_is():
+    """A week of log, eval = its last day: eval's weekday differs from train's by
+    construction (the trial log's l-infinity 0.685 blocked every push)."""
+    config = fc.from_dict({**TINY_CONFIG, "features": [*TINY_CONFIG["features"],
+        {"name": "weekday", "field": "context", "type": "categorical", "source": "derived",
+         "derive": "day_of_week", "vocab_size": 7},
+        {"name": "hour", "field": "context", "type": "categorical", "source": "derived",
+         "derive": "hour_of_day", "vocab_size": 24}]})
+    exempt = cs.time_split_features(config)
+    assert exempt == ("weekday", "hour")
+    assert cs.time_split_features(fc.from_dict(
+        {**TINY_CONFIG, "split": {"mode": "random_users", "eval_fraction": 0.2}})) == ()
+    train, eval_ = _split(), _split()
+    train["features"]["weekday"] = {**_string({"0": 20, "1": 20, "2": 20, "3": 20, "4": 20}),
+                                    "count": 100, "missing_fraction": 0.0, "oov_rate": None}
+    eval_["features"]["weekday"] = {**_string({"6": 100}), "count": 100,
+                                    "missing_fraction": 0.0, "oov_rate": None}
+    current = {"train": train, "eval": eval_}
+    assert _descriptions(cs.find_anomalies(current, None, CHECK_ALL)) == [
+        "train-vs-eval.weekday: skew l-infinity 1.000 > 0.2"]
+    assert cs.find_anomalies(current, None, CHECK_ALL, exempt) == []
+    assert cs.skipped_checks(current, None, CHECK_ALL, skew_exempt=exempt) == [
+        "drift: no previous statistics (first run)",
+        "skew train-vs-eval of weekday, hour: not checked, derived from the event time, whose "
+        "train and eval periods a time split separates (drift still compares them with the "
+        "previous data)"]
+    # Drift of the same feature against the previous data is still checked.
+    previous = {"train": train, "eval": train}
+    assert _descriptions(cs.find_anomalies(current, previous, CHECK_ALL, exempt)) == [
+        "eval.weekday: drift l-infinity 1.000 > 0.1"]
+
+
 def test_validation_config_round_trip_and_errors():
     config = cs.ValidationConfig(max_oov_rate=0.5, label_rate_bounds={"click": (0.01, 0.5)},
                                  allowed_anomalies=("drift",), min_examples_for_distances=10)
@@ -220,7 +253,9 @@ def test_injected_drift_is_flagged_and_blocks_the_pushes(root, first_run):
     # network goes from half wifi to all wifi in both splits: L-inf 0.5 > 0.1.
     _, anomalies = _run(root, "drifted", _examples(network_wifi=8), baseline=first_run[0])
     reason = ("train.network: drift l-infinity 0.500 > 0.1; "
-              "eval.network: drift l-infinity 0.500 > 0.1")
+              "eval.network: drift l-infinity 0.500 > 0.1 (to push anyway: "
+              "--allow_data_anomalies drift, or allowed_anomalies: [drift] in the dataset "
+              "YAML's validation: section)")
     assert cs.pushes_allowed(anomalies) == (False, reason)
     assert anomalies.get_int_custom_property("blessed") == 0
     assert anomalies.get_int_custom_property("num_blocking") == 2
@@ -285,7 +320,9 @@ def test_a_wrong_vocabulary_is_out_of_vocabulary_and_blocks(root):
     ok, reason = cs.pushes_allowed(anomalies)
     assert not ok
     assert reason == ("train.user_id: OOV rate 1.000 > 0.25; train.tags: OOV rate 1.000 > 0.25; "
-                      "train.item_id: OOV rate 1.000 > 0.25")
+                      "train.item_id: OOV rate 1.000 > 0.25 (to push anyway: "
+                      "--allow_data_anomalies oov_rate, or allowed_anomalies: [oov_rate] in the "
+                      "dataset YAML's validation: section)")
 
 
 class _Stub:
@@ -363,5 +400,7 @@ def test_the_resolver_feeds_the_previous_datas_statistics_and_drift_blocks(root)
     runs = [a.custom_properties for a in anomalies]
     assert [(r["blessed"].int_value, r["baseline_statistics"].string_value) for r in runs] == [
         (1, ""), (1, ""), (0, statistics[1].uri), (0, statistics[1].uri)]
-    assert runs[2]["reason"].string_value == ("train.network: drift l-infinity 0.500 > 0.1; "
-                                              "eval.network: drift l-infinity 0.500 > 0.1")
+    assert runs[2]["reason"].string_value == (
+        "train.network: drift l-infinity 0.500 > 0.1; eval.network: drift l-infinity 0.500 > "
+        "0.1 (to push anyway: --allow_data_anomalies drift, or allowed_anomalies: [drift] in "
+        "the dataset YAML's validation: section)")
