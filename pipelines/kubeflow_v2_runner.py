@@ -75,9 +75,9 @@ def compile_pipeline(output_dir: str, pipeline_name: str, pipeline_root: str, da
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, dataset=dataset,
         serving_dir=serving_dir,
-        # A log without impressions compiles the recall stage alone, as the local runners run it.
-        ranking=dataclasses.replace(settings.ranking,
-                                    enabled=runner_common.has_impressions(dataset.config)),
+        # A log without impressions compiles the recall stage alone, one without follows no
+        # multi-task model, as the local runners run them.
+        ranking=runner_common.ranking_settings(settings.ranking, dataset.config),
         recall=dataclasses.replace(settings.recall, models=tuple(recall_models)),
         beam_pipeline_args=runner_common.with_beam_runner(beam_pipeline_args),
         enable_cache=enable_cache,

@@ -40,7 +40,7 @@ from feature_contract import dataset as dataset_file
 from feature_contract import feature_config as fc
 from models.validation import ValidationError
 from pipelines import interruption, mlmd_summary, profiles, progress
-from pipelines.pipeline import RECALL_MODELS, create_pipeline
+from pipelines.pipeline import RECALL_MODELS, RankingSettings, create_pipeline
 from serving import serving_dirs
 
 DEFAULT_PIPELINE_NAME = "feedrec"
@@ -126,6 +126,29 @@ def has_impressions(config: fc.FeatureConfig) -> bool:
     recall stage alone (RankingSettings.enabled False).
     """
     return fc.IMPRESSION in set(config.event_values.values())
+
+
+def has_follows(config: fc.FeatureConfig) -> bool:
+    """Whether some raw event value of the config maps to a follow: the multi-task
+    model's second head learns follows, so without them it is left out."""
+    return fc.FOLLOW in set(config.event_values.values())
+
+
+def ranking_settings(ranking: RankingSettings, config: fc.FeatureConfig,
+                     no_multitask: bool = False) -> RankingSettings:
+    """The profile's ranking settings for this log: no ranking stage without
+    impressions, no multi-task model without follows (or with --no_multitask)."""
+    keep = not no_multitask and has_follows(config)
+    return dataclasses.replace(ranking, enabled=has_impressions(config),
+                               multitask=ranking.multitask if keep else None)
+
+
+def no_follows_notice(config: fc.FeatureConfig, source: str) -> str:
+    """The line the runner prints when it leaves the multi-task model out."""
+    return (f"{source}: no event value maps to {fc.FOLLOW!r} (event_values "
+            f"{dict(config.event_values)}): the multi-task model (click and follow heads) is "
+            "left out, its follow head would have nothing to learn; the ranking candidate is "
+            "gated and pushed alone.")
 
 
 def recall_only_notice(config: fc.FeatureConfig, source: str) -> str:
@@ -316,10 +339,10 @@ def build(args: argparse.Namespace, beam_args: list[str]) -> Built:
     if args.allow_unevaluable_heads:
         gate["allow_unevaluable_heads"] = True
     training_cluster = checked_training_cluster(args.training_cluster)
-    ranking = dataclasses.replace(profile.ranking,
-                                  hparams=_merge(dict(profile.ranking.hparams), overrides),
-                                  multitask=None if args.no_multitask else profile.ranking.multitask,
-                                  enabled=has_impressions(dataset.config), **gate)
+    ranking = ranking_settings(
+        dataclasses.replace(profile.ranking, hparams=_merge(dict(profile.ranking.hparams),
+                                                            overrides), **gate),
+        dataset.config, args.no_multitask)
     models = tuple(m for m in args.recall_models.split(",") if m)
     recall = dataclasses.replace(profile.recall, models=models,
                                  hparams=_merge(dict(profile.recall.hparams), overrides))
@@ -394,6 +417,8 @@ def run_main(runner_factory: Callable[[], Any], description: str,
     config = built.dataset.config
     if not has_impressions(config):
         print(recall_only_notice(config, built.dataset.source))
+    elif not has_follows(config) and not args.no_multitask:
+        print(no_follows_notice(config, built.dataset.source))
     with interruption.stop_on_signals(
             lambda: interruption.running_steps(built.metadata_path, built.pipeline_name)):
         lock = interruption.run_lock(built.metadata_path)

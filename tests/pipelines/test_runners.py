@@ -577,3 +577,38 @@ def test_the_tfx_clis_compile_moves_nothing(tmp_path):
     assert code == 0 and patcher.run_called
     assert serving_dirs.read_stamp(str(serving)).dataset == "movielens"
     assert (serving / "models" / "ranking" / "5").is_dir()
+
+
+def test_a_log_without_follows_leaves_the_multitask_model_out(tmp_path, capsys):
+    no_follow = fc.from_dict({**_config_dict("synthetic"),
+                              "event_values": {"shown": "impression", "clicked": "click"}})
+    assert not runner_common.has_follows(no_follow)
+    assert runner_common.has_follows(fc.load(fc.builtin_config_path("synthetic")))
+    yaml_path = _write_dataset_yaml(tmp_path / "ds")
+    with open(yaml_path, encoding="utf-8") as f:
+        text = f.read()
+    with open(yaml_path, "w", encoding="utf-8") as f:
+        f.write(re.sub(r"(?m)^event_values: .*$",
+                       "event_values: {view: impression, click: click}", text))
+    ids = set(_build(yaml_path, tmp_path / "w"))
+    assert "RankingGate.nfwfm" in ids and not {i for i in ids if "multitask" in i}, ids
+    # The built-in config maps follows: the multi-task model is built.
+    assert "RankingGate.multitask_nfwfm" in _build(None, tmp_path / "w2", "--data", "synthetic",
+                                                  "--num_events", "300")
+
+    (tmp_path / "ds" / "logs").mkdir()
+    (tmp_path / "ds" / "logs" / "events-1.csv").write_text("timestamp,user_id,item_id,event\n")
+    (tmp_path / "ds" / "users.jsonl").write_text("")
+
+    class Run:
+        def run(self, pipeline):
+            pass
+
+    assert runner_common.run_main(Run, "test", [
+        "--data", yaml_path, "--profile", "tiny", "--work_dir", str(tmp_path / "w3"),
+        "--funnel_results", ""]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{yaml_path}: no event value maps to 'follow' (event_values {{'view': 'impression', "
+        "'click': 'click'}): the multi-task model (click and follow heads) is left out, its "
+        "follow head would have nothing to learn; the ranking candidate is gated and pushed "
+        "alone.")
