@@ -496,7 +496,7 @@ def pick_serving_dir(serving_dir: str, data: str | None, explicit: bool = False
             f"pipeline on {data} first (make run DATA={data})")
     if explicit:
         raise SystemExit(f"error: --serving_dir {serving_dir} serves {stamp.dataset!r}, not "
-                         f"{name!r}; {name!r}'s is {found}")
+                         f"{name!r}; the serving dir of {name!r} is {found}")
     log.info("serving %r from %s (%s holds %r's models)", name, found, serving_dir,
              stamp.dataset)
     return found, data

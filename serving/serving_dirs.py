@@ -149,14 +149,14 @@ def _plan(serving_dir: str, stamp: Stamp) -> _Plan:
     if take_back:
         own_stamp = read_stamp(own)
         if own_stamp is None or own_stamp.dataset != stamp.dataset:
-            raise ServingDirError(f"{own} should hold {stamp.dataset!r}'s serving dir but its "
+            raise ServingDirError(f"{own} should hold the serving dir of {stamp.dataset!r} but its "
                                   f"stamp says {own_stamp.dataset if own_stamp else 'nothing'}")
         if current is None and not _is_empty(serving_dir):
             # An unstamped dir in place: its dataset is unknown, so it is
             # neither overwritten nor guessed at.
             raise ServingDirError(
                 f"{serving_dir} has no {STAMP_FILE} (its dataset is unknown) and {own} holds "
-                f"{stamp.dataset!r}'s serving dir: move one of them away")
+                f"the serving dir of {stamp.dataset!r}: move one of them away")
     return _Plan(park, take_back, other and park is None)
 
 
@@ -199,7 +199,7 @@ def claim(serving_dir: str, stamp: Stamp) -> tuple[list[str], IO[str]]:
     if plan.park:
         current = read_stamp(serving_dir)
         os.replace(serving_dir, plan.park)
-        moves.append(f"{serving_dir} held {current.dataset!r}'s models: kept aside as "
+        moves.append(f"{serving_dir} held the models of {current.dataset!r}: kept aside as "
                      f"{plan.park}")
     elif plan.drop_stamp:
         os.remove(os.path.join(serving_dir, STAMP_FILE))  # a run that pushed nothing
@@ -207,8 +207,8 @@ def claim(serving_dir: str, stamp: Stamp) -> tuple[list[str], IO[str]]:
         if os.path.isdir(serving_dir):
             os.rmdir(serving_dir)
         os.replace(plan.take_back, serving_dir)
-        moves.append(f"{stamp.dataset!r}'s models from an earlier run are back in place: "
-                     f"{plan.take_back} -> {serving_dir}")
+        moves.append(f"the models of {stamp.dataset!r} from an earlier run are back in "
+                     f"place: {plan.take_back} -> {serving_dir}")
     if read_stamp(serving_dir) != stamp:
         write_stamp(serving_dir, stamp)
     if exclusive:

@@ -533,7 +533,7 @@ def test_a_run_on_another_dataset_parks_the_served_models_first(tmp_path, capsys
     assert seen == {"stamp": serving_dirs.Stamp("synthetic", "synthetic"),
                     "served": ["dataset.json"]}
     assert (tmp_path / "serving.movielens" / "models" / "ranking" / "5").is_dir()
-    assert f"{serving} held 'movielens''s models: kept aside as {serving}.movielens" in \
+    assert f"{serving} held the models of 'movielens': kept aside as {serving}.movielens" in \
         capsys.readouterr().out.splitlines()
 
 

@@ -39,7 +39,7 @@ def test_switching_datasets_parks_each_ones_models_and_takes_them_back(tmp_path)
     _push(serving, "user_tower_two_tower", 1)
 
     assert claim(serving, MINE) == [
-        f"{serving} held 'synthetic''s models: kept aside as {serving}.synthetic"]
+        f"{serving} held the models of 'synthetic': kept aside as {serving}.synthetic"]
     # Nothing of synthetic's is left where mine's run pushes.
     assert _tree(serving) == ["dataset.json"] and sd.read_stamp(serving) == MINE
     assert _tree(serving + ".synthetic") == [
@@ -48,9 +48,9 @@ def test_switching_datasets_parks_each_ones_models_and_takes_them_back(tmp_path)
     _push(serving, "user_tower_two_tower", 7)
 
     assert claim(serving, SYN) == [
-        f"{serving} held 'mine''s models: kept aside as {serving}.mine",
-        f"'synthetic''s models from an earlier run are back in place: {serving}.synthetic -> "
-        f"{serving}"]
+        f"{serving} held the models of 'mine': kept aside as {serving}.mine",
+        f"the models of 'synthetic' from an earlier run are back in place: "
+        f"{serving}.synthetic -> {serving}"]
     assert _tree(serving) == ["dataset.json", "models/ranking/1/saved_model.pb",
                               "models/user_tower_two_tower/1/saved_model.pb"]
     assert _tree(serving + ".mine") == ["dataset.json",
@@ -92,7 +92,7 @@ def test_what_is_in_the_way_is_named_and_left_alone(tmp_path):
     # A parked dir with another dataset's stamp is not moved into place.
     os.rmdir(serving + ".synthetic")
     sd.write_stamp(serving + ".mine", SYN)
-    with pytest.raises(sd.ServingDirError, match=r"mine should hold 'mine''s serving dir but its "
+    with pytest.raises(sd.ServingDirError, match=r"mine should hold the serving dir of 'mine' but its "
                                                  r"stamp says synthetic$"):
         claim(serving, MINE)
     # Refused before anything moved.
@@ -125,7 +125,7 @@ def test_serve_picks_the_stamped_dataset_or_the_asked_ones_dir(tmp_path, monkeyp
     with pytest.raises(SystemExit) as err:
         pick_serving_dir(serving, "synthetic", explicit=True)
     assert str(err.value) == (f"error: --serving_dir {serving} serves 'movielens', not "
-                              f"'synthetic'; 'synthetic''s is {serving}.synthetic")
+                              f"'synthetic'; the serving dir of 'synthetic' is {serving}.synthetic")
     # A stamp whose dataset YAML is gone cannot be served without --data.
     sd.write_stamp(serving, sd.Stamp("mine", str(tmp_path / "gone.yaml")))
     with pytest.raises(SystemExit, match=r"run with --data .*gone\.yaml, which no longer "
@@ -157,4 +157,4 @@ def test_no_switch_while_a_server_or_a_run_holds_the_dirs(tmp_path):
         claim(serving, MINE)
     run.close()
     assert claim(serving, MINE) == [
-        f"{serving} held 'synthetic''s models: kept aside as {serving}.synthetic"]
+        f"{serving} held the models of 'synthetic': kept aside as {serving}.synthetic"]
