@@ -67,11 +67,12 @@ def parse_timestamp(value: Any, unit: str) -> float:
     """
     if value is None or isinstance(value, bool) or value == "":
         raise ValueError(f"missing timestamp {value!r}")
-    if unit == "iso8601":
+    if unit == "iso8601" or fc.is_time_format(unit):
         if not isinstance(value, str):
-            raise ValueError(f"want an ISO-8601 string, got {value!r}")
-        parsed = datetime.datetime.fromisoformat(value.strip())
-        if parsed.tzinfo is None:
+            raise ValueError(f"want a time string ({unit}), got {value!r}")
+        parsed = (datetime.datetime.fromisoformat(value.strip()) if unit == "iso8601"
+                  else datetime.datetime.strptime(value.strip(), unit))
+        if parsed.tzinfo is None:  # a time without an offset is UTC
             parsed = parsed.replace(tzinfo=datetime.timezone.utc)
         return parsed.timestamp()
     seconds = float(value)

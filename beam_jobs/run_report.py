@@ -60,8 +60,9 @@ def check_summary(summary: Mapping[str, Any], tables: Mapping[str, str | None],
     if over:
         raise DataQualityError(
             "; ".join(over) + f". The records and reasons are in {dead_letter_dir}; fix the "
-            "data or the feature config (column names, timestamp_unit, min_timestamp / "
-            "max_timestamp), or raise max_dead_letter_fraction")
+            "data or the feature config (column names, timestamp_unit: s, ms, iso8601 or a "
+            "strptime format such as '%m/%d/%Y %I:%M:%S %p', min_timestamp / max_timestamp), "
+            "or raise max_dead_letter_fraction")
 
 
 def check_impressions(summary: Mapping[str, Any], event_values: Mapping[str, str],
@@ -127,5 +128,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if vocab:
         lines.append(f"vocabularies: {vocab}")
     failed = [name for name, ok in summary["checks"].items() if not ok]
-    lines.append("checks: " + ("all pass" if not failed else "FAILED " + ", ".join(failed)))
+    # The job's own bookkeeping (counts reconcile); a stop rule is reported apart.
+    lines.append("consistency checks: " + ("all pass" if not failed
+                                           else "FAILED " + ", ".join(failed)))
     return "\n".join(lines)

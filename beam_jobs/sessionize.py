@@ -139,6 +139,7 @@ import marshal
 import math
 import operator
 import pickle
+import re
 import sys
 import time
 import types
@@ -1559,8 +1560,14 @@ def main() -> None:
         run()
     except USER_ERRORS as err:
         # The message is the whole story (it names the file, glob or
-        # reasons); exit 1 with it as the last line instead of a traceback.
-        sys.exit(f"sessionize: {err}")
+        # reasons); exit 1 with it as the last line instead of a traceback,
+        # without Beam's " [while running '<step>']" suffix.
+        sys.exit(f"sessionize: {strip_beam_step(str(err))}")
+
+
+def strip_beam_step(message: str) -> str:
+    """A DoFn's error message without the " [while running '<step>']" Beam appends."""
+    return re.sub(r" \[while running '[^']*'\]$", "", message)
 
 
 if __name__ == "__main__":

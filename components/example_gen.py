@@ -28,7 +28,6 @@ again.
 
 import json
 import os
-import re
 import tempfile
 
 import apache_beam as beam
@@ -47,7 +46,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from beam_jobs import datasets
 from beam_jobs import run_report
 from beam_jobs.run_report import DataQualityError
-from beam_jobs.sessionize import quiet_user_error_tracebacks
+from beam_jobs.sessionize import quiet_user_error_tracebacks, strip_beam_step
 from feature_contract import feature_config as fc
 from components import adapters
 from components.artifacts import FeatureVocabulary, ItemCatalogue, SessionizeSummary
@@ -211,8 +210,8 @@ def ClickLogExampleGen(  # noqa: N802 - TFX component names are CamelCase
             # The orchestrator removes a failed execution's outputs, staging
             # included, so the dead letters the message points at are moved
             # out of it first; Beam's " [while running '<step>']" suffix goes.
-            message = re.sub(r" \[while running '[^']*'\]$", "", str(err))
-            raise DataQualityError(keep_dead_letters(message, staging, summary.uri)) from None
+            raise DataQualityError(keep_dead_letters(strip_beam_step(str(err)), staging,
+                                                     summary.uri)) from None
         distribute_outputs(staging, {fc.RANKING: ranking_examples,
                                      fc.RETRIEVAL: retrieval_examples,
                                      fc.ITEM2VEC: item2vec_examples},

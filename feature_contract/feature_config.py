@@ -64,6 +64,29 @@ IMPRESSION, CLICK, FOLLOW = "impression", "click", "follow"
 EVENT_TYPES: tuple[str, ...] = (IMPRESSION, CLICK, FOLLOW)
 
 TIMESTAMP_UNITS: tuple[str, ...] = ("s", "ms", "iso8601")
+# Any other timestamp_unit is a datetime.strptime format ("%m/%d/%Y %I:%M:%S %p"
+# for MIND's "11/11/2019 9:05:58 AM"): a log's own time text, read as is.
+
+
+def is_time_format(unit: str) -> bool:
+    """Whether a timestamp_unit is a strptime format (it holds a % directive)."""
+    return unit not in TIMESTAMP_UNITS and "%" in unit
+
+
+def _check_time_format(unit: str) -> None:
+    """Raises FeatureConfigError unless `unit` is a strptime format that reads back
+    a time it wrote (a format without a directive, or with an unknown one, fails)."""
+    sample = datetime.datetime(2019, 11, 11, 21, 5, 58)
+    try:
+        ok = is_time_format(unit) and bool(datetime.datetime.strptime(
+            sample.strftime(unit), unit))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise FeatureConfigError(
+            f"timestamp_unit {unit!r} is neither one of {TIMESTAMP_UNITS} nor a strptime "
+            "format that reads back what it writes (e.g. '%m/%d/%Y %I:%M:%S %p' for "
+            "'11/11/2019 9:05:58 PM')")
 
 # Train / eval split modes (the `split:` section).
 SPLIT_TIME_SPAN = "time_span"  # the last eval_fraction of the time span
@@ -549,8 +572,7 @@ def validate(config: FeatureConfig) -> FeatureConfig:
     if bad_events:
         raise FeatureConfigError(f"event_values map to {bad_events}; want {EVENT_TYPES}")
     if config.timestamp_unit not in TIMESTAMP_UNITS:
-        raise FeatureConfigError(
-            f"timestamp_unit {config.timestamp_unit!r} not in {TIMESTAMP_UNITS}")
+        _check_time_format(config.timestamp_unit)
     _validate_split(config.split)
     if not config.min_timestamp < config.max_timestamp:
         raise FeatureConfigError(

@@ -278,13 +278,18 @@ def test_explicit_split_timestamp_overrides_the_fraction():
 @pytest.mark.parametrize("value, unit, seconds", [
     (T0, "s", T0), ("1700000000", "s", T0), (T0 * 1000 + 500, "ms", T0 + 0.5),
     ("2023-11-14T22:13:20Z", "iso8601", T0), ("2023-11-14T22:13:20", "iso8601", T0),
+    # A log's own time text with a strptime format (MIND's shape; no offset: UTC).
+    (" 11/14/2023 10:13:20 PM", "%m/%d/%Y %I:%M:%S %p", T0),
+    ("14.11.2023 23:13:20 +0100", "%d.%m.%Y %H:%M:%S %z", T0),
 ])
 def test_parse_timestamp_units(value, unit, seconds):
     assert sessionize.parse_timestamp(value, unit) == seconds
 
 
 @pytest.mark.parametrize("value, unit", [("soon", "s"), (float("nan"), "s"), (None, "s"),
-                                         (T0, "iso8601"), (True, "s")])
+                                         (T0, "iso8601"), (True, "s"),
+                                         ("2023-11-14T22:13:20", "%m/%d/%Y %I:%M:%S %p"),
+                                         (T0, "%m/%d/%Y %I:%M:%S %p")])
 def test_parse_timestamp_rejects(value, unit):
     with pytest.raises((ValueError, TypeError)):
         sessionize.parse_timestamp(value, unit)
@@ -726,7 +731,7 @@ def test_synthetic_labels_sessions_and_histories_match_a_naive_derivation(tmp_pa
     sizes = summary["split"]["sizes"]["ranking"]
     assert (f"  ranking: train {sizes['train']}, validation {sizes['validation']}, "
             f"eval {sizes['eval']}") in printed
-    assert printed.rstrip().endswith("checks: all pass")
+    assert printed.rstrip().endswith("consistency checks: all pass")
     config = fc.load(fc.builtin_config_path("synthetic"))
     want = naive_outputs(raw, config, summary["split_timestamp"])
     got = {}

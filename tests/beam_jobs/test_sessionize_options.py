@@ -203,8 +203,9 @@ def test_dead_letter_limit_message_lists_reasons_most_frequent_first():
         "max_dead_letter_fraction 0.01: out_of_range 100, malformed 18; "
         "10.0% of the users rows were dead-lettered (1 of 10), more than "
         "max_dead_letter_fraction 0.01: malformed 1. The records and reasons are in "
-        "out/dead_letter/; fix the data or the feature config (column names, timestamp_unit, "
-        "min_timestamp / max_timestamp), or raise max_dead_letter_fraction")
+        "out/dead_letter/; fix the data or the feature config (column names, timestamp_unit: "
+        "s, ms, iso8601 or a strptime format such as '%m/%d/%Y %I:%M:%S %p', min_timestamp / "
+        "max_timestamp), or raise max_dead_letter_fraction")
     s["events"] = _summary_block(1000, out_of_range=10)  # exactly 1%: allowed
     s["users"] = _summary_block(10)
     run_report.check_summary(s, {})
@@ -305,6 +306,9 @@ def test_a_stop_rule_failure_is_one_message_without_beams_traceback(tmp_path, mo
         sessionize.main()
     assert str(exit_.value.code).startswith(
         "sessionize: 50.0% of the events rows were dead-lettered (1 of 2)")
+    # The whole message ends with the stop rule's advice, not Beam's step name.
+    assert str(exit_.value.code).endswith("or raise max_dead_letter_fraction")
+    assert sessionize.strip_beam_step("x. [while running 'WriteOutputs/WriteSummary']") == "x."
     # Beam logs a DoFn's exception before re-raising it: not the job's own.
     assert [r for r in caplog.records if r.name.startswith("apache_beam")] == []
     assert "Traceback" not in caplog.text

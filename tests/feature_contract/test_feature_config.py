@@ -50,6 +50,14 @@ def test_minimal_config_is_valid():
     assert config.history_feature is None
 
 
+def test_a_strptime_timestamp_unit_loads_and_round_trips(tmp_path):
+    config = fc.from_dict(_minimal(timestamp_unit="%m/%d/%Y %I:%M:%S %p"))
+    assert fc.is_time_format(config.timestamp_unit) and not fc.is_time_format("iso8601")
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert fc.load(path).timestamp_unit == "%m/%d/%Y %I:%M:%S %p"
+
+
 def test_attribution_window_defaults_to_the_session_gap_and_round_trips(tmp_path):
     config = fc.from_dict(_minimal(session_gap_seconds=600))
     assert config.attribution_window_seconds is None and config.attribution_window == 600
@@ -84,6 +92,10 @@ def test_attribution_window_defaults_to_the_session_gap_and_round_trips(tmp_path
     (lambda r: r.update(session_gap_seconds="30m"),
      "session_gap_seconds must be an integer, got '30m' (str)"),
     (lambda r: r.update(timestamp_unit=1), "timestamp_unit must be a string, got 1 (int)"),
+    (lambda r: r.update(timestamp_unit="seconds"),
+     "timestamp_unit 'seconds' is neither one of ('s', 'ms', 'iso8601') nor a strptime format "
+     "that reads back what it writes (e.g. '%m/%d/%Y %I:%M:%S %p' for '11/11/2019 9:05:58 PM')"),
+    (lambda r: r.update(timestamp_unit="%Y-%Q"), "timestamp_unit '%Y-%Q' is neither"),
     (lambda r: r.update(min_timestamp="2030-01-01", max_timestamp="2020-01-01"),
      "min_timestamp 1893456000 is not before max_timestamp 1577836800"),
     (lambda r: r.update(min_timestamp="last year"),
