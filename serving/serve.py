@@ -502,6 +502,29 @@ def pick_serving_dir(serving_dir: str, data: str | None, explicit: bool = False
     return found, data
 
 
+def no_models_message(serving_dir: str, in_place: str) -> str:
+    """Why serve cannot start on a serving dir without pushed models, and what to do.
+
+    A run that pushed nothing (its gates or data checks refused every model)
+    still publishes its report there: the message points at it rather than
+    at `make run`, which the user has just run.
+    """
+    models_root = os.path.join(serving_dir, "models")
+    reports = sorted(glob.glob(os.path.join(serving_dir, "reports", "*", "report.md")),
+                     key=os.path.getmtime)
+    if reports:
+        text = (f"no pushed models under {models_root}: the last run pushed none (its gates or "
+                f"data checks refused them; see 'Pushed' and 'Data checks' in {reports[-1]})")
+    else:
+        text = (f"no pushed models under {models_root}: run `make run` first (or `make "
+                "bench-serving`, which builds small demo models)")
+    aside = sorted(glob.glob(glob.escape(os.path.normpath(in_place)) + ".*" + os.sep))
+    if aside:
+        text += (f"; other datasets' serving dirs kept aside: "
+                 f"{', '.join(a.rstrip(os.sep) for a in aside)} (--data <dataset>)")
+    return text
+
+
 def read_blend(path: str | None, serving_dir: str, ranker_pushed: bool = True) -> Blend | None:
     """The blend to rank with: `path`, else <serving_dir>/blend.json if present, else None
     (the ranker's click score alone), or MERGE_ORDER when no ranker was pushed either.
@@ -621,12 +644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     models_root = os.path.join(serving_dir, "models")
     if not os.path.isdir(models_root) or not os.listdir(models_root):
-        aside = sorted(glob.glob(glob.escape(os.path.normpath(in_place)) + ".*" + os.sep))
-        raise SystemExit(f"no pushed models under {models_root}: run `make run` first "
-                         "(or `make bench-serving`, which builds small demo models)"
-                         + (f"; other datasets' serving dirs kept aside: "
-                            f"{', '.join(a.rstrip(os.sep) for a in aside)} (--data <dataset>)"
-                            if aside else ""))
+        raise SystemExit(no_models_message(serving_dir, in_place))
     dataset = None
     if args.data and dataset_file.is_dataset_file(args.data):
         # A dataset YAML: its feature config, and its tables where its globs say.

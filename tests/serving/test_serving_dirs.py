@@ -158,3 +158,24 @@ def test_no_switch_while_a_server_or_a_run_holds_the_dirs(tmp_path):
     run.close()
     assert claim(serving, MINE) == [
         f"{serving} held the models of 'synthetic': kept aside as {serving}.synthetic"]
+
+
+def test_serve_without_models_points_at_the_last_report_or_at_make_run(tmp_path):
+    from serving.serve import no_models_message
+    serving = tmp_path / "serving"
+    (serving / "models").mkdir(parents=True)
+    models = serving / "models"
+    assert no_models_message(str(serving), str(serving)) == (
+        f"no pushed models under {models}: run `make run` first (or `make bench-serving`, "
+        "which builds small demo models)")
+    # A run whose data checks blocked every push still published its report.
+    for stamp in ("1796409848", "1796400000"):  # the newer written first
+        (serving / "reports" / stamp).mkdir(parents=True)
+        (serving / "reports" / stamp / "report.md").write_text("# report")
+        os.utime(serving / "reports" / stamp / "report.md", (int(stamp), int(stamp)))
+    (tmp_path / "serving.mine").mkdir()
+    latest = serving / "reports" / "1796409848" / "report.md"
+    assert no_models_message(str(serving), str(serving)) == (
+        f"no pushed models under {models}: the last run pushed none (its gates or data checks "
+        f"refused them; see 'Pushed' and 'Data checks' in {latest}); other datasets' serving "
+        f"dirs kept aside: {tmp_path / 'serving.mine'} (--data <dataset>)")
