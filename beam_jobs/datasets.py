@@ -209,7 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
     shown = {k: v for k, v in dataclasses.asdict(dataset).items() if k != "config_yaml"}
     json.dump({**shown, "fingerprint": fingerprint(dataset.tables)}, sys.stdout, indent=1)
-    print()  # the shell prompt on its own line
     sys.stdout.write("\n")
     return 0
 

@@ -38,6 +38,8 @@ def test_matching_glob_prints_the_resolved_tables(tmp_path, capsys):
     (tmp_path / "logs" / "a.jsonl").write_text("{}\n")
     path = _dataset_yaml(tmp_path, "logs/*.jsonl")
     assert datasets.main(["--data", path, "--work_dir", str(tmp_path / "w")]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert out.endswith("}\n") and not out.endswith("\n\n")  # one line end, then the prompt
+    shown = json.loads(out)
     assert shown["events"] == str(tmp_path / "logs" / "*.jsonl")
     assert shown["fingerprint"].startswith("events: 1 files, 3 bytes, sha256 ")
