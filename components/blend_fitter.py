@@ -111,7 +111,7 @@ def BlendFitter(  # noqa: N802
     from feature_contract import feature_config as fc
     from models import inputs
     from models.recall import data
-    from serving.blend import BLEND_FILE, Blend
+    from serving.blend import BLEND_FILE, Blend, merge_order
     from serving.replay import fit_validation_blend
 
     del ranking_pushed, item2vec_index, youtubenet_index, two_tower_index  # ordering only
@@ -129,7 +129,7 @@ def BlendFitter(  # noqa: N802
         # by a ranker trained on other data. Merge order replaces them.
         earlier = Blend.read(published) if os.path.exists(published) else None
         if earlier.uses_ranker if earlier is not None else list_versions(ranking_dir):
-            publish(Blend((), {"chosen": "merge_order", "reason": reason}).to_json(), published)
+            publish(merge_order(reason).to_json(), published)
             blend.set_int_custom_property(PUBLISHED_KEY, 1)
             blend.set_string_custom_property(PATH_KEY, published)
             blend.set_string_custom_property(

@@ -167,6 +167,13 @@ class Blend:
             return cls.from_json(f.read())
 
 
+def merge_order(reason: str) -> Blend:
+    """The blend that weighs nothing: every score 0, so the merged candidates stay in
+    merge order (the recommender's sort is stable) and no ranker is called. Served when
+    there is nothing else to order by (`reason`, kept in its provenance)."""
+    return Blend((), {"chosen": "merge_order", "reason": reason})
+
+
 def channel_order(name: str, fitted: Mapping[str, Any] | None = None) -> Blend:
     """The blend that ranks the merged candidates in channel `name`'s own order.
 

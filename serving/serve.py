@@ -68,7 +68,7 @@ from serving import model_server  # noqa: E402
 from serving.balance import BalancedHTTPServer, ConnectionCounts, shared_listener  # noqa: E402
 from serving.catalogue import (  # noqa: E402
     ItemCatalogue, read_item_frequencies, read_recent_clicks, read_user_profiles)
-from serving.blend import BLEND_FILE, Blend  # noqa: E402
+from serving.blend import BLEND_FILE, Blend, merge_order  # noqa: E402
 from serving.client import ModelServerClient  # noqa: E402
 from serving.httpd import (HardenedHTTPServer, HttpError, HttpLimits,  # noqa: E402
                            JsonRequestHandler, log_once)
@@ -448,8 +448,7 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
 
 # No blend and no ranker to order by (a recall-only run whose blend was not
 # published): the merged candidates as they come, and nothing waits on a ranker.
-MERGE_ORDER = Blend((), {"chosen": "merge_order",
-                         "reason": "no blend.json and no ranking model pushed"})
+MERGE_ORDER = merge_order("no blend.json and no ranking model pushed")
 
 
 def _dataset_name(data: str) -> str:
